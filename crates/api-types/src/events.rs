@@ -1,0 +1,132 @@
+//! Payloads of the SSE events of `GET /v1/tasks/{id}/stream`:
+//! `started`, `token`*, `metrics`* (interleaved), then exactly one of `end` or `error`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ErrorEnvelope;
+
+/// `started`: the task left the queue and an engine is working on it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StartedEvent {
+    /// Queue position at admission.
+    pub queue_position: usize,
+    /// The start predicted at admission.
+    pub predicted_start_ms: u64,
+    /// Measured wait in the queue.
+    pub queued_ms: u64,
+    /// Pool serving the task.
+    pub pool_id: String,
+    /// Replica serving the task.
+    pub replica_id: String,
+    /// Engine kind (`llamacpp`, ...).
+    pub engine: String,
+    /// Engine build as the engine reports it.
+    pub engine_version: String,
+    /// Device the replica runs on (`gpu0`, `cpu`).
+    pub device: String,
+}
+
+/// `token`: the next piece of text, byte for byte as the engine produced it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenEvent {
+    /// The text. llama-server holds back incomplete UTF-8, so one event may carry several tokens.
+    pub t: String,
+    /// Index of this event, from 0.
+    pub i: u64,
+}
+
+/// `metrics`: progress and queue state, interleaved with tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricsEvent {
+    /// Tasks waiting in this task's pool.
+    pub queue_depth: usize,
+    /// Chance of finishing within `deadline_ms` (1.0 without a deadline).
+    pub on_time_probability: f64,
+    /// Token events sent so far.
+    pub tokens_out: u64,
+    /// Decode rate so far.
+    pub tokens_per_s: f64,
+    /// KV warmth of the session (0 cold .. 1 fully reused prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_warmth: Option<f64>,
+    /// Remaining session token budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_budget_remaining: Option<u64>,
+    /// Remaining session time budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget_remaining_ms: Option<u64>,
+    /// Remaining session cost budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_budget_remaining: Option<f64>,
+}
+
+/// `end`: the task finished normally.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EndEvent {
+    /// Token events sent.
+    pub tokens_out: u64,
+    /// Time from the first to the last token.
+    pub decode_ms: u64,
+    /// `length` (max_tokens reached), `stop` (end of sequence or a stop string).
+    pub finish_reason: String,
+}
+
+/// One event of a task's stream, with its SSE event name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// `started`.
+    Started(StartedEvent),
+    /// `token`.
+    Token(TokenEvent),
+    /// `metrics`.
+    Metrics(MetricsEvent),
+    /// `end`.
+    End(EndEvent),
+    /// `error`.
+    Error(ErrorEnvelope),
+}
+
+impl StreamEvent {
+    /// The SSE `event:` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started(_) => "started",
+            Self::Token(_) => "token",
+            Self::Metrics(_) => "metrics",
+            Self::End(_) => "end",
+            Self::Error(_) => "error",
+        }
+    }
+
+    /// Whether this event ends the stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::End(_) | Self::Error(_))
+    }
+
+    /// The `data:` payload as JSON. serde_json escapes CR and LF, so the payload is one SSE line.
+    pub fn data_json(&self) -> String {
+        let r = match self {
+            Self::Started(e) => serde_json::to_string(e),
+            Self::Token(e) => serde_json::to_string(e),
+            Self::Metrics(e) => serde_json::to_string(e),
+            Self::End(e) => serde_json::to_string(e),
+            Self::Error(e) => serde_json::to_string(e),
+        };
+        // These types hold only strings and numbers: serialisation cannot fail. A NaN float
+        // serialises as `null`, never as an error.
+        r.unwrap_or_else(|e| format!("{{\"code\":\"INTERNAL\",\"message\":\"{e}\"}}"))
+    }
+
+    /// Parses an SSE event back (used by clients and tests).
+    pub fn parse(event: &str, data: &str) -> Result<Self, serde_json::Error> {
+        Ok(match event {
+            "started" => Self::Started(serde_json::from_str(data)?),
+            "token" => Self::Token(serde_json::from_str(data)?),
+            "metrics" => Self::Metrics(serde_json::from_str(data)?),
+            "end" => Self::End(serde_json::from_str(data)?),
+            _ => Self::Error(serde_json::from_str(data)?),
+        })
+    }
+}

@@ -1,0 +1,52 @@
+//! Typed bodies of the llama-orch HTTP API.
+//!
+//! Every struct here is what goes over the wire, nothing more. The OpenAPI document in
+//! `contracts/openapi.json` is generated from these types (utoipa), so changing a field here is
+//! changing the contract: regenerate with `cargo xtask regen-contracts`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The version of the data and control plane API, reported by `/v1/capabilities`.
+pub const API_VERSION: &str = "1.0.0";
+
+mod errors;
+mod events;
+mod state;
+mod status;
+mod tasks;
+
+pub use errors::{ErrorCode, ErrorEnvelope};
+pub use events::{EndEvent, MetricsEvent, StartedEvent, StreamEvent, TokenEvent};
+pub use state::{
+    Artifact, ArtifactCreate, ArtifactKind, ArtifactList, ArtifactMeta, BudgetRemaining,
+    BudgetSpec, CatalogList, CatalogModel, ContentEncoding, ModelState, RegisterModelRequest,
+    SessionEvicted, SessionInfo, SessionSpend, SetModelStateRequest, VerifyOutcome, VerifyResponse,
+};
+pub use status::{GpuStatus, PoolStatus, QueueDepths, ReplicaSummary, StatusSnapshot};
+pub use tasks::{
+    AdmissionResponse, ChatMessage, Determinism, KvHint, PlacementHint, Priority, StreamLinks,
+    TaskRequest, TaskState, TaskStatus, Workload,
+};
+
+/// Body of `GET /health`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok` while the daemon runs; `shutting_down` once it stopped admitting.
+    pub status: String,
+    /// The daemon's version.
+    pub version: String,
+    /// Pools that answer their engine's health check.
+    pub pools_ready: usize,
+    /// Pools configured.
+    pub pools_total: usize,
+}
+
+/// Body of `POST /v1/tasks/{id}/cancel`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CancelResponse {
+    /// The task.
+    pub task_id: String,
+    /// The task's state after the request (a finished task stays as it was: cancel is idempotent).
+    pub state: TaskState,
+}

@@ -1,0 +1,112 @@
+//! `llorch`: the llama-orch command line client. See docs/CLI.md.
+
+mod cli;
+mod client;
+mod commands;
+mod config;
+mod doctor;
+mod error;
+mod metrics;
+mod stream;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command};
+use crate::client::Client;
+use crate::config::Settings;
+use crate::error::{CliError, Exit};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { Exit::Usage as u8 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let json_out = cli.global.json;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("llorch: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Usage as u8);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A task's own failure is already the stream's last NDJSON line (`error` event).
+            let task_outcome = matches!(e.exit, Exit::TaskFailed | Exit::Canceled);
+            if json_out && !task_outcome {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", e.to_json());
+                let _ = out.flush();
+            }
+            if e.exit != Exit::Interrupted || !json_out {
+                eprintln!("llorch: {e}");
+            }
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let g = cli.global;
+    if let Command::Completions { shell } = cli.command {
+        let mut cmd = Cli::command();
+        clap_complete::generate(shell, &mut cmd, "llorch", &mut std::io::stdout());
+        return Ok(());
+    }
+    let settings = Settings::resolve(&g)?;
+    let client = Client::new(
+        &settings,
+        g.wait,
+        Duration::from_secs(g.wait_max_s),
+        !g.json,
+    )?;
+    let json_out = g.json;
+    match cli.command {
+        Command::Submit(a) => commands::submit(&client, &settings, a, json_out).await,
+        Command::Stream { task_id } => commands::stream_cmd(&client, &task_id, json_out).await,
+        Command::Cancel { task_id } => commands::cancel(&client, &task_id, json_out).await,
+        Command::Task { task_id } => commands::task(&client, &task_id, json_out).await,
+        Command::Sessions { cmd } => commands::sessions(&client, cmd, json_out).await,
+        Command::Catalog { cmd } => commands::catalog(&client, cmd, json_out).await,
+        Command::Pools { cmd } => commands::pools(&client, cmd, json_out).await,
+        Command::Capabilities => commands::capabilities(&client, json_out).await,
+        Command::Artifacts { cmd } => commands::artifacts(&client, cmd, json_out).await,
+        Command::Status { watch, tasks } => commands::status(&client, watch, tasks, json_out).await,
+        Command::Metrics {
+            follow,
+            interval,
+            grep,
+            all,
+        } => commands::metrics_cmd(&client, follow, interval, grep, all, json_out).await,
+        Command::Doctor { daemon_config } => {
+            let checks = doctor::run(&settings, &client, daemon_config).await?;
+            if json_out {
+                commands::print_json(&serde_json::json!({ "checks": checks }), true);
+            } else {
+                doctor::print(&checks);
+            }
+            if checks.iter().any(|c| c.level == doctor::Level::Fail) {
+                Err(CliError::new(
+                    Exit::Usage,
+                    "doctor found problems; apply the fixes above",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Command::Completions { .. } => Ok(()),
+    }
+}

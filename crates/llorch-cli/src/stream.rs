@@ -1,0 +1,170 @@
+//! Following a task's SSE stream: tokens to stdout byte for byte, everything else to stderr,
+//! or NDJSON (`{"event": …, "data": …}` per line) with `--json`.
+//!
+//! The stream is parsed with `eventsource-stream` (a spec-conformant SSE parser): token text
+//! may contain U+2028, lone CR and other line-breaking characters, which the daemon sends
+//! JSON-escaped inside one `data:` line; nothing here splits lines by hand.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use api_types::{ErrorCode, StreamEvent};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::error::{CliError, Exit};
+
+/// How a followed task ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// `end`.
+    Completed,
+    /// `error` with this code and message.
+    Failed(ErrorCode, String),
+}
+
+/// Prints one NDJSON line to stdout.
+pub fn ndjson(event: &str, data: &Value) {
+    let line = json!({ "event": event, "data": data });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Follows `/v1/tasks/{id}/stream` until its terminal event.
+pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Outcome, CliError> {
+    let path = format!("/v1/tasks/{task_id}/stream");
+    let resp = client.send(Method::GET, &path, None, None).await?;
+    let mut events = resp.bytes_stream().eventsource();
+    let stdout_tty = std::io::stdout().is_terminal();
+    let mut wrote_text = false;
+    while let Some(ev) = events.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                return Err(CliError::new(
+                    Exit::Connection,
+                    format!("the stream of task {task_id} broke off ({e}); resume with `llorch stream {task_id}`"),
+                ))
+            }
+        };
+        if ev.event.is_empty() || ev.event == "message" {
+            continue;
+        }
+        if json_out {
+            let data: Value =
+                serde_json::from_str(&ev.data).unwrap_or(Value::String(ev.data.clone()));
+            ndjson(&ev.event, &data);
+        }
+        let parsed = match StreamEvent::parse(&ev.event, &ev.data) {
+            Ok(p) => p,
+            Err(e) => {
+                if !json_out {
+                    eprintln!("llorch: ignoring an unreadable `{}` event: {e}", ev.event);
+                }
+                continue;
+            }
+        };
+        match parsed {
+            StreamEvent::Started(s) => {
+                if !json_out {
+                    eprintln!(
+                        "[started on {}/{} ({} {}, {}) after {} ms in the queue]",
+                        s.pool_id, s.replica_id, s.engine, s.engine_version, s.device, s.queued_ms
+                    );
+                }
+            }
+            StreamEvent::Token(t) => {
+                if !json_out {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(t.t.as_bytes()).map_err(stdout_error)?;
+                    out.flush().map_err(stdout_error)?;
+                    wrote_text |= !t.t.is_empty();
+                }
+            }
+            StreamEvent::Metrics(_) => {}
+            StreamEvent::End(e) => {
+                if !json_out {
+                    if stdout_tty && wrote_text {
+                        eprintln!();
+                    }
+                    let rate = if e.decode_ms > 0 {
+                        format!(
+                            ", {:.1} tok/s",
+                            e.tokens_out as f64 * 1000.0 / e.decode_ms as f64
+                        )
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "[end: {} tokens in {} ms{rate}, finish_reason={}]",
+                        e.tokens_out, e.decode_ms, e.finish_reason
+                    );
+                }
+                return Ok(Outcome::Completed);
+            }
+            StreamEvent::Error(e) => {
+                if !json_out {
+                    if stdout_tty && wrote_text {
+                        eprintln!();
+                    }
+                    eprintln!("[error {}: {}]", e.code.as_str(), e.message);
+                }
+                return Ok(Outcome::Failed(e.code, e.message));
+            }
+        }
+    }
+    Err(CliError::new(
+        Exit::Connection,
+        format!("the stream of task {task_id} ended without `end` or `error`; resume with `llorch stream {task_id}`"),
+    ))
+}
+
+fn stdout_error(e: std::io::Error) -> CliError {
+    CliError::new(Exit::Usage, format!("cannot write to stdout: {e}"))
+}
+
+/// Exit code for an outcome.
+pub fn outcome_result(task_id: &str, o: Outcome) -> Result<(), CliError> {
+    match o {
+        Outcome::Completed => Ok(()),
+        Outcome::Failed(ErrorCode::Canceled, m) => Err(CliError::new(
+            Exit::Canceled,
+            format!("task {task_id} was canceled: {m}"),
+        )),
+        Outcome::Failed(code, m) => Err(CliError::new(
+            Exit::TaskFailed,
+            format!("task {task_id} failed with {}: {m}", code.as_str()),
+        )),
+    }
+}
+
+/// Follows a task and, on Ctrl-C, cancels it (unless `detach`), exiting 130.
+pub async fn follow_interruptible(
+    client: &Client,
+    task_id: &str,
+    json_out: bool,
+    cancel_on_interrupt: bool,
+) -> Result<(), CliError> {
+    tokio::select! {
+        r = follow(client, task_id, json_out) => outcome_result(task_id, r?),
+        _ = tokio::signal::ctrl_c() => {
+            if cancel_on_interrupt {
+                let path = format!("/v1/tasks/{task_id}/cancel");
+                let r = client
+                    .call_json(Method::POST, &path, None, Some(Duration::from_secs(10)))
+                    .await;
+                match r {
+                    Ok(_) => eprintln!("\n[interrupted: task {task_id} canceled]"),
+                    Err(e) => eprintln!("\n[interrupted; canceling task {task_id} failed: {e}]"),
+                }
+            } else {
+                eprintln!("\n[interrupted; task {task_id} keeps running: `llorch stream {task_id}`]");
+            }
+            Err(CliError::new(Exit::Interrupted, "interrupted"))
+        }
+    }
+}

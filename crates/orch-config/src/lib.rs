@@ -1,0 +1,577 @@
+//! Configuration of `orchestratord`.
+//!
+//! One YAML (or TOML, by extension) file plus environment variables for secrets and a few
+//! overrides. With no file at all the daemon runs on [`Config::default`]: loopback, a data
+//! directory under the user's data dir, and no pool unless `LLORCH_MODEL` names a model file.
+//! The JSON schema in `contracts/config.schema.json` is generated from these types.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+mod env;
+pub use env::EnvOverrides;
+
+/// Why a configuration cannot be used. Every message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML/TOML for this schema.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on. Loopback by default; anything else requires a token.
+    /// Env `LLORCH_ADDR` overrides.
+    pub bind: String,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Where the catalog, sessions, budgets and artifacts live.
+    /// Default: `<user data dir>/llama-orch`. Env `LLORCH_DATA_DIR` overrides.
+    pub data_dir: Option<PathBuf>,
+    /// Admission queue, one per pool.
+    pub queue: QueueConfig,
+    /// Finished tasks and their transcripts kept for late readers.
+    pub tasks: TasksConfig,
+    /// Sessions for KV reuse.
+    pub sessions: SessionsConfig,
+    /// Artifact store retention.
+    pub artifacts: ArtifactsConfig,
+    /// Outbound HTTP policy.
+    pub policy: PolicyConfig,
+    /// Development switches. Never use these in production.
+    pub dev: DevConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Seconds to let running tasks finish on SIGTERM/SIGINT before they are ended with an error.
+    pub shutdown_grace_s: u64,
+    /// Engine pools.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            auth: AuthConfig::default(),
+            data_dir: None,
+            queue: QueueConfig::default(),
+            tasks: TasksConfig::default(),
+            sessions: SessionsConfig::default(),
+            artifacts: ArtifactsConfig::default(),
+            policy: PolicyConfig::default(),
+            dev: DevConfig::default(),
+            log: LogConfig::default(),
+            shutdown_grace_s: 10,
+            pools: Vec::new(),
+        }
+    }
+}
+
+/// Authentication: one shared bearer token for data and control planes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Environment variable holding the token.
+    pub token_env: String,
+    /// File holding the token (first line); used when the variable is unset.
+    pub token_file: Option<PathBuf>,
+    /// Waive the token for loopback callers only (env `AUTH_OPTIONAL=true`). Remote callers
+    /// always need it.
+    pub optional: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_env: "AUTH_TOKEN".into(),
+            token_file: None,
+            optional: false,
+        }
+    }
+}
+
+/// What to do when a pool's queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Reject the new task with 429.
+    #[default]
+    Reject,
+    /// Drop the oldest queued batch task (it ends with `QUEUE_FULL_DROP_LRU`) to admit the new one.
+    DropLru,
+}
+
+/// The bounded two-priority queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Tasks waiting per pool, both priorities together.
+    pub capacity: usize,
+    /// Policy when full.
+    pub full_policy: FullPolicy,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 64,
+            full_policy: FullPolicy::Reject,
+        }
+    }
+}
+
+/// Retention of finished tasks in memory (their transcripts serve late readers).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// How long a finished task and its transcript stay readable.
+    pub retain_ms: u64,
+    /// At most this many finished tasks are kept; the oldest go first.
+    pub max_retained: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            retain_ms: 600_000,
+            max_retained: 10_000,
+        }
+    }
+}
+
+/// Sessions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Idle time-to-live, at most 600000 (10 min).
+    pub ttl_ms: u64,
+    /// Turns per session, at most 8.
+    pub max_turns: u32,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 600_000,
+            max_turns: 8,
+        }
+    }
+}
+
+/// Artifact store retention.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    /// Total bytes kept; oldest artifacts are collected first.
+    pub max_bytes: u64,
+    /// Artifacts older than this are collected.
+    pub max_age_days: u64,
+    /// Largest single artifact accepted.
+    pub max_artifact_bytes: u64,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 << 30,
+            max_age_days: 30,
+            max_artifact_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Outbound HTTP policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Rules for HTTP the daemon makes on a user's behalf.
+    pub outbound: OutboundPolicy,
+}
+
+/// Allow and deny lists of host or URL patterns (`*`, `*.example.com`, `http://10.0.0.20:8000/*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundPolicy {
+    /// Allowed patterns.
+    pub allow: Vec<String>,
+    /// Denied patterns; deny wins.
+    pub deny: Vec<String>,
+    /// Refuse every model download.
+    pub no_downloads: bool,
+}
+
+impl Default for OutboundPolicy {
+    fn default() -> Self {
+        Self {
+            allow: vec!["*".into()],
+            deny: Vec::new(),
+            no_downloads: false,
+        }
+    }
+}
+
+/// Development switches.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevConfig {
+    /// Run engines on the CPU when no NVIDIA GPU is usable (tests, the no-GPU quick start).
+    /// Logged as a warning at start and shown in `/v1/capabilities`. Env
+    /// `LLORCH_DEV_ALLOW_CPU_INFERENCE=true` sets it.
+    pub allow_cpu_inference: bool,
+    /// A fake GPU inventory such as `24GiB:RTX 3090,12GiB:RTX 3060`, for placement tests on
+    /// machines without GPUs. Env `LLORCH_FAKE_GPUS` sets it.
+    pub fake_gpus: Option<String>,
+}
+
+/// Logging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `info,orchestratord=debug`. Env `RUST_LOG` overrides.
+    pub filter: String,
+    /// `json` (JSON lines) or `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// Engine kinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// llama.cpp `llama-server`.
+    #[default]
+    Llamacpp,
+    /// vLLM's OpenAI-compatible server.
+    Vllm,
+    /// HuggingFace text-generation-inference.
+    Tgi,
+    /// NVIDIA Triton (generate extension).
+    Triton,
+    /// Any OpenAI-compatible server.
+    Openai,
+}
+
+impl EngineKind {
+    /// Name on the wire and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Llamacpp => "llamacpp",
+            Self::Vllm => "vllm",
+            Self::Tgi => "tgi",
+            Self::Triton => "triton",
+            Self::Openai => "openai",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Llamacpp,
+            Self::Vllm,
+            Self::Tgi,
+            Self::Triton,
+            Self::Openai,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// Which GPUs a pool may use: `all` or a list of indices such as `[0]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DeviceMask {
+    /// The literal `all` (the default).
+    All(AllDevices),
+    /// A list of GPU indices, e.g. `[0]`.
+    Only(Vec<u32>),
+}
+
+impl Default for DeviceMask {
+    fn default() -> Self {
+        Self::All(AllDevices::All)
+    }
+}
+
+impl DeviceMask {
+    /// The indices allowed, or `None` for all.
+    pub fn indices(&self) -> Option<&[u32]> {
+        match self {
+            Self::All(_) => None,
+            Self::Only(v) => Some(v),
+        }
+    }
+}
+
+/// The literal `all`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AllDevices {
+    /// Every GPU.
+    All,
+}
+
+/// One pool: replicas of one engine serving one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique id, used in `model_ref`, metrics and logs.
+    pub id: String,
+    /// Engine kind.
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// Model file (or catalog id) that launched replicas load.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Engine binary to launch (for `llamacpp`, `llama-server` on PATH by default).
+    #[serde(default)]
+    pub engine_binary: Option<String>,
+    /// An engine that already runs; the daemon does not launch anything for this pool.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// GPUs this pool may use.
+    #[serde(default)]
+    pub devices: DeviceMask,
+    /// Replicas to launch.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Concurrent requests per replica (llama-server `--parallel`).
+    #[serde(default = "four")]
+    pub slots: u32,
+    /// Context tokens per slot.
+    #[serde(default = "default_ctx")]
+    pub ctx: u32,
+    /// Extra engine flags, appended to the launch command.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Queue capacity for this pool (default: `queue.capacity`).
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
+    /// Seconds to wait for a launched replica to answer its health check.
+    #[serde(default = "default_startup")]
+    pub startup_timeout_s: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn four() -> u32 {
+    4
+}
+fn default_ctx() -> u32 {
+    4096
+}
+fn default_startup() -> u64 {
+    120
+}
+
+impl PoolConfig {
+    /// A llama.cpp pool launching `binary` on `model`, with defaults for the rest.
+    pub fn llamacpp(id: &str, model: &str, binary: Option<&str>) -> Self {
+        Self {
+            id: id.into(),
+            engine: EngineKind::Llamacpp,
+            model: Some(model.into()),
+            engine_binary: binary.map(Into::into),
+            endpoint: None,
+            devices: DeviceMask::default(),
+            replicas: 1,
+            slots: 4,
+            ctx: default_ctx(),
+            flags: Vec::new(),
+            queue_capacity: None,
+            startup_timeout_s: default_startup(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a YAML (`.yaml`/`.yml`/other) or TOML (`.toml`) file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_str_for(path, &text)
+    }
+
+    /// Parses config text; the path decides the format and appears in errors.
+    pub fn from_str_for(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let parsed = if is_toml {
+            toml::from_str(text).map_err(|e| e.to_string())
+        } else if text.trim().is_empty() {
+            Ok(Self::default())
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// The data directory, resolved.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            dirs::data_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("llama-orch")
+        })
+    }
+
+    /// Parsed listen address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.bind.parse().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "bind `{}` is not an address:port ({e}); e.g. 127.0.0.1:8080",
+                self.bind
+            ))
+        })
+    }
+
+    /// Checks everything that can be checked without starting anything.
+    /// `token_present` says whether a bearer token was found (env or file).
+    pub fn validate(&self, token_present: bool) -> Result<(), ConfigError> {
+        let addr = self.bind_addr()?;
+        if !addr.ip().is_loopback() && !token_present {
+            return Err(ConfigError::Invalid(format!(
+                "bind {addr} is reachable beyond this machine but no token is configured; \
+                 set the {} environment variable (or auth.token_file), or bind 127.0.0.1",
+                self.auth.token_env
+            )));
+        }
+        if self.sessions.ttl_ms > 600_000 || self.sessions.ttl_ms == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "sessions.ttl_ms is {}; it must be between 1 and 600000 (10 minutes)",
+                self.sessions.ttl_ms
+            )));
+        }
+        // Durations are added to clock instants; absurd values would overflow (and panic)
+        // there (found by the chaos harness's extreme-config check).
+        if self.shutdown_grace_s > MAX_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "shutdown_grace_s is {}; it must be at most {MAX_SECONDS} (a day)",
+                self.shutdown_grace_s
+            )));
+        }
+        if self.sessions.max_turns == 0 || self.sessions.max_turns > 8 {
+            return Err(ConfigError::Invalid(format!(
+                "sessions.max_turns is {}; it must be between 1 and 8",
+                self.sessions.max_turns
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.pools {
+            validate_pool(p)?;
+            if !seen.insert(p.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "pool id `{}` appears twice; pool ids must be unique",
+                    p.id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Largest accepted value of a setting in seconds (a day).
+pub const MAX_SECONDS: u64 = 86_400;
+
+fn validate_pool(p: &PoolConfig) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(format!("pool `{}`: {m}", p.id)));
+    if p.id.is_empty()
+        || p.id.len() > 64
+        || !p
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return bad("the id must be 1-64 characters of A-Z a-z 0-9 . _ -".into());
+    }
+    match (&p.endpoint, &p.model) {
+        (Some(_), _) => {}
+        (None, None) => {
+            return bad("give either `model` (a file to launch an engine on) or `endpoint` (an engine that already runs)".into())
+        }
+        (None, Some(_)) if matches!(p.engine, EngineKind::Openai | EngineKind::Triton) => {
+            return bad(format!(
+                "`{}` engines are not launched by llama-orch; run the server yourself and give its `endpoint`",
+                p.engine.as_str()
+            ))
+        }
+        _ => {}
+    }
+    if p.replicas == 0 || p.replicas > 64 {
+        return bad(format!("replicas is {}; use 1..=64", p.replicas));
+    }
+    if p.slots == 0 || p.slots > 256 {
+        return bad(format!("slots is {}; use 1..=256", p.slots));
+    }
+    if p.startup_timeout_s > MAX_SECONDS {
+        return bad(format!(
+            "startup_timeout_s is {}; use at most {MAX_SECONDS} (a day)",
+            p.startup_timeout_s
+        ));
+    }
+    if p.ctx < 16 {
+        return bad(format!("ctx is {}; use at least 16", p.ctx));
+    }
+    if let Some(e) = &p.endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return bad(format!(
+                "endpoint `{e}` must start with http:// or https://"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The JSON schema of the configuration file, as committed in `contracts/config.schema.json`.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests;

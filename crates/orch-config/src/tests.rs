@@ -1,0 +1,162 @@
+use super::*;
+use std::collections::HashMap;
+
+fn env(pairs: &[(&str, &str)]) -> EnvOverrides {
+    EnvOverrides::from_map(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+    )
+}
+
+#[test]
+fn embedded_default_is_loopback_and_valid() {
+    let c = Config::default();
+    assert!(c.bind_addr().unwrap().ip().is_loopback());
+    c.validate(false).unwrap();
+    assert!(c.pools.is_empty());
+}
+
+#[test]
+fn spec_example_parses() {
+    let yaml = r#"
+bind: 127.0.0.1:8080
+auth: { token_env: AUTH_TOKEN }
+queue: { capacity: 64, full_policy: drop-lru }
+sessions: { ttl_ms: 600000, max_turns: 8 }
+dev: { allow_cpu_inference: false }
+pools:
+  - id: qwen7b
+    engine: llamacpp
+    model: /models/qwen2.5-7b-instruct-q4_k_m.gguf
+    engine_binary: llama-server
+    devices: all
+    replicas: 1
+    slots: 4
+    ctx: 8192
+    flags: ["--flash-attn", "on"]
+  - id: small
+    model: /models/small.gguf
+    devices: [1]
+  - id: lan-vllm
+    engine: vllm
+    endpoint: http://10.0.0.20:8000
+"#;
+    let c = Config::from_str_for(Path::new("c.yaml"), yaml).unwrap();
+    c.validate(false).unwrap();
+    assert_eq!(c.queue.full_policy, FullPolicy::DropLru);
+    assert_eq!(c.pools[0].devices, DeviceMask::default());
+    assert_eq!(c.pools[1].devices, DeviceMask::Only(vec![1]));
+    assert_eq!(c.pools[2].engine, EngineKind::Vllm);
+}
+
+#[test]
+fn toml_parses() {
+    let t = "bind = \"127.0.0.1:9000\"\n[[pools]]\nid = \"a\"\nmodel = \"/m.gguf\"\n";
+    let c = Config::from_str_for(Path::new("c.toml"), t).unwrap();
+    assert_eq!(c.pools[0].id, "a");
+    assert_eq!(c.bind, "127.0.0.1:9000");
+}
+
+#[test]
+fn typo_is_an_error_with_position() {
+    let e = Config::from_str_for(Path::new("c.yaml"), "queue: { capacty: 3 }\n").unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("capacty"), "{m}");
+    assert!(m.contains("c.yaml"), "{m}");
+}
+
+#[test]
+fn lan_bind_without_token_refuses_naming_fix() {
+    let mut c = Config::default();
+    env(&[("LLORCH_ADDR", "0.0.0.0:8080")])
+        .apply(&mut c)
+        .unwrap();
+    let m = c.validate(false).unwrap_err().to_string();
+    assert!(m.contains("AUTH_TOKEN") && m.contains("127.0.0.1"), "{m}");
+    c.validate(true).unwrap();
+}
+
+#[test]
+fn env_model_makes_default_pool() {
+    let mut c = Config::default();
+    env(&[
+        ("LLORCH_MODEL", "/m/tiny.gguf"),
+        ("LLAMA_SERVER", "/bin/llama-server"),
+        ("LLORCH_DEV_ALLOW_CPU_INFERENCE", "true"),
+    ])
+    .apply(&mut c)
+    .unwrap();
+    assert_eq!(c.pools.len(), 1);
+    assert_eq!(
+        c.pools[0].engine_binary.as_deref(),
+        Some("/bin/llama-server")
+    );
+    assert!(c.dev.allow_cpu_inference);
+}
+
+#[test]
+fn bad_bool_env_is_an_error() {
+    let mut c = Config::default();
+    let e = env(&[("AUTH_OPTIONAL", "maybe")])
+        .apply(&mut c)
+        .unwrap_err();
+    assert!(e.to_string().contains("AUTH_OPTIONAL"));
+}
+
+#[test]
+fn pool_validation_messages() {
+    let mut c = Config::default();
+    let mut p = PoolConfig::llamacpp("a", "/m.gguf", None);
+    p.slots = 0;
+    c.pools.push(p);
+    assert!(c.validate(false).unwrap_err().to_string().contains("slots"));
+    c.pools[0].slots = 2;
+    c.pools.push(PoolConfig::llamacpp("a", "/m.gguf", None));
+    assert!(c.validate(false).unwrap_err().to_string().contains("twice"));
+    c.pools.pop();
+    c.pools[0].startup_timeout_s = u64::MAX;
+    assert!(c
+        .validate(false)
+        .unwrap_err()
+        .to_string()
+        .contains("startup_timeout_s"));
+    c.pools[0].startup_timeout_s = 60;
+    c.shutdown_grace_s = u64::MAX;
+    assert!(c
+        .validate(false)
+        .unwrap_err()
+        .to_string()
+        .contains("shutdown_grace_s"));
+    c.shutdown_grace_s = 10;
+    c.pools[0].model = None;
+    assert!(c
+        .validate(false)
+        .unwrap_err()
+        .to_string()
+        .contains("endpoint"));
+}
+
+#[test]
+fn token_from_file() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("tok");
+    std::fs::write(&f, "s3cret\n").unwrap();
+    let mut c = Config::default();
+    c.auth.token_file = Some(f);
+    assert_eq!(env(&[]).token(&c).unwrap().as_deref(), Some("s3cret"));
+    assert_eq!(
+        env(&[("AUTH_TOKEN", "fromenv")])
+            .token(&c)
+            .unwrap()
+            .as_deref(),
+        Some("fromenv")
+    );
+}
+
+#[test]
+fn schema_generates() {
+    let s = json_schema();
+    assert!(s.to_string().contains("allow_cpu_inference"));
+}

@@ -1,0 +1,746 @@
+//! One dispatcher task per pool owns that pool's queue (TGI's router does the same): admission,
+//! cancel-while-queued and "a slot freed" all arrive as messages on a bounded channel, so the
+//! queue has exactly one owner and needs no lock. The dispatcher hands each task to the
+//! least-loaded ready replica with a free slot, and never runs more requests on a replica than
+//! it has slots.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api_types::{
+    EndEvent, ErrorCode, ErrorEnvelope, MetricsEvent, Priority, StartedEvent, StreamEvent,
+    TokenEvent, Workload,
+};
+use futures::StreamExt;
+use orch_config::FullPolicy;
+use orchestrator_core::estimate::{on_time_probability, predict_start, ServiceStats};
+use orchestrator_core::queue::{self, Queue, Rejected};
+use pool_managerd::{Pool, ReplicaState, ReplicaView};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+use worker_adapters::{AdapterError, ChatTurn, EngineEvent, GenerateRequest, Prompt};
+
+use crate::metrics::{
+    Metrics, PoolPriority, Replica as ReplicaLabels, ReplicaPriority, ReplicaReason,
+};
+use crate::registry::{Registry, Task};
+
+/// How often a running task emits a `metrics` frame.
+const METRICS_EVERY: Duration = Duration::from_millis(250);
+/// Assumed time per task before any task on the pool has finished.
+const PRIOR_TASK_MS: f64 = 2_000.0;
+
+fn core_priority(p: Priority) -> queue::Priority {
+    match p {
+        Priority::Interactive => queue::Priority::Interactive,
+        Priority::Batch => queue::Priority::Batch,
+    }
+}
+
+fn core_policy(p: FullPolicy) -> queue::FullPolicy {
+    match p {
+        FullPolicy::Reject => queue::FullPolicy::Reject,
+        FullPolicy::DropLru => queue::FullPolicy::DropLru,
+    }
+}
+
+/// The answer to an admission.
+#[derive(Debug)]
+pub struct Admission {
+    /// Tasks ahead.
+    pub queue_position: usize,
+    /// Estimated wait.
+    pub predicted_start_ms: u64,
+}
+
+/// Why the queue refused.
+#[derive(Debug)]
+pub struct QueueFull {
+    /// Capacity.
+    pub capacity: usize,
+    /// Depth at the time.
+    pub depth: usize,
+    /// Suggested retry delay.
+    pub retry_after_ms: u64,
+}
+
+enum Cmd {
+    Enqueue {
+        task: Arc<Task>,
+        reply: oneshot::Sender<Result<Admission, QueueFull>>,
+    },
+    Remove {
+        id: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Finished {
+        task_id: String,
+        replica_id: String,
+        sample: Option<(u64, u64, u64)>,
+    },
+    DrainQueue {
+        reply: oneshot::Sender<Vec<Arc<Task>>>,
+    },
+}
+
+/// Handle to a pool's dispatcher.
+#[derive(Clone)]
+pub struct Dispatcher {
+    tx: mpsc::Sender<Cmd>,
+    depth: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    pool: Arc<Pool>,
+    policy: FullPolicy,
+}
+
+/// Shared pieces a dispatcher needs.
+#[derive(Clone)]
+pub struct DispatchCtx {
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Task registry (for retention bookkeeping).
+    pub registry: Arc<Registry>,
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher task of `pool`.
+    pub fn spawn(pool: Arc<Pool>, capacity: usize, policy: FullPolicy, ctx: DispatchCtx) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let d = Self {
+            tx: tx.clone(),
+            depth: Arc::new(AtomicUsize::new(0)),
+            running: Arc::new(AtomicUsize::new(0)),
+            pool: pool.clone(),
+            policy,
+        };
+        let actor = Actor {
+            queue: Queue::new(capacity, core_policy(policy)),
+            pool,
+            rx,
+            tx,
+            inflight: HashMap::new(),
+            running: HashMap::new(),
+            stats: ServiceStats::default(),
+            depth: d.depth.clone(),
+            running_count: d.running.clone(),
+            ctx,
+        };
+        tokio::spawn(actor.run());
+        d
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The queue-full policy.
+    pub fn policy(&self) -> FullPolicy {
+        self.policy
+    }
+
+    /// Tasks waiting.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Tasks running.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Queues a task.
+    pub async fn enqueue(
+        &self,
+        task: Arc<Task>,
+    ) -> Result<Result<Admission, QueueFull>, ErrorEnvelope> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Enqueue { task, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// Removes a queued task; false if it is not in the queue (running or finished).
+    pub async fn remove(&self, id: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Cmd::Remove {
+                id: id.to_owned(),
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Empties the queue (shutdown), returning the tasks that were waiting.
+    pub async fn drain_queue(&self) -> Vec<Arc<Task>> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::DrainQueue { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+fn gone() -> ErrorEnvelope {
+    ErrorEnvelope::new(ErrorCode::ShuttingDown, "the pool's dispatcher has stopped")
+        .retry_after(1000)
+}
+
+struct Actor {
+    queue: Queue<Arc<Task>>,
+    pool: Arc<Pool>,
+    rx: mpsc::Receiver<Cmd>,
+    tx: mpsc::Sender<Cmd>,
+    /// Requests in flight per replica.
+    inflight: HashMap<String, usize>,
+    /// Running tasks: start instant and estimated duration.
+    running: HashMap<String, (Instant, f64)>,
+    stats: ServiceStats,
+    depth: Arc<AtomicUsize>,
+    running_count: Arc<AtomicUsize>,
+    ctx: DispatchCtx,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let mut changed = self.pool.subscribe();
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => return,
+                },
+                r = changed.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            }
+            self.dispatch();
+            self.publish_depth();
+        }
+    }
+
+    fn est_task_ms(&self, task: &Task) -> f64 {
+        let expected = u64::from(task.req.expected_tokens.unwrap_or(task.req.max_tokens));
+        self.stats
+            .estimate_task_ms(expected)
+            .unwrap_or(PRIOR_TASK_MS)
+    }
+
+    fn total_slots(&self) -> usize {
+        self.pool.ready_slots()
+    }
+
+    fn predicted_start(&self, position: usize, task_ms: f64) -> u64 {
+        let total = self.total_slots();
+        let busy: usize = self.inflight.values().sum();
+        let free = total.saturating_sub(busy);
+        let remaining: Vec<f64> = self
+            .running
+            .values()
+            .map(|(at, est)| (est - at.elapsed().as_secs_f64() * 1000.0).max(0.0))
+            .collect();
+        predict_start(position, free, total.max(1), &remaining, task_ms)
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Enqueue { task, reply } => {
+                let est = self.est_task_ms(&task);
+                let id = task.id.clone();
+                let prio = core_priority(task.priority());
+                match self.queue.push(id, prio, task.clone()) {
+                    Ok(adm) => {
+                        if let Some(dropped) = adm.dropped {
+                            self.drop_lru(dropped.item);
+                        }
+                        let predicted = self.predicted_start(adm.position, est);
+                        task.set_admission(adm.position, predicted);
+                        self.ctx
+                            .metrics
+                            .tasks_enqueued
+                            .get_or_create(&ReplicaPriority {
+                                engine: task.engine.into(),
+                                engine_version: self.pool.engine_version(),
+                                pool_id: self.pool.id().into(),
+                                replica_id: String::new(),
+                                priority: prio.as_str().into(),
+                            })
+                            .inc();
+                        let _ = reply.send(Ok(Admission {
+                            queue_position: adm.position,
+                            predicted_start_ms: predicted,
+                        }));
+                    }
+                    Err(Rejected::Full {
+                        capacity, depth, ..
+                    }) => {
+                        // Retry when about one task's worth of queue has drained.
+                        let slots = self.total_slots().max(1) as f64;
+                        let retry = (self.est_task_ms(&task) / slots).clamp(100.0, 30_000.0) as u64;
+                        let _ = reply.send(Err(QueueFull {
+                            capacity,
+                            depth,
+                            retry_after_ms: retry,
+                        }));
+                    }
+                    Err(Rejected::Duplicate { .. }) => {
+                        // The registry rejects duplicates first; treat as full-refusal safety net.
+                        let _ = reply.send(Err(QueueFull {
+                            capacity: self.queue.capacity(),
+                            depth: self.queue.len(),
+                            retry_after_ms: 1000,
+                        }));
+                    }
+                }
+            }
+            Cmd::Remove { id, reply } => {
+                let removed = self.queue.remove(&id).is_some();
+                let _ = reply.send(removed);
+            }
+            Cmd::Finished {
+                task_id,
+                replica_id,
+                sample,
+            } => {
+                if let Some(n) = self.inflight.get_mut(&replica_id) {
+                    *n = n.saturating_sub(1);
+                }
+                self.running.remove(&task_id);
+                self.running_count
+                    .store(self.running.len(), Ordering::Relaxed);
+                if let Some((tokens, decode_ms, first_ms)) = sample {
+                    self.stats.record(tokens, decode_ms, first_ms);
+                }
+                self.ctx.registry.note_finished(&task_id);
+            }
+            Cmd::DrainQueue { reply } => {
+                let tasks = self.queue.drain_all().into_iter().map(|e| e.item).collect();
+                let _ = reply.send(tasks);
+            }
+        }
+    }
+
+    fn drop_lru(&mut self, task: Arc<Task>) {
+        tracing::warn!(task_id = %task.id, pool_id = %self.pool.id(), "queue full: dropping the oldest batch task (drop-lru)");
+        self.ctx
+            .metrics
+            .rejected(task.engine, "QUEUE_FULL_DROP_LRU");
+        let cap = self.queue.capacity();
+        task.fail(
+            ErrorEnvelope::new(
+                ErrorCode::QueueFullDropLru,
+                format!(
+                    "dropped from the full queue of pool '{}' ({cap}/{cap}) to admit newer work (policy drop-lru); resubmit, or raise queue.capacity",
+                    self.pool.id()
+                ),
+            )
+            .with_engine(task.engine)
+            .retry_after(1000),
+        );
+        self.ctx.registry.note_finished(&task.id);
+    }
+
+    fn publish_depth(&self) {
+        self.depth.store(self.queue.len(), Ordering::Relaxed);
+        let version = self.pool.engine_version();
+        for p in [queue::Priority::Interactive, queue::Priority::Batch] {
+            self.ctx
+                .metrics
+                .queue_depth
+                .get_or_create(&PoolPriority {
+                    engine: self.pool.engine().into(),
+                    engine_version: version.clone(),
+                    pool_id: self.pool.id().into(),
+                    priority: p.as_str().into(),
+                })
+                .set(self.queue.depth(p) as i64);
+        }
+        // Keep the positions that GET /v1/tasks/{id} shows current.
+        for (i, e) in self.queue.iter().enumerate() {
+            e.item.set_queue_position(Some(i));
+        }
+    }
+
+    /// The least-loaded ready replica with a free slot; `prefer` (the replica holding the next
+    /// task's session KV) wins whenever it has a free slot.
+    fn pick_replica(&self, prefer: Option<&str>) -> Option<ReplicaView> {
+        let free: Vec<ReplicaView> = self
+            .pool
+            .replicas()
+            .into_iter()
+            .filter(|r| r.status.state == ReplicaState::Ready && r.adapter.is_some())
+            .filter(|r| {
+                self.inflight.get(&r.status.id).copied().unwrap_or(0) < r.status.slots as usize
+            })
+            .collect();
+        if let Some(r) = prefer.and_then(|p| free.iter().find(|r| r.status.id == p)) {
+            return Some(r.clone());
+        }
+        free.into_iter().min_by_key(|r| {
+            let n = self.inflight.get(&r.status.id).copied().unwrap_or(0);
+            // Compare load as a fraction of slots: n / slots, scaled.
+            (n * 1024) / (r.status.slots.max(1) as usize)
+        })
+    }
+
+    fn dispatch(&mut self) {
+        while !self.queue.is_empty() {
+            let prefer = self
+                .queue
+                .peek()
+                .and_then(|e| e.item.ext.pinned_replica().map(str::to_owned));
+            let Some(replica) = self.pick_replica(prefer.as_deref()) else {
+                return;
+            };
+            // None: a reload retired this replica after the snapshot; the swap woke us, so
+            // the next round picks from the new replicas.
+            let Some(lease) = replica.try_lease() else {
+                return;
+            };
+            let Some(entry) = self.queue.pop() else {
+                return;
+            };
+            let task = entry.item;
+            if task.state().is_terminal() {
+                continue;
+            }
+            let rid = replica.status.id.clone();
+            *self.inflight.entry(rid.clone()).or_insert(0) += 1;
+            let est = self.est_task_ms(&task);
+            self.running.insert(task.id.clone(), (Instant::now(), est));
+            self.running_count
+                .store(self.running.len(), Ordering::Relaxed);
+            let run = Run {
+                _lease: lease,
+                task: task.clone(),
+                replica,
+                pool: self.pool.clone(),
+                metrics: self.ctx.metrics.clone(),
+                depth: self.depth.clone(),
+                est_task_ms: est,
+                tokens_per_s_prior: self.stats.tokens_per_s(),
+            };
+            let done = self.tx.clone();
+            let span = tracing::info_span!("task", correlation_id = %task.correlation_id, task_id = %task.id);
+            tokio::spawn(
+                async move {
+                    let sample = run.execute().await;
+                    let _ = done
+                        .send(Cmd::Finished {
+                            task_id: task.id.clone(),
+                            replica_id: rid,
+                            sample,
+                        })
+                        .await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+/// One task on one replica.
+struct Run {
+    /// Holds the replica's slot until the run ends (a reload waits for it before stopping a
+    /// retiring replica).
+    _lease: pool_managerd::Lease,
+    task: Arc<Task>,
+    replica: ReplicaView,
+    pool: Arc<Pool>,
+    metrics: Metrics,
+    depth: Arc<AtomicUsize>,
+    est_task_ms: f64,
+    tokens_per_s_prior: Option<f64>,
+}
+
+/// Maps an adapter failure to our envelope.
+pub fn adapter_error(e: &AdapterError, engine: &str) -> ErrorEnvelope {
+    let (code, retry) = match e {
+        AdapterError::StreamBroken { .. } | AdapterError::Unreachable { .. } => {
+            (ErrorCode::WorkerReset, Some(1000))
+        }
+        // An engine saying "busy" (TGI's overload 429, a proxy's 503) is worth retrying; any
+        // other 4xx is about the request itself.
+        AdapterError::Rejected { status: 429, .. } => (ErrorCode::PoolUnavailable, Some(1000)),
+        AdapterError::Rejected { .. } => (ErrorCode::InvalidParams, None),
+        AdapterError::Engine { .. }
+        | AdapterError::Protocol { .. }
+        | AdapterError::Unsupported(_) => (ErrorCode::EngineError, None),
+    };
+    let hint = match code {
+        ErrorCode::WorkerReset => {
+            "; the engine went away mid-task and is being restarted — resubmit the task"
+        }
+        ErrorCode::InvalidParams => "; check the task's parameters",
+        _ => "",
+    };
+    let mut env = ErrorEnvelope::new(code, format!("{e}{hint}")).with_engine(engine);
+    if let Some(ms) = retry {
+        env = env.retry_after(ms);
+    }
+    env
+}
+
+impl Run {
+    fn labels(&self, version: &str) -> ReplicaLabels {
+        ReplicaLabels {
+            engine: self.task.engine.into(),
+            engine_version: version.into(),
+            pool_id: self.pool.id().into(),
+            replica_id: self.replica.status.id.clone(),
+        }
+    }
+
+    fn metrics_event(&self, tokens: u64, decode_started: Option<Instant>) -> StreamEvent {
+        let extra = crate::persist::live_metrics(&self.task, tokens);
+        let elapsed_ms = self.task.submitted.elapsed().as_secs_f64() * 1000.0;
+        let rate = decode_started
+            .map(|t| t.elapsed().as_secs_f64())
+            .filter(|s| *s > 0.0 && tokens > 1)
+            .map(|s| (tokens - 1) as f64 / s)
+            .unwrap_or(0.0);
+        let left = u64::from(self.task.req.max_tokens).saturating_sub(tokens) as f64;
+        let rate_for_eta = if rate > 0.0 {
+            Some(rate)
+        } else {
+            self.tokens_per_s_prior
+        };
+        let remaining_ms = match rate_for_eta {
+            Some(r) if r > 0.0 => left / r * 1000.0,
+            _ => (self.est_task_ms - elapsed_ms).max(0.0),
+        };
+        let p = on_time_probability(
+            elapsed_ms as u64,
+            remaining_ms,
+            self.task.req.deadline_ms,
+            0.25,
+        );
+        StreamEvent::Metrics(MetricsEvent {
+            queue_depth: self.depth.load(Ordering::Relaxed),
+            on_time_probability: p,
+            tokens_out: tokens,
+            tokens_per_s: rate,
+            kv_warmth: extra.kv_warmth,
+            tokens_budget_remaining: extra.tokens,
+            time_budget_remaining_ms: extra.time_ms,
+            cost_budget_remaining: extra.cost,
+        })
+    }
+
+    /// Runs the task to its one terminal event. Returns `(tokens, decode_ms, first_token_ms)` of
+    /// a completed task for the pool's service statistics.
+    async fn execute(self) -> Option<(u64, u64, u64)> {
+        let task = &self.task;
+        let version = self
+            .replica
+            .status
+            .info
+            .as_ref()
+            .map(|i| i.version.clone())
+            .unwrap_or_else(|| "unknown".into());
+        let Some(adapter) = self.replica.adapter.clone() else {
+            task.fail(
+                ErrorEnvelope::new(
+                    ErrorCode::WorkerReset,
+                    "replica lost before start; resubmit",
+                )
+                .retry_after(1000),
+            );
+            return None;
+        };
+        if !task.mark_running(&self.replica.status.id) {
+            return None;
+        }
+        let prio = task.priority();
+        let queued_ms = task.submitted.elapsed().as_millis() as u64;
+        let (queue_position, predicted_start_ms) = task.admission();
+        task.push(StreamEvent::Started(StartedEvent {
+            queue_position,
+            predicted_start_ms,
+            queued_ms,
+            pool_id: self.pool.id().into(),
+            replica_id: self.replica.status.id.clone(),
+            engine: task.engine.into(),
+            engine_version: version.clone(),
+            device: self.replica.status.device.clone(),
+        }));
+        let prio_s = match prio {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        };
+        self.metrics
+            .tasks_started
+            .get_or_create(&ReplicaPriority {
+                engine: task.engine.into(),
+                engine_version: version.clone(),
+                pool_id: self.pool.id().into(),
+                replica_id: self.replica.status.id.clone(),
+                priority: prio_s.into(),
+            })
+            .inc();
+        tracing::info!(replica_id = %self.replica.status.id, queued_ms, "task started");
+        let req = &task.req;
+        let prompt = match req.workload {
+            Workload::Chat => Prompt::Chat(
+                req.messages
+                    .iter()
+                    .flatten()
+                    .map(|m| ChatTurn {
+                        role: m.role.clone(),
+                        content: m.content.clone(),
+                    })
+                    .collect(),
+            ),
+            Workload::Completion => Prompt::Text(req.prompt.clone().unwrap_or_default()),
+        };
+        let gen = GenerateRequest {
+            prompt,
+            max_tokens: req.max_tokens,
+            seed: req.seed,
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            stop: req.stop.clone().unwrap_or_default(),
+            slot: task.ext.slot_for(&self.replica.status.id),
+            cache_prompt: !matches!(req.kv_hint, Some(api_types::KvHint::Cold)),
+        };
+        let pp = PoolPriority {
+            engine: task.engine.into(),
+            engine_version: version.clone(),
+            pool_id: self.pool.id().into(),
+            priority: prio_s.into(),
+        };
+        let stream = tokio::select! {
+            biased;
+            _ = task.cancel.cancelled() => { self.end_canceled(&version); return None; }
+            r = adapter.generate(gen) => r,
+        };
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "engine refused the task");
+                self.lost_engine(&e);
+                task.fail(adapter_error(&e, task.engine));
+                return None;
+            }
+        };
+        task.push(self.metrics_event(0, None));
+        let mut i: u64 = 0;
+        let mut first: Option<Instant> = None;
+        let mut last_metrics = Instant::now();
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = task.cancel.cancelled() => {
+                    drop(stream);
+                    self.end_canceled(&version);
+                    return None;
+                }
+                item = stream.next() => item,
+            };
+            match item {
+                Some(Ok(EngineEvent::Token(t))) => {
+                    if first.is_none() {
+                        first = Some(Instant::now());
+                        let ttft = task.submitted.elapsed().as_secs_f64() * 1000.0;
+                        self.metrics
+                            .latency_first_token_ms
+                            .get_or_create(&pp)
+                            .observe(ttft);
+                    }
+                    task.push(StreamEvent::Token(TokenEvent { t, i }));
+                    i += 1;
+                    if last_metrics.elapsed() >= METRICS_EVERY {
+                        last_metrics = Instant::now();
+                        task.push(self.metrics_event(i, first));
+                    }
+                }
+                Some(Ok(EngineEvent::Done(c))) => {
+                    let decode_ms = first.map(|f| f.elapsed().as_millis() as u64).unwrap_or(0);
+                    let first_ms = first
+                        .map(|f| f.duration_since(task.submitted).as_millis() as u64)
+                        .unwrap_or(0);
+                    task.ext
+                        .record_outcome(&self.replica.status.id, &version, &c);
+                    task.push(self.metrics_event(i, first));
+                    task.push(StreamEvent::End(EndEvent {
+                        tokens_out: i,
+                        decode_ms,
+                        finish_reason: c.finish_reason.map(|f| f.as_str()).unwrap_or("stop").into(),
+                    }));
+                    self.metrics
+                        .latency_decode_ms
+                        .get_or_create(&pp)
+                        .observe(decode_ms as f64);
+                    let labels = self.labels(&version);
+                    self.metrics
+                        .tokens_out
+                        .get_or_create(&labels)
+                        .inc_by(c.tokens_out.unwrap_or(i));
+                    self.metrics
+                        .tokens_in
+                        .get_or_create(&labels)
+                        .inc_by(c.tokens_in.unwrap_or(0));
+                    tracing::info!(tokens_out = i, decode_ms, "task completed");
+                    return Some((i, decode_ms, first_ms.saturating_sub(queued_ms)));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, tokens_out = i, "engine failed mid-task");
+                    self.lost_engine(&e);
+                    task.fail(adapter_error(&e, task.engine));
+                    return None;
+                }
+                None => {
+                    task.fail(adapter_error(
+                        &AdapterError::StreamBroken {
+                            message: "stream ended without a final chunk".into(),
+                        },
+                        task.engine,
+                    ));
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The engine went away under this task: keep queued tasks off the replica until its
+    /// supervisor sees it healthy or restarted (before this task's slot is freed).
+    fn lost_engine(&self, e: &AdapterError) {
+        if matches!(
+            e,
+            AdapterError::StreamBroken { .. } | AdapterError::Unreachable { .. }
+        ) {
+            self.replica.report_unreachable(&e.to_string());
+        }
+    }
+
+    fn end_canceled(&self, version: &str) {
+        let reason = self.task.cancel_reason();
+        let label = reason.code.as_str().to_owned();
+        if self.task.fail(reason) {
+            self.metrics
+                .tasks_canceled
+                .get_or_create(&ReplicaReason {
+                    engine: self.task.engine.into(),
+                    engine_version: version.into(),
+                    pool_id: self.pool.id().into(),
+                    replica_id: self.replica.status.id.clone(),
+                    reason: label,
+                })
+                .inc();
+            tracing::info!("running task canceled; engine request aborted");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! HTTP handlers: thin, typed, state passed explicitly. Business rules live in `dispatch`,
+//! `registry` and the core crate.
+
+pub mod artifacts;
+pub mod catalog;
+pub mod openai;
+pub mod pools;
+pub mod sessions;
+mod state_routes;
+pub mod system;
+pub mod tasks;
+pub mod web;
+
+pub use state_routes::state_routes;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON body whose every failure (bad JSON, wrong types, unknown fields, too large) is the
+/// spec's envelope with serde's exact reason, not axum's plain-text rejection.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
+        })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(JsonBody)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path.is_empty() || path == "." {
+                    ApiError::invalid(format!("invalid JSON body: {inner}"))
+                } else {
+                    ApiError::invalid(format!("invalid JSON body at `{path}`: {inner}"))
+                }
+            })
+    }
+}

@@ -1,0 +1,727 @@
+//! OpenAI-compatible door: `GET /v1/models`, `POST /v1/completions`,
+//! `POST /v1/chat/completions` (streaming and not).
+//!
+//! Every request goes through the same admission path as `POST /v1/tasks`
+//! ([`crate::http::tasks::admit`]): same queues, priorities, routing, sessions, budgets and
+//! metrics. Mapping:
+//! - `model` → `model_ref` (a pool id, a catalog id or a model file name);
+//! - priority from the body field `priority`, else the header `X-Llorch-Priority`
+//!   (`interactive` | `batch`), default `interactive`;
+//! - session from the body field `session_id`, else the header `X-Llorch-Session`;
+//! - `seed`, `temperature`, `top_p`, `top_k`, `stop` pass through; `max_tokens` (or
+//!   `max_completion_tokens`) defaults to [`DEFAULT_MAX_TOKENS`] capped by the pool's context;
+//! - chat templating is the engine's (llama-server `/apply-template`);
+//! - the task id is generated (`chatcmpl-…` / `cmpl-…`) and returned as the response `id` and
+//!   in the `X-Llorch-Task-Id` header, so `/v1/tasks/{id}` and `llorch` work on it;
+//! - a client that disconnects before the end cancels its task.
+//!
+//! Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with the same
+//! HTTP status as the native API; 429 and 503 carry `Retry-After` and `X-Backoff-Ms`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use api_types::{ErrorCode, StreamEvent, TaskRequest};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::correlation::CorrelationId;
+use crate::error::ApiError;
+use crate::http::tasks::{self, Admitted};
+use crate::registry::Task;
+
+/// Header carrying the priority (`interactive` | `batch`).
+pub const PRIORITY_HEADER: &str = "x-llorch-priority";
+/// Header carrying the session id.
+pub const SESSION_HEADER: &str = "x-llorch-session";
+/// `max_tokens` when the request gives none (capped by the pool's context per slot).
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
+
+/// An error in OpenAI's shape.
+#[derive(Debug)]
+pub struct OaiError {
+    status: StatusCode,
+    message: String,
+    code: String,
+    retry_after_ms: Option<u64>,
+}
+
+impl OaiError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            code: "invalid_params".into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+impl From<ApiError> for OaiError {
+    fn from(e: ApiError) -> Self {
+        Self {
+            status: e.status,
+            message: e.body.message,
+            code: e.body.code.as_str().to_ascii_lowercase(),
+            retry_after_ms: e.body.retry_after_ms,
+        }
+    }
+}
+
+/// OpenAI's `type` for a status.
+fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 409 | 413 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        503 => "service_unavailable",
+        _ => "server_error",
+    }
+}
+
+/// The body of an error, also used inside a broken stream.
+fn error_body(status: StatusCode, message: &str, code: &str) -> Value {
+    json!({ "error": {
+        "message": message,
+        "type": error_type(status),
+        "param": null,
+        "code": code,
+    }})
+}
+
+impl IntoResponse for OaiError {
+    fn into_response(self) -> Response {
+        let body = error_body(self.status, &self.message, &self.code);
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+                h.insert("retry-after", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&ms.to_string()) {
+                h.insert("x-backoff-ms", v);
+            }
+        }
+        resp
+    }
+}
+
+/// A chat message. `content` is a string or an array of `{type: "text", text}` parts.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct OaiMessage {
+    /// `system`, `developer` (treated as `system`), `user`, `assistant`.
+    pub role: String,
+    /// Text, or text parts.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub content: Option<Value>,
+}
+
+/// `stream_options`.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Body of `POST /v1/chat/completions` and `POST /v1/completions`. Fields OpenAI defines
+/// that are not listed are accepted and ignored; `n` > 1, `tools` and non-text
+/// `response_format` are refused with 400.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+pub struct OaiRequest {
+    /// Model: a pool id, a catalog id, or a model file name (see `GET /v1/models`).
+    pub model: String,
+    /// Chat messages (`/v1/chat/completions`).
+    #[serde(default)]
+    pub messages: Option<Vec<OaiMessage>>,
+    /// Prompt (`/v1/completions`): a string or an array of one string.
+    #[serde(default)]
+    pub prompt: Option<Value>,
+    /// Tokens to generate (default 512, capped by the pool's context).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Newer name of `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Top-k sampling (llama.cpp extension).
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// Stop string or strings.
+    #[serde(default)]
+    pub stop: Option<Value>,
+    /// Sampling seed, passed through to the engine.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Stream `chat.completion.chunk`s as SSE, ending with `data: [DONE]`.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Choices; only 1 is supported.
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// llama-orch: `interactive` (default) or `batch`; overrides `X-Llorch-Priority`.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// llama-orch: session for KV reuse and budgets; overrides `X-Llorch-Session`.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Tools are not supported (400 when non-empty).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub tools: Option<Value>,
+    /// Only `{"type": "text"}` is supported.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub response_format: Option<Value>,
+}
+
+fn parse_body(bytes: &Bytes) -> Result<OaiRequest, OaiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            OaiError::invalid(format!("invalid JSON body: {inner}"))
+        } else {
+            OaiError::invalid(format!("invalid JSON body at `{path}`: {inner}"))
+        }
+    })
+}
+
+fn text_of(content: &Option<Value>) -> Result<String, OaiError> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => out.push_str(t),
+                    (ty, _) => {
+                        return Err(OaiError::invalid(format!(
+                            "content part of type `{}` is not supported; only text parts are",
+                            ty.unwrap_or("?")
+                        )))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Some(_) => Err(OaiError::invalid(
+            "message content must be a string or an array of text parts",
+        )),
+    }
+}
+
+fn stop_list(stop: &Option<Value>) -> Result<Option<Vec<String>>, OaiError> {
+    match stop {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| OaiError::invalid("`stop` must be a string or strings"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(OaiError::invalid("`stop` must be a string or strings")),
+    }
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Which endpoint a request came through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// The largest context per slot of the pools serving `model` (for the default `max_tokens`).
+fn ctx_for(state: &AppState, model: &str) -> Option<u32> {
+    state
+        .pools
+        .pools()
+        .iter()
+        .filter(|p| p.serves(model))
+        .map(|p| p.ctx_per_slot())
+        .max()
+}
+
+/// Maps an OpenAI request to a task request.
+fn to_task(
+    state: &AppState,
+    kind: Kind,
+    r: &OaiRequest,
+    headers: &HeaderMap,
+    task_id: &str,
+) -> Result<TaskRequest, OaiError> {
+    if r.model.trim().is_empty() {
+        return Err(OaiError::invalid("`model` is required; see GET /v1/models"));
+    }
+    if r.n.is_some_and(|n| n != 1) {
+        return Err(OaiError::invalid("only n = 1 is supported"));
+    }
+    if r.tools
+        .as_ref()
+        .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
+    {
+        return Err(OaiError::invalid("tools are not supported by llama-orch"));
+    }
+    if let Some(rf) = &r.response_format {
+        if rf.get("type").and_then(Value::as_str).unwrap_or("text") != "text" {
+            return Err(OaiError::invalid(
+                "only response_format {\"type\": \"text\"} is supported",
+            ));
+        }
+    }
+    let priority = r
+        .priority
+        .clone()
+        .or_else(|| header_str(headers, PRIORITY_HEADER).map(str::to_owned))
+        .unwrap_or_else(|| "interactive".into());
+    if priority != "interactive" && priority != "batch" {
+        return Err(OaiError::invalid(format!(
+            "priority `{priority}` is not `interactive` or `batch` (body field `priority` or header X-Llorch-Priority)"
+        )));
+    }
+    let session = r
+        .session_id
+        .clone()
+        .or_else(|| header_str(headers, SESSION_HEADER).map(str::to_owned));
+    let max_tokens = r.max_completion_tokens.or(r.max_tokens).unwrap_or_else(|| {
+        ctx_for(state, &r.model)
+            .map(|c| c.min(DEFAULT_MAX_TOKENS))
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+    });
+    let mut body = json!({
+        "task_id": task_id,
+        "model_ref": r.model,
+        "priority": priority,
+        "max_tokens": max_tokens,
+    });
+    match kind {
+        Kind::Chat => {
+            let msgs = r
+                .messages
+                .as_ref()
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| OaiError::invalid("`messages` is required and must not be empty"))?;
+            let mut out = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let role = if m.role == "developer" {
+                    "system"
+                } else {
+                    m.role.as_str()
+                };
+                out.push(json!({ "role": role, "content": text_of(&m.content)? }));
+            }
+            body["workload"] = json!("chat");
+            body["messages"] = json!(out);
+        }
+        Kind::Completion => {
+            let prompt = match &r.prompt {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                    a[0].as_str().unwrap_or_default().to_owned()
+                }
+                Some(Value::Array(_)) => {
+                    return Err(OaiError::invalid(
+                        "`prompt` must be one string (batches of prompts are not supported)",
+                    ))
+                }
+                _ => return Err(OaiError::invalid("`prompt` is required (a string)")),
+            };
+            body["workload"] = json!("completion");
+            body["prompt"] = json!(prompt);
+        }
+    }
+    let put = |b: &mut Value, k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            b[k] = v;
+        }
+    };
+    put(&mut body, "seed", r.seed.map(|v| json!(v)));
+    put(&mut body, "temperature", r.temperature.map(|v| json!(v)));
+    put(&mut body, "top_p", r.top_p.map(|v| json!(v)));
+    put(&mut body, "top_k", r.top_k.map(|v| json!(v)));
+    put(&mut body, "session_id", session.map(|v| json!(v)));
+    put(&mut body, "stop", stop_list(&r.stop)?.map(|v| json!(v)));
+    // Built through serde so that fields added to TaskRequest later keep their defaults.
+    serde_json::from_value(body).map_err(|e| OaiError::invalid(format!("invalid request: {e}")))
+}
+
+/// Cancels the task when dropped before it ended (the client went away).
+struct CancelOnDrop {
+    state: AppState,
+    task: Arc<Task>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.task.state().is_terminal() {
+            return;
+        }
+        let state = self.state.clone();
+        let id = self.task.id.clone();
+        tracing::info!(task_id = %id, "OpenAI client disconnected; canceling its task");
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = tasks::cancel(State(state), Path(id)).await;
+            });
+        }
+    }
+}
+
+fn now_s() -> u64 {
+    crate::registry::now_ms() / 1000
+}
+
+fn task_headers(adm: &Admitted) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in adm.headers.iter() {
+        if k != axum::http::header::LOCATION {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+    let pairs = [
+        ("x-llorch-task-id", adm.task.id.clone()),
+        ("x-llorch-pool", adm.response.pool_id.clone()),
+        (
+            "x-llorch-queue-position",
+            adm.response.queue_position.to_string(),
+        ),
+        (
+            "x-llorch-predicted-start-ms",
+            adm.response.predicted_start_ms.to_string(),
+        ),
+    ];
+    for (k, v) in pairs {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(HeaderName::from_static(k), v);
+        }
+    }
+    h
+}
+
+fn usage(tokens_out: u64) -> Value {
+    // The engine's prompt token count is not carried on the task stream: reported as 0.
+    json!({ "prompt_tokens": 0, "completion_tokens": tokens_out, "total_tokens": tokens_out })
+}
+
+async fn handle(
+    state: AppState,
+    cid: CorrelationId,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: Kind,
+) -> Result<Response, OaiError> {
+    let r = parse_body(&body).inspect_err(|e| {
+        state.metrics.rejected("", &e.code.to_ascii_uppercase());
+    })?;
+    let prefix = match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Completion => "cmpl",
+    };
+    let task_id = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+    let req = to_task(&state, kind, &r, &headers, &task_id).inspect_err(|_| {
+        state
+            .metrics
+            .rejected("", ErrorCode::InvalidParams.as_str());
+    })?;
+    let adm = tasks::admit(&state, &cid, req).await?;
+    let hdrs = task_headers(&adm);
+    let guard = CancelOnDrop {
+        state: state.clone(),
+        task: adm.task.clone(),
+    };
+    let model = r.model.clone();
+    let created = now_s();
+    let id = adm.task.id.clone();
+    if r.stream {
+        let include_usage = r.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let chunk = move |delta: Value, finish: Option<&str>| -> Value {
+            match kind {
+                Kind::Chat => json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created,
+                    "model": model,
+                    "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+                }),
+                Kind::Completion => json!({
+                    "id": id, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{
+                        "index": 0,
+                        "text": delta.get("content").and_then(Value::as_str).unwrap_or(""),
+                        "logprobs": null, "finish_reason": finish,
+                    }],
+                }),
+            }
+        };
+        let data = |v: &Value| Event::default().data(v.to_string());
+        let mut head = Vec::new();
+        if kind == Kind::Chat {
+            head.push(data(&chunk(
+                json!({ "role": "assistant", "content": "" }),
+                None,
+            )));
+        }
+        let frames = adm.task.clone().follow();
+        let body_events = frames.flat_map(move |f| {
+            // The guard lives as long as the stream: a client that goes away cancels.
+            let _keep = &guard;
+            let out: Vec<Event> = match StreamEvent::parse(f.name, &f.data) {
+                Ok(StreamEvent::Token(t)) if !t.t.is_empty() => {
+                    vec![data(&chunk(json!({ "content": t.t }), None))]
+                }
+                Ok(StreamEvent::End(e)) => {
+                    let mut v = vec![data(&chunk(json!({}), Some(&e.finish_reason)))];
+                    if include_usage {
+                        let mut u = chunk(json!({}), None);
+                        u["choices"] = json!([]);
+                        u["usage"] = usage(e.tokens_out);
+                        v.push(data(&u));
+                    }
+                    v.push(Event::default().data("[DONE]"));
+                    v
+                }
+                Ok(StreamEvent::Error(env)) => {
+                    let e = OaiError::from(ApiError::from_envelope(env));
+                    vec![data(&error_body(e.status, &e.message, &e.code))]
+                }
+                _ => Vec::new(),
+            };
+            futures::stream::iter(out.into_iter().map(Ok::<Event, Infallible>))
+        });
+        let events =
+            futures::stream::iter(head.into_iter().map(Ok::<Event, Infallible>)).chain(body_events);
+        return Ok((hdrs, Sse::new(events).keep_alive(KeepAlive::default())).into_response());
+    }
+    let mut text = String::new();
+    let mut frames = Box::pin(adm.task.clone().follow());
+    let mut end = None;
+    while let Some(f) = frames.next().await {
+        match StreamEvent::parse(f.name, &f.data) {
+            Ok(StreamEvent::Token(t)) => text.push_str(&t.t),
+            Ok(StreamEvent::End(e)) => {
+                end = Some(e);
+                break;
+            }
+            Ok(StreamEvent::Error(env)) => return Err(ApiError::from_envelope(env).into()),
+            _ => {}
+        }
+    }
+    drop(guard);
+    let Some(e) = end else {
+        return Err(ApiError::new(ErrorCode::Internal, "the task ended without a result").into());
+    };
+    let body = match kind {
+        Kind::Chat => json!({
+            "id": adm.task.id, "object": "chat.completion", "created": created, "model": r.model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": text },
+                "logprobs": null,
+                "finish_reason": e.finish_reason,
+            }],
+            "usage": usage(e.tokens_out),
+        }),
+        Kind::Completion => json!({
+            "id": adm.task.id, "object": "text_completion", "created": created, "model": r.model,
+            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": e.finish_reason }],
+            "usage": usage(e.tokens_out),
+        }),
+    };
+    Ok((hdrs, Json(body)).into_response())
+}
+
+/// OpenAI-compatible chat completion (streaming with `stream: true`).
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = OaiRequest,
+    params(
+        ("X-Llorch-Priority" = Option<String>, Header, description = "`interactive` (default) or `batch`"),
+        ("X-Llorch-Session" = Option<String>, Header, description = "session id"),
+    ),
+    responses(
+        (status = 200, description = "`chat.completion`, or with `stream: true` a `text/event-stream` of `chat.completion.chunk`s ending with `data: [DONE]`",
+            content((Object = "application/json"), (Object = "text/event-stream")),
+            headers(("X-Llorch-Task-Id" = String, description = "the task's id"))),
+        (status = 400, description = "Invalid request (OpenAI error shape)", body = Object),
+        (status = 404, description = "No pool serves the model", body = Object),
+        (status = 409, description = "Session expired or out of turns, Retired catalog model, or (without streaming) the task was canceled", body = Object),
+        (status = 429, description = "Queue full", body = Object,
+            headers(("Retry-After" = u64, description = "seconds"), ("X-Backoff-Ms" = u64, description = "milliseconds"))),
+        (status = 503, description = "No ready pool", body = Object),
+    ))]
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OaiError> {
+    handle(state, cid, headers, body, Kind::Chat).await
+}
+
+/// OpenAI-compatible text completion (streaming with `stream: true`).
+#[utoipa::path(post, path = "/v1/completions", request_body = OaiRequest,
+    params(
+        ("X-Llorch-Priority" = Option<String>, Header, description = "`interactive` (default) or `batch`"),
+        ("X-Llorch-Session" = Option<String>, Header, description = "session id"),
+    ),
+    responses(
+        (status = 200, description = "`text_completion`, or with `stream: true` a `text/event-stream` of chunks ending with `data: [DONE]`",
+            content((Object = "application/json"), (Object = "text/event-stream"))),
+        (status = 400, description = "Invalid request (OpenAI error shape)", body = Object),
+        (status = 404, description = "No pool serves the model", body = Object),
+        (status = 409, description = "Session expired or out of turns, Retired catalog model, or (without streaming) the task was canceled", body = Object),
+        (status = 429, description = "Queue full", body = Object,
+            headers(("Retry-After" = u64, description = "seconds"), ("X-Backoff-Ms" = u64, description = "milliseconds"))),
+        (status = 503, description = "No ready pool", body = Object),
+    ))]
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OaiError> {
+    handle(state, cid, headers, body, Kind::Completion).await
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct OaiModel {
+    /// What to pass as `model`.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Seconds since the Unix epoch (the time of the listing).
+    pub created: u64,
+    /// Always `llama-orch`.
+    pub owned_by: &'static str,
+    /// The pool serving it.
+    pub pool_id: String,
+    /// Whether that pool is ready.
+    pub ready: bool,
+}
+
+fn models_list(state: &AppState) -> Vec<OaiModel> {
+    let created = now_s();
+    let mut out: Vec<OaiModel> = Vec::new();
+    for p in state.pools.pools() {
+        let mut ids = vec![p.id().to_owned()];
+        if let Some(m) = &p.config().model {
+            let stem = std::path::Path::new(m)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .map(|f| f.strip_suffix(".gguf").unwrap_or(f).to_owned())
+                .unwrap_or_else(|| m.clone());
+            ids.push(stem);
+        }
+        for id in ids {
+            if out.iter().any(|o| o.id == id) {
+                continue;
+            }
+            out.push(OaiModel {
+                id,
+                object: "model",
+                created,
+                owned_by: "llama-orch",
+                pool_id: p.id().to_owned(),
+                ready: p.is_ready(),
+            });
+        }
+    }
+    out
+}
+
+/// OpenAI-compatible model list: each pool id and its model's file name.
+#[utoipa::path(get, path = "/v1/models",
+    responses((status = 200, description = "`{object: \"list\", data: [model]}`", body = Object)))]
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "object": "list", "data": models_list(&state) }))
+}
+
+/// One model of `GET /v1/models`.
+#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "model id")),
+    responses((status = 200, body = OaiModel), (status = 404, description = "Unknown model (OpenAI error shape)", body = Object)))]
+pub async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OaiModel>, OaiError> {
+    models_list(&state)
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ModelNotFound,
+                format!("no pool serves model `{id}`; see GET /v1/models"),
+            )
+            .into()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_parts_join_text() {
+        let v = Some(json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b\u{2028}"}]));
+        assert_eq!(text_of(&v).unwrap(), "ab\u{2028}");
+        assert!(text_of(&Some(json!([{"type": "image_url"}]))).is_err());
+        assert_eq!(text_of(&None).unwrap(), "");
+    }
+
+    #[test]
+    fn stop_forms() {
+        assert_eq!(
+            stop_list(&Some(json!("x"))).unwrap(),
+            Some(vec!["x".to_owned()])
+        );
+        assert_eq!(
+            stop_list(&Some(json!(["a", "b"]))).unwrap().unwrap().len(),
+            2
+        );
+        assert!(stop_list(&Some(json!(3))).is_err());
+    }
+
+    #[test]
+    fn error_shape_and_retry_after() {
+        let e = OaiError::from(ApiError::from_envelope(
+            api_types::ErrorEnvelope::new(ErrorCode::AdmissionReject, "full").retry_after(1500),
+        ));
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert_eq!(r.headers()["x-backoff-ms"], "1500");
+    }
+}

@@ -1,0 +1,159 @@
+//! `orchestratord`: admits tasks over HTTP into a bounded two-priority queue per pool,
+//! dispatches them to engine replicas run by the pool manager, and streams results back as SSE.
+//!
+//! Layout: [`app`] builds state and routes; [`http`] holds thin handlers; [`dispatch`] owns
+//! each pool's queue and runs tasks; [`registry`] keeps tasks and transcripts; [`auth`] and
+//! [`correlation`] are middleware; [`metrics`] and [`logging`] are observability.
+
+pub mod app;
+pub mod auth;
+pub mod correlation;
+pub mod dispatch;
+pub mod error;
+pub mod gguf;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod openapi;
+pub mod persist;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use api_types::{ErrorCode, ErrorEnvelope};
+use orch_config::Config;
+use pool_managerd::PoolManager;
+
+use crate::app::AppState;
+use crate::auth::Auth;
+
+/// Runs the daemon until SIGTERM/SIGINT, then shuts down cleanly: stop admitting, end every
+/// queued task with `SHUTTING_DOWN`, let running tasks finish within `shutdown_grace_s`, end the
+/// rest, stop the engines.
+pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
+    if cfg.dev.allow_cpu_inference {
+        tracing::warn!("DEV SETTING dev.allow_cpu_inference is ON: engines may run on the CPU. For tests and the no-GPU quick start only.");
+    }
+    let addr = cfg.bind_addr()?;
+    // The data directory, the outbound policy (engine endpoints, model URLs) and catalog ids
+    // named as pool models, all before any engine starts.
+    let persist = persist::Persist::open(&cfg, token.as_deref()).await?;
+    persist.prepare_config(&mut cfg).await?;
+    let pools = PoolManager::start(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(gpu_mode = %pools.gpu_mode().describe(), pools = pools.pools().len(), "pool manager started");
+    let auth = Auth::new(token, cfg.auth.optional);
+    let grace = Duration::from_secs(cfg.shutdown_grace_s);
+    let state = AppState::new(cfg, pools.clone(), auth, persist.clone());
+    persist.spawn_background(pools.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}; is another orchestratord running? Set LLORCH_ADDR or `bind` to another port")
+    })?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "listening");
+
+    let gc_registry = state.registry.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            gc_registry.gc();
+        }
+    });
+
+    let app = app::router(state.clone());
+    let shutdown_state = state.clone();
+    // Token events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one back
+    // until the client's delayed ACK, adding tens of milliseconds to every token.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        wait_for_signal().await;
+        drain(&shutdown_state, grace).await;
+    })
+    .await
+    .context("HTTP server failed")?;
+    // Charges and transcripts of the tasks that just ended.
+    persist.flush(Duration::from_secs(5)).await;
+    pools.shutdown().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Ends every task: queued ones at once, running ones after `grace`.
+pub async fn drain(state: &AppState, grace: Duration) {
+    tracing::info!(grace_s = grace.as_secs(), "shutdown: no longer admitting");
+    state.shutting_down.store(true, Ordering::SeqCst);
+    let bye = || {
+        ErrorEnvelope::new(
+            ErrorCode::ShuttingDown,
+            "the daemon is shutting down; resubmit once it is back",
+        )
+        .retry_after(5000)
+    };
+    for d in state.dispatchers.values() {
+        for t in d.drain_queue().await {
+            t.fail(bye());
+        }
+    }
+    let deadline = Instant::now() + grace;
+    let mut canceled = false;
+    loop {
+        let active = state.registry.active();
+        if active.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            if canceled && Instant::now() >= deadline + Duration::from_secs(3) {
+                // Runners did not react; end the streams ourselves.
+                for t in active {
+                    t.fail(bye());
+                }
+                break;
+            }
+            if !canceled {
+                tracing::warn!(
+                    tasks = active.len(),
+                    "shutdown: grace over, ending running tasks"
+                );
+                for t in &active {
+                    t.request_cancel(bye());
+                }
+                canceled = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!("shutdown: every task ended");
+}

@@ -1,0 +1,91 @@
+//! `orchestratord` binary: parse flags, load config (file or embedded defaults + env), start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use orch_config::{Config, EnvOverrides};
+
+/// llama-orch daemon: queues LLM tasks and streams them from llama-server pools.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file (YAML or TOML). Without one, embedded defaults are used.
+    #[arg(long, env = "LLORCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Print the effective configuration (YAML) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn load(args: &Args, env: &EnvOverrides) -> Result<(Config, Option<String>), String> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    env.apply(&mut cfg).map_err(|e| e.to_string())?;
+    let token = env.token(&cfg).map_err(|e| e.to_string())?;
+    cfg.validate(token.is_some()).map_err(|e| e.to_string())?;
+    Ok((cfg, token))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let env = EnvOverrides::from_process();
+    let (cfg, token) = match load(&args, &env) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("orchestratord: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        match serde_yaml_ng_print(&cfg) {
+            Ok(s) => {
+                print!("{s}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("orchestratord: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if args.check_config {
+        println!(
+            "config OK: bind {}, {} pool(s), data dir {}",
+            cfg.bind,
+            cfg.pools.len(),
+            cfg.data_dir().display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    orchestratord::logging::init(&cfg.log, token.iter().cloned().collect());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orchestratord: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(orchestratord::run(cfg, token)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "orchestratord failed");
+            eprintln!("orchestratord: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn serde_yaml_ng_print(cfg: &Config) -> Result<String, String> {
+    serde_json::to_value(cfg)
+        .map_err(|e| e.to_string())
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+}

@@ -1,0 +1,62 @@
+//! The OpenAPI document, generated from the handlers and `api-types`. Committed as
+//! `contracts/openapi.json`; a test fails when the two differ.
+
+use utoipa::OpenApi;
+
+use crate::http;
+
+/// The daemon's API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "llama-orch orchestratord",
+        description = "OrchQueue v1 data plane and control plane"
+    ),
+    paths(
+        http::tasks::create,
+        http::tasks::get_task,
+        http::tasks::stream,
+        http::tasks::cancel,
+        http::system::health,
+        http::system::metrics,
+        http::system::capabilities,
+        http::system::pools,
+        http::system::pool_health,
+        http::pools::drain,
+        http::pools::reload,
+        http::catalog::register,
+        http::catalog::list,
+        http::catalog::get_model,
+        http::catalog::delete_model,
+        http::catalog::verify,
+        http::catalog::set_state,
+        http::sessions::get_session,
+        http::sessions::evict,
+        http::artifacts::create,
+        http::artifacts::list,
+        http::artifacts::get_artifact,
+        http::artifacts::get_raw,
+        http::web::status,
+        http::web::status_stream,
+        http::openai::models,
+        http::openai::model,
+        http::openai::completions,
+        http::openai::chat_completions,
+    ),
+    components(schemas(
+        api_types::StartedEvent,
+        api_types::TokenEvent,
+        api_types::MetricsEvent,
+        api_types::EndEvent,
+        api_types::BudgetSpec,
+        api_types::BudgetRemaining,
+    ))
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON with a trailing newline (the committed form).
+pub fn openapi_json() -> String {
+    let mut s = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,377 @@
+//! Every admitted task and its transcript.
+//!
+//! A task's events are appended once, pre-serialised, to its transcript; any number of readers
+//! follow it from the start at their own pace, so a slow reader never holds up the engine or
+//! other readers, and a late reader sees the whole stream. The first terminal event (`end` or
+//! `error`) closes the transcript: nothing can be appended after it, which is what makes "every
+//! admitted task ends exactly once" hold.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use api_types::{
+    ErrorCode, ErrorEnvelope, Priority, StreamEvent, TaskRequest, TaskState, TaskStatus,
+};
+use futures::Stream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One SSE frame: event name and JSON data.
+#[derive(Debug)]
+pub struct Frame {
+    /// `started`, `token`, ...
+    pub name: &'static str,
+    /// JSON payload, one line.
+    pub data: String,
+}
+
+/// Mutable part of a task.
+#[derive(Debug)]
+struct Inner {
+    state: TaskState,
+    replica_id: Option<String>,
+    queue_position: Option<usize>,
+    started_ms: Option<u64>,
+    finished_ms: Option<u64>,
+    finished_at: Option<Instant>,
+    tokens_out: u64,
+    error: Option<ErrorEnvelope>,
+    frames: Vec<Arc<Frame>>,
+    cancel_reason: Option<ErrorEnvelope>,
+    /// Queue position and predicted start given at admission.
+    admission: (usize, u64),
+}
+
+/// An admitted task.
+#[derive(Debug)]
+pub struct Task {
+    /// Client-chosen id.
+    pub id: String,
+    /// Correlation id of the admitting request.
+    pub correlation_id: String,
+    /// The request as admitted.
+    pub req: TaskRequest,
+    /// Pool it was admitted to.
+    pub pool_id: String,
+    /// Engine kind of that pool.
+    pub engine: &'static str,
+    /// Admission instant.
+    pub submitted: Instant,
+    /// Admission time, ms since the Unix epoch.
+    pub submitted_ms: u64,
+    /// Fired to stop the task (cancel, shutdown).
+    pub cancel: CancellationToken,
+    /// Session binding, engine outcome and transcript artifact (see [`crate::persist`]).
+    pub ext: crate::persist::TaskExt,
+    inner: Mutex<Inner>,
+    len: watch::Sender<usize>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Task {
+    /// A queued task.
+    pub fn new(
+        req: TaskRequest,
+        pool_id: String,
+        engine: &'static str,
+        correlation_id: String,
+    ) -> Self {
+        Self {
+            id: req.task_id.clone(),
+            correlation_id,
+            req,
+            pool_id,
+            engine,
+            submitted: Instant::now(),
+            submitted_ms: now_ms(),
+            cancel: CancellationToken::new(),
+            ext: crate::persist::TaskExt::default(),
+            inner: Mutex::new(Inner {
+                state: TaskState::Queued,
+                replica_id: None,
+                queue_position: None,
+                started_ms: None,
+                finished_ms: None,
+                finished_at: None,
+                tokens_out: 0,
+                error: None,
+                frames: Vec::new(),
+                cancel_reason: None,
+                admission: (0, 0),
+            }),
+            len: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The task's priority.
+    pub fn priority(&self) -> Priority {
+        self.req.priority
+    }
+
+    /// Current state.
+    pub fn state(&self) -> TaskState {
+        self.lock().state
+    }
+
+    /// Records the queue position (while queued).
+    pub fn set_queue_position(&self, p: Option<usize>) {
+        self.lock().queue_position = p;
+    }
+
+    /// Records what admission promised: queue position and predicted start.
+    pub fn set_admission(&self, position: usize, predicted_start_ms: u64) {
+        let mut g = self.lock();
+        g.admission = (position, predicted_start_ms);
+        g.queue_position = Some(position);
+    }
+
+    /// Queue position and predicted start given at admission.
+    pub fn admission(&self) -> (usize, u64) {
+        self.lock().admission
+    }
+
+    /// Marks the task running on `replica_id`. False if it already ended.
+    pub fn mark_running(&self, replica_id: &str) -> bool {
+        let mut g = self.lock();
+        if g.state.is_terminal() {
+            return false;
+        }
+        g.state = TaskState::Running;
+        g.replica_id = Some(replica_id.to_owned());
+        g.queue_position = None;
+        g.started_ms = Some(now_ms());
+        true
+    }
+
+    /// Appends an event. Returns false (and drops the event) once the task has ended.
+    pub fn push(&self, ev: StreamEvent) -> bool {
+        let frame = Arc::new(Frame {
+            name: ev.name(),
+            data: ev.data_json(),
+        });
+        let len = {
+            let mut g = self.lock();
+            if g.state.is_terminal() {
+                return false;
+            }
+            match &ev {
+                StreamEvent::Token(_) => g.tokens_out += 1,
+                StreamEvent::End(_) => {
+                    g.state = TaskState::Completed;
+                }
+                StreamEvent::Error(e) => {
+                    g.state = if e.code == ErrorCode::Canceled {
+                        TaskState::Canceled
+                    } else {
+                        TaskState::Failed
+                    };
+                    g.error = Some(e.clone());
+                }
+                _ => {}
+            }
+            if ev.is_terminal() {
+                g.finished_ms = Some(now_ms());
+                g.finished_at = Some(Instant::now());
+                g.queue_position = None;
+            }
+            g.frames.push(frame);
+            g.frames.len()
+        };
+        self.len.send_replace(len);
+        true
+    }
+
+    /// Ends the task with an error event. False if it had already ended.
+    pub fn fail(&self, e: ErrorEnvelope) -> bool {
+        self.push(StreamEvent::Error(e))
+    }
+
+    /// Asks a running task to stop with `reason` (its runner emits the error event).
+    pub fn request_cancel(&self, reason: ErrorEnvelope) {
+        {
+            let mut g = self.lock();
+            if g.cancel_reason.is_none() {
+                g.cancel_reason = Some(reason);
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    /// Why the task was asked to stop.
+    pub fn cancel_reason(&self) -> ErrorEnvelope {
+        self.lock()
+            .cancel_reason
+            .clone()
+            .unwrap_or_else(|| ErrorEnvelope::new(ErrorCode::Canceled, "task canceled by request"))
+    }
+
+    /// Token events so far.
+    pub fn tokens_out(&self) -> u64 {
+        self.lock().tokens_out
+    }
+
+    /// When it ended.
+    pub fn finished_at(&self) -> Option<Instant> {
+        self.lock().finished_at
+    }
+
+    /// Path of the SSE stream.
+    pub fn stream_path(&self) -> String {
+        format!("/v1/tasks/{}/stream", self.id)
+    }
+
+    /// `GET /v1/tasks/{id}` body.
+    pub fn status(&self) -> TaskStatus {
+        let g = self.lock();
+        TaskStatus {
+            task_id: self.id.clone(),
+            state: g.state,
+            pool_id: self.pool_id.clone(),
+            replica_id: g.replica_id.clone(),
+            priority: self.req.priority,
+            model_ref: self.req.model_ref.clone(),
+            queue_position: g.queue_position,
+            tokens_out: g.tokens_out,
+            submitted_ms: self.submitted_ms,
+            started_ms: g.started_ms,
+            finished_ms: g.finished_ms,
+            error: g.error.clone(),
+            stream: self.stream_path(),
+            transcript_artifact: self.ext.transcript_artifact(),
+        }
+    }
+
+    /// The transcript from the start, then live events, ending after the terminal event.
+    pub fn follow(self: Arc<Self>) -> impl Stream<Item = Arc<Frame>> + Send + 'static {
+        let rx = self.len.subscribe();
+        futures::stream::unfold(
+            (self, rx, 0usize, false),
+            |(task, mut rx, mut next, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let (frame, terminal) = {
+                        let g = task.lock();
+                        match g.frames.get(next) {
+                            Some(f) => (
+                                Some(f.clone()),
+                                g.state.is_terminal() && next + 1 == g.frames.len(),
+                            ),
+                            None => (None, false),
+                        }
+                    };
+                    if let Some(f) = frame {
+                        next += 1;
+                        return Some((f, (task, rx, next, terminal)));
+                    }
+                    if rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// All tasks the daemon knows, admitted or finished and retained.
+pub struct Registry {
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
+    finished: Mutex<VecDeque<String>>,
+    retain: Duration,
+    max_retained: usize,
+}
+
+impl Registry {
+    /// An empty registry keeping finished tasks for `retain`, at most `max_retained`.
+    pub fn new(retain: Duration, max_retained: usize) -> Self {
+        Self {
+            tasks: Mutex::new(HashMap::new()),
+            finished: Mutex::new(VecDeque::new()),
+            retain,
+            max_retained,
+        }
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts a new task; `false` if the id exists.
+    pub fn insert(&self, t: Arc<Task>) -> bool {
+        let mut g = self.tasks();
+        if g.contains_key(&t.id) {
+            return false;
+        }
+        g.insert(t.id.clone(), t);
+        true
+    }
+
+    /// Forgets a task that was never admitted (rejected after insert).
+    pub fn remove(&self, id: &str) {
+        self.tasks().remove(id);
+    }
+
+    /// One task.
+    pub fn get(&self, id: &str) -> Option<Arc<Task>> {
+        self.tasks().get(id).cloned()
+    }
+
+    /// Every task not yet ended.
+    pub fn active(&self) -> Vec<Arc<Task>> {
+        self.tasks()
+            .values()
+            .filter(|t| !t.state().is_terminal())
+            .cloned()
+            .collect()
+    }
+
+    /// The most recent tasks, newest first.
+    pub fn recent(&self, n: usize) -> Vec<Arc<Task>> {
+        let mut v: Vec<_> = self.tasks().values().cloned().collect();
+        v.sort_by_key(|t| std::cmp::Reverse(t.submitted));
+        v.truncate(n);
+        v
+    }
+
+    /// Notes that a task ended, for retention.
+    pub fn note_finished(&self, id: &str) {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(id.to_owned());
+    }
+
+    /// Drops finished tasks past retention. Returns how many were dropped.
+    pub fn gc(&self) -> usize {
+        let mut fin = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.tasks();
+        let mut n = 0;
+        while let Some(id) = fin.front().cloned() {
+            let expired = tasks
+                .get(&id)
+                .and_then(|t| t.finished_at())
+                .is_none_or(|at| at.elapsed() > self.retain);
+            if expired || fin.len() > self.max_retained {
+                fin.pop_front();
+                tasks.remove(&id);
+                n += 1;
+            } else {
+                break;
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,277 @@
+//! Starting and stopping engine processes.
+//!
+//! Each engine runs in its own process group, and on Linux asks the kernel to SIGKILL it when
+//! the daemon dies (`PR_SET_PDEATHSIG`), so no engine outlives orchestratord, even after a
+//! `kill -9`.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orch_config::EngineKind;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How one replica is launched.
+#[derive(Clone, Debug)]
+pub struct LaunchPlan {
+    /// Which engine the binary is: decides the command line.
+    pub engine: EngineKind,
+    /// Engine binary (resolved path).
+    pub binary: PathBuf,
+    /// Model file (llama.cpp), or model directory / hub id (vLLM, TGI).
+    pub model: PathBuf,
+    /// Context tokens per slot.
+    pub ctx: u32,
+    /// Parallel slots.
+    pub slots: u32,
+    /// Layers to offload (`-ngl`); 0 runs on the CPU.
+    pub gpu_layers: u32,
+    /// `CUDA_VISIBLE_DEVICES` value (a GPU UUID), `Some("")` hides every GPU.
+    pub cuda_visible_devices: Option<String>,
+    /// Extra flags from the pool config.
+    pub flags: Vec<String>,
+}
+
+impl LaunchPlan {
+    /// The engine's argument list for serving on `127.0.0.1:port`.
+    pub fn args(&self, port: u16) -> Vec<String> {
+        match self.engine {
+            EngineKind::Vllm => self.vllm_args(port),
+            EngineKind::Tgi => self.tgi_args(port),
+            // Config validation refuses launching openai/triton pools; llama.cpp otherwise.
+            _ => self.llama_server_args(port),
+        }
+    }
+
+    /// `vllm serve MODEL …`: the OpenAI-compatible server. GPU memory is vLLM's own
+    /// `--gpu-memory-utilization` (default 0.9 of the card): give such a pool its own device
+    /// mask, or pass a lower fraction in `flags`.
+    pub fn vllm_args(&self, port: u16) -> Vec<String> {
+        let mut a = vec![
+            "serve".into(),
+            self.model.display().to_string(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--max-model-len".into(),
+            self.ctx.to_string(),
+            "--max-num-seqs".into(),
+            self.slots.to_string(),
+        ];
+        a.extend(self.flags.iter().cloned());
+        a
+    }
+
+    /// `text-generation-launcher --model-id MODEL …`.
+    pub fn tgi_args(&self, port: u16) -> Vec<String> {
+        let mut a = vec![
+            "--model-id".into(),
+            self.model.display().to_string(),
+            "--hostname".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--max-total-tokens".into(),
+            self.ctx.to_string(),
+            "--max-input-tokens".into(),
+            self.ctx.saturating_sub(1).max(1).to_string(),
+            "--max-concurrent-requests".into(),
+            self.slots.to_string(),
+        ];
+        a.extend(self.flags.iter().cloned());
+        a
+    }
+
+    /// The argument list for `llama-server` on `port`.
+    pub fn llama_server_args(&self, port: u16) -> Vec<String> {
+        // `-c` is the total context shared by all slots; each slot gets ctx.
+        let total_ctx = u64::from(self.ctx) * u64::from(self.slots.max(1));
+        let mut a = vec![
+            "-m".into(),
+            self.model.display().to_string(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "-c".into(),
+            total_ctx.to_string(),
+            "-np".into(),
+            self.slots.to_string(),
+            "-ngl".into(),
+            self.gpu_layers.to_string(),
+        ];
+        a.extend(self.flags.iter().cloned());
+        a
+    }
+}
+
+/// Last lines an engine printed, kept to explain a crash.
+#[derive(Clone, Default)]
+pub struct OutputTail(Arc<Mutex<VecDeque<String>>>);
+
+impl OutputTail {
+    const KEEP: usize = 40;
+
+    fn push(&self, line: String) {
+        if let Ok(mut q) = self.0.lock() {
+            if q.len() == Self::KEEP {
+                q.pop_front();
+            }
+            q.push_back(line);
+        }
+    }
+
+    /// The last `n` lines joined with newlines.
+    pub fn last(&self, n: usize) -> String {
+        self.0
+            .lock()
+            .map(|q| {
+                let skip = q.len().saturating_sub(n);
+                q.iter().skip(skip).cloned().collect::<Vec<_>>().join("\n")
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Finds a free loopback TCP port. The port is released before the engine binds it; a lost race
+/// shows up as a failed start and is retried by the supervisor.
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Resolves `llama-server` or a path against `PATH`.
+pub fn resolve_binary(name: &str) -> Option<PathBuf> {
+    let p = Path::new(name);
+    if p.components().count() > 1 {
+        return p.is_file().then(|| p.to_owned());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|c| c.is_file())
+    })
+}
+
+/// Spawns the engine with its output forwarded to our log (with pool and replica fields) and
+/// kept in `tail`.
+pub fn spawn_engine(
+    plan: &LaunchPlan,
+    port: u16,
+    pool_id: &str,
+    replica_id: &str,
+    tail: &OutputTail,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&plan.binary);
+    cmd.args(plan.args(port))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(v) = &plan.cuda_visible_devices {
+        cmd.env("CUDA_VISIBLE_DEVICES", v);
+        cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; the closure touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    if let Some(out) = child.stdout.take() {
+        forward(out, pool_id, replica_id, "stdout", tail.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        forward(err, pool_id, replica_id, "stderr", tail.clone());
+    }
+    Ok(child)
+}
+
+fn forward<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    r: R,
+    pool_id: &str,
+    replica_id: &str,
+    stream: &'static str,
+    tail: OutputTail,
+) {
+    let pool_id = pool_id.to_owned();
+    let replica_id = replica_id.to_owned();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(r).split(b'\n');
+        while let Ok(Some(line)) = lines.next_segment().await {
+            let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+            if text.is_empty() {
+                continue;
+            }
+            tracing::debug!(target: "engine", %pool_id, %replica_id, stream, line = %text);
+            tail.push(text);
+        }
+    });
+}
+
+/// Stops an engine: SIGTERM to its process group, `grace` to exit, then SIGKILL.
+pub async fn stop_engine(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        signal_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+        signal_group(pid, libc::SIGKILL);
+    }
+    let _ = child.kill().await;
+    let _ = child.wait().await;
+}
+
+fn signal_group(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: plain syscall on a process group we created.
+        unsafe {
+            libc::killpg(pid, sig);
+        }
+    }
+}
+
+#[cfg(test)]
+mod recipe_tests {
+    use super::*;
+
+    fn plan(engine: EngineKind) -> LaunchPlan {
+        LaunchPlan {
+            engine,
+            binary: "/bin/x".into(),
+            model: "/m/model".into(),
+            ctx: 4096,
+            slots: 3,
+            gpu_layers: 999,
+            cuda_visible_devices: None,
+            flags: vec!["--extra".into()],
+        }
+    }
+
+    #[test]
+    fn each_engine_gets_its_own_command_line() {
+        assert_eq!(
+            plan(EngineKind::Llamacpp).args(9000).join(" "),
+            "-m /m/model --host 127.0.0.1 --port 9000 -c 12288 -np 3 -ngl 999 --extra"
+        );
+        assert_eq!(
+            plan(EngineKind::Vllm).args(9000).join(" "),
+            "serve /m/model --host 127.0.0.1 --port 9000 --max-model-len 4096 --max-num-seqs 3 --extra"
+        );
+        assert_eq!(
+            plan(EngineKind::Tgi).args(9000).join(" "),
+            "--model-id /m/model --hostname 127.0.0.1 --port 9000 --max-total-tokens 4096 \
+             --max-input-tokens 4095 --max-concurrent-requests 3 --extra"
+        );
+    }
+}

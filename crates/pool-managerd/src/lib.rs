@@ -1,0 +1,190 @@
+//! The pool manager: owns engine pools and their replicas.
+//!
+//! It resolves the GPU inventory (NVML, an injected fake for tests, or the explicit dev CPU
+//! mode), places each replica on the least-loaded GPU that fits it, launches and supervises
+//! engine processes (health, crash restart with backoff, circuit breaker), and reports replica
+//! state truthfully: a replica is `ready` only while its engine answers health checks.
+//!
+//! A pool's replicas come in generations (see [`Pool`]): [`PoolManager::reload`] starts a new
+//! generation on a new model beside the serving one, swaps it in once healthy and retires the
+//! old one after its in-flight tasks, or rolls back and keeps the old one serving.
+//!
+//! The daemon uses it in-process through [`PoolManager`] and [`Pool`]; nothing here knows about
+//! queues, tasks or HTTP handlers. Dispatchers take a [`Lease`] per task on the replica they
+//! chose, which is how the pool manager knows when a retiring replica is idle.
+
+use std::sync::{Arc, Mutex};
+
+use gpu_inventory::{GpuDevice, GpuInventory};
+use orch_config::{Config, PoolConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod launch;
+mod metrics;
+mod placement;
+mod pool;
+mod reload;
+mod replica;
+mod supervisor;
+
+pub use metrics::PoolMetrics;
+pub use placement::{GpuMode, HEADROOM_BYTES};
+pub use pool::{Pool, PoolHealth};
+pub use reload::{ReloadError, ReloadErrorKind, ReloadOptions, ReloadReport};
+pub use replica::{Lease, Replica, ReplicaState, ReplicaStatus, ReplicaView};
+pub use supervisor::{CIRCUIT_CRASHES, CIRCUIT_WINDOW};
+
+use placement::{Ledger, ReplicaPlan};
+use pool::Generation;
+use supervisor::Supervised;
+
+/// Why the pool manager cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No usable NVIDIA GPU and CPU inference is not allowed.
+    #[error("{0}")]
+    NoGpu(String),
+    /// A bad fake GPU spec or similar configuration problem.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Locks a mutex, recovering the data if a holder panicked (state here stays consistent field
+/// by field, so a poisoned lock is still usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Owns every pool and the GPU inventory.
+pub struct PoolManager {
+    pools: Vec<Arc<Pool>>,
+    gpu: GpuMode,
+    metrics: PoolMetrics,
+    ledger: Arc<Ledger>,
+    cancel: CancellationToken,
+}
+
+impl PoolManager {
+    /// Resolves GPUs, places and launches every pool. Returns once supervisors are running
+    /// (replicas become ready in the background). Must run inside a tokio runtime.
+    ///
+    /// Fails fast with an actionable diagnosis when pools need GPUs and none is usable, unless
+    /// `dev.allow_cpu_inference` is set.
+    pub fn start(cfg: &Config) -> Result<Arc<Self>, PoolError> {
+        Self::start_with(cfg, None)
+    }
+
+    /// Like [`PoolManager::start`] with an injected GPU inventory (tests).
+    pub fn start_with(
+        cfg: &Config,
+        inventory: Option<Arc<dyn GpuInventory>>,
+    ) -> Result<Arc<Self>, PoolError> {
+        let launches = cfg.pools.iter().any(|p| p.endpoint.is_none());
+        let gpu = GpuMode::resolve(cfg, inventory, launches)?;
+        let metrics = PoolMetrics::default();
+        let ledger = Arc::new(Ledger::new(&gpu));
+        let plans = placement::place_all(cfg, &gpu, &metrics, &ledger);
+        let mut mgr = Self {
+            pools: Vec::new(),
+            gpu,
+            metrics,
+            ledger,
+            cancel: CancellationToken::new(),
+        };
+        for (pcfg, replica_plans) in cfg.pools.iter().zip(plans) {
+            let generation = mgr.new_generation(0, Arc::new(pcfg.clone()), &replica_plans);
+            let pool = Arc::new(Pool::new(generation.clone()));
+            mgr.spawn_supervisors(&pool, &generation, replica_plans);
+            mgr.pools.push(pool);
+        }
+        let mgr = Arc::new(mgr);
+        tokio::spawn(metrics::refresh_loop(Arc::downgrade(&mgr)));
+        Ok(mgr)
+    }
+
+    /// A generation's replicas (not started yet).
+    fn new_generation(
+        &self,
+        number: u64,
+        cfg: Arc<PoolConfig>,
+        plans: &[ReplicaPlan],
+    ) -> Arc<Generation> {
+        let replicas = (0u32..)
+            .zip(plans)
+            .map(|(i, p)| {
+                Arc::new(Replica::new(
+                    placement::replica_id(&cfg.id, number, i),
+                    p.device.clone(),
+                    cfg.slots,
+                    number,
+                ))
+            })
+            .collect();
+        Arc::new(Generation {
+            number,
+            cfg,
+            replicas,
+            cancel: self.cancel.child_token(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// One supervisor per replica of `generation`, tracked by the generation.
+    fn spawn_supervisors(
+        &self,
+        pool: &Arc<Pool>,
+        generation: &Generation,
+        plans: Vec<ReplicaPlan>,
+    ) {
+        for (rep, plan) in generation.replicas.iter().zip(plans) {
+            let s = Supervised {
+                pool: pool.clone(),
+                generation: generation.number,
+                cfg: generation.cfg.clone(),
+                rep: rep.clone(),
+                cancel: generation.cancel.clone(),
+                metrics: self.metrics.clone(),
+                ledger: self.ledger.clone(),
+                gpu: self.gpu.clone(),
+            };
+            generation.tracker.spawn(supervisor::supervise(s, plan));
+        }
+    }
+
+    /// Every pool, in configuration order.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// One pool.
+    pub fn pool(&self, id: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.id() == id)
+    }
+
+    /// The GPU mode in force.
+    pub fn gpu_mode(&self) -> &GpuMode {
+        &self.gpu
+    }
+
+    /// Current GPU snapshot (empty in CPU mode or on inventory errors).
+    pub fn gpus(&self) -> Vec<GpuDevice> {
+        self.gpu.snapshot()
+    }
+
+    /// Pool metrics, to register with the daemon's registry.
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.metrics
+    }
+
+    /// Stops every engine of every generation (TERM, grace, KILL) and waits for the
+    /// supervisors.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        for pool in &self.pools {
+            for generation in pool.all_generations() {
+                generation.stop().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Prometheus series owned by the pool manager; the daemon registers them.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Weak;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::PoolManager;
+
+/// `placement_decisions_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacementLabels {
+    /// `placed`, `unplaceable`, `cpu`.
+    pub outcome: String,
+    /// Whether the pool has a device mask.
+    pub pinned: String,
+    /// `none` or `cpu_dev`.
+    pub fallback: String,
+}
+
+/// Per-device gauge labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    /// Engine kind.
+    pub engine: String,
+    /// Engine build.
+    pub engine_version: String,
+    /// Pool.
+    pub pool_id: String,
+    /// Replica.
+    pub replica_id: String,
+    /// `gpu0`, ...
+    pub device: String,
+}
+
+/// Per-pool labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Pool.
+    pub pool_id: String,
+}
+
+/// The pool manager's series.
+#[derive(Clone, Default)]
+pub struct PoolMetrics {
+    /// `placement_decisions_total{outcome,pinned,fallback}`.
+    pub placement_decisions: Family<PlacementLabels, Counter>,
+    /// `gpu_utilization{engine,engine_version,pool_id,replica_id,device}` (0..1).
+    pub gpu_utilization: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
+    /// `vram_used_bytes{engine,engine_version,pool_id,replica_id,device}`.
+    pub vram_used_bytes: Family<DeviceLabels, Gauge>,
+    /// `engine_restarts_total{pool_id}`.
+    pub engine_restarts: Family<PoolLabels, Counter>,
+    /// `pool_ready{pool_id}`: 1 while some replica is ready.
+    pub pool_ready: Family<PoolLabels, Gauge>,
+}
+
+impl PoolMetrics {
+    /// Adds the series to `reg`.
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "placement_decisions",
+            "Replica placement decisions",
+            self.placement_decisions.clone(),
+        );
+        reg.register(
+            "gpu_utilization",
+            "GPU utilisation (0..1) of the device a replica runs on",
+            self.gpu_utilization.clone(),
+        );
+        reg.register(
+            "vram_used_bytes",
+            "VRAM in use on the device a replica runs on",
+            self.vram_used_bytes.clone(),
+        );
+        reg.register(
+            "engine_restarts",
+            "Engine restarts after crashes",
+            self.engine_restarts.clone(),
+        );
+        reg.register(
+            "pool_ready",
+            "1 while some replica of the pool answers health checks",
+            self.pool_ready.clone(),
+        );
+    }
+}
+
+/// Refreshes the GPU and readiness gauges every few seconds while the manager lives.
+pub(crate) async fn refresh_loop(mgr: Weak<PoolManager>) {
+    loop {
+        {
+            let Some(mgr) = mgr.upgrade() else { return };
+            if mgr.cancel.is_cancelled() {
+                return;
+            }
+            let devices = mgr.gpus();
+            // Rebuilt each time: a replica that moved, stopped or changed engine version must
+            // not leave a stale series behind.
+            mgr.metrics.gpu_utilization.clear();
+            mgr.metrics.vram_used_bytes.clear();
+            for pool in mgr.pools() {
+                mgr.metrics
+                    .pool_ready
+                    .get_or_create(&PoolLabels {
+                        pool_id: pool.id().to_owned(),
+                    })
+                    .set(i64::from(pool.is_ready()));
+                let version = pool.engine_version();
+                for r in pool.replicas() {
+                    if r.status.state != crate::ReplicaState::Ready {
+                        continue;
+                    }
+                    let Some(idx) = r.status.device.strip_prefix("gpu") else {
+                        continue;
+                    };
+                    let Some(d) = devices.iter().find(|d| d.index.to_string() == idx) else {
+                        continue;
+                    };
+                    let labels = DeviceLabels {
+                        engine: pool.engine().into(),
+                        engine_version: version.clone(),
+                        pool_id: pool.id().into(),
+                        replica_id: r.status.id.clone(),
+                        device: r.status.device.clone(),
+                    };
+                    let util = f64::from(d.utilization_pct.unwrap_or(0)) / 100.0;
+                    mgr.metrics.gpu_utilization.get_or_create(&labels).set(util);
+                    mgr.metrics
+                        .vram_used_bytes
+                        .get_or_create(&labels)
+                        .set(i64::try_from(d.used_bytes).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

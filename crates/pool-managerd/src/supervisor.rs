@@ -1,0 +1,383 @@
+//! One task per replica: launch (or find) the engine, wait until it is healthy, watch it, and
+//! restart it after a crash with exponential backoff and jitter. After
+//! [`CIRCUIT_CRASHES`] crashes within [`CIRCUIT_WINDOW`] the circuit opens: the replica stays
+//! down with its last error until the pool is reloaded.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use worker_adapters::{EngineAdapter, LlamaCppAdapter};
+
+use orch_config::PoolConfig;
+
+use crate::launch::{free_port, spawn_engine, stop_engine, LaunchPlan, OutputTail};
+use crate::metrics::{PoolLabels, PoolMetrics};
+use crate::placement::{log_estimate_check, GpuMode, Ledger, ReplicaPlan};
+use crate::{Pool, Replica, ReplicaState};
+
+/// Crashes within [`CIRCUIT_WINDOW`] that open the circuit.
+pub const CIRCUIT_CRASHES: usize = 5;
+/// Window for counting crashes.
+pub const CIRCUIT_WINDOW: Duration = Duration::from_secs(120);
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+const HEALTH_FAILS_UNREADY: u32 = 3;
+/// Consecutive failed health checks (about 3 s each with the 2 s timeout) after which a
+/// launched engine counts as hung (e.g. stopped, deadlocked): it is killed and restarted like
+/// a crash, so its in-flight tasks end with `WORKER_RESET` instead of hanging forever (found
+/// by the chaos harness: a SIGSTOPped engine left its streams open indefinitely).
+const HEALTH_FAILS_KILL: u32 = 10;
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything one replica's supervisor needs.
+pub(crate) struct Supervised {
+    pub pool: Arc<Pool>,
+    pub generation: u64,
+    pub cfg: Arc<PoolConfig>,
+    pub rep: Arc<Replica>,
+    pub cancel: CancellationToken,
+    pub metrics: PoolMetrics,
+    pub ledger: Arc<Ledger>,
+    pub gpu: GpuMode,
+}
+
+pub(crate) async fn supervise(s: Supervised, plan: ReplicaPlan) {
+    let rid = s.rep.id();
+    if let Some(reason) = plan.blocked {
+        tracing::error!(pool_id = %s.pool.id(), replica_id = %rid, %reason, "replica cannot start");
+        s.rep.update(|st| {
+            st.state = ReplicaState::Unready;
+            st.last_error = Some(reason.clone());
+        });
+        s.pool.note_error(s.generation, reason);
+        s.pool.notify();
+        return;
+    }
+    if let Some(ep) = plan.endpoint {
+        watch_endpoint(&s, &ep).await;
+    } else if let Some(launch) = plan.launch {
+        supervise_launched(&s, &launch).await;
+    }
+    s.ledger.release(&rid);
+    s.rep.set_adapter(None);
+    s.rep.update(|st| {
+        st.state = ReplicaState::Stopped;
+        st.pid = None;
+    });
+    s.pool.notify();
+}
+
+fn adapter_for(cfg: &PoolConfig, url: &str) -> Result<Arc<dyn EngineAdapter>, String> {
+    match cfg.engine {
+        orch_config::EngineKind::Llamacpp => LlamaCppAdapter::new(url)
+            .map(|a| Arc::new(a) as Arc<dyn EngineAdapter>)
+            .map_err(|e| e.to_string()),
+        // vllm/openai (OpenAI-compatible), tgi, triton: the pool's `model` names the model
+        // on the server (required for triton).
+        other => worker_adapters::adapter_for(other.as_str(), url, cfg.model.as_deref())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// An engine we did not launch: poll its health and mirror it.
+async fn watch_endpoint(s: &Supervised, url: &str) {
+    let (pool, rep) = (&s.pool, &s.rep);
+    let adapter = match adapter_for(&s.cfg, url) {
+        Ok(a) => a,
+        Err(e) => {
+            rep.update(|st| {
+                st.state = ReplicaState::Unready;
+                st.last_error = Some(e.clone());
+            });
+            pool.note_error(s.generation, e);
+            pool.notify();
+            s.cancel.cancelled().await;
+            return;
+        }
+    };
+    rep.update(|st| st.endpoint = Some(url.to_owned()));
+    let mut fails = 0u32;
+    loop {
+        let was_ready = rep.state() == ReplicaState::Ready;
+        match adapter.health().await {
+            Ok(()) => {
+                fails = 0;
+                if !was_ready {
+                    let info = adapter.info().await.ok();
+                    rep.set_adapter(Some(adapter.clone()));
+                    rep.update(|st| {
+                        st.state = ReplicaState::Ready;
+                        st.info = info;
+                        st.last_error = None;
+                    });
+                    tracing::info!(pool_id = %pool.id(), endpoint = %url, "endpoint ready");
+                    pool.notify();
+                }
+            }
+            Err(e) => {
+                fails += 1;
+                if was_ready && fails < HEALTH_FAILS_UNREADY {
+                    // Tolerate a blip.
+                } else if was_ready || rep.status().last_error.is_none() {
+                    tracing::warn!(pool_id = %pool.id(), endpoint = %url, error = %e, "endpoint not healthy");
+                    rep.set_adapter(None);
+                    rep.update(|st| {
+                        st.state = ReplicaState::Unready;
+                        st.last_error = Some(e.to_string());
+                    });
+                    pool.notify();
+                }
+            }
+        }
+        tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+    }
+}
+
+/// Exponential backoff with ±20 % jitter: 250 ms · 2^attempt, at most 30 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(7));
+    base.min(Duration::from_secs(30))
+        .mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+async fn supervise_launched(s: &Supervised, plan: &LaunchPlan) {
+    let (pool, rep) = (&s.pool, &s.rep);
+    let rid = rep.id();
+    let startup = Duration::from_secs(s.cfg.startup_timeout_s.max(1));
+    let mut crashes: VecDeque<Instant> = VecDeque::new();
+    let mut attempt: u32 = 0;
+    loop {
+        if s.cancel.is_cancelled() {
+            return;
+        }
+        rep.update(|st| st.state = ReplicaState::Starting);
+        s.ledger.loading(&rid);
+        pool.notify();
+        let started = Instant::now();
+        let outcome = run_once(s, plan, startup).await;
+        let reason = match outcome {
+            RunOutcome::Canceled => return,
+            RunOutcome::Exited(reason) => reason,
+        };
+        // A crash (or a failed start).
+        let now = Instant::now();
+        crashes.push_back(now);
+        while crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CIRCUIT_WINDOW)
+        {
+            crashes.pop_front();
+        }
+        // A reload's candidates that fail are rolled back, not restarted: count serving ones.
+        if pool.is_current(s.generation) {
+            s.metrics
+                .engine_restarts
+                .get_or_create(&PoolLabels {
+                    pool_id: pool.id().to_owned(),
+                })
+                .inc();
+        }
+        rep.set_adapter(None);
+        if rep.is_retired() {
+            // Replaced by a reload: nothing to restart; wait to be stopped.
+            rep.update(|st| {
+                st.pid = None;
+                st.last_error = Some(reason.clone());
+            });
+            pool.notify();
+            s.cancel.cancelled().await;
+            return;
+        }
+        if crashes.len() >= CIRCUIT_CRASHES {
+            let msg = format!(
+                "circuit open after {} crashes in {}s; last: {reason}. Fix the cause, then reload the pool (POST /v1/pools/{}/reload)",
+                crashes.len(),
+                CIRCUIT_WINDOW.as_secs(),
+                pool.id()
+            );
+            tracing::error!(pool_id = %pool.id(), replica_id = %rid, "{msg}");
+            rep.update(|st| {
+                st.state = ReplicaState::CircuitOpen;
+                st.pid = None;
+                st.last_error = Some(msg.clone());
+            });
+            pool.note_error(s.generation, msg);
+            pool.notify();
+            s.cancel.cancelled().await;
+            return;
+        }
+        // A replica that served for a while starts its backoff afresh.
+        if started.elapsed() > Duration::from_secs(60) {
+            attempt = 0;
+        }
+        let wait = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tracing::warn!(pool_id = %pool.id(), replica_id = %rid, %reason, backoff_ms = wait.as_millis() as u64, "engine down; restarting");
+        rep.update(|st| {
+            st.state = ReplicaState::Crashed;
+            st.pid = None;
+            st.restarts += 1;
+            st.last_error = Some(reason.clone());
+        });
+        pool.notify();
+        tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+enum RunOutcome {
+    Canceled,
+    Exited(String),
+}
+
+/// Launches the engine once and watches it until it exits or we are canceled.
+async fn run_once(s: &Supervised, plan: &LaunchPlan, startup: Duration) -> RunOutcome {
+    let (pool, rep, cancel) = (&s.pool, &s.rep, &s.cancel);
+    let rid = rep.id();
+    let port = match free_port() {
+        Ok(p) => p,
+        Err(e) => return RunOutcome::Exited(format!("no free port: {e}")),
+    };
+    let tail = OutputTail::default();
+    let mut child = match spawn_engine(plan, port, pool.id(), &rid, &tail) {
+        Ok(c) => c,
+        Err(e) => {
+            return RunOutcome::Exited(format!("cannot start {}: {e}", plan.binary.display()))
+        }
+    };
+    let pid = child.id();
+    let url = format!("http://127.0.0.1:{port}");
+    tracing::info!(pool_id = %pool.id(), replica_id = %rid, ?pid, %url, args = ?plan.args(port), cuda_visible_devices = ?plan.cuda_visible_devices, "engine launched");
+    rep.update(|st| {
+        st.pid = pid;
+        st.endpoint = Some(url.clone());
+    });
+    pool.notify();
+    let adapter = match adapter_for(&s.cfg, &url) {
+        Ok(a) => a,
+        Err(e) => {
+            stop_engine(&mut child, STOP_GRACE).await;
+            return RunOutcome::Exited(e);
+        }
+    };
+    // Wait for readiness.
+    let deadline = Instant::now() + startup;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                stop_engine(&mut child, STOP_GRACE).await;
+                return RunOutcome::Canceled;
+            }
+            st = child.wait() => {
+                let st = st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                // The forwarders may still hold the last lines; give them a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return RunOutcome::Exited(format!("engine exited during startup ({st}); last output:\n{}", tail.last(8)));
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        if adapter.health().await.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            stop_engine(&mut child, STOP_GRACE).await;
+            return RunOutcome::Exited(format!(
+                "engine did not become healthy within {}s; last output:\n{}",
+                startup.as_secs(),
+                tail.last(8)
+            ));
+        }
+    }
+    let info = adapter.info().await.ok();
+    tracing::info!(pool_id = %pool.id(), replica_id = %rid, ?pid, version = ?info.as_ref().map(|i| &i.version), ctx_per_slot = ?info.as_ref().and_then(|i| i.ctx_per_slot), "engine ready");
+    if let Some(check) = s.ledger.loaded(&rid) {
+        log_estimate_check(&s.gpu, pool.id(), &rid, check);
+    }
+    rep.set_adapter(Some(adapter.clone()));
+    rep.update(|st| {
+        // A replica retired while it was starting stays retired.
+        if st.state != ReplicaState::Retiring {
+            st.state = ReplicaState::Ready;
+        }
+        st.info = info;
+    });
+    pool.notify();
+    // Watch it.
+    let mut fails = 0u32;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                rep.set_adapter(None);
+                rep.update(|st| st.state = ReplicaState::Stopped);
+                pool.notify();
+                stop_engine(&mut child, STOP_GRACE).await;
+                tracing::info!(pool_id = %pool.id(), replica_id = %rid, ?pid, "engine stopped");
+                return RunOutcome::Canceled;
+            }
+            st = child.wait() => {
+                let st = st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                tracing::warn!(pool_id = %pool.id(), replica_id = %rid, ?pid, status = %st, last_output = %tail.last(8), "engine exited");
+                return RunOutcome::Exited(format!("engine exited ({st})"));
+            }
+            _ = tokio::time::sleep(HEALTH_EVERY) => {
+                match adapter.health().await {
+                    Ok(()) => {
+                        // Unready after failed checks, or after a task reported the engine
+                        // unreachable: it answers again, so it serves again.
+                        if rep.state() == ReplicaState::Unready {
+                            rep.set_adapter(Some(adapter.clone()));
+                            rep.update(|st| if st.state == ReplicaState::Unready { st.state = ReplicaState::Ready });
+                            tracing::info!(pool_id = %pool.id(), replica_id = %rid, "engine healthy again");
+                            pool.notify();
+                        }
+                        fails = 0;
+                    }
+                    Err(e) => {
+                        fails += 1;
+                        if fails == HEALTH_FAILS_UNREADY {
+                            tracing::warn!(pool_id = %pool.id(), replica_id = %rid, error = %e, "engine stopped answering health checks");
+                            rep.set_adapter(None);
+                            rep.update(|st| {
+                                st.state = ReplicaState::Unready;
+                                st.last_error = Some(e.to_string());
+                            });
+                            pool.notify();
+                        }
+                        if fails >= HEALTH_FAILS_KILL {
+                            tracing::error!(pool_id = %pool.id(), replica_id = %rid, ?pid, failed_checks = fails, error = %e, "engine hung: killing it so that it restarts");
+                            stop_engine(&mut child, Duration::ZERO).await;
+                            return RunOutcome::Exited(format!(
+                                "engine hung: no answer to {fails} health checks in a row ({e}); killed"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        for attempt in 0..12 {
+            let base = 250f64 * f64::from(1u32 << attempt.min(7));
+            let ms = backoff(attempt).as_secs_f64() * 1000.0;
+            let cap = base.min(30_000.0);
+            assert!(
+                ms >= cap * 0.8 - 1.0 && ms <= cap * 1.2 + 1.0,
+                "attempt {attempt}: {ms}"
+            );
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Engine adapters: the one [`EngineAdapter`] trait the daemon dispatches through, and its
+//! implementations. Adapters speak an engine's real HTTP API; they know nothing of queues,
+//! pools or our own API. Cancel is dropping the stream: the HTTP request is aborted and the
+//! engine frees the slot.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+pub mod http;
+pub mod llamacpp;
+pub mod openai;
+pub mod tgi;
+pub mod triton;
+
+pub use llamacpp::LlamaCppAdapter;
+pub use openai::OpenAiAdapter;
+pub use tgi::TgiAdapter;
+pub use triton::TritonAdapter;
+
+/// What to generate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerateRequest {
+    /// Prompt text or chat messages.
+    pub prompt: Prompt,
+    /// Tokens to generate at most.
+    pub max_tokens: u32,
+    /// Sampling seed.
+    pub seed: Option<u64>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Top-k sampling.
+    pub top_k: Option<u32>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Engine slot to run in (session affinity); `None` lets the engine choose.
+    pub slot: Option<u32>,
+    /// Let the engine reuse a cached prompt prefix.
+    pub cache_prompt: bool,
+}
+
+/// Prompt forms.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompt {
+    /// Raw text.
+    Text(String),
+    /// Chat messages, templated by the engine.
+    Chat(Vec<ChatTurn>),
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Self::Text(String::new())
+    }
+}
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatTurn {
+    /// `system`, `user`, `assistant`.
+    pub role: String,
+    /// Text.
+    pub content: String,
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_tokens` reached.
+    Length,
+    /// End of sequence or a stop string.
+    Stop,
+}
+
+impl FinishReason {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::Stop => "stop",
+        }
+    }
+}
+
+/// Final accounting reported by the engine.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Completion {
+    /// Why it stopped.
+    pub finish_reason: Option<FinishReason>,
+    /// Tokens the engine generated.
+    pub tokens_out: Option<u64>,
+    /// Prompt tokens the engine evaluated.
+    pub tokens_in: Option<u64>,
+    /// Prompt tokens reused from cache.
+    pub tokens_cached: Option<u64>,
+    /// Engine-side decode time.
+    pub decode_ms: Option<f64>,
+    /// Slot that served it.
+    pub slot: Option<u32>,
+}
+
+/// One item of an engine's output stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineEvent {
+    /// Text exactly as the engine sent it (may be empty when the engine holds back incomplete UTF-8).
+    Token(String),
+    /// The engine finished normally; nothing follows.
+    Done(Completion),
+}
+
+/// A stream of engine events. Dropping it aborts the request.
+pub type EngineStream = Pin<Box<dyn Stream<Item = Result<EngineEvent, AdapterError>> + Send>>;
+
+/// What the engine says about itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EngineInfo {
+    /// Engine build as reported (`b1234-abcdef`).
+    pub version: String,
+    /// Context tokens per slot.
+    pub ctx_per_slot: Option<u32>,
+    /// Parallel slots.
+    pub slots: Option<u32>,
+    /// Model the engine serves (path or name).
+    pub model: Option<String>,
+}
+
+/// State of one engine slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SlotState {
+    /// Slot id.
+    pub id: u32,
+    /// Whether it is working on a request.
+    pub busy: bool,
+}
+
+/// Adapter failures, each mapped to one of our error codes by the daemon.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdapterError {
+    /// Cannot connect or the connection failed before a response.
+    #[error("engine at {endpoint} is unreachable: {message}")]
+    Unreachable {
+        /// Engine base URL.
+        endpoint: String,
+        /// Cause.
+        message: String,
+    },
+    /// The engine refused the request (4xx).
+    #[error("engine rejected the request (HTTP {status}): {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Engine's message.
+        message: String,
+    },
+    /// The engine failed (5xx, or an error inside the stream).
+    #[error("engine error: {message}")]
+    Engine {
+        /// Engine's message.
+        message: String,
+    },
+    /// The stream broke off before the engine said it finished (crash, kill, reset).
+    #[error("engine stream broke off: {message}")]
+    StreamBroken {
+        /// Cause.
+        message: String,
+    },
+    /// The engine sent something we do not understand.
+    #[error("unexpected engine response: {message}")]
+    Protocol {
+        /// What was wrong.
+        message: String,
+    },
+    /// The adapter does not support this operation.
+    #[error("{0} is not supported by this engine")]
+    Unsupported(&'static str),
+}
+
+/// One inference engine instance reachable over HTTP.
+#[async_trait]
+pub trait EngineAdapter: Send + Sync + 'static {
+    /// Engine kind name (`llamacpp`, ...).
+    fn engine(&self) -> &'static str;
+    /// Base URL of the engine.
+    fn endpoint(&self) -> &str;
+    /// Ok when the engine is loaded and answers.
+    async fn health(&self) -> Result<(), AdapterError>;
+    /// Version, context and slots.
+    async fn info(&self) -> Result<EngineInfo, AdapterError>;
+    /// Starts generating; tokens arrive as the engine produces them.
+    async fn generate(&self, req: GenerateRequest) -> Result<EngineStream, AdapterError>;
+    /// Per-slot state, where the engine exposes it.
+    async fn slots(&self) -> Result<Vec<SlotState>, AdapterError> {
+        Err(AdapterError::Unsupported("slot listing"))
+    }
+    /// Drops the cached prompt of a slot (session eviction).
+    async fn erase_slot(&self, _slot: u32) -> Result<(), AdapterError> {
+        Err(AdapterError::Unsupported("slot erase"))
+    }
+    /// Fraction (0..=1) of the engine's KV cache in use, where the engine reports it
+    /// (`kv_cache_usage_ratio`); `None` when it does not.
+    async fn kv_cache_usage(&self) -> Result<Option<f64>, AdapterError> {
+        Ok(None)
+    }
+}
+
+/// The adapter for a pool's `engine` kind at `base_url`. `model` is the pool's `model:`: the
+/// name sent to OpenAI-compatible servers (`None`: the first model the server lists) and the
+/// Triton model name (required there); llama.cpp and TGI serve one model and ignore it.
+pub fn adapter_for(
+    engine: &str,
+    base_url: &str,
+    model: Option<&str>,
+) -> Result<Arc<dyn EngineAdapter>, AdapterError> {
+    Ok(match engine {
+        "llamacpp" => Arc::new(LlamaCppAdapter::new(base_url)?),
+        "openai" => Arc::new(OpenAiAdapter::new("openai", base_url, model)?),
+        "vllm" => Arc::new(OpenAiAdapter::new("vllm", base_url, model)?),
+        "tgi" => Arc::new(TgiAdapter::new(base_url)?),
+        "triton" => Arc::new(TritonAdapter::new(
+            base_url,
+            model.ok_or(AdapterError::Unsupported(
+                "a triton pool without `model:` naming the Triton model",
+            ))?,
+        )?),
+        _ => {
+            return Err(AdapterError::Unsupported(
+                "an engine kind other than llamacpp, vllm, openai, tgi or triton",
+            ))
+        }
+    })
+}
+
+/// Drains a stream: the token texts and the final accounting. A stream that ends without
+/// `Done` is [`AdapterError::StreamBroken`].
+pub async fn collect(mut s: EngineStream) -> Result<(Vec<String>, Completion), AdapterError> {
+    let mut toks = Vec::new();
+    while let Some(ev) = s.next().await {
+        match ev? {
+            EngineEvent::Token(t) => toks.push(t),
+            EngineEvent::Done(c) => return Ok((toks, c)),
+        }
+    }
+    Err(http::closed_early())
+}
+
+/// Property-test strategies shared by the parsers' fuzz tests.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use crate::{AdapterError, EngineEvent};
+
+    /// Byte chunks of SSE-like soup: field names, line ends of every kind, comments, `[DONE]`,
+    /// JSON that looks like engine chunks, and raw bytes (invalid UTF-8 included).
+    pub fn sse_soup() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let frag = prop_oneof![
+            Just(b"data: ".to_vec()),
+            Just(b"data:".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\n\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b": ping\n".to_vec()),
+            Just(b"event: error\n".to_vec()),
+            Just(b"[DONE]".to_vec()),
+            json_value().prop_map(|v| v.to_string().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..16),
+        ];
+        proptest::collection::vec(frag, 0..32)
+    }
+
+    /// A stream's items are tokens, then at most one `Done` or error, which is the last.
+    pub fn ends_cleanly(evs: &[Result<EngineEvent, AdapterError>]) -> bool {
+        evs.iter()
+            .rev()
+            .skip(1)
+            .all(|e| matches!(e, Ok(EngineEvent::Token(_))))
+    }
+
+    /// Arbitrary JSON, biased towards the keys engines use so the parsers' branches are hit.
+    pub fn json_value() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("choices".to_owned()),
+            Just("text".to_owned()),
+            Just("delta".to_owned()),
+            Just("content".to_owned()),
+            Just("index".to_owned()),
+            Just("finish_reason".to_owned()),
+            Just("usage".to_owned()),
+            Just("error".to_owned()),
+            Just("object".to_owned()),
+            Just("message".to_owned()),
+            Just("token".to_owned()),
+            Just("special".to_owned()),
+            Just("generated_text".to_owned()),
+            Just("details".to_owned()),
+            Just("text_output".to_owned()),
+            Just("num_output_tokens".to_owned()),
+            Just("stop".to_owned()),
+            Just("timings".to_owned()),
+            ".{0,6}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,8}".prop_map(Value::String),
+            Just(Value::String("length".into())),
+            Just(Value::String("error".into())),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,1105 @@
+//! `cargo xtask bench <what>`: measurements that are not timed tests. Each benchmark is one
+//! variant of [`Bench`]; `overhead` lives here, with its process, HTTP and statistics helpers.
+//!
+//! `bench overhead` measures what orchestratord adds to a stream: the same requests go directly
+//! to an engine (`POST /completion`) and through the daemon (`POST /v1/tasks`, then
+//! `GET /v1/tasks/{id}/stream`), at several concurrencies, first against `engine-double` (a
+//! benchmark double of llama-server that isolates our cost) and then against the real
+//! llama-server (the whole). It builds nothing: it runs the release binaries that
+//! `cargo build --release -p orchestratord -p engine-double` produced. Every process it starts
+//! is killed when it returns, on error and on Ctrl-C included.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+/// The command that builds what the benchmarks run.
+const BUILD_CMD: &str = "cargo build --release -p orchestratord -p engine-double";
+
+/// Benchmarks, one subcommand each.
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Added time-to-first-token and relayed tokens/s of orchestratord versus talking to the
+    /// engine directly, with the engine double and with the real llama-server.
+    Overhead(OverheadArgs),
+    /// Pool reload time and crash-restart time (median of several runs).
+    Pools(crate::bench_pools::PoolsArgs),
+}
+
+/// Runs a benchmark on a multi-threaded tokio runtime; Ctrl-C stops it (and its processes).
+pub fn run(cmd: Bench) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async {
+        // Dropping the benchmark future drops its process guards, which kill the processes.
+        tokio::select! {
+            r = async {
+                match cmd {
+                    Bench::Overhead(a) => overhead(a).await,
+                    Bench::Pools(a) => crate::bench_pools::run(a).await,
+                }
+            } => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        }
+    })
+}
+
+/// Arguments of `cargo xtask bench overhead`.
+#[derive(clap::Args)]
+pub struct OverheadArgs {
+    /// orchestratord binary [default: <target>/release/orchestratord].
+    #[arg(long)]
+    pub orchestratord: Option<PathBuf>,
+    /// engine-double binary [default: <target>/release/engine-double].
+    #[arg(long)]
+    pub double: Option<PathBuf>,
+    /// llama-server binary for the real-engine part (`cargo xtask provision-engine` prints it).
+    #[arg(long, env = "LLAMA_SERVER")]
+    pub llama_server: Option<PathBuf>,
+    /// GGUF model for llama-server (`cargo xtask provision-engine` prints it).
+    #[arg(long, env = "TEST_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Only measure against the engine double.
+    #[arg(long)]
+    pub skip_real_engine: bool,
+    /// Concurrent streams against the double, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 64])]
+    pub concurrency: Vec<usize>,
+    /// Tokens per request against the double.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: u32,
+    /// The double's inter-token delay, µs.
+    #[arg(long, default_value_t = 1000)]
+    pub token_interval_us: u64,
+    /// The double's delay before the first token, µs.
+    #[arg(long, default_value_t = 0)]
+    pub ttft_us: u64,
+    /// Requests per stream in each measured phase...
+    #[arg(long, default_value_t = 32)]
+    pub rounds: usize,
+    /// ...but at least this many per phase (percentiles need samples).
+    #[arg(long, default_value_t = 128)]
+    pub min_requests: usize,
+    /// Segments each path's requests are split into, alternating direct and relayed.
+    #[arg(long, default_value_t = 4)]
+    pub segments: usize,
+    /// Concurrent streams against llama-server, comma-separated (its slots: the largest).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+    pub real_concurrency: Vec<usize>,
+    /// Tokens per request against llama-server.
+    #[arg(long, default_value_t = 64)]
+    pub real_tokens: u32,
+    /// Requests per stream in each llama-server phase...
+    #[arg(long, default_value_t = 32)]
+    pub real_rounds: usize,
+    /// ...but at least this many per phase.
+    #[arg(long, default_value_t = 64)]
+    pub real_min_requests: usize,
+    /// llama-server's compute threads (`-t`) [default: llama-server's own choice].
+    #[arg(long)]
+    pub real_threads: Option<usize>,
+    /// orchestratord's log filter (`RUST_LOG`) during the run; `info` is its default.
+    #[arg(long, default_value = "info")]
+    pub daemon_log: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child process that is killed when dropped. Its stdout and stderr go to a log file whose
+/// tail explains an early exit.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // Also when the bench itself is killed outright (no destructors): the kernel kills
+            // the child once the spawning thread is gone. Spawns happen on the main thread.
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
+        Ok(Self { name, child, log })
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// An error if the process has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(st) = self.child.try_wait()? {
+            bail!(
+                "{} exited early ({st}); its last output:\n{}",
+                self.name,
+                self.tail(20)
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls the log until a line contains `needle`; returns that line.
+    async fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+                return Ok(l.to_owned());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} printed no `{needle}` within {timeout:?}; its output:\n{}",
+                    self.name,
+                    self.tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `url` until `ok` accepts its JSON body.
+    async fn wait_http(
+        &mut self,
+        http: &reqwest::Client,
+        url: &str,
+        timeout: Duration,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await {
+                if r.status().is_success() && r.json::<Value>().await.is_ok_and(|v| ok(&v)) {
+                    return Ok(());
+                }
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready at {url} within {timeout:?}; its output:\n{}",
+                    self.name,
+                    self.tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The 1-minute load average, where the OS tells it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// CPU time process `pid` has used so far (user + system, all threads); `None` off Linux.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After `(comm) `: state is field 3; utime and stime are fields 14 and 15, in USER_HZ
+    // ticks, which are 10 ms on every Linux ABI.
+    let mut f = stat.rsplit_once(") ")?.1.split_whitespace().skip(11);
+    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time used by the bench client, the engine and orchestratord.
+#[derive(Clone, Copy)]
+struct Cpu {
+    client: Duration,
+    engine: Duration,
+    daemon: Duration,
+}
+
+/// A port that was free a moment ago (for programs that cannot report the one they picked).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Cargo's target directory: the one this xtask binary was built into (`<target>/debug/xtask`),
+/// which also honours `CARGO_TARGET_DIR` and `build.target-dir`.
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_owned()))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// `given`, or the release binary `name`; an error naming the build command if it is missing.
+fn release_binary(given: Option<PathBuf>, name: &str, flag: &str) -> Result<PathBuf> {
+    let path = given.unwrap_or_else(|| target_dir().join("release").join(name));
+    if !path.is_file() {
+        bail!(
+            "no {name} binary at {}; build it first with `{BUILD_CMD}`, or pass {flag} PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Starts the engine double; returns it and its base URL.
+async fn start_double(
+    bin: &Path,
+    dir: &Path,
+    a: &OverheadArgs,
+    slots: usize,
+) -> Result<(Proc, String)> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--port", "0", "--ctx", "4096"])
+        .arg("--slots")
+        .arg(slots.to_string())
+        .arg("--token-interval-us")
+        .arg(a.token_interval_us.to_string())
+        .arg("--ttft-us")
+        .arg(a.ttft_us.to_string());
+    let mut p = Proc::spawn("engine-double", cmd, dir.join("engine-double.log"))?;
+    let line = p
+        .wait_for_line("listening on ", Duration::from_secs(10))
+        .await?;
+    let addr = line
+        .split_once("listening on ")
+        .map(|(_, a)| a.trim().to_owned())
+        .ok_or_else(|| anyhow!("unexpected line from engine-double: {line}"))?;
+    Ok((p, format!("http://{addr}")))
+}
+
+/// Starts llama-server on the model with `slots` slots of `ctx` tokens; waits for `/health`.
+async fn start_llama_server(
+    http: &reqwest::Client,
+    bin: &Path,
+    model: &Path,
+    dir: &Path,
+    slots: usize,
+    ctx: u32,
+    threads: Option<usize>,
+) -> Result<(Proc, String)> {
+    let port = free_port()?;
+    let mut cmd = Command::new(bin);
+    if let Some(t) = threads {
+        cmd.args(["-t", &t.to_string()]);
+    }
+    // `-c` is the total context shared by the slots, as orchestratord launches it.
+    cmd.arg("-m")
+        .arg(model)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["-c", &(ctx as usize * slots).to_string()])
+        .args(["-np", &slots.to_string(), "-ngl", "0"]);
+    let mut p = Proc::spawn("llama-server", cmd, dir.join("llama-server.log"))?;
+    let base = format!("http://127.0.0.1:{port}");
+    p.wait_http(
+        http,
+        &format!("{base}/health"),
+        Duration::from_secs(120),
+        |_| true,
+    )
+    .await?;
+    Ok((p, base))
+}
+
+/// Starts orchestratord with one `endpoint:` pool `bench` on `engine`; waits until it is ready.
+async fn start_daemon(
+    http: &reqwest::Client,
+    bin: &Path,
+    dir: &Path,
+    engine: &str,
+    slots: usize,
+    ctx: u32,
+    log_filter: &str,
+) -> Result<(Proc, String)> {
+    let port = free_port()?;
+    let cfg = dir.join("orchestratord.yaml");
+    let data = dir.join("data");
+    std::fs::write(
+        &cfg,
+        format!(
+            "bind: \"127.0.0.1:{port}\"\ndata_dir: \"{}\"\nqueue:\n  capacity: 1024\npools:\n  - id: bench\n    engine: llamacpp\n    endpoint: \"{engine}\"\n    slots: {slots}\n    ctx: {ctx}\n",
+            data.display()
+        ),
+    )?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config").arg(&cfg);
+    for k in [
+        "AUTH_TOKEN",
+        "AUTH_OPTIONAL",
+        "LLORCH_ADDR",
+        "LLORCH_MODEL",
+        "LLORCH_CONFIG",
+        "LLORCH_DATA_DIR",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.env("RUST_LOG", log_filter);
+    let mut p = Proc::spawn("orchestratord", cmd, dir.join("orchestratord.log"))?;
+    let base = format!("http://127.0.0.1:{port}");
+    p.wait_http(
+        http,
+        &format!("{base}/health"),
+        Duration::from_secs(30),
+        |v| v["pools_total"].as_u64() >= Some(1) && v["pools_ready"] == v["pools_total"],
+    )
+    .await?;
+    Ok((p, base))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// What one request asks for; the same for both paths.
+#[derive(Clone)]
+struct Spec {
+    prompt: &'static str,
+    tokens: u32,
+}
+
+/// Where requests go.
+#[derive(Clone)]
+enum Target {
+    /// llama-server's `POST /completion` stream at `base`. `close` sends `Connection: close`:
+    /// llama-server closes the connection after every streamed response although it announces
+    /// keep-alive, so a client that reuses it races the close and sometimes fails with
+    /// "connection closed before message completed". The double keeps connections alive.
+    Direct { base: String, close: bool },
+    /// orchestratord at this base URL, model_ref `bench`.
+    Relayed(String),
+}
+
+/// One finished request.
+struct Sample {
+    ttft: Duration,
+    /// Request sent to last event.
+    total: Duration,
+    tokens: u64,
+    /// The text streamed; identical requests must stream identical text on both paths.
+    text: String,
+}
+
+/// Seed and greedy sampling: identical requests give identical (equally long) outputs.
+const SEED: u64 = 42;
+
+async fn direct(http: &reqwest::Client, base: &str, close: bool, spec: &Spec) -> Result<Sample> {
+    let body = json!({
+        "prompt": spec.prompt,
+        "n_predict": spec.tokens,
+        "stream": true,
+        "cache_prompt": true,
+        "seed": SEED,
+        "temperature": 0.0,
+    });
+    let mut req = http.post(format!("{base}/completion")).json(&body);
+    if close {
+        req = req.header(reqwest::header::CONNECTION, "close");
+    }
+    let t0 = Instant::now();
+    let r = req.send().await?;
+    if !r.status().is_success() {
+        bail!("/completion: HTTP {}: {}", r.status(), r.text().await?);
+    }
+    let mut events = r.bytes_stream().eventsource();
+    let mut ttft = None;
+    let mut tokens = 0;
+    let mut text = String::new();
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        let v: Value = serde_json::from_str(&ev.data)?;
+        if let Some(e) = v.get("error") {
+            bail!("engine error: {e}");
+        }
+        let stop = v["stop"].as_bool().unwrap_or(false);
+        // Count chunks as the adapter does: every non-final chunk is one token event.
+        if !stop || v["content"].as_str().is_some_and(|c| !c.is_empty()) {
+            tokens += 1;
+            ttft.get_or_insert_with(|| t0.elapsed());
+            text.push_str(v["content"].as_str().unwrap_or_default());
+        }
+        if stop {
+            let ttft = ttft.ok_or_else(|| anyhow!("the engine produced no token"))?;
+            return Ok(Sample {
+                ttft,
+                total: t0.elapsed(),
+                tokens,
+                text,
+            });
+        }
+    }
+    bail!("the /completion stream ended without its final chunk")
+}
+
+async fn relayed(http: &reqwest::Client, base: &str, id: &str, spec: &Spec) -> Result<Sample> {
+    let body = json!({
+        "task_id": id,
+        "model_ref": "bench",
+        "priority": "interactive",
+        "prompt": spec.prompt,
+        "max_tokens": spec.tokens,
+        "seed": SEED,
+        "temperature": 0.0,
+    });
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    // Read the body either way so the connection can be reused.
+    let text = r.text().await?;
+    if status != reqwest::StatusCode::ACCEPTED {
+        bail!("POST /v1/tasks: HTTP {status}: {text}");
+    }
+    let r = http
+        .get(format!("{base}/v1/tasks/{id}/stream"))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("GET stream: HTTP {}: {}", r.status(), r.text().await?);
+    }
+    let mut events = r.bytes_stream().eventsource();
+    let mut ttft = None;
+    let mut tokens = 0;
+    let mut text = String::new();
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        match ev.event.as_str() {
+            "token" => {
+                let v: Value = serde_json::from_str(&ev.data)?;
+                tokens += 1;
+                ttft.get_or_insert_with(|| t0.elapsed());
+                text.push_str(v["t"].as_str().unwrap_or_default());
+            }
+            "end" => {
+                let ttft = ttft.ok_or_else(|| anyhow!("the task produced no token"))?;
+                return Ok(Sample {
+                    ttft,
+                    total: t0.elapsed(),
+                    tokens,
+                    text,
+                });
+            }
+            "error" => bail!("task error: {}", ev.data),
+            _ => {}
+        }
+    }
+    bail!("the task stream ended without `end`")
+}
+
+/// One phase: `total` requests, `conc` at a time (closed loop).
+struct Phase {
+    samples: Vec<Sample>,
+    errors: Vec<String>,
+    wall: Duration,
+    /// Streams (workers) in the phase.
+    conc: usize,
+    /// Sum over streams of the time each was busy, from sending its first request to the end
+    /// of its last: staggered starts and ends are not time at full concurrency.
+    busy: Duration,
+    /// CPU used during the phase, where known.
+    cpu: Option<Cpu>,
+}
+
+impl Phase {
+    fn ttft_ms(&self, q: f64) -> f64 {
+        let mut v: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|s| s.ttft.as_secs_f64() * 1000.0)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, q)
+    }
+
+    /// Adds another segment of the same path: samples and errors, wall time and CPU.
+    fn absorb(&mut self, o: Phase) {
+        self.samples.extend(o.samples);
+        self.errors.extend(o.errors);
+        self.wall += o.wall;
+        self.busy += o.busy;
+        self.cpu = self.cpu.zip(o.cpu).map(|(a, b)| Cpu {
+            client: a.client + b.client,
+            engine: a.engine + b.engine,
+            daemon: a.daemon + b.daemon,
+        });
+    }
+
+    /// Aggregate tokens/s with all streams busy: streams × tokens per busy stream-second.
+    fn tokens_per_s(&self) -> f64 {
+        let n: u64 = self.samples.iter().map(|s| s.tokens).sum();
+        self.conc as f64 * n as f64 / self.busy.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU used by (client, engine, daemon), in cores busy over the phase.
+    fn cores(&self) -> Option<(f64, f64, f64)> {
+        let w = self.wall.as_secs_f64().max(1e-9);
+        self.cpu.map(|c| {
+            (
+                c.client.as_secs_f64() / w,
+                c.engine.as_secs_f64() / w,
+                c.daemon.as_secs_f64() / w,
+            )
+        })
+    }
+
+    fn tokens_per_request(&self) -> f64 {
+        let n: u64 = self.samples.iter().map(|s| s.tokens).sum();
+        n as f64 / self.samples.len().max(1) as f64
+    }
+}
+
+/// Nearest-rank percentile of sorted values (NaN when empty).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// One phase: `total` requests, `conc` at a time (closed loop). Worker `j` starts after
+/// `j × stagger`: with equally long requests, streams that all started together would stay in
+/// lockstep and every request would arrive in a burst of `conc`; staggered, they arrive at a
+/// steady rate, as independent clients do. Task ids must be unique within one daemon, so every
+/// phase has its own label.
+async fn phase(
+    http: &reqwest::Client,
+    target: &Target,
+    label: &str,
+    conc: usize,
+    total: usize,
+    stagger: Duration,
+    spec: &Spec,
+) -> Phase {
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..conc)
+        .map(|j| {
+            let (http, target, spec, next) =
+                (http.clone(), target.clone(), spec.clone(), next.clone());
+            let label = label.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(stagger * j as u32).await;
+                let start = Instant::now();
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return (out, start.elapsed());
+                    }
+                    let one = async {
+                        match &target {
+                            Target::Direct { base, close } => {
+                                direct(&http, base, *close, &spec).await
+                            }
+                            Target::Relayed(b) => {
+                                relayed(&http, b, &format!("bench-{label}-{i}"), &spec).await
+                            }
+                        }
+                    };
+                    let r = tokio::time::timeout(Duration::from_secs(120), one)
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow!("no answer within 120 s")));
+                    out.push(r);
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    let mut busy = Duration::ZERO;
+    for w in workers {
+        match w.await {
+            Ok((rs, b)) => {
+                busy += b;
+                for r in rs {
+                    match r {
+                        Ok(s) => samples.push(s),
+                        Err(e) => errors.push(format!("{label}: {e:#}")),
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("worker panicked: {e}")),
+        }
+    }
+    Phase {
+        samples,
+        errors,
+        wall: t0.elapsed(),
+        conc,
+        busy,
+        cpu: None,
+    }
+}
+
+/// Direct and relayed results at one concurrency.
+struct Row {
+    conc: usize,
+    requests: usize,
+    direct: Phase,
+    relayed: Phase,
+}
+
+impl Row {
+    fn added_ms(&self, q: f64) -> f64 {
+        self.relayed.ttft_ms(q) - self.direct.ttft_ms(q)
+    }
+
+    fn ratio(&self) -> f64 {
+        self.relayed.tokens_per_s() / self.direct.tokens_per_s()
+    }
+
+    /// orchestratord's CPU per relayed token, µs.
+    fn daemon_us_per_token(&self) -> Option<f64> {
+        let tokens: u64 = self.relayed.samples.iter().map(|s| s.tokens).sum();
+        self.relayed
+            .cpu
+            .map(|c| c.daemon.as_secs_f64() * 1e6 / tokens.max(1) as f64)
+    }
+}
+
+/// One engine and the daemon in front of it.
+struct Setup<'a> {
+    http: &'a reqwest::Client,
+    /// Name in progress lines and task ids.
+    name: &'a str,
+    /// Engine base URL and pid.
+    engine: (String, u32),
+    /// Whether direct requests send `Connection: close` (see [`Target::Direct`]).
+    close: bool,
+    /// orchestratord base URL and pid.
+    daemon: (String, u32),
+}
+
+impl Setup<'_> {
+    fn cpu(&self) -> Option<Cpu> {
+        Some(Cpu {
+            client: cpu_time(std::process::id())?,
+            engine: cpu_time(self.engine.1)?,
+            daemon: cpu_time(self.daemon.1)?,
+        })
+    }
+
+    /// [`phase`] with the CPU each process used during it.
+    async fn phase(
+        &self,
+        t: &Target,
+        label: &str,
+        conc: usize,
+        total: usize,
+        stagger: Duration,
+        spec: &Spec,
+    ) -> Phase {
+        let before = self.cpu();
+        let mut p = phase(self.http, t, label, conc, total, stagger, spec).await;
+        p.cpu = self.cpu().zip(before).map(|(b, a)| Cpu {
+            client: b.client.saturating_sub(a.client),
+            engine: b.engine.saturating_sub(a.engine),
+            daemon: b.daemon.saturating_sub(a.daemon),
+        });
+        p
+    }
+}
+
+/// How many requests each concurrency gets.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// Requests per stream...
+    rounds: usize,
+    /// ...but at least this many per path.
+    min_requests: usize,
+    /// Alternating direct/relayed segments the requests are split into.
+    segments: usize,
+}
+
+/// Warms both paths up, then measures direct and relayed at each concurrency. The requests of
+/// each path are split into segments that alternate (d r r d d r …), so that drift in what
+/// else the machine is doing falls on both paths alike.
+async fn measure(s: &Setup<'_>, concs: &[usize], plan: Plan, spec: &Spec) -> Result<Vec<Row>> {
+    let (d, r) = (
+        Target::Direct {
+            base: s.engine.0.clone(),
+            close: s.close,
+        },
+        Target::Relayed(s.daemon.0.clone()),
+    );
+    let name = s.name;
+    let warm = concs.iter().copied().max().unwrap_or(1);
+    progress(format!("{name}: warming up ({warm} streams per path)"));
+    let mut request_time = Duration::ZERO;
+    for (t, label) in [(&d, "warm-d"), (&r, "warm-r")] {
+        let p = phase(
+            s.http,
+            t,
+            &format!("{name}-{label}"),
+            warm,
+            warm,
+            Duration::ZERO,
+            spec,
+        )
+        .await;
+        if let Some(e) = p.errors.first() {
+            bail!("{name}: warm-up request failed: {e}");
+        }
+        if matches!(t, Target::Direct { .. }) {
+            let n = p.samples.len().max(1) as u32;
+            request_time = p.samples.iter().map(|x| x.total).sum::<Duration>() / n;
+        }
+    }
+    let mut rows = Vec::new();
+    // The row index keeps task ids unique when a concurrency is listed twice.
+    for (k, &c) in concs.iter().enumerate() {
+        let per_segment = ((c * plan.rounds).max(plan.min_requests) / plan.segments.max(1)).max(c);
+        let segments = plan.segments.max(1);
+        // Spread the streams' starts over one direct request time.
+        let stagger = request_time / c as u32;
+        progress(format!(
+            "{name}: {c} streams, {} requests per path in {segments} segments",
+            per_segment * segments
+        ));
+        let mut direct: Option<Phase> = None;
+        let mut relayed: Option<Phase> = None;
+        for seg in 0..segments {
+            let order = if seg % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for is_direct in order {
+                let (t, acc, tag) = if is_direct {
+                    (&d, &mut direct, "d")
+                } else {
+                    (&r, &mut relayed, "r")
+                };
+                let label = format!("{name}-{k}-{tag}{c}-{seg}");
+                let p = s.phase(t, &label, c, per_segment, stagger, spec).await;
+                match acc {
+                    Some(a) => a.absorb(p),
+                    None => *acc = Some(p),
+                }
+            }
+        }
+        rows.push(Row {
+            conc: c,
+            requests: per_segment * segments,
+            direct: direct.expect("at least one segment"),
+            relayed: relayed.expect("at least one segment"),
+        });
+    }
+    Ok(rows)
+}
+
+fn progress(msg: String) {
+    eprintln!("[bench] {msg}");
+}
+
+/// The tables, as printed and as recorded in docs/PERFORMANCE.md.
+fn table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>5} {:>5} | {:>21} | {:>21} | {:>15} | {:>9} {:>9} {:>6} | {:>7} {:>6}",
+        "conc",
+        "reqs",
+        "TTFT p50 ms dir/rel",
+        "TTFT p99 ms dir/rel",
+        "added p50/p99",
+        "dir tok/s",
+        "rel tok/s",
+        "ratio",
+        "tok/req",
+        "errors"
+    );
+    for r in rows {
+        let errors = r.direct.errors.len() + r.relayed.errors.len();
+        let _ = writeln!(
+            s,
+            "{:>5} {:>5} | {:>10.2} {:>10.2} | {:>10.2} {:>10.2} | {:>+7.2} {:>+7.2} | {:>9.0} {:>9.0} {:>6.3} | {:>7.1} {:>6}",
+            r.conc,
+            r.requests,
+            r.direct.ttft_ms(0.5),
+            r.relayed.ttft_ms(0.5),
+            r.direct.ttft_ms(0.99),
+            r.relayed.ttft_ms(0.99),
+            r.added_ms(0.5),
+            r.added_ms(0.99),
+            r.direct.tokens_per_s(),
+            r.relayed.tokens_per_s(),
+            r.ratio(),
+            r.relayed.tokens_per_request(),
+            errors
+        );
+    }
+    let _ = writeln!(
+        s,
+        "CPU busy, in cores (10 ms resolution): {:>5} | {:>19} | {:>26} | {:>13}",
+        "conc", "direct client+engine", "relayed client+engine+daemon", "daemon µs/tok"
+    );
+    for r in rows {
+        let fmt2 = |c: Option<(f64, f64, f64)>| {
+            c.map_or("-".into(), |(a, b, _)| format!("{a:.2} + {b:.2}"))
+        };
+        let fmt3 = |c: Option<(f64, f64, f64)>| {
+            c.map_or("-".into(), |(a, b, d)| format!("{a:.2} + {b:.2} + {d:.2}"))
+        };
+        let us = r
+            .daemon_us_per_token()
+            .map_or("-".into(), |u| format!("{u:.1}"));
+        let _ = writeln!(
+            s,
+            "{:>44} | {:>20} | {:>28} | {:>13}",
+            r.conc,
+            fmt2(r.direct.cores()),
+            fmt3(r.relayed.cores()),
+            us
+        );
+    }
+    s
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The first few failed requests and, with `check_text`, any response whose text differs from
+/// the first direct one. Only the double is checked: llama-server's output may legitimately
+/// vary with how requests happen to be batched together.
+fn problems(rows: &[Row], check_text: bool) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.direct.errors.iter().chain(&r.relayed.errors))
+        .take(3)
+        .map(|e| format!("error: {e}"))
+        .collect();
+    for r in rows.iter().filter(|_| check_text) {
+        let reference = r.direct.samples.first().map(|s| &s.text);
+        let differs = r
+            .direct
+            .samples
+            .iter()
+            .chain(&r.relayed.samples)
+            .filter(|s| Some(&s.text) != reference)
+            .count();
+        if differs > 0 {
+            out.push(format!(
+                "MISMATCH at {} stream(s): {differs} response(s) streamed other text than the first direct one",
+                r.conc
+            ));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// bench overhead
+
+const PROMPT: &str = "The quick brown fox jumps over the lazy dog. Once upon a time";
+
+async fn overhead(a: OverheadArgs) -> Result<()> {
+    let daemon_bin = release_binary(a.orchestratord.clone(), "orchestratord", "--orchestratord")?;
+    let double_bin = release_binary(a.double.clone(), "engine-double", "--double")?;
+    let real = if a.skip_real_engine {
+        None
+    } else {
+        match (&a.llama_server, &a.model) {
+            (Some(s), Some(m)) if s.is_file() && m.is_file() => Some((s.clone(), m.clone())),
+            _ => bail!(
+                "the real-engine part needs llama-server and a model: run \
+                 `eval \"$(cargo xtask provision-engine)\"` (sets LLAMA_SERVER and TEST_MODEL), \
+                 pass --llama-server PATH --model PATH, or pass --skip-real-engine"
+            ),
+        }
+    };
+    if a.concurrency.contains(&0) || a.real_concurrency.contains(&0) {
+        bail!("a concurrency must be at least 1");
+    }
+    let dir = tempfile::Builder::new().prefix("llorch-bench-").tempdir()?;
+    // Enough idle connections for the widest phase; reqwest sets TCP_NODELAY by default.
+    // Idle connections are dropped after 4 s, before llama-server's 5 s keep-alive ends them.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(4))
+        .build()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Other work on the machine skews the numbers; the table says how busy it was.
+    let load_before = load_average();
+
+    // Part 1: the engine double, which isolates orchestratord's own cost.
+    let slots = a.concurrency.iter().copied().max().unwrap_or(1).max(64);
+    let spec = Spec {
+        prompt: PROMPT,
+        tokens: a.tokens,
+    };
+    let double_rows = {
+        let sub = dir.path().join("double");
+        std::fs::create_dir_all(&sub)?;
+        let (double_proc, engine) = start_double(&double_bin, &sub, &a, slots).await?;
+        let (daemon_proc, daemon) = start_daemon(
+            &http,
+            &daemon_bin,
+            &sub,
+            &engine,
+            slots,
+            4096,
+            &a.daemon_log,
+        )
+        .await?;
+        let setup = Setup {
+            http: &http,
+            name: "double",
+            engine: (engine, double_proc.child.id()),
+            close: false,
+            daemon: (daemon, daemon_proc.child.id()),
+        };
+        let plan = Plan {
+            rounds: a.rounds,
+            min_requests: a.min_requests,
+            segments: a.segments,
+        };
+        measure(&setup, &a.concurrency, plan, &spec).await?
+        // The guards drop here: the double and its daemon stop before llama-server starts.
+    };
+
+    // Part 2: the real llama-server, the whole.
+    let real_rows = match &real {
+        None => None,
+        Some((server, model)) => {
+            let sub = dir.path().join("real");
+            std::fs::create_dir_all(&sub)?;
+            let slots = a.real_concurrency.iter().copied().max().unwrap_or(1);
+            let ctx = 512.max(a.real_tokens + 64);
+            progress(format!("llama-server: starting with {slots} slots"));
+            let (server_proc, engine) =
+                start_llama_server(&http, server, model, &sub, slots, ctx, a.real_threads).await?;
+            let (daemon_proc, daemon) =
+                start_daemon(&http, &daemon_bin, &sub, &engine, slots, ctx, &a.daemon_log).await?;
+            let spec = Spec {
+                prompt: PROMPT,
+                tokens: a.real_tokens,
+            };
+            let setup = Setup {
+                http: &http,
+                name: "llama-server",
+                engine: (engine, server_proc.child.id()),
+                close: true,
+                daemon: (daemon, daemon_proc.child.id()),
+            };
+            let plan = Plan {
+                rounds: a.real_rounds,
+                min_requests: a.real_min_requests,
+                segments: a.segments,
+            };
+            Some(measure(&setup, &a.real_concurrency, plan, &spec).await?)
+        }
+    };
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bench overhead: {cores} CPU core(s); load average before {load_before}, after {}; orchestratord log filter `{}`",
+        load_average(),
+        a.daemon_log
+    );
+    out.push_str("TTFT: client-side, from sending the request (relayed: the POST /v1/tasks) to the first token; added = relayed − direct\n");
+    let _ = writeln!(
+        out,
+        "\nengine double (BENCHMARK DOUBLE): {} tokens/request, {} µs/token, TTFT {} µs, {slots} slots",
+        a.tokens, a.token_interval_us, a.ttft_us
+    );
+    out.push_str(&table(&double_rows));
+    if let Some(r) = double_rows.iter().find(|r| r.conc == 64) {
+        let (p50, p99, ratio) = (r.added_ms(0.5), r.added_ms(0.99), r.ratio());
+        let _ = writeln!(
+            out,
+            "targets at 64 streams: added TTFT p50 {p50:+.2} ms (≤ 1 ms) {}; added TTFT p99 {p99:+.2} ms (≤ 5 ms) {}; relayed/direct tokens/s {ratio:.3} (≥ 0.95) {}",
+            verdict(p50 <= 1.0),
+            verdict(p99 <= 5.0),
+            verdict(ratio >= 0.95)
+        );
+    }
+    let double_problems = problems(&double_rows, true);
+    let mismatch = double_problems.iter().any(|p| p.starts_with("MISMATCH"));
+    for p in double_problems {
+        let _ = writeln!(out, "{p}");
+    }
+    match &real_rows {
+        None => out.push_str("\nreal llama-server: skipped (--skip-real-engine)\n"),
+        Some(rows) => {
+            let _ = writeln!(
+                out,
+                "\nreal llama-server (CPU, tiny test model): {} tokens/request, greedy, {} slots, {} compute threads",
+                a.real_tokens,
+                a.real_concurrency.iter().copied().max().unwrap_or(1),
+                a.real_threads.map_or("default".into(), |t| t.to_string())
+            );
+            out.push_str(&table(rows));
+            for r in rows {
+                let _ = writeln!(
+                    out,
+                    "target at {} stream(s): relayed/direct tokens/s {:.3} (≥ 0.99) {}; added TTFT p50 {:+.2} ms",
+                    r.conc,
+                    r.ratio(),
+                    verdict(r.ratio() >= 0.99),
+                    r.added_ms(0.5)
+                );
+            }
+            for p in problems(rows, false) {
+                let _ = writeln!(out, "{p}");
+            }
+        }
+    }
+    print!("{out}");
+    let failed: usize = double_rows
+        .iter()
+        .chain(real_rows.iter().flatten())
+        .map(|r| r.direct.errors.len() + r.relayed.errors.len())
+        .sum();
+    if mismatch {
+        bail!("the relay altered streamed text (MISMATCH above)");
+    }
+    if failed > 0 {
+        bail!("{failed} request(s) failed; the numbers above exclude them");
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! `cargo xtask bench pools`: how long a pool reload and a crash restart take, end to end
+//! through the HTTP API of a real orchestratord running a real llama-server (CPU, dev setting).
+//!
+//! * reload: `POST /v1/pools/{id}/reload`, alternating between two models, timed from the
+//!   request to the answer (new replica started beside the old, healthy, dispatch switched).
+//! * crash restart: SIGKILL the replica's engine, timed until `GET /v1/pools/{id}/health` shows
+//!   a new engine process ready. Each run first reloads the pool (a fresh replica has a fresh
+//!   backoff and crash window), so every run measures a *first* crash: backoff (250 ms ± 20 %)
+//!   plus spawn, model load and the first health check.
+//!
+//! It builds nothing; it runs `target/release/orchestratord` when it exists, else the debug
+//! build (the daemon's build profile barely matters here; the engine's start dominates).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Arguments of `cargo xtask bench pools`.
+#[derive(clap::Args)]
+pub struct PoolsArgs {
+    /// orchestratord binary [default: <target>/release/orchestratord, else <target>/debug/orchestratord].
+    #[arg(long)]
+    pub orchestratord: Option<PathBuf>,
+    /// llama-server binary (from `cargo xtask provision-engine`).
+    #[arg(long, env = "LLAMA_SERVER")]
+    pub llama_server: Option<PathBuf>,
+    /// First model (from `cargo xtask provision-engine`).
+    #[arg(long, env = "TEST_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Second model [default: tiny-llama-g2-s43.gguf next to the first; `cargo xtask gen-model --seed 43`].
+    #[arg(long, env = "TEST_MODEL_2")]
+    pub model2: Option<PathBuf>,
+    /// Measurements of each kind.
+    #[arg(long, default_value_t = 7)]
+    pub runs: usize,
+}
+
+/// Kills the daemon (and so, by process group and parent-death signal, its engines) on drop.
+struct DaemonGuard {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        // SIGTERM lets the daemon stop its engines; SIGKILL after a grace period.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn need_file(p: Option<PathBuf>, what: &str) -> Result<PathBuf> {
+    match p {
+        Some(p) if p.is_file() => Ok(p),
+        Some(p) => bail!("{what} `{}` does not exist", p.display()),
+        None => bail!(
+            "no {what}: run `eval \"$(cargo xtask provision-engine)\"` (sets LLAMA_SERVER and TEST_MODEL) and `cargo xtask gen-model --seed 43`"
+        ),
+    }
+}
+
+fn start_daemon(bin: &Path, server: &Path, model: &Path) -> Result<DaemonGuard> {
+    let dir = tempfile::tempdir().context("tempdir")?;
+    let cfg = format!(
+        "bind: \"127.0.0.1:0\"\ndata_dir: \"{}\"\ndev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: bench\n    model: \"{}\"\n    engine_binary: \"{}\"\n    slots: 2\n    ctx: 4096\n    startup_timeout_s: 60\n",
+        dir.path().join("data").display(),
+        model.display(),
+        server.display()
+    );
+    let cfg_path = dir.path().join("config.yaml");
+    std::fs::write(&cfg_path, cfg).context("write config")?;
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&cfg_path)
+        .env("RUST_LOG", "warn,orchestratord=info")
+        .env("AUTH_OPTIONAL", "true")
+        .env_remove("LLORCH_ADDR")
+        .env_remove("LLORCH_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("\"listening\"") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("orchestratord did not start listening within 60 s");
+        }
+    };
+    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    let addr = v["fields"]["addr"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no addr in the listening line: {line}"))?;
+    Ok(DaemonGuard {
+        child,
+        base: format!("http://{addr}"),
+        _dir: dir,
+    })
+}
+
+async fn health(c: &reqwest::Client, base: &str) -> Result<Value> {
+    Ok(c.get(format!("{base}/v1/pools/bench/health"))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+/// Waits until the pool's first replica is ready and (if given) not `old_pid`.
+async fn wait_ready(c: &reqwest::Client, base: &str, old_pid: Option<u64>) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = health(c, base).await?;
+        let r = &h["replicas"][0];
+        let fresh = old_pid.is_none_or(|p| r["pid"].as_u64() != Some(p));
+        if r["state"] == "ready" && fresh && h.get("retiring").is_none() {
+            return Ok(h);
+        }
+        if Instant::now() > deadline {
+            bail!("pool not ready in 60 s: {h}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn reload(c: &reqwest::Client, base: &str, model: &Path) -> Result<(Duration, u64)> {
+    let t0 = Instant::now();
+    let r = c
+        .post(format!("{base}/v1/pools/bench/reload"))
+        .json(&json!({ "new_model_ref": model }))
+        .send()
+        .await?;
+    let took = t0.elapsed();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("reload failed ({status}): {v}");
+    }
+    Ok((took, v["took_ms"].as_u64().unwrap_or(0)))
+}
+
+fn stats(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let median = if v.is_empty() {
+        0.0
+    } else if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (
+        median,
+        v.first().copied().unwrap_or(0.0),
+        v.last().copied().unwrap_or(0.0),
+    )
+}
+
+/// Runs the benchmark and prints the results.
+pub async fn run(a: PoolsArgs) -> Result<()> {
+    let root = workspace_root();
+    let bin = match a.orchestratord {
+        Some(p) => p,
+        None => {
+            let release = root.join("target/release/orchestratord");
+            if release.is_file() {
+                release
+            } else {
+                root.join("target/debug/orchestratord")
+            }
+        }
+    };
+    let bin = need_file(
+        Some(bin),
+        "orchestratord binary (cargo build -p orchestratord)",
+    )?;
+    let server = need_file(a.llama_server, "llama-server")?;
+    let model = need_file(a.model, "test model")?;
+    let model2 = need_file(
+        a.model2
+            .or_else(|| model.parent().map(|d| d.join("tiny-llama-g2-s43.gguf"))),
+        "second test model",
+    )?;
+    let runs = a.runs.max(1);
+    eprintln!(
+        "[bench pools] daemon {} · engine {} · {runs} runs each",
+        bin.display(),
+        server.display()
+    );
+    let d = start_daemon(&bin, &server, &model)?;
+    let c = reqwest::Client::new();
+    wait_ready(&c, &d.base, None).await?;
+
+    // Reload: alternate models, waiting for the old replica to be gone between runs.
+    let mut client_ms = Vec::new();
+    let mut server_ms = Vec::new();
+    for i in 0..runs {
+        let m = if i % 2 == 0 { &model2 } else { &model };
+        let (took, srv) = reload(&c, &d.base, m).await?;
+        client_ms.push(took.as_secs_f64() * 1000.0);
+        server_ms.push(srv as f64);
+        wait_ready(&c, &d.base, None).await?;
+    }
+
+    // Crash restart: fresh replica (reload on the serving model), then SIGKILL its engine.
+    let mut restart_ms = Vec::new();
+    for _ in 0..runs {
+        let h = health(&c, &d.base).await?;
+        let m = h["model"].as_str().unwrap_or_default().to_owned();
+        reload(&c, &d.base, Path::new(&m)).await?;
+        let h = wait_ready(&c, &d.base, None).await?;
+        let pid = h["replicas"][0]["pid"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no pid in {h}"))?;
+        let t0 = Instant::now();
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -KILL {pid} failed");
+        }
+        wait_ready(&c, &d.base, Some(pid)).await?;
+        restart_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(d);
+
+    let (rm, rmin, rmax) = stats(&mut client_ms);
+    let (sm, _, _) = stats(&mut server_ms);
+    let (cm, cmin, cmax) = stats(&mut restart_ms);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("bench pools — tiny model on llama-server (CPU), {cores} cores, {runs} runs each");
+    println!("| measurement | median | min | max |");
+    println!("|---|---|---|---|");
+    println!(
+        "| reload (request → new replica serving) | {rm:.0} ms | {rmin:.0} ms | {rmax:.0} ms |"
+    );
+    println!("| reload, server-side `took_ms` | {sm:.0} ms | | |");
+    println!(
+        "| crash restart (SIGKILL → ready again) | {cm:.0} ms | {cmin:.0} ms | {cmax:.0} ms |"
+    );
+    Ok(())
+}

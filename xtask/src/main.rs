@@ -1,0 +1,54 @@
+//! Repository automation, run as `cargo xtask <command>`.
+//!
+//! Each command lives in its own module; this file only parses the command
+//! line and dispatches.
+
+mod bench;
+mod bench_pools;
+mod contracts;
+mod provision;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// `cargo xtask` command line.
+#[derive(Parser)]
+#[command(name = "xtask", about = "llama-orch repository automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build (or reuse) a CPU-only llama-server and a tiny test model; prints
+    /// `LLAMA_SERVER=<path>` and `TEST_MODEL=<path>` on stdout.
+    ProvisionEngine(provision::ProvisionArgs),
+    /// Write (or reuse) a tiny random-weight test model; prints its path.
+    GenModel(provision::GenModelArgs),
+    /// Regenerate contracts/openapi.json and contracts/config.schema.json from the code.
+    RegenContracts,
+    /// Benchmarks (not timed tests); see `cargo xtask bench --help`.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+    // Further commands go here, one module each.
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().cmd {
+        Cmd::ProvisionEngine(args) => provision::provision_engine(&args),
+        Cmd::GenModel(args) => provision::gen_model(&args),
+        Cmd::RegenContracts => contracts::regen(),
+        Cmd::Bench(b) => bench::run(b),
+    };
+    // One-line error chain; anyhow's default `Debug` report would add a
+    // backtrace whenever RUST_BACKTRACE is set, which is noise here.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

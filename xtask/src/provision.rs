@@ -1,0 +1,512 @@
+//! `provision-engine` and `gen-model`: a real llama.cpp `llama-server` and tiny
+//! random-weight GGUF models for tests (SPEC §9).
+//!
+//! llama.cpp itself is not on any registry we can reach, but the PyPI sdist of
+//! `llama-cpp-python` vendors the whole tree, so we fetch that with pip and
+//! build only the server, CPU-only. Everything is cached outside the repo:
+//!
+//! ```text
+//! <cache>/.lock                            exclusive lock, held while provisioning
+//! <cache>/dl/llama_cpp_python-<ver>.tar.gz sdist from PyPI
+//! <cache>/src/llama_cpp_python-<ver>/      unpacked sdist (build in vendor/llama.cpp/build)
+//! <cache>/bin/llama-server-<ver>           the installed server binary
+//! <cache>/venv/                            python venv with gguf + numpy
+//! <cache>/models/tiny-llama-g<gen>-s<seed>.gguf   generated test models
+//! ```
+//!
+//! `<cache>` is `$LLORCH_CACHE_DIR`, else `$XDG_CACHE_HOME/llama-orch`, else
+//! `$HOME/.cache/llama-orch`. Progress goes to stderr; stdout carries only the
+//! machine-readable result so callers can parse it.
+
+use std::{
+    env,
+    ffi::OsStr,
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Default `llama-cpp-python` sdist version whose vendored llama.cpp we build.
+pub const DEFAULT_VERSION: &str = "0.3.36";
+
+/// Default seed of the tiny test model.
+pub const DEFAULT_SEED: u64 = 42;
+
+/// The model generator, embedded so the binary does not depend on where the
+/// repo was checked out; it is fed to the venv's python on stdin.
+const GEN_MODEL_PY: &str = include_str!("../assets/gen_tiny_model.py");
+
+/// Vocab-only GGUF (inside the vendored llama.cpp) whose tokenizer we copy.
+const VOCAB_REL: &str = "vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf";
+
+/// CMake configure flags from SPEC §9: server only, CPU only, static, no
+/// network access during the build (no curl, no prebuilt web UI download).
+const CMAKE_FLAGS: &[&str] = &[
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DGGML_NATIVE=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DCMAKE_BUILD_TYPE=Release",
+];
+
+/// Arguments of `cargo xtask provision-engine`.
+#[derive(clap::Args)]
+pub struct ProvisionArgs {
+    /// llama-cpp-python sdist version to build llama-server from.
+    #[arg(long, default_value = DEFAULT_VERSION)]
+    pub version: String,
+    /// Seed of the tiny test model to provide.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Parallel build jobs (default: number of CPUs).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// Arguments of `cargo xtask gen-model`.
+#[derive(clap::Args)]
+pub struct GenModelArgs {
+    /// RNG seed; different seeds give different weights (and text).
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Also copy the model here (default: only the cached copy).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// llama-cpp-python sdist version whose vocab file is used.
+    #[arg(long, default_value = DEFAULT_VERSION)]
+    pub version: String,
+}
+
+/// Builds or reuses llama-server and the test model, then prints
+/// `LLAMA_SERVER=<path>` and `TEST_MODEL=<path>` (absolute) on stdout.
+pub fn provision_engine(args: &ProvisionArgs) -> Result<()> {
+    let cache = Cache::open()?;
+    let mut lock = cache.lock_file()?;
+    let _guard = acquire(&mut lock, &cache.root)?;
+
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let server = ensure_server(&cache, &args.version, jobs)?;
+    let model = ensure_model(&cache, &args.version, args.seed)?;
+
+    let mut out = io::stdout().lock();
+    writeln!(out, "LLAMA_SERVER={}", server.display())?;
+    writeln!(out, "TEST_MODEL={}", model.display())?;
+    Ok(())
+}
+
+/// Writes or reuses the model for `--seed` (copying it to `--out` if given)
+/// and prints its absolute path on stdout.
+pub fn gen_model(args: &GenModelArgs) -> Result<()> {
+    let cache = Cache::open()?;
+    let mut lock = cache.lock_file()?;
+    let _guard = acquire(&mut lock, &cache.root)?;
+
+    let model = ensure_model(&cache, &args.version, args.seed)?;
+    let path = match &args.out {
+        None => model,
+        Some(out) => {
+            let out = std::path::absolute(out)
+                .with_context(|| format!("resolving --out {}", out.display()))?;
+            if let Some(dir) = out.parent() {
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            copy_atomically(&model, &out)?;
+            out
+        }
+    };
+    writeln!(io::stdout().lock(), "{}", path.display())?;
+    Ok(())
+}
+
+/// The provisioning cache directory.
+struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    fn open() -> Result<Self> {
+        // Empty variables count as unset; XDG says relative values are invalid.
+        let var = |k: &str| env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let root = if let Some(dir) = var("LLORCH_CACHE_DIR") {
+            dir
+        } else if let Some(xdg) = var("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
+            xdg.join("llama-orch")
+        } else if let Some(home) = var("HOME") {
+            home.join(".cache").join("llama-orch")
+        } else {
+            bail!("no cache directory: set LLORCH_CACHE_DIR (or HOME)");
+        };
+        fs::create_dir_all(&root)
+            .with_context(|| format!("creating cache dir {}", root.display()))?;
+        // Canonical so the printed paths are absolute even for a relative override.
+        let root = root
+            .canonicalize()
+            .with_context(|| format!("resolving cache dir {}", root.display()))?;
+        Ok(Self { root })
+    }
+
+    fn lock_file(&self) -> Result<fd_lock::RwLock<File>> {
+        let path = self.root.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        Ok(fd_lock::RwLock::new(file))
+    }
+}
+
+/// Takes the exclusive cache lock, saying so on stderr if someone else holds
+/// it (a first build can take tens of minutes, so silence would look hung).
+fn acquire<'a>(
+    lock: &'a mut fd_lock::RwLock<File>,
+    root: &Path,
+) -> Result<fd_lock::RwLockWriteGuard<'a, File>> {
+    // Probe first; the probe's guard (if any) is dropped right away.
+    let busy = matches!(lock.try_write(), Err(ref e) if e.kind() == io::ErrorKind::WouldBlock);
+    if busy {
+        log(format!(
+            "waiting for another provisioning run to release {}/.lock",
+            root.display()
+        ));
+    }
+    lock.write()
+        .with_context(|| format!("locking {}/.lock", root.display()))
+}
+
+/// Returns the cached llama-server for `ver`, building it first if needed.
+fn ensure_server(cache: &Cache, ver: &str, jobs: usize) -> Result<PathBuf> {
+    let bin = cache.root.join("bin").join(format!("llama-server-{ver}"));
+    if bin.is_file() {
+        match server_version(&bin) {
+            Ok(v) => {
+                log(format!("reusing {} ({v})", bin.display()));
+                return Ok(bin);
+            }
+            Err(e) => log(format!(
+                "cached {} is unusable ({e:#}); rebuilding",
+                bin.display()
+            )),
+        }
+    }
+
+    let src = ensure_source(cache, ver)?;
+    let llama = src.join("vendor").join("llama.cpp");
+    let build = llama.join("build");
+    let cmake = find_on_path("cmake").context(
+        "`cmake` is not on PATH; it is needed once to build llama-server (plus a C++ compiler). \
+         Install it, e.g. Debian/Ubuntu: `apt-get install -y cmake build-essential`; \
+         Fedora: `dnf install -y cmake gcc-c++`; macOS: `brew install cmake`; \
+         or anywhere: `python3 -m pip install --user cmake`",
+    )?;
+
+    log(format!(
+        "building llama-server {ver} in {} with {jobs} jobs (first time: tens of minutes on 2 cores)",
+        build.display()
+    ));
+    // Re-running configure on an existing build tree is cheap and keeps the
+    // flags authoritative; object files stay up to date, so a finished build
+    // makes the next step a no-op.
+    run(
+        Command::new(&cmake)
+            .arg("-S")
+            .arg(&llama)
+            .arg("-B")
+            .arg(&build)
+            .args(CMAKE_FLAGS),
+        "cmake configure",
+    )?;
+    run(
+        Command::new(&cmake)
+            .arg("--build")
+            .arg(&build)
+            .args(["--target", "llama-server", "-j"])
+            .arg(jobs.to_string()),
+        "cmake build",
+    )?;
+
+    let built = build.join("bin").join("llama-server");
+    if !built.is_file() {
+        bail!("build finished but {} does not exist", built.display());
+    }
+    let bin_dir = cache.root.join("bin");
+    fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
+    copy_atomically(&built, &bin)?;
+    let v = server_version(&bin).context("the freshly built llama-server does not run")?;
+    log(format!("installed {} ({v})", bin.display()));
+    Ok(bin)
+}
+
+/// Runs `llama-server --version` and returns its version line.
+fn server_version(bin: &Path) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --version", bin.display()))?;
+    // llama.cpp prints the version to stderr; accept either stream.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("`--version` exited with {}: {}", out.status, text.trim());
+    }
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("version"))
+        .unwrap_or_else(|| text.lines().next().unwrap_or(""))
+        .trim()
+        .to_owned())
+}
+
+/// Returns the unpacked sdist directory, downloading and unpacking as needed.
+fn ensure_source(cache: &Cache, ver: &str) -> Result<PathBuf> {
+    let src = cache
+        .root
+        .join("src")
+        .join(format!("llama_cpp_python-{ver}"));
+    let marker = src.join("vendor").join("llama.cpp").join("CMakeLists.txt");
+    if marker.is_file() {
+        return Ok(src);
+    }
+    let tarball = ensure_sdist(cache, ver)?;
+    unpack(&tarball, &src)?;
+    if !marker.is_file() {
+        bail!(
+            "{} does not contain vendor/llama.cpp/CMakeLists.txt; is {ver} a llama-cpp-python version that vendors llama.cpp?",
+            tarball.display()
+        );
+    }
+    Ok(src)
+}
+
+/// Returns the sdist tarball in `<cache>/dl`, fetching it with pip if absent.
+fn ensure_sdist(cache: &Cache, ver: &str) -> Result<PathBuf> {
+    let dl = cache.root.join("dl");
+    // pip normalises sdist names to underscores; very old uploads used dashes.
+    let candidates = [
+        dl.join(format!("llama_cpp_python-{ver}.tar.gz")),
+        dl.join(format!("llama-cpp-python-{ver}.tar.gz")),
+    ];
+    let existing = || candidates.iter().find(|p| p.is_file()).cloned();
+    if let Some(t) = existing() {
+        return Ok(t);
+    }
+    fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
+    let python = find_on_path("python3")
+        .context("`python3` is not on PATH; install it (Debian/Ubuntu: `apt-get install -y python3 python3-pip python3-venv`)")?;
+    log(format!(
+        "downloading the llama-cpp-python {ver} sdist from PyPI"
+    ));
+    run(
+        Command::new(python)
+            .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:"])
+            .arg(format!("llama-cpp-python=={ver}"))
+            .arg("-d")
+            .arg(&dl),
+        "pip download",
+    )
+    .context("fetching the sdist needs python3 with pip and access to PyPI")?;
+    existing().with_context(|| {
+        format!(
+            "pip reported success but no llama-cpp-python {ver} sdist is in {}",
+            dl.display()
+        )
+    })
+}
+
+/// Unpacks `tarball` (one top-level directory) to `dest`, atomically: a
+/// half-extracted tree must never look complete to a later run.
+fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
+    let parent = dest.parent().context("unpack destination has no parent")?;
+    let tmp = parent.join(format!(".unpack-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    log(format!(
+        "unpacking {} to {}",
+        tarball.display(),
+        dest.display()
+    ));
+    run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(&tmp),
+        "tar",
+    )?;
+    let mut entries = fs::read_dir(&tmp)
+        .with_context(|| format!("reading {}", tmp.display()))?
+        .collect::<io::Result<Vec<_>>>()?;
+    if entries.len() != 1 {
+        bail!(
+            "expected one top-level directory in {}, found {}",
+            tarball.display(),
+            entries.len()
+        );
+    }
+    let top = entries.remove(0).path();
+    // We hold the lock, so a `dest` without the marker file is a leftover
+    // from an interrupted run, not someone else's work in progress.
+    if dest.exists() {
+        fs::remove_dir_all(dest).with_context(|| format!("removing stale {}", dest.display()))?;
+    }
+    fs::rename(&top, dest)
+        .with_context(|| format!("moving {} to {}", top.display(), dest.display()))?;
+    fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    Ok(())
+}
+
+/// Bumped whenever the generator's output changes, so cached models of an older shape are not reused.
+const MODEL_GENERATION: u32 = 2;
+
+/// Returns `<cache>/models/tiny-llama-g<gen>-s<seed>.gguf`, generating it if absent.
+fn ensure_model(cache: &Cache, ver: &str, seed: u64) -> Result<PathBuf> {
+    let dir = cache.root.join("models");
+    let model = dir.join(format!("tiny-llama-g{MODEL_GENERATION}-s{seed}.gguf"));
+    // The generator renames into place, so existence means complete.
+    if model.is_file() {
+        log(format!("reusing {}", model.display()));
+        return Ok(model);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let vocab = ensure_source(cache, ver)?.join(VOCAB_REL);
+    let python = ensure_venv(cache)?;
+
+    log(format!("generating {} (seed {seed})", model.display()));
+    let mut child = Command::new(&python)
+        .arg("-") // script on stdin, arguments after it
+        .arg("--vocab")
+        .arg(&vocab)
+        .arg("--out")
+        .arg(&model)
+        .arg("--seed")
+        .arg(seed.to_string())
+        .stdin(Stdio::piped())
+        .stdout(io::stderr())
+        .spawn()
+        .with_context(|| format!("running {}", python.display()))?;
+    {
+        let mut stdin = child.stdin.take().context("no stdin pipe to python")?;
+        stdin
+            .write_all(GEN_MODEL_PY.as_bytes())
+            .context("sending the generator script to python")?;
+    } // closing stdin lets python start running the script
+    let status = child.wait().context("waiting for the model generator")?;
+    if !status.success() {
+        bail!("model generator failed ({status})");
+    }
+    if !model.is_file() {
+        bail!(
+            "model generator succeeded but {} is missing",
+            model.display()
+        );
+    }
+    Ok(model)
+}
+
+/// Returns the python of `<cache>/venv`, creating it and installing `gguf`
+/// and `numpy` from PyPI if needed.
+fn ensure_venv(cache: &Cache) -> Result<PathBuf> {
+    let venv = cache.root.join("venv");
+    let python = venv.join("bin").join("python");
+    if !python.is_file() {
+        let python3 = find_on_path("python3")
+            .context("`python3` is not on PATH; install it (Debian/Ubuntu: `apt-get install -y python3 python3-venv`)")?;
+        log(format!("creating python venv {}", venv.display()));
+        run(
+            Command::new(python3).args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )
+        .context("on Debian/Ubuntu the venv module is packaged separately: `apt-get install -y python3-venv`")?;
+    }
+    let ready = Command::new(&python)
+        .args(["-c", "import gguf, numpy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        log("installing gguf and numpy into the venv");
+        run(
+            Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                // Pinned: the same seed must give the same bytes on every machine.
+                "gguf==0.19.0",
+                "numpy==2.4.6",
+            ]),
+            "pip install gguf numpy",
+        )
+        .with_context(|| {
+            format!(
+                "needs access to PyPI; if {} is broken, delete it and retry",
+                venv.display()
+            )
+        })?;
+    }
+    Ok(python)
+}
+
+/// Copies `from` to `to` via a temp file in the same directory plus rename,
+/// so concurrent readers see either nothing or the whole file.
+fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let name = to
+        .file_name()
+        .and_then(OsStr::to_str)
+        .context("destination has no file name")?;
+    let tmp = to.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    // fs::copy keeps the permission bits, so the binary stays executable.
+    fs::copy(from, &tmp)
+        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    if let Err(e) = fs::rename(&tmp, to) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()));
+    }
+    Ok(())
+}
+
+/// Runs `cmd`, its stdout redirected to our stderr (stdout is reserved for
+/// results), and fails unless it exits successfully.
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    log(format!("$ {cmd:?}"));
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(io::stderr())
+        .status()
+        .with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Finds an executable file named `name` in `$PATH`.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("[xtask] {msg}");
+}
