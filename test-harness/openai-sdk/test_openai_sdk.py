@@ -68,6 +68,9 @@ text = r1.choices[0].message.content
 assert text, r1
 assert r1.choices[0].finish_reason == "length", r1.choices[0].finish_reason
 assert r1.usage.completion_tokens > 0
+# The prompt's length comes from the engine (llama-server's `tokens_evaluated`).
+assert r1.usage.prompt_tokens > 0, r1.usage
+assert r1.usage.total_tokens == r1.usage.prompt_tokens + r1.usage.completion_tokens, r1.usage
 r2 = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, seed=42, temperature=0.8)
 assert r2.choices[0].message.content == text, (r2.choices[0].message.content, text)
 # The response id is the task id of our own API: same queue, same task registry.
@@ -93,6 +96,7 @@ for chunk in stream:
 assert "".join(parts) == text, ("".join(parts), text)
 assert finish == "length", finish
 assert usage is not None and usage.completion_tokens > 0, usage
+assert usage.prompt_tokens == r1.usage.prompt_tokens, (usage, r1.usage)
 log(f"stream: {chunks} chunks")
 
 # 4. Priority from the header, seed passed through; a text completion.

@@ -66,6 +66,9 @@ pub struct MetricsEvent {
 pub struct EndEvent {
     /// Token events sent.
     pub tokens_out: u64,
+    /// The prompt's length in tokens (cached prefix included), when the engine reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
     /// Time from the first to the last token.
     pub decode_ms: u64,
     /// `length` (max_tokens reached), `stop` (end of sequence or a stop string).

@@ -385,6 +385,25 @@ impl Sessions<'_> {
         })
     }
 
+    /// Give back the turn that [`Sessions::touch`] counted for a task the queue then refused
+    /// (a full queue must not use up a session's turns). Never goes below 0. Unknown ids are
+    /// [`StoreError::NotFound`].
+    pub fn refund_turn(&self, id: &str) -> Result<Session> {
+        validate_id("session id", id)?;
+        self.write_tx("refunding a session turn", |tx| {
+            let mut s = require(tx, id)?;
+            if s.turns > 0 {
+                tx.execute(
+                    "UPDATE sessions SET turns = turns - 1 WHERE id = ?1",
+                    params![id],
+                )
+                .db("refunding a session turn")?;
+                s.turns -= 1;
+            }
+            Ok(s)
+        })
+    }
+
     /// Pin the session to the replica and slot holding its KV (`None` clears the pin).
     pub fn set_pin(
         &self,

@@ -283,6 +283,13 @@ fn session_turns_and_ttl() {
     let got = s.get("sess-1", T0 + 300).unwrap();
     assert_eq!(got.turns, 3);
     assert_eq!(got.ttl_ms_remaining(T0 + 300), ttl - 100);
+    // A refunded turn (the queue refused its task) can be used again.
+    assert_eq!(s.refund_turn("sess-1").unwrap().turns, 2);
+    assert_eq!(s.touch("sess-1", T0 + 200, ttl, 3).unwrap().turns, 3);
+    assert!(matches!(
+        s.refund_turn("nope"),
+        Err(StoreError::NotFound { .. })
+    ));
 
     // Expiry: get hides it, touch reports Expired with the session and removes it.
     assert!(matches!(

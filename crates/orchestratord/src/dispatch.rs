@@ -677,6 +677,7 @@ impl Run {
                     task.push(self.metrics_event(i, first));
                     task.push(StreamEvent::End(EndEvent {
                         tokens_out: i,
+                        prompt_tokens: c.prompt_tokens,
                         decode_ms,
                         finish_reason: c.finish_reason.map(|f| f.as_str()).unwrap_or("stop").into(),
                     }));

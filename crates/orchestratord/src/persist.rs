@@ -912,6 +912,19 @@ impl Persist {
         }))
     }
 
+    /// Gives back the session turn [`Persist::admit`] counted for a task the queue then
+    /// refused, so a full queue (429) does not use up a session's turns.
+    pub async fn refund_turn(&self, task: &Task) {
+        let Some(sid) = task.ext.session().map(|b| b.session_id.clone()) else {
+            return;
+        };
+        let store = self.store.clone();
+        let r = blocking(move || store.sessions().refund_turn(&sid).map_err(store_err)).await;
+        if let Err(e) = r {
+            tracing::warn!(task_id = %task.id, error = %e.body.message, "could not refund a session turn");
+        }
+    }
+
     /// Follows an admitted task to its end, then (in the background): charges its session,
     /// pins the session to the replica/slot the engine reported, and writes the task's
     /// `transcript` artifact, which `GET /v1/tasks/{id}` then links.

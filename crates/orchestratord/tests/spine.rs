@@ -608,6 +608,28 @@ async fn metrics_series_have_spec_names_and_labels() {
         !m.contains("task_id") && !m.contains("m1\""),
         "no task ids as labels"
     );
+
+    // KV usage from the engine's `/slots` (refreshed every 5 s): the finished task's prompt
+    // and 8 generated tokens stay cached in the slot.
+    let kv = format!("kv_cache_usage_ratio{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",replica_id=\"tiny-r0\"}} ");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ratio = loop {
+        let m = d
+            .client()
+            .get(format!("{}/metrics", d.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Some(r) = m.lines().find_map(|l| l.strip_prefix(kv.as_str())) {
+            break r.parse::<f64>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "missing `{kv}` in\n{m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(ratio > 0.0 && ratio < 0.1, "kv_cache_usage_ratio {ratio}");
 }
 
 #[test]

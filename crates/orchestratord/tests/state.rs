@@ -814,6 +814,65 @@ async fn sessions_pin_slot_warm_up_limit_turns_and_eviction_frees_the_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_the_queue_refuses_does_not_use_up_a_session_turn() {
+    let e = engine();
+    // A long context so the busy task cannot finish while the test fills the queue.
+    let config = format!(
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\nqueue: {{ capacity: 1, full_policy: reject }}\nsessions: {{ ttl_ms: 60000, max_turns: 2 }}\npools:\n{}",
+        llama_pool("tiny", &e, 1, 1, 32768)
+    );
+    let d = Daemon::start(
+        &bin(),
+        DaemonOptions {
+            config,
+            ..Default::default()
+        },
+    );
+    let sess = |id: &str| {
+        with(
+            task(id, "tiny", "Hello", 4),
+            json!({"session_id": "conv-q"}),
+        )
+    };
+    let (_, ev) = run(&d, sess("q-t1")).await;
+    assert_eq!(last_event(&ev).event, "end");
+    assert_eq!(d.get("/v1/sessions/conv-q").await.1["turns"], 1);
+
+    // The slot busy and the queue full: the session's second turn is refused with 429 …
+    assert_eq!(
+        d.submit(&task("q-busy", "tiny", "Busy", 30000))
+            .await
+            .status(),
+        202
+    );
+    d.wait_state("q-busy", "running").await;
+    assert_eq!(
+        d.submit(&task("q-wait", "tiny", "Wait", 4)).await.status(),
+        202
+    );
+    let r = d.submit(&sess("q-t2")).await;
+    assert_eq!(r.status(), 429);
+    // … and the turn it would have used is still there.
+    let (_, v) = d.get("/v1/sessions/conv-q").await;
+    assert_eq!(v["turns"], 1, "{v}");
+
+    for id in ["q-busy", "q-wait"] {
+        let r = call(
+            &d,
+            "POST",
+            &format!("/v1/tasks/{id}/cancel"),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(r.0, 202, "{}", r.1);
+    }
+    d.wait_state("q-busy", "canceled").await;
+    let (_, ev) = run(&d, sess("q-t2")).await;
+    assert_eq!(last_event(&ev).event, "end");
+    assert_eq!(d.get("/v1/sessions/conv-q").await.1["turns"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_frees_the_slot_and_reports_expired_once() {
     let e = engine();
     let d = start_pool(

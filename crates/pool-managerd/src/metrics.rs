@@ -38,6 +38,19 @@ pub struct DeviceLabels {
     pub device: String,
 }
 
+/// Per-replica gauge labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// Engine kind.
+    pub engine: String,
+    /// Engine build.
+    pub engine_version: String,
+    /// Pool.
+    pub pool_id: String,
+    /// Replica.
+    pub replica_id: String,
+}
+
 /// Per-pool labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -54,6 +67,9 @@ pub struct PoolMetrics {
     pub gpu_utilization: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
     /// `vram_used_bytes{engine,engine_version,pool_id,replica_id,device}`.
     pub vram_used_bytes: Family<DeviceLabels, Gauge>,
+    /// `kv_cache_usage_ratio{engine,engine_version,pool_id,replica_id}` (0..1), for engines
+    /// that report it.
+    pub kv_cache_usage_ratio: Family<ReplicaLabels, Gauge<f64, AtomicU64>>,
     /// `engine_restarts_total{pool_id}`.
     pub engine_restarts: Family<PoolLabels, Counter>,
     /// `pool_ready{pool_id}`: 1 while some replica is ready.
@@ -79,6 +95,11 @@ impl PoolMetrics {
             self.vram_used_bytes.clone(),
         );
         reg.register(
+            "kv_cache_usage_ratio",
+            "Share of a replica's KV cache in use (0..1), as its engine reports it",
+            self.kv_cache_usage_ratio.clone(),
+        );
+        reg.register(
             "engine_restarts",
             "Engine restarts after crashes",
             self.engine_restarts.clone(),
@@ -91,9 +112,13 @@ impl PoolMetrics {
     }
 }
 
-/// Refreshes the GPU and readiness gauges every few seconds while the manager lives.
+/// Longest wait for one engine's KV usage; a slow engine leaves its gauge out this round.
+const KV_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Refreshes the GPU, KV and readiness gauges every few seconds while the manager lives.
 pub(crate) async fn refresh_loop(mgr: Weak<PoolManager>) {
     loop {
+        let mut kv_probes = Vec::new();
         {
             let Some(mgr) = mgr.upgrade() else { return };
             if mgr.cancel.is_cancelled() {
@@ -115,6 +140,15 @@ pub(crate) async fn refresh_loop(mgr: Weak<PoolManager>) {
                 for r in pool.replicas() {
                     if r.status.state != crate::ReplicaState::Ready {
                         continue;
+                    }
+                    if let Some(a) = &r.adapter {
+                        let labels = ReplicaLabels {
+                            engine: pool.engine().into(),
+                            engine_version: version.clone(),
+                            pool_id: pool.id().into(),
+                            replica_id: r.status.id.clone(),
+                        };
+                        kv_probes.push((labels, a.clone()));
                     }
                     let Some(idx) = r.status.device.strip_prefix("gpu") else {
                         continue;
@@ -138,6 +172,24 @@ pub(crate) async fn refresh_loop(mgr: Weak<PoolManager>) {
                 }
             }
         }
+        // Asked outside the block above: the manager is not kept alive across engine calls.
+        let mut kv = Vec::with_capacity(kv_probes.len());
+        for (labels, adapter) in kv_probes {
+            if let Ok(Ok(Some(ratio))) =
+                tokio::time::timeout(KV_PROBE_TIMEOUT, adapter.kv_cache_usage()).await
+            {
+                kv.push((labels, ratio.clamp(0.0, 1.0)));
+            }
+        }
+        let Some(m) = mgr.upgrade() else { return };
+        m.metrics.kv_cache_usage_ratio.clear();
+        for (labels, ratio) in kv {
+            m.metrics
+                .kv_cache_usage_ratio
+                .get_or_create(&labels)
+                .set(ratio);
+        }
+        drop(m);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

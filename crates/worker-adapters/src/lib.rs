@@ -94,8 +94,11 @@ pub struct Completion {
     pub finish_reason: Option<FinishReason>,
     /// Tokens the engine generated.
     pub tokens_out: Option<u64>,
-    /// Prompt tokens the engine evaluated.
+    /// Prompt tokens the engine evaluated (a reused cached prefix excluded where the engine
+    /// says so: llama-server's `prompt_n`).
     pub tokens_in: Option<u64>,
+    /// The whole prompt's length in tokens, cached prefix included (OpenAI `usage.prompt_tokens`).
+    pub prompt_tokens: Option<u64>,
     /// Prompt tokens reused from cache.
     pub tokens_cached: Option<u64>,
     /// Engine-side decode time.

@@ -124,6 +124,9 @@ struct Chunk {
     id_slot: Option<i64>,
     #[serde(default)]
     tokens_cached: Option<u64>,
+    /// The prompt's length, cached prefix included (final chunk).
+    #[serde(default)]
+    tokens_evaluated: Option<u64>,
     #[serde(default)]
     timings: Option<Timings>,
     #[serde(default)]
@@ -169,12 +172,30 @@ pub fn parse_chunk(data: &str) -> Result<Vec<EngineEvent>, AdapterError> {
             finish_reason,
             tokens_out: t.and_then(|t| t.predicted_n),
             tokens_in: t.and_then(|t| t.prompt_n),
+            prompt_tokens: c.tokens_evaluated,
             tokens_cached: c.tokens_cached,
             decode_ms: t.and_then(|t| t.predicted_ms),
             slot: c.id_slot.and_then(|s| u32::try_from(s).ok()),
         }));
     }
     Ok(out)
+}
+
+/// KV cache in use, from `/slots`: the tokens every slot holds (`n_prompt_tokens`, which grows
+/// with the generated text) over the slots' total context (`n_ctx`). llama-server builds of
+/// this generation no longer export a KV gauge on `/metrics`. `None` when `/slots` says
+/// nothing usable. Pure.
+pub fn kv_usage_from_slots(slots: &Value) -> Option<f64> {
+    let (mut held, mut ctx) = (0u64, 0u64);
+    for s in slots.as_array()? {
+        ctx = ctx.saturating_add(s.get("n_ctx").and_then(Value::as_u64).unwrap_or(0));
+        held = held.saturating_add(
+            s.get("n_prompt_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        );
+    }
+    (ctx > 0).then(|| (held as f64 / ctx as f64).min(1.0))
 }
 
 /// `/completion` ends with the chunk that has `"stop":true`.
@@ -270,6 +291,10 @@ impl EngineAdapter for LlamaCppAdapter {
             .collect())
     }
 
+    async fn kv_cache_usage(&self) -> Result<Option<f64>, AdapterError> {
+        Ok(kv_usage_from_slots(&self.get_json("/slots").await?))
+    }
+
     async fn erase_slot(&self, slot: u32) -> Result<(), AdapterError> {
         let resp = self
             .http
@@ -285,6 +310,19 @@ impl EngineAdapter for LlamaCppAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_usage_sums_slots() {
+        let v: Value = serde_json::from_str(
+            r#"[{"id":0,"n_ctx":1000,"n_prompt_tokens":250},{"id":1,"n_ctx":1000},{"id":2,"n_ctx":"x","n_prompt_tokens":50}]"#,
+        )
+        .unwrap();
+        assert_eq!(kv_usage_from_slots(&v), Some(0.15));
+        assert_eq!(kv_usage_from_slots(&serde_json::json!([])), None);
+        assert_eq!(kv_usage_from_slots(&serde_json::json!({"a": 1})), None);
+        let full = serde_json::json!([{"n_ctx": 10, "n_prompt_tokens": 99}]);
+        assert_eq!(kv_usage_from_slots(&full), Some(1.0));
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -297,7 +335,7 @@ mod tests {
     #[test]
     fn final_chunk() {
         let evs = parse_chunk(
-            r#"{"content":"","stop":true,"stop_type":"limit","id_slot":1,"tokens_cached":3,
+            r#"{"content":"","stop":true,"stop_type":"limit","id_slot":1,"tokens_cached":3,"tokens_evaluated":6,
                "timings":{"prompt_n":4,"predicted_n":16,"predicted_ms":12.5}}"#,
         )
         .unwrap();
@@ -307,6 +345,7 @@ mod tests {
                 finish_reason: Some(FinishReason::Length),
                 tokens_out: Some(16),
                 tokens_in: Some(4),
+                prompt_tokens: Some(6),
                 tokens_cached: Some(3),
                 decode_ms: Some(12.5),
                 slot: Some(1),

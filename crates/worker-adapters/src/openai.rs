@@ -341,6 +341,7 @@ impl Decoder for OpenAiDecoder {
                 Part::Usage(u) => {
                     let c = &mut self.completion;
                     c.tokens_in = u.prompt_tokens.or(c.tokens_in);
+                    c.prompt_tokens = u.prompt_tokens.or(c.prompt_tokens);
                     c.tokens_out = u.completion_tokens.or(c.tokens_out);
                     c.tokens_cached = u.cached_tokens.or(c.tokens_cached);
                     c.decode_ms = u.decode_ms.or(c.decode_ms);

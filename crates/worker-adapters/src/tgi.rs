@@ -122,6 +122,7 @@ pub fn parse_chunk(data: &str) -> Result<Vec<EngineEvent>, AdapterError> {
             },
             tokens_out: num("generated_tokens"),
             tokens_in: num("input_length"),
+            prompt_tokens: num("input_length"),
             ..Default::default()
         }));
     }
@@ -232,6 +233,7 @@ mod tests {
                 finish_reason: Some(FinishReason::Stop),
                 tokens_out: Some(4),
                 tokens_in: Some(7),
+                prompt_tokens: Some(7),
                 ..Default::default()
             })]
         );

@@ -204,6 +204,7 @@ impl Decoder for TritonDecoder {
             acc.tokens_out = Some(acc.tokens_out.unwrap_or(0).saturating_add(n));
         }
         acc.tokens_in = c.input_tokens.or(acc.tokens_in);
+        acc.prompt_tokens = c.input_tokens.or(acc.prompt_tokens);
         Ok(c.text.map(EngineEvent::Token).into_iter().collect())
     }
 

@@ -21,7 +21,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use api_types::{ErrorCode, StreamEvent, TaskRequest};
+use api_types::{EndEvent, ErrorCode, StreamEvent, TaskRequest};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -434,9 +434,15 @@ fn task_headers(adm: &Admitted) -> HeaderMap {
     h
 }
 
-fn usage(tokens_out: u64) -> Value {
-    // The engine's prompt token count is not carried on the task stream: reported as 0.
-    json!({ "prompt_tokens": 0, "completion_tokens": tokens_out, "total_tokens": tokens_out })
+/// OpenAI `usage` from the task's `end` event; an engine that does not report its prompt
+/// length counts as 0 prompt tokens.
+fn usage(e: &EndEvent) -> Value {
+    let prompt = e.prompt_tokens.unwrap_or(0);
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": e.tokens_out,
+        "total_tokens": prompt.saturating_add(e.tokens_out),
+    })
 }
 
 async fn handle(
@@ -508,7 +514,7 @@ async fn handle(
                     if include_usage {
                         let mut u = chunk(json!({}), None);
                         u["choices"] = json!([]);
-                        u["usage"] = usage(e.tokens_out);
+                        u["usage"] = usage(&e);
                         v.push(data(&u));
                     }
                     v.push(Event::default().data("[DONE]"));
@@ -553,12 +559,12 @@ async fn handle(
                 "logprobs": null,
                 "finish_reason": e.finish_reason,
             }],
-            "usage": usage(e.tokens_out),
+            "usage": usage(&e),
         }),
         Kind::Completion => json!({
             "id": adm.task.id, "object": "text_completion", "created": created, "model": r.model,
             "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": e.finish_reason }],
-            "usage": usage(e.tokens_out),
+            "usage": usage(&e),
         }),
     };
     Ok((hdrs, Json(body)).into_response())

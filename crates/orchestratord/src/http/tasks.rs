@@ -340,6 +340,7 @@ pub async fn admit(
         Ok(r) => r,
         Err(env) => {
             state.registry.remove(&task.id);
+            state.persist.refund_turn(&task).await;
             return Err(ApiError::from_envelope(env));
         }
     };
@@ -384,6 +385,7 @@ pub async fn admit(
         }
         Err(full) => {
             state.registry.remove(&task.id);
+            state.persist.refund_turn(&task).await;
             let policy = disp.policy();
             let label = match policy {
                 orch_config::FullPolicy::Reject => "reject",
