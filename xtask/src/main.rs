@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_pools;
+mod chaos;
 mod contracts;
 mod provision;
 
@@ -32,6 +33,8 @@ enum Cmd {
     /// Benchmarks (not timed tests); see `cargo xtask bench --help`.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// The hardening harness (chaos, fuzzing, overload, soak); `--profile short|long`.
+    Chaos(chaos::ChaosArgs),
     // Further commands go here, one module each.
 }
 
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Cmd::GenModel(args) => provision::gen_model(&args),
         Cmd::RegenContracts => contracts::regen(),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Chaos(args) => chaos::run(&args),
     };
     // One-line error chain; anyhow's default `Debug` report would add a
     // backtrace whenever RUST_BACKTRACE is set, which is noise here.

@@ -71,6 +71,17 @@ pub struct ProvisionArgs {
     pub jobs: Option<usize>,
 }
 
+impl ProvisionArgs {
+    /// What `cargo xtask provision-engine` uses without flags.
+    pub fn defaults() -> Self {
+        Self {
+            version: DEFAULT_VERSION.to_owned(),
+            seed: DEFAULT_SEED,
+            jobs: None,
+        }
+    }
+}
+
 /// Arguments of `cargo xtask gen-model`.
 #[derive(clap::Args)]
 pub struct GenModelArgs {
@@ -88,6 +99,15 @@ pub struct GenModelArgs {
 /// Builds or reuses llama-server and the test model, then prints
 /// `LLAMA_SERVER=<path>` and `TEST_MODEL=<path>` (absolute) on stdout.
 pub fn provision_engine(args: &ProvisionArgs) -> Result<()> {
+    let (server, model) = provision(args)?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "LLAMA_SERVER={}", server.display())?;
+    writeln!(out, "TEST_MODEL={}", model.display())?;
+    Ok(())
+}
+
+/// Builds or reuses llama-server and the test model; returns their paths.
+pub fn provision(args: &ProvisionArgs) -> Result<(PathBuf, PathBuf)> {
     let cache = Cache::open()?;
     let mut lock = cache.lock_file()?;
     let _guard = acquire(&mut lock, &cache.root)?;
@@ -97,11 +117,7 @@ pub fn provision_engine(args: &ProvisionArgs) -> Result<()> {
     });
     let server = ensure_server(&cache, &args.version, jobs)?;
     let model = ensure_model(&cache, &args.version, args.seed)?;
-
-    let mut out = io::stdout().lock();
-    writeln!(out, "LLAMA_SERVER={}", server.display())?;
-    writeln!(out, "TEST_MODEL={}", model.display())?;
-    Ok(())
+    Ok((server, model))
 }
 
 /// Writes or reuses the model for `--seed` (copying it to `--out` if given)

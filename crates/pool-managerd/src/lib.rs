@@ -13,6 +13,7 @@
 //! queues, tasks or HTTP handlers. Dispatchers take a [`Lease`] per task on the replica they
 //! chose, which is how the pool manager knows when a retiring replica is idle.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use gpu_inventory::{GpuDevice, GpuInventory};
@@ -160,6 +161,27 @@ impl PoolManager {
     /// One pool.
     pub fn pool(&self, id: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| p.id() == id)
+    }
+
+    /// Per device index, the slots of ready replicas not busy with a task: placement's
+    /// tie-breaker (SPEC §4, "or the most free slots").
+    pub(crate) fn free_slots_by_device(&self) -> HashMap<u32, u32> {
+        let mut free = HashMap::new();
+        for pool in &self.pools {
+            for r in pool.replicas() {
+                let s = &r.status;
+                if s.state != ReplicaState::Ready {
+                    continue;
+                }
+                let Some(index) = s.device.strip_prefix("gpu").and_then(|i| i.parse().ok()) else {
+                    continue;
+                };
+                let idle =
+                    u32::try_from(s.in_flight).map_or(0, |busy| s.slots.saturating_sub(busy));
+                *free.entry(index).or_insert(0u32) += idle;
+            }
+        }
+        free
     }
 
     /// The GPU mode in force.

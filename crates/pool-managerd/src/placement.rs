@@ -1,6 +1,7 @@
 //! GPU mode resolution, the reservation ledger, and placement of launched replicas (at start
 //! and for the new generation of a reload).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use gpu_inventory::{GpuDevice, GpuInventory, NvmlInventory, StaticInventory};
@@ -238,12 +239,15 @@ pub(crate) struct PlaceItem<'a> {
 
 /// Places a batch of replicas, largest estimated footprint first (big models get the big cards
 /// before small ones fill them), each decision seeing the ledger with every earlier one.
-/// Returns plans in input order. Logs and counts every decision.
+/// `free_slots` gives, per device index, the engine slots of running replicas not busy with a
+/// task (the tie-breaker between GPUs with equal room). Returns plans in input order. Logs and
+/// counts every decision.
 pub(crate) fn place_batch(
     items: &[PlaceItem<'_>],
     gpu: &GpuMode,
     metrics: &PoolMetrics,
     ledger: &Ledger,
+    free_slots: &HashMap<u32, u32>,
 ) -> Vec<ReplicaPlan> {
     let devices = gpu.snapshot();
     let snapshots: Vec<GpuSnapshot> = devices
@@ -254,7 +258,7 @@ pub(crate) fn place_batch(
             total_bytes: d.total_bytes,
             free_bytes: d.free_bytes,
             utilization_pct: d.utilization_pct,
-            free_slots: 0,
+            free_slots: free_slots.get(&d.index).copied().unwrap_or(0),
         })
         .collect();
     let needs: Vec<u64> = items.iter().map(|it| footprint(it.pool)).collect();
@@ -434,7 +438,8 @@ pub(crate) fn place_all(
             });
         }
     }
-    let mut plans = place_batch(&items, gpu, metrics, ledger).into_iter();
+    // Nothing runs yet, so no GPU has free slots to break a tie.
+    let mut plans = place_batch(&items, gpu, metrics, ledger, &HashMap::new()).into_iter();
     cfg.pools
         .iter()
         .map(|p| plans.by_ref().take(p.replicas as usize).collect())

@@ -204,7 +204,13 @@ impl PoolManager {
                 replica_id: replica_id(&cfg.id, number, i),
             })
             .collect();
-        let plans = place_batch(&items, &self.gpu, &self.metrics, &self.ledger);
+        let plans = place_batch(
+            &items,
+            &self.gpu,
+            &self.metrics,
+            &self.ledger,
+            &self.free_slots_by_device(),
+        );
         if let Some(p) = plans.iter().find(|p| p.blocked.is_some()) {
             for it in &items {
                 self.ledger.release(&it.replica_id);
