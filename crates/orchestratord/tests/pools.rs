@@ -156,15 +156,7 @@ async fn placement_across_mixed_gpus_respects_masks_and_reports_unplaceable() {
         .find(|l| l.contains("placement decision") && l.contains("\"pinned-r0\""))
         .expect("placement decision line for pinned-r0");
     assert!(pinned_line.contains("masked"), "{pinned_line}");
-    let m = d
-        .client()
-        .get(format!("{}/metrics", d.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = d.metrics_text().await;
     assert_eq!(
         metric(
             &m,
@@ -286,15 +278,7 @@ async fn killed_replica_restarts_while_the_other_serves_and_nothing_hangs() {
     // The restarted replica serves again; the restart is counted.
     assert_eq!(d.submit(&task("after", "duo", 8, 1)).await.status(), 202);
     assert_eq!(last_event(&d.stream("after").await).event, "end");
-    let m = d
-        .client()
-        .get(format!("{}/metrics", d.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = d.metrics_text().await;
     assert!(
         metric(&m, "engine_restarts_total", &["pool_id=\"duo\""]) >= 1.0,
         "{m}"

@@ -225,15 +225,7 @@ async fn cancel_running_task_frees_engine_slot() {
     // Idempotent.
     let (code, body) = d.post("/v1/tasks/long/cancel", &json!({})).await;
     assert_eq!((code, body["state"].as_str()), (202, Some("canceled")));
-    let metrics = d
-        .client()
-        .get(format!("{}/metrics", d.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics_text().await;
     assert!(
         metrics.contains("tasks_canceled_total{engine=\"llamacpp\""),
         "{metrics}"
@@ -286,15 +278,7 @@ async fn cancel_queued_task_and_queue_full_429() {
     // The running one is untouched.
     assert_eq!(d.get("/v1/tasks/busy").await.1["state"], "running");
     d.post("/v1/tasks/busy/cancel", &json!({})).await;
-    let metrics = d
-        .client()
-        .get(format!("{}/metrics", d.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics_text().await;
     assert!(
         metrics.contains(
             "admission_backpressure_events_total{engine=\"llamacpp\",policy=\"reject\"} 1"
@@ -577,15 +561,7 @@ async fn metrics_series_have_spec_names_and_labels() {
     assert_eq!(d.submit(&task("m1", 8, 1)).await.status(), 202);
     assert_eq!(last_event(&d.stream("m1").await).event, "end");
     let _ = d.submit(&json!({"bad": true})).await;
-    let m = d
-        .client()
-        .get(format!("{}/metrics", d.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = d.metrics_text().await;
     let (_, caps) = d.get("/v1/capabilities").await;
     let v = caps["pools"][0]["engine_version"]
         .as_str()
@@ -614,15 +590,7 @@ async fn metrics_series_have_spec_names_and_labels() {
     let kv = format!("kv_cache_usage_ratio{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",replica_id=\"tiny-r0\"}} ");
     let deadline = Instant::now() + Duration::from_secs(15);
     let ratio = loop {
-        let m = d
-            .client()
-            .get(format!("{}/metrics", d.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = d.metrics_text().await;
         if let Some(r) = m.lines().find_map(|l| l.strip_prefix(kv.as_str())) {
             break r.parse::<f64>().unwrap();
         }

@@ -147,17 +147,6 @@ async fn slot_tokens(endpoint: &str, slot: u64) -> u64 {
     s["n_prompt_tokens"].as_u64().unwrap_or(0)
 }
 
-async fn metrics_text(d: &Daemon) -> String {
-    d.client()
-        .get(format!("{}/metrics", d.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 const LONG_PROMPT: &str = "The old lighthouse keeper climbed the spiral stairs every evening, \
 counting the steps and listening to the sea below, while the gulls circled the tower and the \
 lamp waited for the dark to come in from the water.";
@@ -341,7 +330,7 @@ async fn catalog_crud_state_flows_and_bad_inputs() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], "MODEL_RETIRED", "{v}");
     assert!(v["message"].as_str().unwrap().contains("`tiny-v2`"), "{v}");
-    let m = metrics_text(&d).await;
+    let m = d.metrics_text().await;
     assert!(
         m.contains("model_state{model_id=\"tiny-v1\",state=\"Retired\"} 1"),
         "{m}"
@@ -380,7 +369,7 @@ async fn catalog_crud_state_flows_and_bad_inputs() {
         404,
         "NOT_FOUND",
     );
-    assert!(!metrics_text(&d).await.contains("tiny-bad"));
+    assert!(!d.metrics_text().await.contains("tiny-bad"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -267,6 +267,18 @@ impl Daemon {
         (s, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET /metrics` as text (with the daemon's token).
+    pub async fn metrics_text(&self) -> String {
+        self.client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("GET /metrics body")
+    }
+
     /// POST JSON to `path`.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
