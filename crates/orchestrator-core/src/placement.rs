@@ -233,7 +233,7 @@ const GIB: u64 = 1 << 30;
 /// batch sizes. Measured values for 7–8B models are 0.5–0.8 GiB.
 pub const COMPUTE_OVERHEAD_BYTES: u64 = 768 << 20;
 
-/// When the layer dimensions are unknown, KV bytes per context token are taken as
+/// When the model's shape is unknown, KV bytes per context token are taken as
 /// `model_file_bytes / FALLBACK_KV_DIVISOR`.
 ///
 /// For a 4.9 GB Llama-3-8B Q4_K_M that gives ~150 KB/token against 128 KiB real; for Qwen2.5-7B
@@ -245,25 +245,19 @@ pub const FALLBACK_KV_DIVISOR: u64 = 32_768;
 /// Estimated VRAM of a replica: the model file (weights are loaded about as stored), plus the
 /// f16 KV cache for `ctx` tokens in each of `slots` slots, plus [`COMPUTE_OVERHEAD_BYTES`].
 ///
-/// With both `n_layer` and `n_embd_kv` (`n_head_kv · head_dim`, from the GGUF metadata) the KV
-/// cache is `2 (K and V) · n_layer · ctx · slots · n_embd_kv · 2 bytes`; otherwise
+/// `kv_bytes_per_token` comes from the model's GGUF metadata (`n_layer · n_head_kv ·
+/// (key_len + value_len) · 2 bytes`); without it the KV cache is taken as
 /// `ctx · slots · model_file_bytes / FALLBACK_KV_DIVISOR`. Saturates instead of overflowing.
 pub fn estimate_footprint(
     model_file_bytes: u64,
     ctx: u64,
     slots: u32,
-    n_layer: Option<u64>,
-    n_embd_kv: Option<u64>,
+    kv_bytes_per_token: Option<u64>,
 ) -> u64 {
     // llama-server's `-c` is shared by all slots; the pool launches it with ctx per slot.
     let tokens = ctx.saturating_mul(u64::from(slots.max(1)));
-    let kv = match (n_layer, n_embd_kv) {
-        (Some(layers), Some(embd)) => 4u64
-            .saturating_mul(layers)
-            .saturating_mul(tokens)
-            .saturating_mul(embd),
-        _ => tokens.saturating_mul(model_file_bytes / FALLBACK_KV_DIVISOR),
-    };
+    let per_token = kv_bytes_per_token.unwrap_or(model_file_bytes / FALLBACK_KV_DIVISOR);
+    let kv = tokens.saturating_mul(per_token);
     model_file_bytes
         .saturating_add(kv)
         .saturating_add(COMPUTE_OVERHEAD_BYTES)
@@ -370,26 +364,27 @@ mod tests {
 
     #[test]
     fn footprint_known_and_fallback() {
-        // Qwen2.5-7B-like: 28 layers, 4 KV heads x 128 = 512; 8192 ctx x 4 slots.
+        // Qwen2.5-7B-like: 28 layers, 4 KV heads x (128 + 128) x 2 bytes; 8192 ctx x 4 slots.
         let file = 4_683_073_184u64;
-        let kv = 2 * 28 * 8192 * 4 * 512 * 2;
+        let per_token = 28 * 4 * (128 + 128) * 2;
+        let kv = 8192 * 4 * per_token;
         assert_eq!(
-            estimate_footprint(file, 8192, 4, Some(28), Some(512)),
+            estimate_footprint(file, 8192, 4, Some(per_token)),
             file + kv + COMPUTE_OVERHEAD_BYTES
         );
-        let fallback = estimate_footprint(file, 8192, 4, None, Some(512));
+        let fallback = estimate_footprint(file, 8192, 4, None);
         assert_eq!(
             fallback,
             file + 8192 * 4 * (file / FALLBACK_KV_DIVISOR) + COMPUTE_OVERHEAD_BYTES
         );
-        assert!(fallback > estimate_footprint(file, 8192, 4, Some(28), Some(512)));
+        assert!(fallback > estimate_footprint(file, 8192, 4, Some(per_token)));
         // Zero slots count as one; huge inputs saturate.
         assert_eq!(
-            estimate_footprint(file, 8192, 0, Some(28), Some(512)),
-            estimate_footprint(file, 8192, 1, Some(28), Some(512))
+            estimate_footprint(file, 8192, 0, Some(per_token)),
+            estimate_footprint(file, 8192, 1, Some(per_token))
         );
         assert_eq!(
-            estimate_footprint(u64::MAX, u64::MAX, u32::MAX, None, None),
+            estimate_footprint(u64::MAX, u64::MAX, u32::MAX, None),
             u64::MAX
         );
     }

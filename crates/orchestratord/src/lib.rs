@@ -10,7 +10,6 @@ pub mod auth;
 pub mod correlation;
 pub mod dispatch;
 pub mod error;
-pub mod gguf;
 pub mod http;
 pub mod logging;
 pub mod metrics;

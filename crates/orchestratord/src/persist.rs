@@ -974,7 +974,7 @@ impl Persist {
         }
         let p = path.clone();
         let v = tokio::task::spawn_blocking(move || {
-            crate::gguf::kv_bytes_per_token(std::path::Path::new(&p))
+            pool_managerd::gguf::kv_bytes_per_token(std::path::Path::new(&p))
         })
         .await
         .ok()

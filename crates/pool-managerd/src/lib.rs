@@ -21,6 +21,7 @@ use orch_config::{Config, PoolConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod gguf;
 pub mod launch;
 mod metrics;
 mod placement;

@@ -289,13 +289,17 @@ pub(crate) fn footprint(p: &PoolConfig) -> u64 {
     if p.endpoint.is_some() {
         return 0;
     }
-    let size = p
-        .model
-        .as_deref()
+    let model = p.model.as_deref().map(std::path::Path::new);
+    let size = model
         .and_then(|m| std::fs::metadata(m).ok())
         .map(|m| m.len())
         .unwrap_or(0);
-    estimate_footprint(size, u64::from(p.ctx), p.slots, None, None)
+    // Only GGUF (llama.cpp) models carry the shape; other engines' models use the fallback.
+    let kv_per_token = match p.engine {
+        EngineKind::Llamacpp => model.and_then(crate::gguf::kv_bytes_per_token),
+        _ => None,
+    };
+    estimate_footprint(size, u64::from(p.ctx), p.slots, kv_per_token)
 }
 
 fn place_one(

@@ -1,5 +1,5 @@
-//! Just enough of the GGUF header to estimate a model's KV-cache bytes per context token, for a
-//! session's `kv_bytes`: `layers × kv_heads × (key_len + value_len) × 2 bytes` (llama.cpp's
+//! Just enough of the GGUF header to estimate a model's KV-cache bytes per context token, for
+//! placement's footprint estimate and a session's `kv_bytes`: `layers × kv_heads × (key_len + value_len) × 2 bytes` (llama.cpp's
 //! default f16 KV cache). Reads only the metadata section; never loads tensors.
 
 use std::collections::HashMap;
@@ -173,4 +173,74 @@ pub fn kv_bytes_per_token(path: &Path) -> Option<u64> {
         .checked_mul(kv_heads)?
         .checked_mul(k_len.checked_add(v_len)?)?
         .checked_mul(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(out: &mut Vec<u8>, v: &str) {
+        out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+
+    fn u32_kv(out: &mut Vec<u8>, k: &str, v: u32) {
+        s(out, k);
+        out.extend_from_slice(&4u32.to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A GGUF v3 header with a llama-like shape, a string array (a vocabulary) and a float.
+    fn header(with_kv_heads: bool) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        let n_kv: u64 = if with_kv_heads { 7 } else { 6 };
+        b.extend_from_slice(&n_kv.to_le_bytes());
+        s(&mut b, "general.architecture");
+        b.extend_from_slice(&8u32.to_le_bytes());
+        s(&mut b, "llama");
+        s(&mut b, "tokenizer.ggml.tokens");
+        b.extend_from_slice(&9u32.to_le_bytes());
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&3u64.to_le_bytes());
+        for t in ["<s>", "a", "語"] {
+            s(&mut b, t);
+        }
+        s(&mut b, "llama.rope.freq_base");
+        b.extend_from_slice(&6u32.to_le_bytes());
+        b.extend_from_slice(&10000f32.to_le_bytes());
+        u32_kv(&mut b, "llama.block_count", 32);
+        u32_kv(&mut b, "llama.embedding_length", 4096);
+        u32_kv(&mut b, "llama.attention.head_count", 32);
+        if with_kv_heads {
+            u32_kv(&mut b, "llama.attention.head_count_kv", 8);
+        }
+        b
+    }
+
+    fn kv_of(bytes: &[u8]) -> Option<u64> {
+        let dir = tempfile::tempdir().ok()?;
+        let p = dir.path().join("m.gguf");
+        std::fs::write(&p, bytes).ok()?;
+        kv_bytes_per_token(&p)
+    }
+
+    #[test]
+    fn llama_shapes() {
+        // Llama-3-8B: 32 layers × 8 KV heads × (128 + 128) × 2 bytes = 128 KiB per token.
+        assert_eq!(kv_of(&header(true)), Some(128 * 1024));
+        // Llama-2-7B (no GQA): 32 heads → 512 KiB per token.
+        assert_eq!(kv_of(&header(false)), Some(512 * 1024));
+    }
+
+    #[test]
+    fn unreadable_files_give_none() {
+        assert_eq!(kv_of(b""), None);
+        assert_eq!(kv_of(b"GGML\x03\0\0\0"), None);
+        let mut cut = header(true);
+        cut.truncate(cut.len() - 3);
+        assert_eq!(kv_of(&cut), None);
+        assert_eq!(kv_bytes_per_token(Path::new("/nonexistent/m.gguf")), None);
+    }
 }
