@@ -19,4 +19,4 @@ bash test-harness/chaos/setup-schemathesis.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-fail-fast
