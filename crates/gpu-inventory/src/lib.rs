@@ -48,6 +48,20 @@ pub struct GpuDevice {
     pub driver_version: Option<String>,
     /// Highest CUDA version the driver supports, e.g. `"12.4"`.
     pub cuda_driver_version: Option<String>,
+    /// Compute processes on this device with the memory each holds, as NVML lists them (empty
+    /// when the query is unsupported; pids are the host's, so a containerised daemon may not
+    /// find its engines here).
+    #[serde(default)]
+    pub processes: Vec<GpuProcess>,
+}
+
+/// One compute process on a GPU.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GpuProcess {
+    /// Process id.
+    pub pid: u32,
+    /// GPU memory it holds, in bytes.
+    pub used_bytes: u64,
 }
 
 /// Source of GPU snapshots.

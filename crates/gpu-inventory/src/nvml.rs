@@ -1,10 +1,11 @@
 //! The real inventory, read through NVML.
 
+use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{cuda_driver_version_major, cuda_driver_version_minor, Nvml};
 
 use crate::diagnose::{diagnose, diagnose_no_devices};
-use crate::{GpuDevice, GpuError, GpuInventory};
+use crate::{GpuDevice, GpuError, GpuInventory, GpuProcess};
 
 /// Inventory read from NVML; holds an initialised [`nvml_wrapper::Nvml`].
 ///
@@ -72,6 +73,7 @@ impl NvmlInventory {
             utilization_pct: None,
             driver_version: self.driver_version.clone(),
             cuda_driver_version: self.cuda_driver_version.clone(),
+            processes: Vec::new(),
         };
         let Some(device) = ok_or_warn(
             Some(index),
@@ -93,6 +95,23 @@ impl NvmlInventory {
         }
         dev.utilization_pct =
             ok_or_warn(Some(index), "utilization_rates", device.utilization_rates()).map(|u| u.gpu);
+        // Optional detail read on every refresh: a refusal (permissions, old driver) is not
+        // worth a warning each time.
+        match device.running_compute_processes() {
+            Err(e) => tracing::debug!(index, error = %e, "NVML process list unavailable"),
+            Ok(procs) => {
+                dev.processes = procs
+                    .into_iter()
+                    .filter_map(|p| match p.used_gpu_memory {
+                        UsedGpuMemory::Used(used_bytes) => Some(GpuProcess {
+                            pid: p.pid,
+                            used_bytes,
+                        }),
+                        UsedGpuMemory::Unavailable => None,
+                    })
+                    .collect();
+            }
+        }
         dev
     }
 }

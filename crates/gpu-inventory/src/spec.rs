@@ -53,6 +53,7 @@ fn parse_entry(index: u32, entry: &str) -> Result<GpuDevice, String> {
         utilization_pct: Some(0),
         driver_version: None,
         cuda_driver_version: None,
+        processes: Vec::new(),
     })
 }
 

@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use gpu_inventory::GpuDevice;
+
 use crate::PoolManager;
 
 /// `placement_decisions_total` labels.
@@ -112,6 +114,13 @@ impl PoolMetrics {
     }
 }
 
+/// VRAM a replica holds: its engine process's memory when NVML lists that pid on the device,
+/// else (process list unsupported, pid namespaces differ) the device's whole used memory.
+fn replica_vram(d: &GpuDevice, pid: Option<u32>) -> u64 {
+    pid.and_then(|pid| d.processes.iter().find(|p| p.pid == pid))
+        .map_or(d.used_bytes, |p| p.used_bytes)
+}
+
 /// Longest wait for one engine's KV usage; a slow engine leaves its gauge out this round.
 const KV_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -168,7 +177,7 @@ pub(crate) async fn refresh_loop(mgr: Weak<PoolManager>) {
                     mgr.metrics
                         .vram_used_bytes
                         .get_or_create(&labels)
-                        .set(i64::try_from(d.used_bytes).unwrap_or(i64::MAX));
+                        .set(i64::try_from(replica_vram(d, r.status.pid)).unwrap_or(i64::MAX));
                 }
             }
         }
@@ -191,5 +200,37 @@ pub(crate) async fn refresh_loop(mgr: Weak<PoolManager>) {
         }
         drop(m);
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gpu_inventory::GpuProcess;
+
+    use super::*;
+
+    #[test]
+    fn replica_vram_is_per_process_when_nvml_lists_it() {
+        let mut d = gpu_inventory::parse_inventory_spec("24GiB:RTX 3090")
+            .unwrap()
+            .remove(0);
+        d.used_bytes = 9_000;
+        d.processes = vec![
+            GpuProcess {
+                pid: 10,
+                used_bytes: 4_000,
+            },
+            GpuProcess {
+                pid: 11,
+                used_bytes: 5_000,
+            },
+        ];
+        assert_eq!(replica_vram(&d, Some(11)), 5_000);
+        assert_eq!(
+            replica_vram(&d, Some(12)),
+            9_000,
+            "unknown pid: the device's figure"
+        );
+        assert_eq!(replica_vram(&d, None), 9_000);
     }
 }
