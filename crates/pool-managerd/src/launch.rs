@@ -144,6 +144,69 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Whether the TCP listener on `port` belongs to process `pid` or a process of the group it
+/// leads (engines run in their own process group). The port from [`free_port`] is released
+/// before the engine binds it, so another server may take it first: its health answers must not
+/// make our replica ready. Reads Linux's `/proc`; `None` when that is not possible (another OS,
+/// no `/proc`), in which case the caller cannot tell and proceeds.
+pub fn listener_owned_by(pid: u32, port: u16) -> Option<bool> {
+    let mut inodes = Vec::new();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        inodes.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| listening_inode(l, port)),
+        );
+    }
+    if !readable {
+        return None;
+    }
+    if inodes.is_empty() {
+        return Some(false);
+    }
+    let holds = |p: &str| {
+        std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|t| {
+                    let t = t.to_string_lossy();
+                    inodes.iter().any(|i| t == format!("socket:[{i}]"))
+                })
+            })
+        })
+    };
+    if holds(&pid.to_string()) {
+        return Some(true);
+    }
+    let in_group = |p: &str| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+            // `pid (comm) state ppid pgrp …`: comm may hold spaces, so count from its `)`.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+                .is_some_and(|pgrp| pgrp == pid.to_string())
+        })
+    };
+    let procs = std::fs::read_dir("/proc").ok()?;
+    Some(procs.flatten().any(|e| {
+        let name = e.file_name();
+        let p = name.to_string_lossy();
+        p.bytes().all(|b| b.is_ascii_digit()) && in_group(&p) && holds(&p)
+    }))
+}
+
+/// The socket inode of a `/proc/net/tcp` line listening (state `0A`) on `port`.
+fn listening_inode(line: &str, port: u16) -> Option<u64> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let local_port = f.get(1)?.rsplit_once(':')?.1;
+    (u16::from_str_radix(local_port, 16).ok()? == port && *f.get(3)? == "0A")
+        .then(|| f.get(9)?.parse().ok())
+        .flatten()
+}
+
 /// Resolves `llama-server` or a path against `PATH`.
 pub fn resolve_binary(name: &str) -> Option<PathBuf> {
     let p = Path::new(name);
@@ -273,5 +336,44 @@ mod recipe_tests {
             "--model-id /m/model --hostname 127.0.0.1 --port 9000 --max-total-tokens 4096 \
              --max-input-tokens 4095 --max-concurrent-requests 3 --extra"
         );
+    }
+}
+
+#[cfg(test)]
+mod port_owner_tests {
+    use std::os::unix::process::CommandExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_listener_belongs_to_the_process_that_holds_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = std::process::id();
+        if listener_owned_by(me, port).is_none() {
+            return; // no /proc here: the check is skipped by design
+        }
+        assert_eq!(listener_owned_by(me, port), Some(true));
+        // Another process (a child in its own process group) does not hold it.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        assert_eq!(listener_owned_by(child.id(), port), Some(false));
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(l);
+        assert_eq!(listener_owned_by(me, port), Some(false), "nobody listens");
+    }
+
+    #[test]
+    fn proc_net_tcp_lines() {
+        let l = "   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(listening_inode(l, 8080), Some(123_456));
+        assert_eq!(listening_inode(l, 8081), None);
+        let established = l.replace(" 0A ", " 01 ");
+        assert_eq!(listening_inode(&established, 8080), None);
+        assert_eq!(listening_inode("garbage", 8080), None);
     }
 }

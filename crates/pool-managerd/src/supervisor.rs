@@ -13,7 +13,9 @@ use worker_adapters::{EngineAdapter, LlamaCppAdapter};
 
 use orch_config::PoolConfig;
 
-use crate::launch::{free_port, spawn_engine, stop_engine, LaunchPlan, OutputTail};
+use crate::launch::{
+    free_port, listener_owned_by, spawn_engine, stop_engine, LaunchPlan, OutputTail,
+};
 use crate::metrics::{PoolLabels, PoolMetrics};
 use crate::placement::{log_estimate_check, GpuMode, Ledger, ReplicaPlan};
 use crate::{Pool, Replica, ReplicaState};
@@ -269,6 +271,7 @@ async fn run_once(s: &Supervised, plan: &LaunchPlan, startup: Duration) -> RunOu
     };
     // Wait for readiness.
     let deadline = Instant::now() + startup;
+    let mut foreign_warned = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -284,7 +287,18 @@ async fn run_once(s: &Supervised, plan: &LaunchPlan, startup: Duration) -> RunOu
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
         if adapter.health().await.is_ok() {
-            break;
+            // Only our engine's answer counts: the port was free when chosen, but another
+            // server may have bound it first (ours then fails to bind, exits and is restarted
+            // on a new port).
+            match pid.and_then(|p| listener_owned_by(p, port)) {
+                Some(false) => {
+                    if !foreign_warned {
+                        foreign_warned = true;
+                        tracing::warn!(pool_id = %pool.id(), replica_id = %rid, port, "another server answers on the engine's port; waiting for ours");
+                    }
+                }
+                _ => break,
+            }
         }
         if Instant::now() > deadline {
             stop_engine(&mut child, STOP_GRACE).await;
