@@ -66,6 +66,11 @@ pub struct Config {
     pub log: LogConfig,
     /// Seconds to let running tasks finish on SIGTERM/SIGINT before they are ended with an error.
     pub shutdown_grace_s: u64,
+    /// Seconds a client connection may accept no bytes at all while the daemon has something to
+    /// send (a stream reader that stopped reading) before the daemon closes it, so stalled
+    /// readers cannot pin memory and sockets forever. Slow readers that make any progress are
+    /// never cut.
+    pub write_stall_timeout_s: u64,
     /// Engine pools.
     pub pools: Vec<PoolConfig>,
 }
@@ -84,6 +89,7 @@ impl Default for Config {
             dev: DevConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_s: 10,
+            write_stall_timeout_s: 60,
             pools: Vec::new(),
         }
     }
@@ -494,6 +500,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "shutdown_grace_s is {}; it must be at most {MAX_SECONDS} (a day)",
                 self.shutdown_grace_s
+            )));
+        }
+        if self.write_stall_timeout_s == 0 || self.write_stall_timeout_s > MAX_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "write_stall_timeout_s is {}; it must be between 1 and {MAX_SECONDS} (a day)",
+                self.write_stall_timeout_s
             )));
         }
         if self.sessions.max_turns == 0 || self.sessions.max_turns > 8 {

@@ -130,6 +130,15 @@ fn pool_validation_messages() {
         .to_string()
         .contains("shutdown_grace_s"));
     c.shutdown_grace_s = 10;
+    for bad in [0, u64::MAX] {
+        c.write_stall_timeout_s = bad;
+        assert!(c
+            .validate(false)
+            .unwrap_err()
+            .to_string()
+            .contains("write_stall_timeout_s"));
+    }
+    c.write_stall_timeout_s = 60;
     c.pools[0].model = None;
     assert!(c
         .validate(false)

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod persist;
 pub mod registry;
+pub mod stall;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -45,6 +46,7 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     tracing::info!(gpu_mode = %pools.gpu_mode().describe(), pools = pools.pools().len(), "pool manager started");
     let auth = Auth::new(token, cfg.auth.optional);
     let grace = Duration::from_secs(cfg.shutdown_grace_s);
+    let stall = Duration::from_secs(cfg.write_stall_timeout_s);
     let state = AppState::new(cfg, pools.clone(), auth, persist.clone());
     persist.spawn_background(pools.clone());
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -66,8 +68,8 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     // Token events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one back
     // until the client's delayed ACK, adding tens of milliseconds to every token.
     use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
+    let listener = stall::StallListener::new(listener, stall).tap_io(|io| {
+        if let Err(e) = io.get_ref().set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });

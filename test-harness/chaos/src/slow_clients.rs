@@ -82,6 +82,26 @@ async fn vanish(base: String, path: String, token: String, bytes: usize) {
     }
 }
 
+/// Whether the other end closed `s` (TCP state CLOSE_WAIT or CLOSE), without reading from it.
+fn peer_closed(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed `tcp_info` is a valid value (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt(TCP_INFO) on a socket we own, into a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // TCP_CLOSE = 7, TCP_CLOSE_WAIT = 8 (linux/tcp_states.h).
+    rc == 0 && matches!(info.tcpi_state, 7 | 8)
+}
+
 /// CPU time a process has used (user + system), in milliseconds.
 fn cpu_ms(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -200,6 +220,73 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// Tokens of each measured task.
 const MEASURED_TOKENS: u32 = 1000;
 
+/// The daemon's `write_stall_timeout_s` in this scenario: longer than a measured task, so
+/// stalled readers stay attached while they are measured against.
+const STALL_S: u64 = 5;
+
+/// Readers that never read and never disconnect, on a long stream: the daemon must close them
+/// about `STALL_S` after their buffers fill, while a normal reader of the same stream goes on.
+async fn stalled_readers_are_closed(o: &mut Outcome, api: &Api, token: &str) {
+    let id = "stall-check";
+    let started = api
+        .submit(&task(id, 30000, 11))
+        .await
+        .is_ok_and(|r| r.status == 202)
+        && wait_tokens(api, id, 3).await;
+    o.check(started, || format!("task {id} did not start"));
+    let path = format!("/v1/tasks/{id}/stream");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        match raw_open(&api.base, &path, token).await {
+            Ok(s) => held.push(s),
+            Err(e) => o.fail(format!("stalled reader: {e}")),
+        }
+    }
+    // The daemon's writes stall once its buffers for the socket are full (the kernel's send
+    // buffer, fixed by the daemon, and hyper's): some hundreds of KiB of events, then
+    // `STALL_S`. The readers still never read: the socket's TCP state tells when the daemon
+    // closed it.
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(STALL_S + 60);
+    let mut open: Vec<TcpStream> = held;
+    let mut closed = 0;
+    let mut closed_after = Vec::new();
+    while !open.is_empty() && t0.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = open.len();
+        open.retain(|s| !peer_closed(s));
+        for _ in open.len()..before {
+            closed += 1;
+            closed_after.push(t0.elapsed().as_secs());
+        }
+    }
+    let tokens_before = api
+        .get(&format!("/v1/tasks/{id}"))
+        .await
+        .map(|r| r.json()["tokens_out"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
+    let still_running = wait_tokens(api, id, tokens_before + 10).await;
+    o.fig(
+        "readers that never read nor disconnect, on a 30 000-token stream: closed by the daemon (write_stall_timeout_s)",
+        format!(
+            "{closed} of 5, after {closed_after:?} s (timeout {STALL_S} s after the buffers fill); the stream went on for other readers: {still_running}"
+        ),
+    );
+    o.check(closed == 5, || {
+        format!(
+            "{} stalled readers were still connected {} s after they stopped reading",
+            5 - closed,
+            limit.as_secs()
+        )
+    });
+    o.check(still_running, || {
+        format!("task {id} stopped when its stalled readers were closed")
+    });
+    let _ = api
+        .post(&format!("/v1/tasks/{id}/cancel"), &serde_json::json!({}))
+        .await;
+}
+
 /// Runs the scenario.
 pub async fn run(ctx: Arc<Ctx>) -> Outcome {
     let mut o = Outcome::new("slow and vanished clients");
@@ -207,7 +294,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
     let sut = ctx.start(
         "slow-clients",
         ctx.options(ctx.config(
-            "tasks: { retain_ms: 5000 }\n",
+            &format!("tasks: {{ retain_ms: 5000 }}\nwrite_stall_timeout_s: {STALL_S}\n"),
             &[ctx.pool("tiny", 2, 32768)],
         )),
     );
@@ -372,6 +459,8 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
             "the relay fell behind the engine for a normal reader: {relays:.2?} (< {MIN_RELAY})"
         )
     });
+
+    stalled_readers_are_closed(&mut o, &api, &token).await;
 
     // Soak: every task gets 3 stalled readers (held 10 s), 1 slow reader, 2 vanishing readers
     // and 1 normal reader; two tasks decode at a time.
