@@ -60,18 +60,8 @@ pub struct EngineReason {
     pub reason: String,
 }
 
-/// `{engine,engine_version,pool_id,replica_id}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Replica {
-    /// Engine kind.
-    pub engine: String,
-    /// Engine build.
-    pub engine_version: String,
-    /// Pool.
-    pub pool_id: String,
-    /// Replica.
-    pub replica_id: String,
-}
+/// `{engine,engine_version,pool_id,replica_id}`: the pool manager's per-replica label set.
+pub use pool_managerd::ReplicaLabels as Replica;
 
 /// `{engine,policy}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

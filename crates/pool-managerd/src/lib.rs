@@ -30,7 +30,7 @@ mod reload;
 mod replica;
 mod supervisor;
 
-pub use metrics::PoolMetrics;
+pub use metrics::{PoolMetrics, ReplicaLabels};
 pub use placement::{GpuMode, HEADROOM_BYTES};
 pub use pool::{Pool, PoolHealth};
 pub use reload::{ReloadError, ReloadErrorKind, ReloadOptions, ReloadReport};
