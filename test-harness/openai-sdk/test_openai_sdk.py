@@ -142,7 +142,7 @@ log("errors: 404, 400, 401 mapped to the SDK's exceptions")
 # 6. A full queue surfaces as RateLimitError with Retry-After.
 long_body = lambda tid, prio: {  # noqa: E731
     "task_id": tid, "model_ref": MODEL, "priority": prio, "prompt": "Once upon a time",
-    "max_tokens": 20000,
+    "max_tokens": 20000, "seed": 4, "temperature": 0.8,  # seeded: never an early end-of-sequence
 }
 s, _ = native("POST", "/v1/tasks", long_body("sdk-long-a", "interactive"))
 assert s == 202, s
@@ -175,7 +175,7 @@ finally:
     native("POST", "/v1/tasks/sdk-long-a/cancel")
 
 # 7. A client that goes away mid-stream cancels its task.
-stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20000, stream=True)
+stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20000, seed=4, stream=True)
 first = None
 for chunk in stream:
     if chunk.choices and chunk.choices[0].delta.content:

@@ -241,6 +241,8 @@ async fn submit_stream_status_and_json_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_queue_full_and_wait() {
     // One slot and a queue of one: a long task runs, a second waits, a third gets 429.
+    // The long tasks are seeded: unseeded, the tiny random model may sample its end-of-sequence
+    // token and finish before the test cancels it (seed 4 runs all 20 000 tokens).
     let d = start(1, 32768, "queue: { capacity: 1 }\n");
     let out = run(
         &d,
@@ -249,6 +251,10 @@ async fn cancel_queue_full_and_wait() {
             "Once upon a time",
             "-n",
             "20000",
+            "--seed",
+            "4",
+            "--temperature",
+            "0.8",
             "--no-stream",
             "--task-id",
             "long-a",
@@ -264,6 +270,10 @@ async fn cancel_queue_full_and_wait() {
             "Once upon a time",
             "-n",
             "20000",
+            "--seed",
+            "4",
+            "--temperature",
+            "0.8",
             "--no-stream",
             "--priority",
             "batch",
