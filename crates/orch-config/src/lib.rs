@@ -71,6 +71,11 @@ pub struct Config {
     /// readers cannot pin memory and sockets forever. Slow readers that make any progress are
     /// never cut.
     pub write_stall_timeout_s: u64,
+    /// Seconds a client connection may sit without sending a complete request header: an idle
+    /// keep-alive connection between requests, or a client that opened a connection and sends
+    /// its header too slowly. Then the daemon closes it, so idle clients cannot hold sockets
+    /// forever. Never applies while a request is being answered (a long stream included).
+    pub idle_timeout_s: u64,
     /// Engine pools.
     pub pools: Vec<PoolConfig>,
 }
@@ -90,6 +95,7 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown_grace_s: 10,
             write_stall_timeout_s: 60,
+            idle_timeout_s: 75,
             pools: Vec::new(),
         }
     }
@@ -506,6 +512,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "write_stall_timeout_s is {}; it must be between 1 and {MAX_SECONDS} (a day)",
                 self.write_stall_timeout_s
+            )));
+        }
+        if self.idle_timeout_s == 0 || self.idle_timeout_s > MAX_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "idle_timeout_s is {}; it must be between 1 and {MAX_SECONDS} (a day)",
+                self.idle_timeout_s
             )));
         }
         if self.sessions.max_turns == 0 || self.sessions.max_turns > 8 {

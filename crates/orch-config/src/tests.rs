@@ -139,6 +139,15 @@ fn pool_validation_messages() {
             .contains("write_stall_timeout_s"));
     }
     c.write_stall_timeout_s = 60;
+    for bad in [0, u64::MAX] {
+        c.idle_timeout_s = bad;
+        assert!(c
+            .validate(false)
+            .unwrap_err()
+            .to_string()
+            .contains("idle_timeout_s"));
+    }
+    c.idle_timeout_s = 75;
     c.pools[0].model = None;
     assert!(c
         .validate(false)

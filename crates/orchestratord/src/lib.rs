@@ -16,9 +16,9 @@ pub mod metrics;
 pub mod openapi;
 pub mod persist;
 pub mod registry;
+pub mod serve;
 pub mod stall;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,7 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     let auth = Auth::new(token, cfg.auth.optional);
     let grace = Duration::from_secs(cfg.shutdown_grace_s);
     let stall = Duration::from_secs(cfg.write_stall_timeout_s);
+    let idle_timeout_s = cfg.idle_timeout_s;
     let state = AppState::new(cfg, pools.clone(), auth, persist.clone());
     persist.spawn_background(pools.clone());
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -65,24 +66,16 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
 
     let app = app::router(state.clone());
     let shutdown_state = state.clone();
-    // Token events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one back
-    // until the client's delayed ACK, adding tens of milliseconds to every token.
-    use axum::serve::ListenerExt;
-    let listener = stall::StallListener::new(listener, stall).tap_io(|io| {
-        if let Err(e) = io.get_ref().set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+    serve::serve(
+        stall::StallListener::new(listener, stall),
+        app,
+        Duration::from_secs(idle_timeout_s),
+        async move {
+            wait_for_signal().await;
+            drain(&shutdown_state, grace).await;
+        },
     )
-    .with_graceful_shutdown(async move {
-        wait_for_signal().await;
-        drain(&shutdown_state, grace).await;
-    })
-    .await
-    .context("HTTP server failed")?;
+    .await;
     // Charges and transcripts of the tasks that just ended.
     persist.flush(Duration::from_secs(5)).await;
     pools.shutdown().await;

@@ -27,7 +27,8 @@ use tokio::time::Sleep;
 /// and API answers need far less; an artifact download over a LAN still runs at 100+ MB/s.
 pub const SEND_BUFFER_BYTES: usize = 128 * 1024;
 
-/// A TCP listener whose connections fail writes stalled for longer than `stall`.
+/// A TCP listener whose connections have TCP_NODELAY and fail writes stalled for longer than
+/// `stall`.
 pub struct StallListener {
     inner: TcpListener,
     stall: Duration,
@@ -46,6 +47,11 @@ impl Listener for StallListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = Listener::accept(&mut self.inner).await;
+        // Token events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
+        // back until the client's delayed ACK, adding tens of milliseconds to every token.
+        if let Err(e) = io.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         if let Err(e) = socket2::SockRef::from(&io).set_send_buffer_size(SEND_BUFFER_BYTES) {
             tracing::debug!(error = %e, "SO_SNDBUF not set");
         }

@@ -291,6 +291,67 @@ async fn cancel_queued_task_and_queue_full_429() {
     );
 }
 
+/// Reads `s` until the peer closes it (EOF or reset); `None` if it is still open after `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(within, async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_a_waiting_answer_is_not() {
+    use tokio::io::AsyncWriteExt;
+    let d = start(1, 32768, "idle_timeout_s: 1\n");
+    let addr = d.base.trim_start_matches("http://").to_owned();
+    let opened = Instant::now();
+    // A connection that never sends a request, and a keep-alive one after its answer.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: orch\r\n\r\n")
+        .await
+        .unwrap();
+    let got = closed_within(&mut kept, Duration::from_secs(15))
+        .await
+        .expect("an idle keep-alive connection must be closed after idle_timeout_s");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "the answer itself must keep the connection alive: {text}"
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "closed before idle_timeout_s"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(15))
+            .await
+            .is_some(),
+        "a connection that sends nothing must be closed after idle_timeout_s"
+    );
+
+    // A stream that waits (queued behind a busy slot) for much longer than idle_timeout_s
+    // without a byte to send is an answer in progress: it is not cut.
+    assert_eq!(d.submit(&task("busy", 30000, 1)).await.status(), 202);
+    d.wait_state("busy", "running").await;
+    assert_eq!(d.submit(&task("after", 8, 1)).await.status(), 202);
+    let waiting = d.spawn_stream("after");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    d.post("/v1/tasks/busy/cancel", &json!({})).await;
+    let ev = waiting.await.unwrap();
+    assert_eq!(last_event(&ev).event, "end", "{ev:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_lru_drops_oldest_batch_and_interactive_goes_first() {
     let d = start(1, 32768, "queue: { capacity: 2, full_policy: drop-lru }\n");
