@@ -136,15 +136,12 @@ pub async fn redact_errors(State(auth): State<Auth>, req: Request, next: Next) -
     let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
         return Response::from_parts(parts, axum::body::Body::empty());
     };
-    let escaped = serde_json::to_string(secret).unwrap_or_default();
-    let escaped = escaped.trim_matches('"');
+    let forms = crate::logging::secret_forms(&[secret.to_owned()]);
     let text = String::from_utf8_lossy(&bytes);
-    if !text.contains(secret) && !text.contains(escaped) {
+    if !forms.iter().any(|f| text.contains(f.as_str())) {
         return Response::from_parts(parts, axum::body::Body::from(bytes));
     }
-    let clean = text
-        .replace(secret, "[REDACTED]")
-        .replace(escaped, "[REDACTED]");
+    let clean = crate::logging::redact(&text, &forms);
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(clean))
 }

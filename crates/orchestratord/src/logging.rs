@@ -19,6 +19,24 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
     out
 }
 
+/// Every form in which `secrets` can appear in a formatted log line: as they are, JSON-escaped
+/// (JSON lines) and Rust-`Debug`-escaped (text lines), longest first. A token with a `"`, a `\\`
+/// or a control character is escaped by the formatter, so the raw form alone would miss it.
+pub fn secret_forms(secrets: &[String]) -> Vec<String> {
+    let mut forms: Vec<String> = Vec::new();
+    for s in secrets {
+        let json = serde_json::to_string(s).unwrap_or_default();
+        let debug = format!("{s:?}");
+        for f in [s.as_str(), json.trim_matches('"'), debug.trim_matches('"')] {
+            if !forms.iter().any(|g| g == f) {
+                forms.push(f.to_owned());
+            }
+        }
+    }
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms
+}
+
 /// A stdout writer that redacts secrets from each formatted line.
 #[derive(Clone)]
 pub struct RedactingStdout {
@@ -67,7 +85,7 @@ pub fn init(cfg: &LogConfig, secrets: Vec<String>) {
         .or_else(|_| EnvFilter::try_new(&cfg.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = RedactingStdout {
-        secrets: Arc::new(secrets),
+        secrets: Arc::new(secret_forms(&secrets)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -88,5 +106,31 @@ mod tests {
     fn redacts_every_occurrence() {
         let s = super::redact("a s3cret b s3cret", &["s3cret".into()]);
         assert_eq!(s, "a [REDACTED] b [REDACTED]");
+    }
+
+    #[test]
+    fn escaped_forms_of_a_token_are_redacted_too() {
+        for token in [
+            "pl\"ain",
+            "back\\slash",
+            "new\nline",
+            "tab\tand\u{1b}esc",
+            "ünï\"code",
+        ] {
+            let forms = super::secret_forms(&[token.to_owned()]);
+            let json = serde_json::json!({ "message": format!("auth header Bearer {token} seen") })
+                .to_string();
+            let debug = format!("header={:?}", format!("Bearer {token}"));
+            for line in [json, debug, format!("raw {token} raw")] {
+                let clean = super::redact(&line, &forms);
+                assert!(
+                    clean.contains("[REDACTED]"),
+                    "{token:?} not redacted in {line}"
+                );
+                for f in &forms {
+                    assert!(!clean.contains(f.as_str()), "{f:?} survived in {clean}");
+                }
+            }
+        }
     }
 }
