@@ -622,9 +622,13 @@ impl Run {
             pool_id: self.pool.id().into(),
             priority: prio_s.into(),
         };
+        // An engine we cannot kill (an `endpoint:`) that hangs is abandoned by its supervisor.
+        let abandoned = self.replica.abandoned();
+        tokio::pin!(abandoned);
         let stream = tokio::select! {
             biased;
             _ = task.cancel.cancelled() => { self.end_canceled(&version); return None; }
+            why = &mut abandoned => { self.abandon(why); return None; }
             r = adapter.generate(gen) => r,
         };
         let mut stream = match stream {
@@ -646,6 +650,11 @@ impl Run {
                 _ = task.cancel.cancelled() => {
                     drop(stream);
                     self.end_canceled(&version);
+                    return None;
+                }
+                why = &mut abandoned => {
+                    drop(stream);
+                    self.abandon(why);
                     return None;
                 }
                 item = stream.next() => item,
@@ -714,6 +723,14 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// The replica's supervisor gave up on its engine: the task ends with `WORKER_RESET`.
+    fn abandon(&self, why: String) {
+        let e = AdapterError::StreamBroken { message: why };
+        tracing::warn!(error = %e, "engine request abandoned");
+        self.lost_engine(&e);
+        self.task.fail(adapter_error(&e, self.task.engine));
     }
 
     /// The engine went away under this task: keep queued tasks off the replica until its

@@ -204,3 +204,70 @@ async fn openai_pool_engine_error_maps_to_our_codes() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_endpoint_engine_is_abandoned_and_readmitted_when_it_thaws() {
+    // The daemon cannot kill an engine it did not launch; when one stops answering (SIGSTOP
+    // here) its supervisor makes the running tasks give up, as a killed engine's would.
+    let e = engine();
+    let ext = External::start(&e, 1, 32768);
+    let config = format!(
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: remote\n    engine: llamacpp\n    endpoint: \"{}\"\n    slots: 1\n    ctx: 32768\n",
+        ext.base
+    );
+    let d = Daemon::start(
+        &bin(),
+        DaemonOptions {
+            config,
+            ..Default::default()
+        },
+    );
+    let mut long = completion("frozen", "remote", 4);
+    long["max_tokens"] = json!(20000);
+    assert_eq!(d.submit(&long).await.status(), 202);
+    d.wait_tokens("frozen", 3).await;
+    let stream = d.spawn_stream("frozen");
+    let pid = ext.child.id();
+    orch_harness::signal(pid, SIGSTOP);
+    let frozen_at = Instant::now();
+    let ev = tokio::time::timeout(Duration::from_secs(90), stream)
+        .await
+        .expect("the stream of a frozen endpoint engine must end")
+        .unwrap();
+    let took = frozen_at.elapsed();
+    let last = ev.last().unwrap();
+    assert_eq!(last.event, "error", "{ev:?}");
+    assert_eq!(last.json()["code"], "WORKER_RESET", "{:?}", last.json());
+    assert!(
+        last.json()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("abandoned"),
+        "{:?}",
+        last.json()
+    );
+    eprintln!("frozen endpoint → error event after {took:?}");
+    let (_, h) = d.get("/v1/pools/remote/health").await;
+    assert_eq!(h["ready"], false, "a frozen engine is not ready: {h}");
+
+    // Thawed, it answers health checks again and takes work.
+    orch_harness::signal(pid, SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, h) = d.get("/v1/pools/remote/health").await;
+        if h["ready"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after SIGCONT: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ev = run(&d, completion("after", "remote", 5)).await;
+    assert_eq!(ev.last().unwrap().event, "end", "{ev:?}");
+}
+
+/// Signal numbers on Linux.
+const SIGSTOP: i32 = 19;
+const SIGCONT: i32 = 18;

@@ -1,9 +1,11 @@
 //! One replica: its truthful status, the adapter to reach its engine, and the slot leases of
 //! the tasks running on it.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use tokio::sync::watch;
 use worker_adapters::{EngineAdapter, EngineInfo};
 
 use crate::lock;
@@ -112,6 +114,9 @@ pub struct Replica {
     status: Mutex<ReplicaStatus>,
     adapter: Mutex<Option<Arc<dyn EngineAdapter>>>,
     gate: Arc<Gate>,
+    /// Bumped (with the reason) when the tasks running here must give up on the engine: one
+    /// the daemon cannot kill (an `endpoint:`) stopped answering.
+    abandon: watch::Sender<(u64, String)>,
 }
 
 /// A consistent copy of a replica for dispatch.
@@ -149,6 +154,21 @@ impl ReplicaView {
             tracing::warn!(replica_id = %self.status.id, %why, "engine unreachable from a task; replica takes no work until it is healthy again");
         }
     }
+
+    /// Resolves, with the reason, once the tasks running on this replica must abandon their
+    /// engine requests (see [`Replica::abandon_in_flight`]). Call it before sending the request:
+    /// only abandonments after the call count.
+    pub fn abandoned(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut rx = self.rep.abandon.subscribe();
+        async move {
+            if rx.changed().await.is_err() {
+                // The replica is gone, and with it any reason to abandon.
+                std::future::pending::<()>().await;
+            }
+            let why = rx.borrow().1.clone();
+            why
+        }
+    }
 }
 
 impl Replica {
@@ -169,7 +189,17 @@ impl Replica {
             }),
             adapter: Mutex::new(None),
             gate: Arc::new(Gate::default()),
+            abandon: watch::Sender::new((0, String::new())),
         }
+    }
+
+    /// Makes every task now running here end its engine request with `why` (the engine is an
+    /// `endpoint:` that stopped answering: the daemon cannot kill it to break the streams).
+    pub(crate) fn abandon_in_flight(&self, why: String) {
+        self.abandon.send_modify(|(n, reason)| {
+            *n += 1;
+            *reason = why;
+        });
     }
 
     /// A snapshot.
@@ -230,6 +260,24 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn abandonment_reaches_the_runs_that_watch_and_only_later_ones() {
+        let r = Arc::new(Replica::new("p-r0".into(), "cpu".into(), 2, 0));
+        r.abandon_in_flight("before".into());
+        let watching = r.view().abandoned();
+        let later = r.view().abandoned();
+        r.abandon_in_flight("frozen".into());
+        assert_eq!(watching.await, "frozen");
+        assert_eq!(later.await, "frozen");
+        let fresh = r.view().abandoned();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), fresh)
+                .await
+                .is_err(),
+            "an abandonment before the call must not count"
+        );
+    }
 
     #[test]
     fn leases_count_and_a_retired_replica_gives_none() {

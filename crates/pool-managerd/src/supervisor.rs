@@ -29,7 +29,8 @@ const HEALTH_FAILS_UNREADY: u32 = 3;
 /// Consecutive failed health checks (about 3 s each with the 2 s timeout) after which a
 /// launched engine counts as hung (e.g. stopped, deadlocked): it is killed and restarted like
 /// a crash, so its in-flight tasks end with `WORKER_RESET` instead of hanging forever (found
-/// by the chaos harness: a SIGSTOPped engine left its streams open indefinitely).
+/// by the chaos harness: a SIGSTOPped engine left its streams open indefinitely). The tasks on
+/// an `endpoint:` engine, which cannot be killed, abandon it at the same count.
 const HEALTH_FAILS_KILL: u32 = 10;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -120,6 +121,14 @@ async fn watch_endpoint(s: &Supervised, url: &str) {
             }
             Err(e) => {
                 fails += 1;
+                if fails == HEALTH_FAILS_KILL && rep.in_flight() > 0 {
+                    // A launched engine would be killed now, which breaks its streams; one we
+                    // did not launch cannot be, so its tasks give up on it instead of waiting.
+                    tracing::error!(pool_id = %pool.id(), endpoint = %url, failed_checks = fails, error = %e, in_flight = rep.in_flight(), "endpoint hung: abandoning its running tasks");
+                    rep.abandon_in_flight(format!(
+                        "the engine at {url} answered no health check {fails} times in a row ({e}); request abandoned"
+                    ));
+                }
                 if was_ready && fails < HEALTH_FAILS_UNREADY {
                     // Tolerate a blip.
                 } else if was_ready || rep.status().last_error.is_none() {
