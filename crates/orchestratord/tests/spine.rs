@@ -457,24 +457,38 @@ async fn bad_input_gets_status_and_envelope_and_nothing_panics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_killed_mid_stream_becomes_error_and_replica_restarts() {
-    let d = start(1, 32768, "");
-    assert_eq!(d.submit(&task("victim", 30000, 1)).await.status(), 202);
-    let s = d.spawn_stream("victim");
-    d.wait_tokens("victim", 5).await;
+    // Three streams on a three-slot replica and a fourth task queued behind them.
+    let d = start(3, 32768, "");
+    let victims = ["victim-a", "victim-b", "victim-c"];
+    for (v, seed) in victims.iter().zip([1, 3, 4]) {
+        assert_eq!(d.submit(&task(v, 30000, seed)).await.status(), 202);
+    }
+    let streams: Vec<_> = victims.iter().map(|v| d.spawn_stream(v)).collect();
+    for v in victims {
+        d.wait_tokens(v, 5).await;
+    }
+    assert_eq!(d.submit(&task("queued", 8, 1)).await.status(), 202);
+    assert_eq!(d.get("/v1/tasks/queued").await.1["state"], "queued");
+    let queued = d.spawn_stream("queued");
     let (_, pid) = replica(&d).await;
     let killed = Instant::now();
     signal(pid, libc_sigkill());
-    let ev = tokio::time::timeout(Duration::from_secs(10), s)
-        .await
-        .expect("stream must not hang")
-        .unwrap();
-    let took = killed.elapsed();
-    let end = last_event(&ev);
-    assert_eq!(end.event, "error", "{ev:?}");
-    assert_eq!(end.json()["code"], "WORKER_RESET");
-    assert_eq!(end.json()["retriable"], true);
-    eprintln!("kill → error event: {took:?}");
-    assert!(took < Duration::from_secs(2), "error event took {took:?}");
+    for (v, s) in victims.iter().zip(streams) {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s)
+            .await
+            .expect("stream must not hang")
+            .unwrap();
+        let took = killed.elapsed();
+        let end = last_event(&ev);
+        assert_eq!(end.event, "error", "{v}: {ev:?}");
+        assert_eq!(end.json()["code"], "WORKER_RESET", "{v}");
+        assert_eq!(end.json()["retriable"], true, "{v}");
+        eprintln!("{v}: kill → error event: {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{v}: error event took {took:?}"
+        );
+    }
     // The replica comes back and serves again.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -487,6 +501,12 @@ async fn engine_killed_mid_stream_becomes_error_and_replica_restarts() {
         assert!(Instant::now() < deadline, "replica not restarted: {h}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The task that was only queued is not lost: it runs on the restarted engine.
+    let ev = tokio::time::timeout(Duration::from_secs(30), queued)
+        .await
+        .expect("the queued task must run after the restart")
+        .unwrap();
+    assert_eq!(last_event(&ev).event, "end", "{ev:?}");
     assert_eq!(d.submit(&task("after", 8, 1)).await.status(), 202);
     assert_eq!(last_event(&d.stream("after").await).event, "end");
 }
