@@ -130,24 +130,19 @@ fn pool_validation_messages() {
         .to_string()
         .contains("shutdown_grace_s"));
     c.shutdown_grace_s = 10;
-    for bad in [0, u64::MAX] {
-        c.write_stall_timeout_s = bad;
-        assert!(c
-            .validate(false)
-            .unwrap_err()
-            .to_string()
-            .contains("write_stall_timeout_s"));
+    type Field = fn(&mut Config) -> &mut u64;
+    let timeouts: [(&str, Field); 2] = [
+        ("write_stall_timeout_s", |c| &mut c.write_stall_timeout_s),
+        ("idle_timeout_s", |c| &mut c.idle_timeout_s),
+    ];
+    for (name, field) in timeouts {
+        let good = *field(&mut c);
+        for bad in [0, u64::MAX] {
+            *field(&mut c) = bad;
+            assert!(c.validate(false).unwrap_err().to_string().contains(name));
+        }
+        *field(&mut c) = good;
     }
-    c.write_stall_timeout_s = 60;
-    for bad in [0, u64::MAX] {
-        c.idle_timeout_s = bad;
-        assert!(c
-            .validate(false)
-            .unwrap_err()
-            .to_string()
-            .contains("idle_timeout_s"));
-    }
-    c.idle_timeout_s = 75;
     c.pools[0].model = None;
     assert!(c
         .validate(false)

@@ -71,6 +71,20 @@ fn healthy(base: &str) -> bool {
     buf.starts_with("HTTP/1.1 200")
 }
 
+/// A daemon whose only pool, `remote` (one slot), is `engine` at `endpoint`.
+fn remote_daemon(engine: &str, endpoint: &str, ctx: u32) -> Daemon {
+    let config = format!(
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: remote\n    engine: {engine}\n    endpoint: \"{endpoint}\"\n    slots: 1\n    ctx: {ctx}\n"
+    );
+    Daemon::start(
+        &bin(),
+        DaemonOptions {
+            config,
+            ..Default::default()
+        },
+    )
+}
+
 fn completion(id: &str, pool: &str, seed: u64) -> Value {
     json!({
         "task_id": id, "model_ref": pool, "priority": "interactive",
@@ -178,17 +192,7 @@ async fn mixed_llamacpp_and_openai_pools_serve_completion_and_chat() {
 async fn openai_pool_engine_error_maps_to_our_codes() {
     let e = engine();
     let ext = External::start(&e, 1, 256);
-    let config = format!(
-        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: remote\n    engine: openai\n    endpoint: \"{}\"\n    slots: 1\n    ctx: 8192\n",
-        ext.base
-    );
-    let d = Daemon::start(
-        &bin(),
-        DaemonOptions {
-            config,
-            ..Default::default()
-        },
-    );
+    let d = remote_daemon("openai", &ext.base, 8192);
     // The engine's context (256) is smaller than the pool claims: llama-server refuses the
     // prompt with a 400, which reaches the client as INVALID_PARAMS with the engine's words.
     let mut body = completion("big", "remote", 1);
@@ -211,17 +215,7 @@ async fn a_frozen_endpoint_engine_is_abandoned_and_readmitted_when_it_thaws() {
     // here) its supervisor makes the running tasks give up, as a killed engine's would.
     let e = engine();
     let ext = External::start(&e, 1, 32768);
-    let config = format!(
-        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: remote\n    engine: llamacpp\n    endpoint: \"{}\"\n    slots: 1\n    ctx: 32768\n",
-        ext.base
-    );
-    let d = Daemon::start(
-        &bin(),
-        DaemonOptions {
-            config,
-            ..Default::default()
-        },
-    );
+    let d = remote_daemon("llamacpp", &ext.base, 32768);
     let mut long = completion("frozen", "remote", 4);
     long["max_tokens"] = json!(20000);
     assert_eq!(d.submit(&long).await.status(), 202);
