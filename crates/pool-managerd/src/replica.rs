@@ -114,9 +114,9 @@ pub struct Replica {
     status: Mutex<ReplicaStatus>,
     adapter: Mutex<Option<Arc<dyn EngineAdapter>>>,
     gate: Arc<Gate>,
-    /// Bumped (with the reason) when the tasks running here must give up on the engine: one
-    /// the daemon cannot kill (an `endpoint:`) stopped answering.
-    abandon: watch::Sender<(u64, String)>,
+    /// Sent (the reason) when the tasks running here must give up on the engine: one the
+    /// daemon cannot kill (an `endpoint:`) stopped answering.
+    abandon: watch::Sender<String>,
 }
 
 /// A consistent copy of a replica for dispatch.
@@ -165,7 +165,7 @@ impl ReplicaView {
                 // The replica is gone, and with it any reason to abandon.
                 std::future::pending::<()>().await;
             }
-            let why = rx.borrow().1.clone();
+            let why = rx.borrow().clone();
             why
         }
     }
@@ -189,17 +189,15 @@ impl Replica {
             }),
             adapter: Mutex::new(None),
             gate: Arc::new(Gate::default()),
-            abandon: watch::Sender::new((0, String::new())),
+            abandon: watch::Sender::new(String::new()),
         }
     }
 
     /// Makes every task now running here end its engine request with `why` (the engine is an
     /// `endpoint:` that stopped answering: the daemon cannot kill it to break the streams).
     pub(crate) fn abandon_in_flight(&self, why: String) {
-        self.abandon.send_modify(|(n, reason)| {
-            *n += 1;
-            *reason = why;
-        });
+        // `send_replace` wakes every receiver, even when the reason is the same as last time.
+        self.abandon.send_replace(why);
     }
 
     /// A snapshot.
@@ -264,7 +262,8 @@ mod tests {
     #[tokio::test]
     async fn abandonment_reaches_the_runs_that_watch_and_only_later_ones() {
         let r = Arc::new(Replica::new("p-r0".into(), "cpu".into(), 2, 0));
-        r.abandon_in_flight("before".into());
+        // The same reason as the next one: every abandonment counts, not only a new reason.
+        r.abandon_in_flight("frozen".into());
         let watching = r.view().abandoned();
         let later = r.view().abandoned();
         r.abandon_in_flight("frozen".into());
