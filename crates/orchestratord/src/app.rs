@@ -8,8 +8,8 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 use orch_config::Config;
-use pool_managerd::PoolManager;
-use prometheus_client::registry::Registry as PromRegistry;
+use pool_manager::PoolManager;
+use prometheus_client::registry::Registry;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{require_token, Auth};
@@ -18,7 +18,7 @@ use crate::dispatch::{DispatchCtx, Dispatcher};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::persist::Persist;
-use crate::registry::Registry;
+use crate::task::TaskTable;
 
 /// Everything a handler may touch.
 #[derive(Clone)]
@@ -30,11 +30,11 @@ pub struct AppState {
     /// Dispatcher per pool id.
     pub dispatchers: Arc<HashMap<String, Dispatcher>>,
     /// Tasks.
-    pub registry: Arc<Registry>,
+    pub tasks: Arc<TaskTable>,
     /// Metrics.
     pub metrics: Metrics,
     /// Prometheus registry holding `metrics` and the pool manager's series.
-    pub prom: Arc<PromRegistry>,
+    pub prom: Arc<Registry>,
     /// Set once shutdown began: admission answers 503.
     pub shutting_down: Arc<AtomicBool>,
     /// Authentication.
@@ -50,17 +50,17 @@ impl AppState {
     /// Builds the state and starts one dispatcher per pool.
     pub fn new(config: Config, pools: Arc<PoolManager>, auth: Auth, persist: Arc<Persist>) -> Self {
         let metrics = Metrics::default();
-        let mut prom = PromRegistry::default();
+        let mut prom = Registry::default();
         metrics.register(&mut prom);
         persist.register_metrics(&mut prom);
         pools.metrics().register(&mut prom);
-        let registry = Arc::new(Registry::new(
+        let tasks = Arc::new(TaskTable::new(
             std::time::Duration::from_millis(config.tasks.retain_ms),
             config.tasks.max_retained,
         ));
         let ctx = DispatchCtx {
             metrics: metrics.clone(),
-            registry: registry.clone(),
+            tasks: tasks.clone(),
         };
         let dispatchers = pools
             .pools()
@@ -77,7 +77,7 @@ impl AppState {
             config: Arc::new(config),
             pools,
             dispatchers: Arc::new(dispatchers),
-            registry,
+            tasks,
             metrics,
             prom: Arc::new(prom),
             shutting_down: Arc::new(AtomicBool::new(false)),

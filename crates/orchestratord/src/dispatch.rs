@@ -17,7 +17,7 @@ use futures::StreamExt;
 use orch_config::FullPolicy;
 use orchestrator_core::estimate::{on_time_probability, predict_start, ServiceStats};
 use orchestrator_core::queue::{self, Queue, Rejected};
-use pool_managerd::{Pool, ReplicaState, ReplicaView};
+use pool_manager::{Pool, ReplicaState, ReplicaView};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use worker_adapters::{AdapterError, ChatTurn, EngineEvent, GenerateRequest, Prompt};
@@ -25,7 +25,7 @@ use worker_adapters::{AdapterError, ChatTurn, EngineEvent, GenerateRequest, Prom
 use crate::metrics::{
     Metrics, PoolPriority, Replica as ReplicaLabels, ReplicaPriority, ReplicaReason,
 };
-use crate::registry::{Registry, Task};
+use crate::task::{TaskTable, Task};
 
 /// How often a running task emits a `metrics` frame.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
@@ -101,7 +101,7 @@ pub struct DispatchCtx {
     /// Metrics.
     pub metrics: Metrics,
     /// Task registry (for retention bookkeeping).
-    pub registry: Arc<Registry>,
+    pub tasks: Arc<TaskTable>,
 }
 
 impl Dispatcher {
@@ -323,7 +323,7 @@ impl Actor {
                 if let Some((tokens, decode_ms, first_ms)) = sample {
                     self.stats.record(tokens, decode_ms, first_ms);
                 }
-                self.ctx.registry.note_finished(&task_id);
+                self.ctx.tasks.note_finished(&task_id);
             }
             Cmd::DrainQueue { reply } => {
                 let tasks = self.queue.drain_all().into_iter().map(|e| e.item).collect();
@@ -349,7 +349,7 @@ impl Actor {
             .with_engine(task.engine)
             .retry_after(1000),
         );
-        self.ctx.registry.note_finished(&task.id);
+        self.ctx.tasks.note_finished(&task.id);
     }
 
     fn publish_depth(&self) {
@@ -422,7 +422,7 @@ impl Actor {
             self.running.insert(task.id.clone(), (Instant::now(), est));
             self.running_count
                 .store(self.running.len(), Ordering::Relaxed);
-            let run = Run {
+            let run = TaskRun {
                 _lease: lease,
                 task: task.clone(),
                 replica,
@@ -452,10 +452,10 @@ impl Actor {
 }
 
 /// One task on one replica.
-struct Run {
+struct TaskRun {
     /// Holds the replica's slot until the run ends (a reload waits for it before stopping a
     /// retiring replica).
-    _lease: pool_managerd::Lease,
+    _lease: pool_manager::Lease,
     task: Arc<Task>,
     replica: ReplicaView,
     pool: Arc<Pool>,
@@ -493,7 +493,7 @@ pub fn adapter_error(e: &AdapterError, engine: &str) -> ErrorEnvelope {
     env
 }
 
-impl Run {
+impl TaskRun {
     fn labels(&self, version: &str) -> ReplicaLabels {
         ReplicaLabels {
             engine: self.task.engine.into(),

@@ -2,7 +2,7 @@
 //! dispatches them to engine replicas run by the pool manager, and streams results back as SSE.
 //!
 //! Layout: [`app`] builds state and routes; [`http`] holds thin handlers; [`dispatch`] owns
-//! each pool's queue and runs tasks; [`registry`] keeps tasks and transcripts; [`auth`] and
+//! each pool's queue and runs tasks; [`task`] keeps tasks and transcripts; [`auth`] and
 //! [`correlation`] are middleware; [`metrics`] and [`logging`] are observability.
 
 pub mod app;
@@ -15,7 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod openapi;
 pub mod persist;
-pub mod registry;
+pub mod task;
 pub mod serve;
 pub mod stall;
 
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use api_types::{ErrorCode, ErrorEnvelope};
 use orch_config::Config;
-use pool_managerd::PoolManager;
+use pool_manager::PoolManager;
 
 use crate::app::AppState;
 use crate::auth::Auth;
@@ -56,11 +56,11 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "listening");
 
-    let gc_registry = state.registry.clone();
+    let gc_tasks = state.tasks.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            gc_registry.gc();
+            gc_tasks.gc();
         }
     });
 
@@ -124,7 +124,7 @@ pub async fn drain(state: &AppState, grace: Duration) {
     let deadline = Instant::now() + grace;
     let mut canceled = false;
     loop {
-        let active = state.registry.active();
+        let active = state.tasks.active();
         if active.is_empty() {
             break;
         }

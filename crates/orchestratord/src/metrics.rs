@@ -61,7 +61,7 @@ pub struct EngineReason {
 }
 
 /// `{engine,engine_version,pool_id,replica_id}`: the pool manager's per-replica label set.
-pub use pool_managerd::ReplicaLabels as Replica;
+pub use pool_manager::ReplicaLabels as Replica;
 
 /// `{engine,policy}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

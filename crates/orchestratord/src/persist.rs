@@ -30,16 +30,16 @@ use orch_store::{
     ArtifactInput, ArtifactKind, BudgetError, CatalogModel, ModelState, Policy, SessionError,
     Store, StoreError, StoreOptions,
 };
-use pool_managerd::PoolManager;
+use pool_manager::PoolManager;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry as PromRegistry;
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use worker_adapters::Completion;
 
 use crate::error::ApiError;
-use crate::registry::{now_ms, Frame, Task};
+use crate::task::{now_ms, Frame, Task};
 
 /// How often expired sessions are swept.
 const EXPIRY_EVERY: Duration = Duration::from_millis(500);
@@ -468,7 +468,7 @@ impl Persist {
     }
 
     /// Adds `model_state` to the Prometheus registry.
-    pub fn register_metrics(&self, reg: &mut PromRegistry) {
+    pub fn register_metrics(&self, reg: &mut Registry) {
         reg.register(
             "model_state",
             "Catalog models by lifecycle state (1 = the model's current state)",
@@ -974,7 +974,7 @@ impl Persist {
         }
         let p = path.clone();
         let v = tokio::task::spawn_blocking(move || {
-            pool_managerd::gguf::kv_bytes_per_token(std::path::Path::new(&p))
+            pool_manager::gguf::kv_bytes_per_token(std::path::Path::new(&p))
         })
         .await
         .ok()

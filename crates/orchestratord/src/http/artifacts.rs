@@ -26,7 +26,7 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::persist::{blocking, store_err};
-use crate::registry::now_ms;
+use crate::task::now_ms;
 
 fn to_store_kind(k: ArtifactKind) -> orch_store::ArtifactKind {
     match k {

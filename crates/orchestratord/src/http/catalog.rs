@@ -11,13 +11,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
 use orch_store::policy::ACTION_MODEL_DOWNLOAD;
 use orch_store::{redact_url, NewModel};
-use pool_managerd::PoolManager;
+use pool_manager::PoolManager;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::JsonBody;
 use crate::persist::{blocking, store_err, Persist};
-use crate::registry::now_ms;
+use crate::task::now_ms;
 
 fn is_remote(reference: &str) -> bool {
     let l = reference.get(..8).unwrap_or(reference).to_ascii_lowercase();

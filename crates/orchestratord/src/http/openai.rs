@@ -37,7 +37,7 @@ use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ApiError;
 use crate::http::tasks::{self, Admitted};
-use crate::registry::Task;
+use crate::task::Task;
 
 /// Header carrying the priority (`interactive` | `batch`).
 pub const PRIORITY_HEADER: &str = "x-llorch-priority";
@@ -404,7 +404,7 @@ impl Drop for CancelOnDrop {
 }
 
 fn now_s() -> u64 {
-    crate::registry::now_ms() / 1000
+    crate::task::now_ms() / 1000
 }
 
 fn task_headers(adm: &Admitted) -> HeaderMap {

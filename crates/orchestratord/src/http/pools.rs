@@ -4,7 +4,7 @@
 //! and running tasks go on until `deadline_ms`, then what is left ends with `CANCELED`. The
 //! pool stays drained until `POST …/drain {"resume": true}` or a successful reload.
 //!
-//! Reload: see `pool_managerd::PoolManager::reload` — new replicas beside the old, health
+//! Reload: see `pool_manager::PoolManager::reload` — new replicas beside the old, health
 //! check, swap, retire the old after their in-flight tasks; any failure rolls back.
 
 use std::sync::Arc;
@@ -14,14 +14,14 @@ use api_types::{ErrorCode, ErrorEnvelope};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use pool_managerd::{Pool, ReloadErrorKind, ReloadOptions};
+use pool_manager::{Pool, ReloadErrorKind, ReloadOptions};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::JsonBody;
-use crate::registry::now_ms;
+use crate::task::now_ms;
 
 /// Default drain deadline.
 const DEFAULT_DRAIN_MS: u64 = 30_000;
@@ -153,7 +153,7 @@ async fn enforce_drain(state: AppState, pool: Arc<Pool>, epoch: u64, deadline: I
     let id = pool.id().to_owned();
     let mine = |state: &AppState| {
         state
-            .registry
+            .tasks
             .active()
             .into_iter()
             .filter(|t| t.pool_id == id)
@@ -187,7 +187,7 @@ async fn enforce_drain(state: AppState, pool: Arc<Pool>, epoch: u64, deadline: I
         for t in d.drain_queue().await {
             if t.fail(reason()) {
                 queued += 1;
-                state.registry.note_finished(&t.id);
+                state.tasks.note_finished(&t.id);
                 state
                     .metrics
                     .tasks_canceled

@@ -9,7 +9,7 @@ use axum::Json;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::persist::{blocking, store_err};
-use crate::registry::now_ms;
+use crate::task::now_ms;
 
 /// A live session: TTL left, turns, KV bytes and warmth, budget left.
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",

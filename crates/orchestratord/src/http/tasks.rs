@@ -14,14 +14,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
-use pool_managerd::Pool;
+use pool_manager::Pool;
 
 use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
 use crate::http::JsonBody;
-use crate::registry::Task;
+use crate::task::Task;
 
 /// A task id or similar: 1-128 of `A-Za-z0-9._:-`.
 pub fn valid_id(s: &str) -> bool {
@@ -299,7 +299,7 @@ pub async fn admit(
         .map_err(|e| reject(req.engine.as_deref().unwrap_or(""), e))?;
     let pool = disp.pool().clone();
     check_limits(&pool, &req).map_err(|e| reject(pool.engine(), e))?;
-    if req.session_id.is_some() && state.registry.get(&req.task_id).is_some() {
+    if req.session_id.is_some() && state.tasks.get(&req.task_id).is_some() {
         // Refuse before the session check records a turn.
         return Err(reject(
             pool.engine(),
@@ -327,7 +327,7 @@ pub async fn admit(
     if let Some(b) = session {
         task.ext.bind_session(b);
     }
-    if !state.registry.insert(task.clone()) {
+    if !state.tasks.insert(task.clone()) {
         return Err(reject(
             pool.engine(),
             ApiError::new(
@@ -339,7 +339,7 @@ pub async fn admit(
     let admitted = match disp.enqueue(task.clone()).await {
         Ok(r) => r,
         Err(env) => {
-            state.registry.remove(&task.id);
+            state.tasks.remove(&task.id);
             state.persist.refund_turn(&task).await;
             return Err(ApiError::from_envelope(env));
         }
@@ -384,7 +384,7 @@ pub async fn admit(
             })
         }
         Err(full) => {
-            state.registry.remove(&task.id);
+            state.tasks.remove(&task.id);
             state.persist.refund_turn(&task).await;
             let policy = disp.policy();
             let label = match policy {
@@ -420,7 +420,7 @@ pub async fn admit(
 }
 
 fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ApiError> {
-    state.registry.get(id).ok_or_else(|| {
+    state.tasks.get(id).ok_or_else(|| {
         ApiError::not_found(format!(
             "no task `{id}` (unknown, or finished longer ago than tasks.retain_ms)"
         ))
@@ -501,7 +501,7 @@ pub async fn cancel(
                         reason: "CANCELED".into(),
                     })
                     .inc();
-                state.registry.note_finished(&task.id);
+                state.tasks.note_finished(&task.id);
                 tracing::info!(task_id = %task.id, "queued task canceled");
             }
         }

@@ -83,7 +83,7 @@ pub struct StatusQuery {
 pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
     // Queue depth per pool and priority, and running tasks, from the task registry.
     let mut per_pool: HashMap<String, QueueDepths> = HashMap::new();
-    for t in state.registry.active() {
+    for t in state.tasks.active() {
         let q = per_pool.entry(t.pool_id.clone()).or_default();
         match (t.state(), t.priority()) {
             (TaskState::Queued, Priority::Interactive) => q.interactive += 1,
@@ -153,14 +153,14 @@ pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
         .collect();
     StatusSnapshot {
         daemon_version: env!("CARGO_PKG_VERSION").into(),
-        time_ms: crate::registry::now_ms(),
+        time_ms: crate::task::now_ms(),
         gpu_mode: state.pools.gpu_mode().describe(),
         shutting_down: state.is_shutting_down(),
         queue: total,
         gpus,
         pools,
         tasks: state
-            .registry
+            .tasks
             .recent(recent.min(200))
             .iter()
             .map(|t| t.status())

@@ -287,14 +287,14 @@ impl Task {
 }
 
 /// All tasks the daemon knows, admitted or finished and retained.
-pub struct Registry {
+pub struct TaskTable {
     tasks: Mutex<HashMap<String, Arc<Task>>>,
     finished: Mutex<VecDeque<String>>,
     retain: Duration,
     max_retained: usize,
 }
 
-impl Registry {
+impl TaskTable {
     /// An empty registry keeping finished tasks for `retain`, at most `max_retained`.
     pub fn new(retain: Duration, max_retained: usize) -> Self {
         Self {
