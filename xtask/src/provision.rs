@@ -1,5 +1,5 @@
 //! `provision-engine` and `gen-model`: a real llama.cpp `llama-server` and tiny
-//! random-weight GGUF models for tests (SPEC §9).
+//! random-weight GGUF models for the end-to-end tests (README.md, "Tests").
 //!
 //! llama.cpp itself is not on any registry we can reach, but the PyPI sdist of
 //! `llama-cpp-python` vendors the whole tree, so we fetch that with pip and
@@ -42,8 +42,9 @@ const GEN_MODEL_PY: &str = include_str!("../assets/gen_tiny_model.py");
 /// Vocab-only GGUF (inside the vendored llama.cpp) whose tokenizer we copy.
 const VOCAB_REL: &str = "vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf";
 
-/// CMake configure flags from SPEC §9: server only, CPU only, static, no
-/// network access during the build (no curl, no prebuilt web UI download).
+/// CMake configure flags: server only, CPU only, static, no network access during
+/// the build (no curl, no prebuilt web UI download), so provisioning works offline once the
+/// sdist is cached and the binary runs on any machine the tests run on.
 const CMAKE_FLAGS: &[&str] = &[
     "-DLLAMA_BUILD_SERVER=ON",
     "-DLLAMA_USE_PREBUILT_UI=OFF",

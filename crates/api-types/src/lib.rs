@@ -10,12 +10,16 @@ use utoipa::ToSchema;
 /// The version of the data and control plane API, reported by `/v1/capabilities`.
 pub const API_VERSION: &str = "1.0.0";
 
+mod capabilities;
 mod errors;
 mod events;
+pub mod openai;
+pub mod pools;
 mod state;
 mod status;
 mod tasks;
 
+pub use capabilities::{Capabilities, PoolCapabilities};
 pub use errors::{ErrorCode, ErrorEnvelope};
 pub use events::{EndEvent, MetricsEvent, StartedEvent, StreamEvent, TokenEvent};
 pub use state::{

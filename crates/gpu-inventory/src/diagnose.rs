@@ -1,4 +1,5 @@
-//! Actionable diagnosis when NVML / the NVIDIA driver is unusable (HME-013).
+//! Actionable diagnosis when NVML / the NVIDIA driver is unusable: the daemon refuses to start
+//! and prints what it checked and how to fix it (docs/PLACEMENT.md, "Where engines run").
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,11 @@
-//! GPU inventory for llama-orch placement (SPEC §4, HME-010..013).
+//! GPU inventory for llama-orch placement (docs/PLACEMENT.md, "Where engines run").
 //!
 //! The inventory sits behind the [`GpuInventory`] trait so that placement can be
 //! tested without hardware:
 //!
 //! * [`NvmlInventory`] reads every NVIDIA device through NVML (`libnvidia-ml.so.1`).
 //!   With no driver it fails fast with [`GpuError::NoDriver`] carrying an
-//!   actionable [`Diagnosis`] (HME-013).
+//!   actionable [`Diagnosis`].
 //! * [`StaticInventory`] is injected: tests and the no-GPU development mode build
 //!   it from a list of devices or from a spec such as `"24GiB:RTX 3090,12GiB:RTX 3060"`
 //!   (see [`parse_inventory_spec`] and [`FAKE_GPUS_ENV`]).

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{Method, Response, StatusCode};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Settings;
@@ -102,8 +103,7 @@ impl Client {
             let delay = retry_header.or_else(|| {
                 err.envelope
                     .as_ref()
-                    .and_then(|e| e.get("retry_after_ms"))
-                    .and_then(Value::as_u64)
+                    .and_then(|e| ErrorView::of(e).retry_after_ms)
                     .map(Duration::from_millis)
             });
             match (self.wait && retriable, delay) {
@@ -203,15 +203,10 @@ impl Client {
         let envelope: Option<Value> = serde_json::from_str::<Value>(&text)
             .ok()
             .filter(Value::is_object);
-        // Our envelope `{code, message}`, or OpenAI's `{error: {message}}`.
-        let message = envelope
-            .as_ref()
-            .and_then(|e| {
-                e.get("message")
-                    .or_else(|| e.get("error").and_then(|x| x.get("message")))
-            })
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+        let view = envelope.as_ref().map(ErrorView::of).unwrap_or_default();
+        let message = view
+            .message
+            .or_else(|| view.error.and_then(|e| e.message))
             .unwrap_or_else(|| {
                 let t = text.trim();
                 if t.is_empty() {
@@ -220,11 +215,7 @@ impl Client {
                     t.chars().take(300).collect()
                 }
             });
-        let code = envelope
-            .as_ref()
-            .and_then(|e| e.get("code"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let code = view.code.as_deref().unwrap_or("");
         let message = if status == 404 && message.starts_with("no route") {
             format!(
                 "this daemon has no endpoint {method} {path} (HTTP 404: {message}); it is probably an older orchestratord — upgrade it, or check `llorch capabilities`"
@@ -248,6 +239,43 @@ impl Client {
             envelope,
         }
     }
+}
+
+/// What the CLI reads of an error body: our `api_types::ErrorEnvelope` `{code, message,
+/// retry_after_ms, …}` or the OpenAI door's `api_types::openai::OaiErrorBody`
+/// `{error: {message, …}}`. Every part is optional and codes are plain strings, so the
+/// answers of a newer daemon (new codes) or of a proxy in between still read.
+#[derive(Debug, Default, Deserialize)]
+pub struct ErrorView {
+    /// Our error code (`ADMISSION_REJECT`, …).
+    #[serde(default, deserialize_with = "lenient")]
+    pub code: Option<String>,
+    /// For people.
+    #[serde(default, deserialize_with = "lenient")]
+    pub message: Option<String>,
+    /// When to retry.
+    #[serde(default, deserialize_with = "lenient")]
+    pub retry_after_ms: Option<u64>,
+    /// OpenAI's shape.
+    #[serde(default, deserialize_with = "lenient")]
+    pub error: Option<Box<ErrorView>>,
+}
+
+impl ErrorView {
+    /// Reads what it can of `v`.
+    pub fn of(v: &Value) -> Self {
+        Self::deserialize(v).unwrap_or_default()
+    }
+}
+
+/// `None` for a field of an unexpected type, instead of failing the whole body.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = Value::deserialize(d)?;
+    Ok(T::deserialize(v).ok())
 }
 
 /// The Retry-After header, in seconds, as a duration.

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use gpu_inventory::{GpuInventory, NvmlInventory};
-use serde::Serialize;
-use serde_json::Value;
+use api_types::HealthResponse;
+use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
 use crate::config::Settings;
@@ -219,9 +219,13 @@ pub async fn run(
     let daemon_up = health.is_ok();
     match &health {
         Ok(h) => {
-            let ready = h.get("pools_ready").and_then(Value::as_u64).unwrap_or(0);
-            let total = h.get("pools_total").and_then(Value::as_u64).unwrap_or(0);
-            let version = h.get("version").and_then(Value::as_str).unwrap_or("?");
+            let h = HealthResponse::deserialize(h).unwrap_or_else(|_| HealthResponse {
+                status: "?".into(),
+                version: "?".into(),
+                pools_ready: 0,
+                pools_total: 0,
+            });
+            let (ready, total, version) = (h.pools_ready, h.pools_total, h.version.as_str());
             let level = if total > 0 && ready < total { Level::Warn } else { Level::Ok };
             let mut c = Check::new(
                 "daemon",

@@ -81,8 +81,8 @@ impl CliError {
             v["error"]["http_status"] = json!(s);
         }
         if let Some(env) = &self.envelope {
-            if let Some(code) = env.get("code") {
-                v["error"]["code"] = code.clone();
+            if let Some(code) = crate::client::ErrorView::of(env).code {
+                v["error"]["code"] = json!(code);
             }
             v["error"]["envelope"] = env.clone();
         }

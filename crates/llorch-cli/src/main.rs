@@ -75,22 +75,22 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     )?;
     let json_out = g.json;
     match cli.command {
-        Command::Submit(a) => commands::submit(&client, &settings, a, json_out).await,
-        Command::Stream { task_id } => commands::stream_cmd(&client, &task_id, json_out).await,
-        Command::Cancel { task_id } => commands::cancel(&client, &task_id, json_out).await,
-        Command::Task { task_id } => commands::task(&client, &task_id, json_out).await,
-        Command::Sessions { cmd } => commands::sessions(&client, cmd, json_out).await,
-        Command::Catalog { cmd } => commands::catalog(&client, cmd, json_out).await,
-        Command::Pools { cmd } => commands::pools(&client, cmd, json_out).await,
-        Command::Capabilities => commands::capabilities(&client, json_out).await,
-        Command::Artifacts { cmd } => commands::artifacts(&client, cmd, json_out).await,
-        Command::Status { watch, tasks } => commands::status(&client, watch, tasks, json_out).await,
+        Command::Submit(a) => commands::submit::run(&client, &settings, a, json_out).await,
+        Command::Stream { task_id } => commands::stream::run(&client, &task_id, json_out).await,
+        Command::Cancel { task_id } => commands::cancel::run(&client, &task_id, json_out).await,
+        Command::Task { task_id } => commands::task::run(&client, &task_id, json_out).await,
+        Command::Sessions { cmd } => commands::sessions::run(&client, cmd, json_out).await,
+        Command::Catalog { cmd } => commands::catalog::run(&client, cmd, json_out).await,
+        Command::Pools { cmd } => commands::pools::run(&client, cmd, json_out).await,
+        Command::Capabilities => commands::capabilities::run(&client, json_out).await,
+        Command::Artifacts { cmd } => commands::artifacts::run(&client, cmd, json_out).await,
+        Command::Status { watch, tasks } => commands::status::run(&client, watch, tasks, json_out).await,
         Command::Metrics {
             follow,
             interval,
             grep,
             all,
-        } => commands::metrics_cmd(&client, follow, interval, grep, all, json_out).await,
+        } => commands::metrics::run(&client, follow, interval, grep, all, json_out).await,
         Command::Doctor { daemon_config } => {
             let checks = doctor::run(&settings, &client, daemon_config).await?;
             if json_out {

@@ -7,8 +7,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the store.
 ///
-/// Each variant maps to one HTTP status (see [`StoreError::http_status`]); messages are written
-/// for the person reading the API response and never contain secrets.
+/// The daemon maps each variant to its API error (not found, conflict, invalid, too large,
+/// internal); messages are written for the person reading the API response and never contain
+/// secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The named thing does not exist (404).
@@ -63,17 +64,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The HTTP status code the daemon should answer with for this error.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            StoreError::NotFound { .. } => 404,
-            StoreError::Conflict(_) => 409,
-            StoreError::Invalid(_) => 400,
-            StoreError::TooLarge { .. } => 413,
-            StoreError::Corrupt { .. } | StoreError::Io { .. } | StoreError::Db { .. } => 500,
-        }
-    }
-
     pub(crate) fn not_found(what: impl Into<String>) -> Self {
         StoreError::NotFound { what: what.into() }
     }

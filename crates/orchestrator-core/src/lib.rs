@@ -5,10 +5,12 @@
 //! (durations in milliseconds, VRAM snapshots) in and gets decisions back, which keeps every rule
 //! deterministic and testable without GPUs or engines.
 //!
-//! - [`queue`]: admission, full policies (`reject`, `drop-lru`), dispatch order (spec §2).
+//! - [`queue`]: admission, full policies (`reject`, `drop-lru`), dispatch order.
 //! - [`estimate`]: `queue_position`, `predicted_start_ms`, `backoff_ms` and
 //!   `on_time_probability` from measured service statistics.
-//! - [`placement`]: which GPU a replica goes on, with a reservation ledger and headroom (spec §4).
+//! - [`routing`]: the least-loaded pool for a task and replica for the next dispatch.
+//! - [`placement`]: which GPU a replica goes on, with a reservation ledger and headroom
+//!   (docs/PLACEMENT.md).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,6 +18,7 @@
 pub mod estimate;
 pub mod placement;
 pub mod queue;
+pub mod routing;
 
 pub use estimate::{on_time_probability, predict_start, ServiceStats, StartEstimate};
 pub use placement::{
@@ -23,3 +26,4 @@ pub use placement::{
     PlacementRequest, Reservation,
 };
 pub use queue::{Admitted, Entry, FullPolicy, Priority, Queue, Rejected};
+pub use routing::{choose_pool, choose_replica, load_per_slot, PoolCandidate, ReplicaCandidate};

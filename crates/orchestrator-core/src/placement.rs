@@ -1,4 +1,4 @@
-//! GPU placement for engine replicas (spec §4).
+//! GPU placement for engine replicas (docs/PLACEMENT.md, "The rule").
 //!
 //! Rule, for each GPU: `available = free − reserved − headroom` (saturating at 0), where
 //! `reserved` sums the [`Reservation`]s of loads still in progress on that device (NVML does not

@@ -1,4 +1,5 @@
-//! The bounded two-priority queue of one pool (spec §2, ORCH-Q).
+//! The bounded two-priority queue of one pool (what clients see of it: docs/DECISIONS.md,
+//! "Admission and the task API").
 //!
 //! - Exactly two priorities; every queued interactive task is dispatched before any batch task.
 //! - FIFO within a priority.

@@ -6,8 +6,8 @@ use std::collections::BinaryHeap;
 use orchestrator_core::estimate::{on_time_probability, predict_start, ServiceStats};
 use proptest::prelude::*;
 
-/// The model as the spec describes it: a min-heap of slot free times, each task ahead taking
-/// the earliest-free slot for `q` ms.
+/// The model docs/DECISIONS.md describes (`predicted_start_ms`): a min-heap of slot free
+/// times, each task ahead taking the earliest-free slot for `q` ms.
 fn heap_reference(position: usize, free: usize, total: usize, running: &[u64], q: u64) -> u64 {
     let slots = total.max(free + running.len()).max(1);
     let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::new();

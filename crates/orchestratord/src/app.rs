@@ -13,12 +13,16 @@ use prometheus_client::registry::Registry;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{require_token, Auth};
+use crate::background::{Background, LoopDeps, Retention};
+use crate::catalog::Catalog;
 use crate::correlation::correlate;
 use crate::dispatch::{DispatchCtx, Dispatcher};
 use crate::http;
 use crate::metrics::Metrics;
-use crate::persist::Persist;
+use crate::outbound::Outbound;
+use crate::sessions::SessionAccounts;
 use crate::task::TaskTable;
+use crate::transcripts::Transcripts;
 
 /// Everything a handler may touch.
 #[derive(Clone)]
@@ -42,17 +46,78 @@ pub struct AppState {
     /// The persistent store: catalog, sessions and budgets, artifacts, audit log
     /// (`<data_dir>`; blocking: call it from `spawn_blocking`).
     pub store: Arc<orch_store::Store>,
-    /// Persistence glue: catalog mirror, session admission, transcripts, outbound policy.
-    pub persist: Arc<Persist>,
+    /// The model catalog; every catalog write goes through it.
+    pub catalog: Arc<Catalog>,
+    /// Session admission, budgets, charges and expiry.
+    pub sessions: Arc<SessionAccounts>,
+    /// The outbound policy and its audit log.
+    pub outbound: Arc<Outbound>,
+    /// Transcript artifacts of finished tasks.
+    pub transcripts: Arc<Transcripts>,
+    /// Background loops and per-task follow-ups, stopped together at shutdown.
+    pub background: Arc<Background>,
+}
+
+/// The store-backed services, opened before the pool manager starts: they resolve catalog ids
+/// named as pool models and check engine endpoints against the outbound policy.
+pub struct Services {
+    store: Arc<orch_store::Store>,
+    catalog: Arc<Catalog>,
+    sessions: Arc<SessionAccounts>,
+    outbound: Arc<Outbound>,
+    transcripts: Arc<Transcripts>,
+    retention: Retention,
+}
+
+impl Services {
+    /// Opens the store in `cfg.data_dir()` and prepares `cfg` for the pool manager (catalog ids
+    /// resolved to files, outbound checks, slot-save paths). `token` is redacted from
+    /// everything written to artifacts.
+    pub async fn open(cfg: &mut Config, token: Option<&str>) -> anyhow::Result<Self> {
+        let dir = cfg.data_dir();
+        let opts = orch_store::StoreOptions {
+            max_artifact_bytes: cfg.artifacts.max_artifact_bytes,
+        };
+        let d = dir.clone();
+        let store = tokio::task::spawn_blocking(move || orch_store::Store::open(&d, opts))
+            .await?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the data directory {}: {e}; check that it is writable and not \
+                     used by another orchestratord (set data_dir or LLORCH_DATA_DIR)",
+                    dir.display()
+                )
+            })?;
+        let rep = store.open_report();
+        tracing::info!(data_dir = %dir.display(), schema_version = rep.schema_version,
+            swept_temp_files = rep.swept_temp_files, swept_orphans = rep.swept_orphans, "store opened");
+        let store = Arc::new(store);
+        let catalog = Arc::new(Catalog::open(store.clone()).await?);
+        let outbound = Arc::new(Outbound::new(cfg, store.clone())?);
+        outbound.prepare_config(cfg, &catalog).await?;
+        let day_ms = 86_400_000u64;
+        Ok(Self {
+            sessions: Arc::new(SessionAccounts::new(cfg, store.clone())),
+            transcripts: Arc::new(Transcripts::new(store.clone(), catalog.clone(), token)),
+            retention: Retention {
+                max_bytes: Some(cfg.artifacts.max_bytes),
+                max_age_ms: (cfg.artifacts.max_age_days > 0)
+                    .then(|| cfg.artifacts.max_age_days.saturating_mul(day_ms)),
+            },
+            store,
+            catalog,
+            outbound,
+        })
+    }
 }
 
 impl AppState {
-    /// Builds the state and starts one dispatcher per pool.
-    pub fn new(config: Config, pools: Arc<PoolManager>, auth: Auth, persist: Arc<Persist>) -> Self {
+    /// Builds the state, starts one dispatcher per pool and the background loops.
+    pub fn new(config: Config, pools: Arc<PoolManager>, auth: Auth, services: Services) -> Self {
         let metrics = Metrics::default();
         let mut prom = Registry::default();
         metrics.register(&mut prom);
-        persist.register_metrics(&mut prom);
+        services.catalog.register_metrics(&mut prom);
         pools.metrics().register(&mut prom);
         let tasks = Arc::new(TaskTable::new(
             std::time::Duration::from_millis(config.tasks.retain_ms),
@@ -73,7 +138,7 @@ impl AppState {
                 )
             })
             .collect();
-        Self {
+        let me = Self {
             config: Arc::new(config),
             pools,
             dispatchers: Arc::new(dispatchers),
@@ -82,9 +147,21 @@ impl AppState {
             prom: Arc::new(prom),
             shutting_down: Arc::new(AtomicBool::new(false)),
             auth,
-            store: persist.store.clone(),
-            persist,
-        }
+            store: services.store.clone(),
+            catalog: services.catalog,
+            sessions: services.sessions,
+            outbound: services.outbound,
+            transcripts: services.transcripts,
+            background: Arc::new(Background::default()),
+        };
+        me.background.spawn_loops(LoopDeps {
+            sessions: me.sessions.clone(),
+            pools: me.pools.clone(),
+            store: me.store.clone(),
+            tasks: me.tasks.clone(),
+            retention: services.retention,
+        });
+        me
     }
 
     /// Whether shutdown began.
@@ -100,8 +177,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(http::system::metrics))
         .route("/openapi.json", get(http::system::openapi))
         .route("/v1/capabilities", get(http::system::capabilities))
-        .route("/v1/pools", get(http::system::pools))
-        .route("/v1/pools/{id}/health", get(http::system::pool_health))
+        .route("/v1/pools", get(http::pools::list))
+        .route("/v1/pools/{id}/health", get(http::pools::health))
         .route("/v1/pools/{id}/drain", post(http::pools::drain))
         .route("/v1/pools/{id}/reload", post(http::pools::reload))
         .route("/v1/tasks", post(http::tasks::create))

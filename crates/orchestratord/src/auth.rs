@@ -1,4 +1,4 @@
-//! One shared bearer token (SPEC §1).
+//! One shared bearer token; who needs it where is in docs/DECISIONS.md, "Auth".
 //!
 //! Who is "local" is decided by the TCP peer address alone; headers such as `X-Forwarded-For`
 //! are never trusted. Tokens are compared in constant time and never logged: logs name the
@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::error::ServiceError;
 
 /// Authentication settings in force.
 #[derive(Clone)]
@@ -61,7 +61,7 @@ impl Auth {
         peer_loopback: bool,
         path: &str,
         header: Option<&str>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, ServiceError> {
         let open_path = matches!(path, "/health" | "/metrics" | "/" | "/favicon.ico");
         let presented = header.and_then(|h| h.strip_prefix("Bearer ").map(str::trim));
         match (&self.token, presented) {
@@ -69,27 +69,27 @@ impl Auth {
                 if bool::from(t.as_bytes().ct_eq(p.as_bytes())) {
                     Ok(format!("token:{}", self.fingerprint.as_deref().unwrap_or("")))
                 } else {
-                    Err(ApiError::new(ErrorCode::BadToken, "the bearer token does not match; check AUTH_TOKEN (or LLORCH_TOKEN for the CLI)"))
+                    Err(ServiceError::new(ErrorCode::BadToken, "the bearer token does not match; check AUTH_TOKEN (or LLORCH_TOKEN for the CLI)"))
                 }
             }
             // A malformed header is refused like a wrong token, even where loopback callers
             // need none (docs/DECISIONS.md "Auth"; found by the chaos auth matrix).
-            (Some(_), None) if header.is_some() => Err(ApiError::new(
+            (Some(_), None) if header.is_some() => Err(ServiceError::new(
                 ErrorCode::BadToken,
                 "the Authorization header must be `Bearer <token>`",
             )),
             _ if peer_loopback && (open_path || self.optional_on_loopback || self.token.is_none()) => {
                 Ok("localhost".into())
             }
-            (_, None) if header.is_some() => Err(ApiError::new(
+            (_, None) if header.is_some() => Err(ServiceError::new(
                 ErrorCode::BadToken,
                 "the Authorization header must be `Bearer <token>`",
             )),
-            (Some(_), None) => Err(ApiError::new(
+            (Some(_), None) => Err(ServiceError::new(
                 ErrorCode::MissingToken,
                 "this endpoint needs `Authorization: Bearer <token>` (the daemon's AUTH_TOKEN)",
             )),
-            (None, _) => Err(ApiError::new(
+            (None, _) => Err(ServiceError::new(
                 ErrorCode::MissingToken,
                 "remote callers need a token, and none is configured on the daemon; set AUTH_TOKEN there",
             )),
@@ -121,9 +121,10 @@ pub async fn require_token(
 }
 
 /// Middleware: error answers (status ≥ 400) never carry the token, even when they echo the
-/// caller's input (a path parameter, an unknown field, a `model_ref`) (SPEC §1: error messages
-/// redact secrets; found by the chaos secrets scenario). Success bodies are left alone: they
-/// hold the caller's own data.
+/// caller's input (a path parameter, an unknown field, a `model_ref`): a client may paste the
+/// token anywhere, and an error body can end up in a log or a bug report (found by the chaos
+/// secrets scenario, docs/RELIABILITY.md "Failures found and fixed"). Success bodies are left
+/// alone: they hold the caller's own data.
 pub async fn redact_errors(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let Some(secret) = auth.secret().filter(|s| !s.is_empty()) else {
@@ -153,8 +154,8 @@ mod tests {
     #[test]
     fn matrix() {
         let a = Auth::new(Some("s3cret".into()), false);
-        let ok = |r: Result<String, ApiError>| r.is_ok();
-        let code = |r: Result<String, ApiError>| r.err().map(|e| e.body.code);
+        let ok = |r: Result<String, ServiceError>| r.is_ok();
+        let code = |r: Result<String, ServiceError>| r.err().map(|e| e.body.code);
         assert!(ok(a.check(false, "/v1/tasks", Some("Bearer s3cret"))));
         assert_eq!(
             code(a.check(false, "/v1/tasks", None)),
@@ -207,7 +208,7 @@ mod tests {
             .route(
                 "/x/{id}",
                 axum::routing::get(|Path(id): Path<String>| async move {
-                    ApiError::not_found(format!("no `{id}`"))
+                    ServiceError::not_found(format!("no `{id}`"))
                 }),
             )
             .route(

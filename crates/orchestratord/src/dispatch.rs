@@ -17,6 +17,7 @@ use futures::StreamExt;
 use orch_config::FullPolicy;
 use orchestrator_core::estimate::{on_time_probability, predict_start, ServiceStats};
 use orchestrator_core::queue::{self, Queue, Rejected};
+use orchestrator_core::{choose_replica, ReplicaCandidate};
 use pool_manager::{Pool, ReplicaState, ReplicaView};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -25,7 +26,7 @@ use worker_adapters::{AdapterError, ChatTurn, EngineEvent, GenerateRequest, Prom
 use crate::metrics::{
     Metrics, PoolPriority, Replica as ReplicaLabels, ReplicaPriority, ReplicaReason,
 };
-use crate::task::{TaskTable, Task};
+use crate::task::{Task, TaskTable};
 
 /// How often a running task emits a `metrics` frame.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
@@ -356,16 +357,15 @@ impl Actor {
         self.depth.store(self.queue.len(), Ordering::Relaxed);
         let version = self.pool.engine_version();
         for p in [queue::Priority::Interactive, queue::Priority::Batch] {
-            self.ctx
-                .metrics
-                .queue_depth
-                .get_or_create(&PoolPriority {
+            self.ctx.metrics.set_queue_depth(
+                PoolPriority {
                     engine: self.pool.engine().into(),
                     engine_version: version.clone(),
                     pool_id: self.pool.id().into(),
                     priority: p.as_str().into(),
-                })
-                .set(self.queue.depth(p) as i64);
+                },
+                i64::try_from(self.queue.depth(p)).unwrap_or(i64::MAX),
+            );
         }
         // Keep the positions that GET /v1/tasks/{id} shows current.
         for (i, e) in self.queue.iter().enumerate() {
@@ -376,23 +376,22 @@ impl Actor {
     /// The least-loaded ready replica with a free slot; `prefer` (the replica holding the next
     /// task's session KV) wins whenever it has a free slot.
     fn pick_replica(&self, prefer: Option<&str>) -> Option<ReplicaView> {
-        let free: Vec<ReplicaView> = self
+        let ready: Vec<ReplicaView> = self
             .pool
             .replicas()
             .into_iter()
             .filter(|r| r.status.state == ReplicaState::Ready && r.adapter.is_some())
-            .filter(|r| {
-                self.inflight.get(&r.status.id).copied().unwrap_or(0) < r.status.slots as usize
+            .collect();
+        let candidates: Vec<ReplicaCandidate<'_>> = ready
+            .iter()
+            .map(|r| ReplicaCandidate {
+                id: &r.status.id,
+                in_flight: self.inflight.get(&r.status.id).copied().unwrap_or(0),
+                slots: r.status.slots,
             })
             .collect();
-        if let Some(r) = prefer.and_then(|p| free.iter().find(|r| r.status.id == p)) {
-            return Some(r.clone());
-        }
-        free.into_iter().min_by_key(|r| {
-            let n = self.inflight.get(&r.status.id).copied().unwrap_or(0);
-            // Compare load as a fraction of slots: n / slots, scaled.
-            (n * 1024) / (r.status.slots.max(1) as usize)
-        })
+        let i = choose_replica(&candidates, prefer)?;
+        ready.get(i).cloned()
     }
 
     fn dispatch(&mut self) {
@@ -504,7 +503,7 @@ impl TaskRun {
     }
 
     fn metrics_event(&self, tokens: u64, decode_started: Option<Instant>) -> StreamEvent {
-        let extra = crate::persist::live_metrics(&self.task, tokens);
+        let extra = crate::sessions::live_metrics(&self.task, tokens);
         let elapsed_ms = self.task.submitted.elapsed().as_secs_f64() * 1000.0;
         let rate = decode_started
             .map(|t| t.elapsed().as_secs_f64())

@@ -5,8 +5,11 @@
 //! each pool's queue and runs tasks; [`task`] keeps tasks and transcripts; [`auth`] and
 //! [`correlation`] are middleware; [`metrics`] and [`logging`] are observability.
 
+pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod background;
+pub mod catalog;
 pub mod correlation;
 pub mod dispatch;
 pub mod error;
@@ -14,13 +17,20 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod openapi;
-pub mod persist;
-pub mod task;
+pub mod outbound;
 pub mod serve;
+pub mod sessions;
 pub mod stall;
+pub mod storage;
+pub mod task;
+#[cfg(test)]
+mod testing;
+pub mod transcripts;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use futures::StreamExt;
 
 use anyhow::Context;
 use api_types::{ErrorCode, ErrorEnvelope};
@@ -40,29 +50,19 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     let addr = cfg.bind_addr()?;
     // The data directory, the outbound policy (engine endpoints, model URLs) and catalog ids
     // named as pool models, all before any engine starts.
-    let persist = persist::Persist::open(&cfg, token.as_deref()).await?;
-    persist.prepare_config(&mut cfg).await?;
+    let services = app::Services::open(&mut cfg, token.as_deref()).await?;
     let pools = PoolManager::start(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(gpu_mode = %pools.gpu_mode().describe(), pools = pools.pools().len(), "pool manager started");
     let auth = Auth::new(token, cfg.auth.optional);
     let grace = Duration::from_secs(cfg.shutdown_grace_s);
     let stall = Duration::from_secs(cfg.write_stall_timeout_s);
     let idle_timeout_s = cfg.idle_timeout_s;
-    let state = AppState::new(cfg, pools.clone(), auth, persist.clone());
-    persist.spawn_background(pools.clone());
+    let state = AppState::new(cfg, pools.clone(), auth, services);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr}; is another orchestratord running? Set LLORCH_ADDR or `bind` to another port")
     })?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "listening");
-
-    let gc_tasks = state.tasks.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            gc_tasks.gc();
-        }
-    });
 
     let app = app::router(state.clone());
     let shutdown_state = state.clone();
@@ -77,7 +77,7 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     )
     .await;
     // Charges and transcripts of the tasks that just ended.
-    persist.flush(Duration::from_secs(5)).await;
+    state.background.shutdown(Duration::from_secs(5)).await;
     pools.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())
@@ -105,6 +105,20 @@ async fn wait_for_signal() {
     }
 }
 
+/// How long runners get to end their tasks after being asked to, before their streams are ended
+/// for them.
+const RUNNER_GRACE: Duration = Duration::from_secs(3);
+
+/// Resolves once every task in `tasks` has its terminal event.
+async fn all_ended(tasks: &[std::sync::Arc<task::Task>]) {
+    futures::future::join_all(
+        tasks
+            .iter()
+            .map(|t| t.clone().follow().for_each(|_| async {})),
+    )
+    .await;
+}
+
 /// Ends every task: queued ones at once, running ones after `grace`.
 pub async fn drain(state: &AppState, grace: Duration) {
     tracing::info!(grace_s = grace.as_secs(), "shutdown: no longer admitting");
@@ -121,33 +135,27 @@ pub async fn drain(state: &AppState, grace: Duration) {
             t.fail(bye());
         }
     }
-    let deadline = Instant::now() + grace;
-    let mut canceled = false;
-    loop {
-        let active = state.tasks.active();
-        if active.is_empty() {
-            break;
+    let active = state.tasks.active();
+    if tokio::time::timeout(grace, all_ended(&active))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = active.len(),
+            "shutdown: grace over, ending running tasks"
+        );
+        for t in &active {
+            t.request_cancel(bye());
         }
-        if Instant::now() >= deadline {
-            if canceled && Instant::now() >= deadline + Duration::from_secs(3) {
-                // Runners did not react; end the streams ourselves.
-                for t in active {
-                    t.fail(bye());
-                }
-                break;
-            }
-            if !canceled {
-                tracing::warn!(
-                    tasks = active.len(),
-                    "shutdown: grace over, ending running tasks"
-                );
-                for t in &active {
-                    t.request_cancel(bye());
-                }
-                canceled = true;
+        if tokio::time::timeout(RUNNER_GRACE, all_ended(&active))
+            .await
+            .is_err()
+        {
+            // Runners did not react; end the streams ourselves.
+            for t in &active {
+                t.fail(bye());
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tracing::info!("shutdown: every task ended");
 }

@@ -1,6 +1,9 @@
 //! The daemon's Prometheus series (SPEC §5), names and labels exact. No task or session ids as
 //! labels: cardinality stays bounded by pools, replicas and reasons.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -82,8 +85,10 @@ fn latency_histogram() -> Histogram {
 /// All series.
 #[derive(Clone)]
 pub struct Metrics {
-    /// `queue_depth`.
+    /// `queue_depth`; set it through [`Metrics::set_queue_depth`].
     pub queue_depth: Family<PoolPriority, Gauge>,
+    /// The label set each (pool, priority) `queue_depth` gauge carries now.
+    queue_depth_labels: Arc<Mutex<HashMap<(String, String), PoolPriority>>>,
     /// `tasks_enqueued_total`.
     pub tasks_enqueued: Family<ReplicaPriority, Counter>,
     /// `tasks_started_total`.
@@ -108,6 +113,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             queue_depth: Family::default(),
+            queue_depth_labels: Arc::default(),
             tasks_enqueued: Family::default(),
             tasks_started: Family::default(),
             tasks_canceled: Family::default(),
@@ -176,6 +182,24 @@ impl Metrics {
         );
     }
 
+    /// Sets the `queue_depth` of one pool and priority. When its labels change (the engine
+    /// version becomes known, a reload brings another build) the old series is removed: a
+    /// gauge must not leave a stale twin (`engine_version="unknown"`) beside the live one.
+    pub fn set_queue_depth(&self, labels: PoolPriority, depth: i64) {
+        let key = (labels.pool_id.clone(), labels.priority.clone());
+        // Held across the family update so that concurrent callers cannot interleave a
+        // remove with another's create.
+        let mut current = self
+            .queue_depth_labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = current.get(&key).filter(|old| **old != labels) {
+            self.queue_depth.remove(old);
+        }
+        self.queue_depth.get_or_create(&labels).set(depth);
+        current.insert(key, labels);
+    }
+
     /// Counts a rejection.
     pub fn rejected(&self, engine: &str, reason: &str) {
         self.tasks_rejected
@@ -184,5 +208,53 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        out
+    }
+
+    fn depth(version: &str, priority: &str) -> PoolPriority {
+        PoolPriority {
+            engine: "llamacpp".into(),
+            engine_version: version.into(),
+            pool_id: "tiny".into(),
+            priority: priority.into(),
+        }
+    }
+
+    #[test]
+    fn queue_depth_keeps_no_unknown_twin_once_the_version_is_known() {
+        let m = Metrics::default();
+        m.set_queue_depth(depth("unknown", "interactive"), 2);
+        m.set_queue_depth(depth("unknown", "batch"), 1);
+        m.set_queue_depth(depth("b1234", "interactive"), 3);
+        let t = text(&m);
+        assert!(
+            t.contains("queue_depth{engine=\"llamacpp\",engine_version=\"b1234\",pool_id=\"tiny\",priority=\"interactive\"} 3"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("engine_version=\"unknown\",pool_id=\"tiny\",priority=\"interactive\""),
+            "stale twin left behind:\n{t}"
+        );
+        // The other priority keeps its own series until it is published again.
+        assert!(
+            t.contains("queue_depth{engine=\"llamacpp\",engine_version=\"unknown\",pool_id=\"tiny\",priority=\"batch\"} 1"),
+            "{t}"
+        );
+        m.set_queue_depth(depth("b1234", "batch"), 0);
+        let t = text(&m);
+        assert!(!t.contains("\"unknown\""), "{t}");
+        assert_eq!(t.lines().filter(|l| l.starts_with("queue_depth{")).count(), 2, "{t}");
     }
 }

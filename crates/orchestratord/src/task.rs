@@ -7,7 +7,7 @@
 //! admitted task ends exactly once" hold.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use api_types::{
@@ -16,6 +16,7 @@ use api_types::{
 use futures::Stream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use worker_adapters::Completion;
 
 /// One SSE frame: event name and JSON data.
 #[derive(Debug)]
@@ -62,10 +63,122 @@ pub struct Task {
     pub submitted_ms: u64,
     /// Fired to stop the task (cancel, shutdown).
     pub cancel: CancellationToken,
-    /// Session binding, engine outcome and transcript artifact (see [`crate::persist`]).
-    pub ext: crate::persist::TaskExt,
+    /// Session binding, engine outcome and transcript artifact.
+    pub ext: TaskExt,
     inner: Mutex<Inner>,
     len: watch::Sender<usize>,
+}
+
+/// A task's binding to its session, fixed at admission.
+#[derive(Debug, Clone, Default)]
+pub struct SessionBinding {
+    /// The session.
+    pub session_id: String,
+    /// Replica and engine slot holding the session's KV (from its last finished task).
+    pub pin: Option<(String, u32)>,
+    /// Budget left at admission (after what running tasks of the session reserved).
+    pub remaining: Option<api_types::BudgetRemaining>,
+    /// Tokens this task reserves against the budget until it is charged.
+    pub reserved_tokens: u64,
+}
+
+/// What the engine reported when a task finished.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOutcome {
+    /// Replica that ran the task.
+    pub replica_id: String,
+    /// Engine build.
+    pub engine_version: String,
+    /// Engine slot that served it.
+    pub slot: Option<u32>,
+    /// Prompt tokens evaluated (not reused from cache).
+    pub tokens_in: Option<u64>,
+    /// Tokens held in the slot's cache after the task (prompt + generated).
+    pub tokens_cached: Option<u64>,
+    /// Tokens generated.
+    pub tokens_out: Option<u64>,
+}
+
+impl EngineOutcome {
+    /// Share of the prompt reused from the slot's cache: the prompt's length is what the slot
+    /// holds minus what was generated (`tokens_cached - tokens_out`), the reused part is that
+    /// minus what was evaluated (`tokens_in`). 0 cold .. 1 fully reused.
+    pub fn kv_warmth(&self) -> Option<f64> {
+        let cached = self.tokens_cached?;
+        let evaluated = self.tokens_in?;
+        let prompt = cached.saturating_sub(self.tokens_out.unwrap_or(0));
+        if prompt == 0 {
+            return Some(0.0);
+        }
+        let reused = prompt.saturating_sub(evaluated);
+        Some((reused as f64 / prompt as f64).clamp(0.0, 1.0))
+    }
+}
+
+/// What the session, engine-accounting and transcript services attach to a task.
+#[derive(Debug, Default)]
+pub struct TaskExt {
+    session: OnceLock<SessionBinding>,
+    outcome: Mutex<Option<EngineOutcome>>,
+    transcript: OnceLock<String>,
+}
+
+impl TaskExt {
+    /// Binds the task to its session (once, before enqueue).
+    pub fn bind_session(&self, b: SessionBinding) {
+        let _ = self.session.set(b);
+    }
+
+    /// The session binding, if the task belongs to a session.
+    pub fn session(&self) -> Option<&SessionBinding> {
+        self.session.get()
+    }
+
+    /// The replica the task's session is pinned to (dispatch prefers it).
+    pub fn pinned_replica(&self) -> Option<&str> {
+        self.session()
+            .and_then(|b| b.pin.as_ref())
+            .map(|(r, _)| r.as_str())
+    }
+
+    /// The engine slot to request on `replica_id`: the session's slot when the task runs on
+    /// the pinned replica, else none (the engine chooses).
+    pub fn slot_for(&self, replica_id: &str) -> Option<u32> {
+        self.session()
+            .and_then(|b| b.pin.as_ref())
+            .filter(|(r, _)| r == replica_id)
+            .map(|(_, s)| *s)
+    }
+
+    /// Records the engine's final accounting (called by the runner before the `end` event).
+    pub fn record_outcome(&self, replica_id: &str, engine_version: &str, c: &Completion) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(EngineOutcome {
+            replica_id: replica_id.to_owned(),
+            engine_version: engine_version.to_owned(),
+            slot: c.slot,
+            tokens_in: c.tokens_in,
+            tokens_cached: c.tokens_cached,
+            tokens_out: c.tokens_out,
+        });
+    }
+
+    /// The engine's final accounting, once the task completed.
+    pub fn outcome(&self) -> Option<EngineOutcome> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Id of the task's transcript artifact, once written.
+    pub fn transcript_artifact(&self) -> Option<String> {
+        self.transcript.get().cloned()
+    }
+
+    /// Records the id of the task's transcript artifact (once).
+    pub fn set_transcript_artifact(&self, id: String) {
+        let _ = self.transcript.set(id);
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -93,7 +206,7 @@ impl Task {
             submitted: Instant::now(),
             submitted_ms: now_ms(),
             cancel: CancellationToken::new(),
-            ext: crate::persist::TaskExt::default(),
+            ext: TaskExt::default(),
             inner: Mutex::new(Inner {
                 state: TaskState::Queued,
                 replica_id: None,

@@ -20,6 +20,7 @@ use gpu_inventory::{GpuDevice, GpuInventory};
 use orch_config::{Config, PoolConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use worker_adapters::EngineAdapter;
 
 pub mod gguf;
 pub mod launch;
@@ -58,6 +59,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Builds a replica's adapter from its pool's configuration and the engine's base URL.
+/// Injected through [`StartOptions::adapters`] so tests can run pools on an in-process engine
+/// double; without it each pool speaks its engine's real HTTP protocol.
+pub type AdapterFactory =
+    Arc<dyn Fn(&PoolConfig, &str) -> Result<Arc<dyn EngineAdapter>, String> + Send + Sync>;
+
+/// What [`PoolManager::start_with`] may inject instead of the real thing (tests).
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// A GPU inventory instead of NVML or `dev.fake_gpus`.
+    pub inventory: Option<Arc<dyn GpuInventory>>,
+    /// Adapters instead of the HTTP ones `adapter_for` picks by engine kind; also used for
+    /// the replicas of later reloads.
+    pub adapters: Option<AdapterFactory>,
+}
+
 /// Owns every pool and the GPU inventory.
 pub struct PoolManager {
     pools: Vec<Arc<Pool>>,
@@ -65,6 +82,9 @@ pub struct PoolManager {
     metrics: PoolMetrics,
     ledger: Arc<Ledger>,
     cancel: CancellationToken,
+    adapters: Option<AdapterFactory>,
+    /// Background tasks besides the supervisors (the metrics sampler).
+    tasks: TaskTracker,
 }
 
 impl PoolManager {
@@ -74,16 +94,13 @@ impl PoolManager {
     /// Fails fast with an actionable diagnosis when pools need GPUs and none is usable, unless
     /// `dev.allow_cpu_inference` is set.
     pub fn start(cfg: &Config) -> Result<Arc<Self>, PoolError> {
-        Self::start_with(cfg, None)
+        Self::start_with(cfg, StartOptions::default())
     }
 
-    /// Like [`PoolManager::start`] with an injected GPU inventory (tests).
-    pub fn start_with(
-        cfg: &Config,
-        inventory: Option<Arc<dyn GpuInventory>>,
-    ) -> Result<Arc<Self>, PoolError> {
+    /// Like [`PoolManager::start`] with an injected GPU inventory and/or adapter factory (tests).
+    pub fn start_with(cfg: &Config, opts: StartOptions) -> Result<Arc<Self>, PoolError> {
         let launches = cfg.pools.iter().any(|p| p.endpoint.is_none());
-        let gpu = GpuMode::resolve(cfg, inventory, launches)?;
+        let gpu = GpuMode::resolve(cfg, opts.inventory, launches)?;
         let metrics = PoolMetrics::default();
         let ledger = Arc::new(Ledger::new(&gpu));
         let plans = placement::place_all(cfg, &gpu, &metrics, &ledger);
@@ -93,6 +110,8 @@ impl PoolManager {
             metrics,
             ledger,
             cancel: CancellationToken::new(),
+            adapters: opts.adapters,
+            tasks: TaskTracker::new(),
         };
         for (pcfg, replica_plans) in cfg.pools.iter().zip(plans) {
             let generation = mgr.new_generation(0, Arc::new(pcfg.clone()), &replica_plans);
@@ -100,8 +119,14 @@ impl PoolManager {
             mgr.spawn_supervisors(&pool, &generation, replica_plans);
             mgr.pools.push(pool);
         }
+        mgr.metrics.attach(mgr.pools.clone());
         let mgr = Arc::new(mgr);
-        tokio::spawn(metrics::refresh_loop(Arc::downgrade(&mgr)));
+        metrics::spawn_sampler(
+            Arc::downgrade(&mgr),
+            &mgr.pools,
+            &mgr.tasks,
+            mgr.cancel.clone(),
+        );
         Ok(mgr)
     }
 
@@ -149,6 +174,7 @@ impl PoolManager {
                 metrics: self.metrics.clone(),
                 ledger: self.ledger.clone(),
                 gpu: self.gpu.clone(),
+                adapters: self.adapters.clone(),
             };
             generation.tracker.spawn(supervisor::supervise(s, plan));
         }
@@ -165,7 +191,7 @@ impl PoolManager {
     }
 
     /// Per device index, the slots of ready replicas not busy with a task: placement's
-    /// tie-breaker (SPEC §4, "or the most free slots").
+    /// tie-breaker (docs/PLACEMENT.md, "The rule": equal `available` goes to more free slots).
     pub(crate) fn free_slots_by_device(&self) -> HashMap<u32, u32> {
         let mut free = HashMap::new();
         for pool in &self.pools {
@@ -209,5 +235,7 @@ impl PoolManager {
                 generation.stop().await;
             }
         }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }

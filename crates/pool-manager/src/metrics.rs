@@ -1,18 +1,32 @@
 //! Prometheus series owned by the pool manager; the daemon registers them.
+//!
+//! Counters (placements, restarts) are incremented where the event happens. The gauges
+//! (`pool_ready`, `gpu_utilization`, `vram_used_bytes`, `kv_cache_usage_ratio`) are built at
+//! scrape time by a [`Collector`] from the live pool state, which `/health` reads too: they
+//! cannot lag a state change (ready, crash, restart, reload swap, retire, stop) and their label
+//! sets are exactly the serving replicas of the moment, so a replica that went away or a label
+//! that changed (engine version, generation) leaves no stale series. This is simpler and more
+//! robust than hooking every state transition. Only the values that have no events, NVML
+//! utilisation/VRAM and engine KV usage, are sampled, by [`spawn_sampler`].
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use gpu_inventory::GpuDevice;
 
-use crate::PoolManager;
+use crate::{lock, Pool, PoolManager, ReplicaState};
 
 /// `placement_decisions_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,17 +79,26 @@ pub struct PoolLabels {
 pub struct PoolMetrics {
     /// `placement_decisions_total{outcome,pinned,fallback}`.
     pub placement_decisions: Family<PlacementLabels, Counter>,
-    /// `gpu_utilization{engine,engine_version,pool_id,replica_id,device}` (0..1).
-    pub gpu_utilization: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
-    /// `vram_used_bytes{engine,engine_version,pool_id,replica_id,device}`.
-    pub vram_used_bytes: Family<DeviceLabels, Gauge>,
-    /// `kv_cache_usage_ratio{engine,engine_version,pool_id,replica_id}` (0..1), for engines
-    /// that report it.
-    pub kv_cache_usage_ratio: Family<ReplicaLabels, Gauge<f64, AtomicU64>>,
     /// `engine_restarts_total{pool_id}`.
     pub engine_restarts: Family<PoolLabels, Counter>,
-    /// `pool_ready{pool_id}`: 1 while some replica is ready.
-    pub pool_ready: Family<PoolLabels, Gauge>,
+    /// What the scrape-time gauges are built from.
+    live: Arc<Live>,
+}
+
+/// The pools (set once they exist) and the last samples of the values without events.
+#[derive(Default)]
+struct Live {
+    pools: OnceLock<Vec<Arc<Pool>>>,
+    samples: Mutex<Samples>,
+}
+
+#[derive(Clone, Default)]
+struct Samples {
+    /// The last GPU snapshot.
+    gpus: Vec<GpuDevice>,
+    /// KV usage (0..1) per replica id. Ids are never reused, so a sample can only ever be
+    /// shown for the replica it was taken from.
+    kv: HashMap<String, f64>,
 }
 
 impl PoolMetrics {
@@ -87,30 +110,131 @@ impl PoolMetrics {
             self.placement_decisions.clone(),
         );
         reg.register(
-            "gpu_utilization",
-            "GPU utilisation (0..1) of the device a replica runs on",
-            self.gpu_utilization.clone(),
-        );
-        reg.register(
-            "vram_used_bytes",
-            "VRAM in use on the device a replica runs on",
-            self.vram_used_bytes.clone(),
-        );
-        reg.register(
-            "kv_cache_usage_ratio",
-            "Share of a replica's KV cache in use (0..1), as its engine reports it",
-            self.kv_cache_usage_ratio.clone(),
-        );
-        reg.register(
             "engine_restarts",
             "Engine restarts after crashes",
             self.engine_restarts.clone(),
         );
-        reg.register(
+        reg.register_collector(Box::new(LiveGauges(self.live.clone())));
+    }
+
+    /// Gives the gauges the pools to read; the first call wins (the pool set is fixed at start).
+    pub(crate) fn attach(&self, pools: Vec<Arc<Pool>>) {
+        let _ = self.live.pools.set(pools);
+    }
+
+    fn store_samples(&self, samples: Samples) {
+        *lock(&self.live.samples) = samples;
+    }
+}
+
+/// The scrape-time gauges.
+struct LiveGauges(Arc<Live>);
+
+impl std::fmt::Debug for LiveGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveGauges")
+    }
+}
+
+/// One scrape's gauges, built from the live state.
+#[derive(Default)]
+struct Snapshot {
+    pool_ready: Family<PoolLabels, Gauge>,
+    gpu_utilization: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
+    vram_used_bytes: Family<DeviceLabels, Gauge>,
+    kv_cache_usage_ratio: Family<ReplicaLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Live {
+    fn snapshot(&self) -> Snapshot {
+        let out = Snapshot::default();
+        let Some(pools) = self.pools.get() else {
+            return out;
+        };
+        // A copy, so that no pool lock is ever taken while the samples are locked.
+        let samples = lock(&self.samples).clone();
+        for pool in pools {
+            let replicas = pool.replicas();
+            // The same rule as `Pool::is_ready`, which `/health` reports.
+            let ready = replicas.iter().any(|r| r.status.state == ReplicaState::Ready);
+            out.pool_ready
+                .get_or_create(&PoolLabels {
+                    pool_id: pool.id().to_owned(),
+                })
+                .set(i64::from(ready));
+            let version = pool.engine_version();
+            for r in replicas.iter().filter(|r| r.status.state == ReplicaState::Ready) {
+                let s = &r.status;
+                if let Some(ratio) = samples.kv.get(&s.id) {
+                    out.kv_cache_usage_ratio
+                        .get_or_create(&ReplicaLabels {
+                            engine: pool.engine().into(),
+                            engine_version: version.clone(),
+                            pool_id: pool.id().into(),
+                            replica_id: s.id.clone(),
+                        })
+                        .set(*ratio);
+                }
+                let Some(idx) = s.device.strip_prefix("gpu") else {
+                    continue;
+                };
+                let Some(d) = samples.gpus.iter().find(|d| d.index.to_string() == idx) else {
+                    continue;
+                };
+                let labels = DeviceLabels {
+                    engine: pool.engine().into(),
+                    engine_version: version.clone(),
+                    pool_id: pool.id().into(),
+                    replica_id: s.id.clone(),
+                    device: s.device.clone(),
+                };
+                let util = f64::from(d.utilization_pct.unwrap_or(0)) / 100.0;
+                out.gpu_utilization.get_or_create(&labels).set(util);
+                out.vram_used_bytes
+                    .get_or_create(&labels)
+                    .set(i64::try_from(replica_vram(d, s.pid)).unwrap_or(i64::MAX));
+            }
+        }
+        out
+    }
+}
+
+fn encode_family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    family: &impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    family.encode(enc.encode_descriptor(name, help, None, family.metric_type())?)
+}
+
+impl Collector for LiveGauges {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.0.snapshot();
+        encode_family(
+            &mut enc,
+            "gpu_utilization",
+            "GPU utilisation (0..1) of the device a replica runs on",
+            &s.gpu_utilization,
+        )?;
+        encode_family(
+            &mut enc,
+            "vram_used_bytes",
+            "VRAM in use on the device a replica runs on",
+            &s.vram_used_bytes,
+        )?;
+        encode_family(
+            &mut enc,
+            "kv_cache_usage_ratio",
+            "Share of a replica's KV cache in use (0..1), as its engine reports it",
+            &s.kv_cache_usage_ratio,
+        )?;
+        encode_family(
+            &mut enc,
             "pool_ready",
             "1 while some replica of the pool answers health checks",
-            self.pool_ready.clone(),
-        );
+            &s.pool_ready,
+        )
     }
 }
 
@@ -123,84 +247,84 @@ fn replica_vram(d: &GpuDevice, pid: Option<u32>) -> u64 {
 
 /// Longest wait for one engine's KV usage; a slow engine leaves its gauge out this round.
 const KV_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often GPU and KV usage are sampled when no replica changes.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
-/// Refreshes the GPU, KV and readiness gauges every few seconds while the manager lives.
-pub(crate) async fn refresh_loop(mgr: Weak<PoolManager>) {
-    loop {
-        let mut kv_probes = Vec::new();
-        {
-            let Some(mgr) = mgr.upgrade() else { return };
-            if mgr.cancel.is_cancelled() {
-                return;
+/// Samples GPU and KV usage every [`SAMPLE_EVERY`], and at once whenever a replica changes
+/// (so a replica that just became ready gets its values without waiting a period). Runs on
+/// `tasks` until `cancel` or until the manager is gone.
+pub(crate) fn spawn_sampler(
+    mgr: Weak<PoolManager>,
+    pools: &[Arc<Pool>],
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    // Stops the change forwarders too when the sampler ends for lack of a manager.
+    let stop = cancel.child_token();
+    let wake = Arc::new(Notify::new());
+    for pool in pools {
+        let (mut changed, wake, stop) = (pool.subscribe(), wake.clone(), stop.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = changed.changed() => match r {
+                        // A stored permit: changes during a sampling round are not lost.
+                        Ok(()) => wake.notify_one(),
+                        Err(_) => return,
+                    },
+                }
             }
-            let devices = mgr.gpus();
-            // Rebuilt each time: a replica that moved, stopped or changed engine version must
-            // not leave a stale series behind.
-            mgr.metrics.gpu_utilization.clear();
-            mgr.metrics.vram_used_bytes.clear();
-            for pool in mgr.pools() {
-                mgr.metrics
-                    .pool_ready
-                    .get_or_create(&PoolLabels {
-                        pool_id: pool.id().to_owned(),
-                    })
-                    .set(i64::from(pool.is_ready()));
-                let version = pool.engine_version();
-                for r in pool.replicas() {
-                    if r.status.state != crate::ReplicaState::Ready {
-                        continue;
+        });
+    }
+    tasks.spawn(async move {
+        let _stop_forwarders = stop.clone().drop_guard();
+        loop {
+            let Some(samples) = sample(&mgr, &stop).await else {
+                return;
+            };
+            let Some(m) = mgr.upgrade() else { return };
+            m.metrics.store_samples(samples);
+            drop(m);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+                _ = wake.notified() => {}
+            }
+        }
+    });
+}
+
+/// One round: the GPU snapshot and the KV usage of every ready serving replica. `None` once
+/// the manager is gone or `stop` fires.
+async fn sample(mgr: &Weak<PoolManager>, stop: &CancellationToken) -> Option<Samples> {
+    let (gpus, probes) = {
+        let mgr = mgr.upgrade()?;
+        let probes: Vec<_> = mgr
+            .pools()
+            .iter()
+            .flat_map(|p| p.replicas())
+            .filter(|r| r.status.state == ReplicaState::Ready)
+            .filter_map(|r| Some((r.status.id.clone(), r.adapter.clone()?)))
+            .collect();
+        (mgr.gpus(), probes)
+    };
+    // Asked outside the block above: the manager is not kept alive across engine calls.
+    let mut kv = HashMap::with_capacity(probes.len());
+    for (id, adapter) in probes {
+        let probe = tokio::time::timeout(KV_PROBE_TIMEOUT, adapter.kv_cache_usage());
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = probe => {
+                if let Ok(Ok(Some(ratio))) = r {
+                    if ratio.is_finite() {
+                        kv.insert(id, ratio.clamp(0.0, 1.0));
                     }
-                    if let Some(a) = &r.adapter {
-                        let labels = ReplicaLabels {
-                            engine: pool.engine().into(),
-                            engine_version: version.clone(),
-                            pool_id: pool.id().into(),
-                            replica_id: r.status.id.clone(),
-                        };
-                        kv_probes.push((labels, a.clone()));
-                    }
-                    let Some(idx) = r.status.device.strip_prefix("gpu") else {
-                        continue;
-                    };
-                    let Some(d) = devices.iter().find(|d| d.index.to_string() == idx) else {
-                        continue;
-                    };
-                    let labels = DeviceLabels {
-                        engine: pool.engine().into(),
-                        engine_version: version.clone(),
-                        pool_id: pool.id().into(),
-                        replica_id: r.status.id.clone(),
-                        device: r.status.device.clone(),
-                    };
-                    let util = f64::from(d.utilization_pct.unwrap_or(0)) / 100.0;
-                    mgr.metrics.gpu_utilization.get_or_create(&labels).set(util);
-                    mgr.metrics
-                        .vram_used_bytes
-                        .get_or_create(&labels)
-                        .set(i64::try_from(replica_vram(d, r.status.pid)).unwrap_or(i64::MAX));
                 }
             }
         }
-        // Asked outside the block above: the manager is not kept alive across engine calls.
-        let mut kv = Vec::with_capacity(kv_probes.len());
-        for (labels, adapter) in kv_probes {
-            if let Ok(Ok(Some(ratio))) =
-                tokio::time::timeout(KV_PROBE_TIMEOUT, adapter.kv_cache_usage()).await
-            {
-                kv.push((labels, ratio.clamp(0.0, 1.0)));
-            }
-        }
-        let Some(m) = mgr.upgrade() else { return };
-        m.metrics.kv_cache_usage_ratio.clear();
-        for (labels, ratio) in kv {
-            m.metrics
-                .kv_cache_usage_ratio
-                .get_or_create(&labels)
-                .set(ratio);
-        }
-        drop(m);
-        tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    Some(Samples { gpus, kv })
 }
 
 #[cfg(test)]

@@ -206,7 +206,8 @@ impl Ledger {
 }
 
 /// Compares a finished load's estimate with the memory NVML says it took, and logs the
-/// difference (the spec's "after each load compare the estimate with what NVML reports").
+/// difference, so a wrong footprint estimate shows up in the log (docs/PLACEMENT.md, "The
+/// reservation ledger").
 /// Approximate when other loads on the same GPU finish at the same time.
 pub(crate) fn log_estimate_check(
     gpu: &GpuMode,

@@ -18,7 +18,7 @@ use crate::launch::{
 };
 use crate::metrics::{PoolLabels, PoolMetrics};
 use crate::placement::{log_estimate_check, GpuMode, Ledger, ReplicaPlan};
-use crate::{Pool, Replica, ReplicaState};
+use crate::{AdapterFactory, Pool, Replica, ReplicaState};
 
 /// Crashes within [`CIRCUIT_WINDOW`] that open the circuit.
 pub const CIRCUIT_CRASHES: usize = 5;
@@ -44,6 +44,8 @@ pub(crate) struct Supervised {
     pub metrics: PoolMetrics,
     pub ledger: Arc<Ledger>,
     pub gpu: GpuMode,
+    /// Injected adapters (tests); `None`: the engine kind's HTTP adapter.
+    pub adapters: Option<AdapterFactory>,
 }
 
 pub(crate) async fn supervise(s: Supervised, plan: ReplicaPlan) {
@@ -72,7 +74,11 @@ pub(crate) async fn supervise(s: Supervised, plan: ReplicaPlan) {
     s.pool.notify();
 }
 
-fn adapter_for(cfg: &PoolConfig, url: &str) -> Result<Arc<dyn EngineAdapter>, String> {
+fn adapter_for(s: &Supervised, url: &str) -> Result<Arc<dyn EngineAdapter>, String> {
+    if let Some(make) = &s.adapters {
+        return make(&s.cfg, url);
+    }
+    let cfg = &s.cfg;
     match cfg.engine {
         orch_config::EngineKind::Llamacpp => LlamaCppAdapter::new(url)
             .map(|a| Arc::new(a) as Arc<dyn EngineAdapter>)
@@ -87,7 +93,7 @@ fn adapter_for(cfg: &PoolConfig, url: &str) -> Result<Arc<dyn EngineAdapter>, St
 /// An engine we did not launch: poll its health and mirror it.
 async fn watch_endpoint(s: &Supervised, url: &str) {
     let (pool, rep) = (&s.pool, &s.rep);
-    let adapter = match adapter_for(&s.cfg, url) {
+    let adapter = match adapter_for(s, url) {
         Ok(a) => a,
         Err(e) => {
             rep.update(|st| {
@@ -271,7 +277,7 @@ async fn run_once(s: &Supervised, plan: &LaunchPlan, startup: Duration) -> RunOu
         st.endpoint = Some(url.clone());
     });
     pool.notify();
-    let adapter = match adapter_for(&s.cfg, &url) {
+    let adapter = match adapter_for(s, &url) {
         Ok(a) => a,
         Err(e) => {
             stop_engine(&mut child, STOP_GRACE).await;

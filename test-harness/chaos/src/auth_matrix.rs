@@ -3,7 +3,7 @@
 //! not-Bearer, none + forwarding headers claiming 127.0.0.1) × `AUTH_OPTIONAL` off/on × every
 //! operation in the daemon's OpenAPI document, plus path tricks.
 //!
-//! Expected (SPEC §1 and docs/DECISIONS.md "Auth"): the good token passes everywhere. Remote
+//! Expected (docs/DECISIONS.md "Auth"): the good token passes everywhere. Remote
 //! callers without it get 401 on every route (`MISSING_TOKEN` without a header, `BAD_TOKEN`
 //! with a wrong or malformed one), `/health` and `/metrics` included; forwarding headers change
 //! nothing. Loopback callers without a header pass on `/health` and `/metrics`, and everywhere

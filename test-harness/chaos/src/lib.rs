@@ -1,5 +1,6 @@
-//! Hardening harness for llama-orch (issue 7): scenarios that attack a real `orchestratord`
-//! (which launches real `llama-server` replicas on the tiny test model) and report figures.
+//! Hardening harness for llama-orch (docs/RELIABILITY.md): scenarios that attack a real
+//! `orchestratord` (which launches real `llama-server` replicas on the tiny test model) and
+//! report figures.
 //!
 //! Every scenario is an `async fn run(&Ctx) -> Outcome`: it starts its own daemons, drives
 //! them, collects figures and records every violated target as a failure (it does not stop at

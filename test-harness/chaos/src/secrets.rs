@@ -1,5 +1,6 @@
-//! Secrets: the token must never reach a log, an error body or an artifact (SPEC §1: "Logs and
-//! error messages MUST redact tokens and secrets").
+//! Secrets: the token must never reach a log, an error body or an artifact (ARCHITECTURE.md,
+//! "Secrets never reach logs"; docs/DECISIONS.md "Auth"; docs/STATE.md for what artifacts
+//! redact).
 //!
 //! Every scenario's daemons are audited when they stop (log, data directory) and every body
 //! the harness reads is audited ([`crate::Audit`]). This scenario adds the adversarial cases: a

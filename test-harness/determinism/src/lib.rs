@@ -1,7 +1,7 @@
-//! Determinism suite [HME-041]: through the real daemon, the same request with the same seed
-//! gives a byte-identical token stream on every replica of a pool (same engine, same model)
-//! and across runs (a fresh daemon and fresh engine processes each run); and a table of
-//! latency statistics per replica and device.
+//! Determinism suite (docs/ENGINES.md, "Determinism across replicas"): through the real daemon,
+//! the same request with the same seed gives a byte-identical token stream on every replica of
+//! a pool (same engine, same model) and across runs (a fresh daemon and fresh engine processes
+//! each run); and a table of latency statistics per replica and device.
 //!
 //! How both replicas get each seed: the dispatcher sends a task to the least-loaded replica
 //! with a free slot, so the suite submits one copy of each seed's request per replica at the

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use determinism::{config_for_harness, daemon_bin, fixed_seeds, run, Options};
 
-/// llama-orch determinism suite (HME-041).
+/// llama-orch determinism suite (docs/ENGINES.md, "Determinism across replicas").
 #[derive(Parser, Debug)]
 #[command(about)]
 struct Args {

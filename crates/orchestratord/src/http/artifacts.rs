@@ -1,4 +1,4 @@
-//! `/v1/artifacts*`: content-addressed artifacts (SPEC §3, HME-022).
+//! `/v1/artifacts*`: content-addressed artifacts (docs/STATE.md, "Artifacts").
 //!
 //! - `POST /v1/artifacts` `{kind, content, encoding?, tags?, parent?, metadata?}` → 201 with the
 //!   description and a download `url`.
@@ -24,8 +24,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::error::ApiError;
-use crate::persist::{blocking, store_err};
+use crate::error::ServiceError;
+use crate::storage::{blocking, store_err};
 use crate::task::now_ms;
 
 fn to_store_kind(k: ArtifactKind) -> orch_store::ArtifactKind {
@@ -88,8 +88,8 @@ fn to_api_meta(m: orch_store::ArtifactMeta, base: &str) -> ArtifactMeta {
     }
 }
 
-fn too_large(message: String) -> ApiError {
-    ApiError::new(ErrorCode::PayloadTooLarge, message)
+fn too_large(message: String) -> ServiceError {
+    ServiceError::new(ErrorCode::PayloadTooLarge, message)
 }
 
 /// Store an artifact; the same content always gets the same id.
@@ -103,7 +103,7 @@ pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, HeaderMap, Json<ArtifactMeta>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<ArtifactMeta>), ServiceError> {
     let limit = state.config.artifacts.max_artifact_bytes;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -112,18 +112,18 @@ pub async fn create(
                  (artifacts.max_artifact_bytes); split it or raise the limit"
             ))
         } else {
-            ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
+            ServiceError::invalid(format!("cannot read the request body: {}", e.body_text()))
         }
     })?;
     let req: ArtifactCreate = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+        .map_err(|e| ServiceError::invalid(format!("invalid JSON body: {e}")))?;
     drop(body);
     let content = match req.encoding {
         ContentEncoding::Utf8 => req.content.into_bytes(),
         ContentEncoding::Base64 => base64::engine::general_purpose::STANDARD
             .decode(req.content.as_bytes())
             .map_err(|e| {
-                ApiError::invalid(format!(
+                ServiceError::invalid(format!(
                     "`content` is not valid base64 ({e}); send standard base64 with padding, or \
                      set encoding: utf8 for text"
                 ))
@@ -145,7 +145,7 @@ pub async fn create(
     };
     let store = state.store.clone();
     let meta = blocking(move || store.artifacts().put(input, now_ms()).map_err(store_err)).await?;
-    state.persist.poke_gc();
+    state.background.poke_gc();
     tracing::info!(artifact_id = %meta.id, kind = %meta.kind, size = meta.size, "artifact stored");
     let meta = to_api_meta(meta, &base_url(&headers, &state.config.bind));
     let mut out = HeaderMap::new();
@@ -190,7 +190,7 @@ fn raw_response(meta: &orch_store::ArtifactMeta, bytes: Vec<u8>) -> Response {
 async fn load(
     state: &AppState,
     id: String,
-) -> Result<(orch_store::ArtifactMeta, Vec<u8>), ApiError> {
+) -> Result<(orch_store::ArtifactMeta, Vec<u8>), ServiceError> {
     let store = state.store.clone();
     blocking(move || {
         let a = store.artifacts();
@@ -216,8 +216,8 @@ pub async fn get_artifact(
     headers: HeaderMap,
     Path(id): Path<String>,
     q: Result<Query<GetQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::invalid(format!("bad query: {}", e.body_text())))?;
+) -> Result<Response, ServiceError> {
+    let Query(q) = q.map_err(|e| ServiceError::invalid(format!("bad query: {}", e.body_text())))?;
     let (meta, bytes) = load(&state, id).await?;
     if q.raw
         .as_deref()
@@ -253,7 +253,7 @@ pub async fn get_artifact(
 pub async fn get_raw(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ServiceError> {
     let (meta, bytes) = load(&state, id).await?;
     Ok(raw_response(&meta, bytes))
 }
@@ -282,8 +282,8 @@ pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<ArtifactList>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::invalid(format!("bad query: {}", e.body_text())))?;
+) -> Result<Json<ArtifactList>, ServiceError> {
+    let Query(q) = q.map_err(|e| ServiceError::invalid(format!("bad query: {}", e.body_text())))?;
     let kind = q
         .kind
         .filter(|k| !k.is_empty())

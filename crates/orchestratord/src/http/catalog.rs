@@ -1,6 +1,6 @@
 //! `/v1/catalog/models*`: register, list, get, delete, verify and set the state of catalog
-//! models (SPEC §3). The store is the truth; `Persist` mirrors it for routing and the
-//! `model_state` gauge.
+//! models (docs/STATE.md, "Catalog"). The store is the truth; `Persist` mirrors it for routing
+//! and the `model_state` gauge.
 
 use api_types::{
     CatalogList, CatalogModel, ErrorCode, ErrorEnvelope, ModelState, RegisterModelRequest,
@@ -14,10 +14,11 @@ use orch_store::{redact_url, NewModel};
 use pool_manager::PoolManager;
 
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::catalog::Catalog;
+use crate::error::ServiceError;
 use crate::http::JsonBody;
-use crate::persist::{blocking, store_err, Persist};
-use crate::task::now_ms;
+use crate::outbound::Outbound;
+use crate::storage::store_err;
 
 fn is_remote(reference: &str) -> bool {
     let l = reference.get(..8).unwrap_or(reference).to_ascii_lowercase();
@@ -51,7 +52,7 @@ pub fn to_api(m: &orch_store::CatalogModel, pools: &PoolManager) -> CatalogModel
             ok: v.ok,
             computed_digest: v.computed_digest.clone(),
         }),
-        served_by: Persist::served_by(pools, &m.reference),
+        served_by: Catalog::served_by(pools, &m.reference),
     }
 }
 
@@ -67,18 +68,17 @@ pub fn to_api(m: &orch_store::CatalogModel, pools: &PoolManager) -> CatalogModel
 pub async fn register(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<RegisterModelRequest>,
-) -> Result<(StatusCode, HeaderMap, Json<CatalogModel>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<CatalogModel>), ServiceError> {
     orch_store::validate_id("model id", &req.id).map_err(store_err)?;
     if is_remote(&req.reference) {
         let d = state
-            .persist
+            .outbound
             .enforce(&req.reference, ACTION_MODEL_DOWNLOAD)
             .await?;
         if !d.allowed {
-            return Err(Persist::denied(&d));
+            return Err(Outbound::denied(&d));
         }
     }
-    let store = state.store.clone();
     let new = NewModel {
         id: req.id,
         reference: req.reference,
@@ -86,8 +86,7 @@ pub async fn register(
         signature: req.signature,
         sbom: req.sbom,
     };
-    let m = blocking(move || store.catalog().register(new, now_ms()).map_err(store_err)).await?;
-    state.persist.cache_model(m.clone());
+    let m = state.catalog.register(new).await?;
     tracing::info!(model_id = %m.id, reference = %redact_url(&m.reference), "catalog model registered");
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/catalog/models/{}", m.id)) {
@@ -99,9 +98,8 @@ pub async fn register(
 /// Every catalog model, ordered by id.
 #[utoipa::path(get, path = "/v1/catalog/models", tag = "catalog",
     responses((status = 200, body = CatalogList)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<CatalogList>, ApiError> {
-    let store = state.store.clone();
-    let models = blocking(move || store.catalog().list().map_err(store_err)).await?;
+pub async fn list(State(state): State<AppState>) -> Result<Json<CatalogList>, ServiceError> {
+    let models = state.catalog.list();
     Ok(Json(CatalogList {
         models: models.iter().map(|m| to_api(m, &state.pools)).collect(),
     }))
@@ -114,9 +112,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<CatalogList>, Ap
 pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<CatalogModel>, ApiError> {
-    let store = state.store.clone();
-    let m = blocking(move || store.catalog().get(&id).map_err(store_err)).await?;
+) -> Result<Json<CatalogModel>, ServiceError> {
+    let m = state.catalog.get(&id)?;
     Ok(Json(to_api(&m, &state.pools)))
 }
 
@@ -127,11 +124,8 @@ pub async fn get_model(
 pub async fn delete_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let store = state.store.clone();
-    let id2 = id.clone();
-    blocking(move || store.catalog().delete(&id2).map_err(store_err)).await?;
-    state.persist.uncache_model(&id);
+) -> Result<StatusCode, ServiceError> {
+    state.catalog.delete(&id).await?;
     tracing::info!(model_id = %id, "catalog model deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -150,18 +144,10 @@ pub async fn delete_model(
 pub async fn verify(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<VerifyResponse>, ApiError> {
-    let store = state.store.clone();
-    let (report, model) = blocking(move || {
-        let catalog = store.catalog();
-        let report = catalog.verify(&id, now_ms()).map_err(store_err)?;
-        let model = catalog.get(&id).map_err(store_err)?;
-        Ok((report, model))
-    })
-    .await?;
-    state.persist.cache_model(model.clone());
+) -> Result<Json<VerifyResponse>, ServiceError> {
+    let (report, model) = state.catalog.verify(&id).await?;
     if !report.ok {
-        return Err(ApiError::from_envelope(ErrorEnvelope::new(
+        return Err(ServiceError::from_envelope(ErrorEnvelope::new(
             ErrorCode::DigestMismatch,
             format!(
                 "model file {} of catalog model '{}' hashes to {}, but {} is registered; replace \
@@ -193,20 +179,12 @@ pub async fn set_state(
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<SetModelStateRequest>,
-) -> Result<Json<CatalogModel>, ApiError> {
+) -> Result<Json<CatalogModel>, ServiceError> {
     let new = match req.state {
         ModelState::Active => orch_store::ModelState::Active,
         ModelState::Retired => orch_store::ModelState::Retired,
     };
-    let store = state.store.clone();
-    let m = blocking(move || {
-        store
-            .catalog()
-            .set_state(&id, new, now_ms())
-            .map_err(store_err)
-    })
-    .await?;
-    state.persist.cache_model(m.clone());
+    let m = state.catalog.set_state(&id, new).await?;
     tracing::info!(model_id = %m.id, state = %m.state, "catalog model state changed");
     Ok(Json(to_api(&m, &state.pools)))
 }

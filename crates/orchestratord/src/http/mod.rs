@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod catalog;
+pub mod error;
 pub mod openai;
 pub mod pools;
 pub mod sessions;
@@ -17,18 +18,19 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::ServiceError;
 
 /// A JSON body whose every failure (bad JSON, wrong types, unknown fields, too large) is the
-/// spec's envelope with serde's exact reason, not axum's plain-text rejection.
+/// error envelope (ARCHITECTURE.md, "Errors") with serde's exact reason, not axum's plain-text
+/// rejection.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = ServiceError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
+            ServiceError::invalid(format!("cannot read the request body: {}", e.body_text()))
         })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de)
@@ -37,9 +39,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if path.is_empty() || path == "." {
-                    ApiError::invalid(format!("invalid JSON body: {inner}"))
+                    ServiceError::invalid(format!("invalid JSON body: {inner}"))
                 } else {
-                    ApiError::invalid(format!("invalid JSON body at `{path}`: {inner}"))
+                    ServiceError::invalid(format!("invalid JSON body at `{path}`: {inner}"))
                 }
             })
     }

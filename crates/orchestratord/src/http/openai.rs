@@ -2,7 +2,7 @@
 //! `POST /v1/chat/completions` (streaming and not).
 //!
 //! Every request goes through the same admission path as `POST /v1/tasks`
-//! ([`crate::http::tasks::admit`]): same queues, priorities, routing, sessions, budgets and
+//! ([`crate::admission::admit`]): same queues, priorities, routing, sessions, budgets and
 //! metrics. Mapping:
 //! - `model` → `model_ref` (a pool id, a catalog id or a model file name);
 //! - priority from the body field `priority`, else the header `X-Llorch-Priority`
@@ -21,6 +21,11 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use api_types::openai::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, ChunkDelta,
+    CompletionUsage, OaiErrorBody, OaiErrorDetail, OaiModel, OaiModelList, TextChoice,
+    TextCompletion,
+};
 use api_types::{EndEvent, ErrorCode, StreamEvent, TaskRequest};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -33,10 +38,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
+use crate::admission::{self, Admitted};
 use crate::app::AppState;
 use crate::correlation::CorrelationId;
-use crate::error::ApiError;
-use crate::http::tasks::{self, Admitted};
+use crate::error::ServiceError;
 use crate::task::Task;
 
 /// Header carrying the priority (`interactive` | `batch`).
@@ -66,10 +71,10 @@ impl OaiError {
     }
 }
 
-impl From<ApiError> for OaiError {
-    fn from(e: ApiError) -> Self {
+impl From<ServiceError> for OaiError {
+    fn from(e: ServiceError) -> Self {
         Self {
-            status: e.status,
+            status: crate::http::error::status_for(e.body.code),
             message: e.body.message,
             code: e.body.code.as_str().to_ascii_lowercase(),
             retry_after_ms: e.body.retry_after_ms,
@@ -91,13 +96,15 @@ fn error_type(status: StatusCode) -> &'static str {
 }
 
 /// The body of an error, also used inside a broken stream.
-fn error_body(status: StatusCode, message: &str, code: &str) -> Value {
-    json!({ "error": {
-        "message": message,
-        "type": error_type(status),
-        "param": null,
-        "code": code,
-    }})
+fn error_body(status: StatusCode, message: &str, code: &str) -> OaiErrorBody {
+    OaiErrorBody {
+        error: OaiErrorDetail {
+            code: code.to_owned(),
+            message: message.to_owned(),
+            param: None,
+            kind: error_type(status).to_owned(),
+        },
+    }
 }
 
 impl IntoResponse for OaiError {
@@ -397,7 +404,7 @@ impl Drop for CancelOnDrop {
         tracing::info!(task_id = %id, "OpenAI client disconnected; canceling its task");
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = tasks::cancel(State(state), Path(id)).await;
+                let _ = admission::cancel(&state, &id).await;
             });
         }
     }
@@ -409,10 +416,8 @@ fn now_s() -> u64 {
 
 fn task_headers(adm: &Admitted) -> HeaderMap {
     let mut h = HeaderMap::new();
-    for (k, v) in adm.headers.iter() {
-        if k != axum::http::header::LOCATION {
-            h.insert(k.clone(), v.clone());
-        }
+    if let Some(rem) = adm.budget_remaining() {
+        crate::http::tasks::budget_headers(&rem, &mut h);
     }
     let pairs = [
         ("x-llorch-task-id", adm.task.id.clone()),
@@ -436,13 +441,94 @@ fn task_headers(adm: &Admitted) -> HeaderMap {
 
 /// OpenAI `usage` from the task's `end` event; an engine that does not report its prompt
 /// length counts as 0 prompt tokens.
-fn usage(e: &EndEvent) -> Value {
+fn usage(e: &EndEvent) -> CompletionUsage {
     let prompt = e.prompt_tokens.unwrap_or(0);
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": e.tokens_out,
-        "total_tokens": prompt.saturating_add(e.tokens_out),
-    })
+    CompletionUsage {
+        completion_tokens: e.tokens_out,
+        prompt_tokens: prompt,
+        total_tokens: prompt.saturating_add(e.tokens_out),
+    }
+}
+
+/// One SSE `data:` event holding `v` as compact JSON.
+fn data_event<T: Serialize>(v: &T) -> Event {
+    match serde_json::to_string(v) {
+        Ok(s) => Event::default().data(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize an OpenAI stream chunk");
+            let body = error_body(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: cannot serialize a stream chunk",
+                "internal",
+            );
+            Event::default().data(serde_json::to_string(&body).unwrap_or_default())
+        }
+    }
+}
+
+/// Builds the `data:` chunks of one streamed response.
+struct Chunks {
+    kind: Kind,
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl Chunks {
+    /// A chunk adding `delta` (its `content` is a completion's `text`), ending with `finish`.
+    fn content(&self, delta: ChunkDelta, finish: Option<&str>) -> Event {
+        let finish_reason = finish.map(str::to_owned);
+        match self.kind {
+            Kind::Chat => data_event(&ChatCompletionChunk {
+                choices: vec![ChunkChoice {
+                    delta,
+                    finish_reason,
+                    index: 0,
+                    logprobs: None,
+                }],
+                ..self.chat(None)
+            }),
+            Kind::Completion => data_event(&TextCompletion {
+                choices: vec![TextChoice {
+                    finish_reason,
+                    index: 0,
+                    logprobs: None,
+                    text: delta.content.unwrap_or_default(),
+                }],
+                ..self.text(None)
+            }),
+        }
+    }
+
+    /// The last chunk before `[DONE]` with `stream_options.include_usage`: no choices.
+    fn usage(&self, usage: CompletionUsage) -> Event {
+        match self.kind {
+            Kind::Chat => data_event(&self.chat(Some(usage))),
+            Kind::Completion => data_event(&self.text(Some(usage))),
+        }
+    }
+
+    fn chat(&self, usage: Option<CompletionUsage>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            choices: Vec::new(),
+            created: self.created,
+            id: self.id.clone(),
+            model: self.model.clone(),
+            object: "chat.completion.chunk".into(),
+            usage,
+        }
+    }
+
+    fn text(&self, usage: Option<CompletionUsage>) -> TextCompletion {
+        TextCompletion {
+            choices: Vec::new(),
+            created: self.created,
+            id: self.id.clone(),
+            model: self.model.clone(),
+            object: "text_completion".into(),
+            usage,
+        }
+    }
 }
 
 async fn handle(
@@ -465,7 +551,7 @@ async fn handle(
             .metrics
             .rejected("", ErrorCode::InvalidParams.as_str());
     })?;
-    let adm = tasks::admit(&state, &cid, req).await?;
+    let adm = admission::admit(&state, &cid.0, req).await?;
     let hdrs = task_headers(&adm);
     let guard = CancelOnDrop {
         state: state.clone(),
@@ -476,30 +562,21 @@ async fn handle(
     let id = adm.task.id.clone();
     if r.stream {
         let include_usage = r.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let chunk = move |delta: Value, finish: Option<&str>| -> Value {
-            match kind {
-                Kind::Chat => json!({
-                    "id": id, "object": "chat.completion.chunk", "created": created,
-                    "model": model,
-                    "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
-                }),
-                Kind::Completion => json!({
-                    "id": id, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{
-                        "index": 0,
-                        "text": delta.get("content").and_then(Value::as_str).unwrap_or(""),
-                        "logprobs": null, "finish_reason": finish,
-                    }],
-                }),
-            }
+        let chunks = Chunks {
+            kind,
+            id,
+            model,
+            created,
         };
-        let data = |v: &Value| Event::default().data(v.to_string());
         let mut head = Vec::new();
         if kind == Kind::Chat {
-            head.push(data(&chunk(
-                json!({ "role": "assistant", "content": "" }),
+            head.push(chunks.content(
+                ChunkDelta {
+                    content: Some(String::new()),
+                    role: Some("assistant".into()),
+                },
                 None,
-            )));
+            ));
         }
         let frames = adm.task.clone().follow();
         let body_events = frames.flat_map(move |f| {
@@ -507,22 +584,23 @@ async fn handle(
             let _keep = &guard;
             let out: Vec<Event> = match StreamEvent::parse(f.name, &f.data) {
                 Ok(StreamEvent::Token(t)) if !t.t.is_empty() => {
-                    vec![data(&chunk(json!({ "content": t.t }), None))]
+                    let delta = ChunkDelta {
+                        content: Some(t.t),
+                        role: None,
+                    };
+                    vec![chunks.content(delta, None)]
                 }
                 Ok(StreamEvent::End(e)) => {
-                    let mut v = vec![data(&chunk(json!({}), Some(&e.finish_reason)))];
+                    let mut v = vec![chunks.content(ChunkDelta::default(), Some(&e.finish_reason))];
                     if include_usage {
-                        let mut u = chunk(json!({}), None);
-                        u["choices"] = json!([]);
-                        u["usage"] = usage(&e);
-                        v.push(data(&u));
+                        v.push(chunks.usage(usage(&e)));
                     }
                     v.push(Event::default().data("[DONE]"));
                     v
                 }
                 Ok(StreamEvent::Error(env)) => {
-                    let e = OaiError::from(ApiError::from_envelope(env));
-                    vec![data(&error_body(e.status, &e.message, &e.code))]
+                    let e = OaiError::from(ServiceError::from_envelope(env));
+                    vec![data_event(&error_body(e.status, &e.message, &e.code))]
                 }
                 _ => Vec::new(),
             };
@@ -542,32 +620,56 @@ async fn handle(
                 end = Some(e);
                 break;
             }
-            Ok(StreamEvent::Error(env)) => return Err(ApiError::from_envelope(env).into()),
+            Ok(StreamEvent::Error(env)) => return Err(ServiceError::from_envelope(env).into()),
             _ => {}
         }
     }
     drop(guard);
     let Some(e) = end else {
-        return Err(ApiError::new(ErrorCode::Internal, "the task ended without a result").into());
+        return Err(
+            ServiceError::new(ErrorCode::Internal, "the task ended without a result").into(),
+        );
     };
-    let body = match kind {
-        Kind::Chat => json!({
-            "id": adm.task.id, "object": "chat.completion", "created": created, "model": r.model,
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": text },
-                "logprobs": null,
-                "finish_reason": e.finish_reason,
-            }],
-            "usage": usage(&e),
-        }),
-        Kind::Completion => json!({
-            "id": adm.task.id, "object": "text_completion", "created": created, "model": r.model,
-            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": e.finish_reason }],
-            "usage": usage(&e),
-        }),
-    };
-    Ok((hdrs, Json(body)).into_response())
+    let usage = usage(&e);
+    Ok(match kind {
+        Kind::Chat => (
+            hdrs,
+            Json(ChatCompletion {
+                choices: vec![ChatChoice {
+                    finish_reason: e.finish_reason,
+                    index: 0,
+                    logprobs: None,
+                    message: AssistantMessage {
+                        content: text,
+                        role: "assistant".into(),
+                    },
+                }],
+                created,
+                id: adm.task.id.clone(),
+                model: r.model,
+                object: "chat.completion".into(),
+                usage,
+            }),
+        )
+            .into_response(),
+        Kind::Completion => (
+            hdrs,
+            Json(TextCompletion {
+                choices: vec![TextChoice {
+                    finish_reason: Some(e.finish_reason),
+                    index: 0,
+                    logprobs: None,
+                    text,
+                }],
+                created,
+                id: adm.task.id.clone(),
+                model: r.model,
+                object: "text_completion".into(),
+                usage: Some(usage),
+            }),
+        )
+            .into_response(),
+    })
 }
 
 /// OpenAI-compatible chat completion (streaming with `stream: true`).
@@ -578,14 +680,14 @@ async fn handle(
     ),
     responses(
         (status = 200, description = "`chat.completion`, or with `stream: true` a `text/event-stream` of `chat.completion.chunk`s ending with `data: [DONE]`",
-            content((Object = "application/json"), (Object = "text/event-stream")),
+            content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream")),
             headers(("X-Llorch-Task-Id" = String, description = "the task's id"))),
-        (status = 400, description = "Invalid request (OpenAI error shape)", body = Object),
-        (status = 404, description = "No pool serves the model", body = Object),
-        (status = 409, description = "Session expired or out of turns, Retired catalog model, or (without streaming) the task was canceled", body = Object),
-        (status = 429, description = "Queue full", body = Object,
+        (status = 400, description = "Invalid request (OpenAI error shape)", body = OaiErrorBody),
+        (status = 404, description = "No pool serves the model", body = OaiErrorBody),
+        (status = 409, description = "Session expired or out of turns, Retired catalog model, or (without streaming) the task was canceled", body = OaiErrorBody),
+        (status = 429, description = "Queue full", body = OaiErrorBody,
             headers(("Retry-After" = u64, description = "seconds"), ("X-Backoff-Ms" = u64, description = "milliseconds"))),
-        (status = 503, description = "No ready pool", body = Object),
+        (status = 503, description = "No ready pool", body = OaiErrorBody),
     ))]
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -604,13 +706,13 @@ pub async fn chat_completions(
     ),
     responses(
         (status = 200, description = "`text_completion`, or with `stream: true` a `text/event-stream` of chunks ending with `data: [DONE]`",
-            content((Object = "application/json"), (Object = "text/event-stream"))),
-        (status = 400, description = "Invalid request (OpenAI error shape)", body = Object),
-        (status = 404, description = "No pool serves the model", body = Object),
-        (status = 409, description = "Session expired or out of turns, Retired catalog model, or (without streaming) the task was canceled", body = Object),
-        (status = 429, description = "Queue full", body = Object,
+            content((TextCompletion = "application/json"), (TextCompletion = "text/event-stream"))),
+        (status = 400, description = "Invalid request (OpenAI error shape)", body = OaiErrorBody),
+        (status = 404, description = "No pool serves the model", body = OaiErrorBody),
+        (status = 409, description = "Session expired or out of turns, Retired catalog model, or (without streaming) the task was canceled", body = OaiErrorBody),
+        (status = 429, description = "Queue full", body = OaiErrorBody,
             headers(("Retry-After" = u64, description = "seconds"), ("X-Backoff-Ms" = u64, description = "milliseconds"))),
-        (status = 503, description = "No ready pool", body = Object),
+        (status = 503, description = "No ready pool", body = OaiErrorBody),
     ))]
 pub async fn completions(
     State(state): State<AppState>,
@@ -619,23 +721,6 @@ pub async fn completions(
     body: Bytes,
 ) -> Result<Response, OaiError> {
     handle(state, cid, headers, body, Kind::Completion).await
-}
-
-/// One entry of `GET /v1/models`.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct OaiModel {
-    /// What to pass as `model`.
-    pub id: String,
-    /// Always `model`.
-    pub object: &'static str,
-    /// Seconds since the Unix epoch (the time of the listing).
-    pub created: u64,
-    /// Always `llama-orch`.
-    pub owned_by: &'static str,
-    /// The pool serving it.
-    pub pool_id: String,
-    /// Whether that pool is ready.
-    pub ready: bool,
 }
 
 fn models_list(state: &AppState) -> Vec<OaiModel> {
@@ -656,10 +741,10 @@ fn models_list(state: &AppState) -> Vec<OaiModel> {
                 continue;
             }
             out.push(OaiModel {
-                id,
-                object: "model",
                 created,
-                owned_by: "llama-orch",
+                id,
+                object: "model".into(),
+                owned_by: "llama-orch".into(),
                 pool_id: p.id().to_owned(),
                 ready: p.is_ready(),
             });
@@ -670,14 +755,17 @@ fn models_list(state: &AppState) -> Vec<OaiModel> {
 
 /// OpenAI-compatible model list: each pool id and its model's file name.
 #[utoipa::path(get, path = "/v1/models",
-    responses((status = 200, description = "`{object: \"list\", data: [model]}`", body = Object)))]
-pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "object": "list", "data": models_list(&state) }))
+    responses((status = 200, description = "`{object: \"list\", data: [model]}`", body = OaiModelList)))]
+pub async fn models(State(state): State<AppState>) -> Json<OaiModelList> {
+    Json(OaiModelList {
+        data: models_list(&state),
+        object: "list".into(),
+    })
 }
 
 /// One model of `GET /v1/models`.
 #[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "model id")),
-    responses((status = 200, body = OaiModel), (status = 404, description = "Unknown model (OpenAI error shape)", body = Object)))]
+    responses((status = 200, body = OaiModel), (status = 404, description = "Unknown model (OpenAI error shape)", body = OaiErrorBody)))]
 pub async fn model(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -687,7 +775,7 @@ pub async fn model(
         .find(|m| m.id == id)
         .map(Json)
         .ok_or_else(|| {
-            ApiError::new(
+            ServiceError::new(
                 ErrorCode::ModelNotFound,
                 format!("no pool serves model `{id}`; see GET /v1/models"),
             )
@@ -722,7 +810,7 @@ mod tests {
 
     #[test]
     fn error_shape_and_retry_after() {
-        let e = OaiError::from(ApiError::from_envelope(
+        let e = OaiError::from(ServiceError::from_envelope(
             api_types::ErrorEnvelope::new(ErrorCode::AdmissionReject, "full").retry_after(1500),
         ));
         let r = e.into_response();

@@ -1,4 +1,8 @@
-//! `POST /v1/pools/{id}/drain` and `POST /v1/pools/{id}/reload`: the pool control plane.
+//! `GET /v1/pools`, `GET /v1/pools/{id}/health`, and the pool control plane
+//! `POST /v1/pools/{id}/drain` and `POST /v1/pools/{id}/reload`.
+//!
+//! The wire types are `api_types::pools`; this module converts the pool manager's own types
+//! into them (neither crate depends on the other).
 //!
 //! Drain: the pool stops admitting at once (503 `POOL_UNAVAILABLE` naming the drain); queued
 //! and running tasks go on until `deadline_ms`, then what is left ends with `CANCELED`. The
@@ -10,16 +14,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api_types::pools::{
+    DrainRequest, DrainResponse, EngineInfo, PoolHealth, PoolInfo, PoolList, ReloadRequest,
+    ReloadResponse, ReplicaInfo, ReplicaState,
+};
 use api_types::{ErrorCode, ErrorEnvelope};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use pool_manager::{Pool, ReloadErrorKind, ReloadOptions};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use crate::http::JsonBody;
 use crate::task::now_ms;
 
@@ -32,46 +38,106 @@ const DEFAULT_RELOAD_GRACE_MS: u64 = 60_000;
 /// After canceling at the deadline, how long runners get to end their tasks themselves.
 const CANCEL_SETTLE: Duration = Duration::from_secs(3);
 
-/// Body of `POST /v1/pools/{id}/drain`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DrainRequest {
-    /// Milliseconds from now that queued and running tasks get to finish; what is left then
-    /// ends with `CANCELED`. Default 30000, at most 86400000. `0` cancels at once.
-    #[serde(default)]
-    pub deadline_ms: Option<u64>,
-    /// `true` ends a drain: the pool admits work again. Nothing else is changed.
-    #[serde(default)]
-    pub resume: bool,
+/// The wire form of a replica state.
+fn replica_state(s: pool_manager::ReplicaState) -> ReplicaState {
+    use pool_manager::ReplicaState as S;
+    match s {
+        S::Starting => ReplicaState::Starting,
+        S::Ready => ReplicaState::Ready,
+        S::Unready => ReplicaState::Unready,
+        S::Crashed => ReplicaState::Crashed,
+        S::CircuitOpen => ReplicaState::CircuitOpen,
+        S::Retiring => ReplicaState::Retiring,
+        S::Stopped => ReplicaState::Stopped,
+    }
 }
 
-/// Answer of `POST /v1/pools/{id}/drain`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DrainResponse {
-    /// The pool.
-    pub pool_id: String,
-    /// Whether the pool now refuses new work.
-    pub draining: bool,
-    /// When what is left gets canceled (ms since the Unix epoch); absent after a resume.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deadline_at_ms: Option<u64>,
-    /// Tasks waiting in the pool's queue now.
-    pub queued: usize,
-    /// Tasks running on the pool now.
-    pub running: usize,
+/// The wire form of what an engine reports about itself.
+fn engine_info(i: worker_adapters::EngineInfo) -> EngineInfo {
+    EngineInfo {
+        ctx_per_slot: i.ctx_per_slot,
+        model: i.model,
+        slots: i.slots,
+        version: i.version,
+    }
 }
 
-fn find_pool(state: &AppState, id: &str) -> Result<Arc<Pool>, ApiError> {
+/// The wire form of a replica's status.
+pub(crate) fn replica_info(r: pool_manager::ReplicaStatus) -> ReplicaInfo {
+    ReplicaInfo {
+        device: r.device,
+        endpoint: r.endpoint,
+        generation: r.generation,
+        id: r.id,
+        in_flight: r.in_flight,
+        info: r.info.map(engine_info),
+        last_error: r.last_error,
+        pid: r.pid,
+        restarts: r.restarts,
+        slots: r.slots,
+        state: replica_state(r.state),
+    }
+}
+
+/// The wire form of a pool's health.
+pub(crate) fn pool_health(h: pool_manager::PoolHealth) -> PoolHealth {
+    let list = |v: Vec<pool_manager::ReplicaStatus>| v.into_iter().map(replica_info).collect();
+    PoolHealth {
+        drain_deadline_ms: h.drain_deadline_ms,
+        draining: h.draining,
+        generation: h.generation,
+        incoming: list(h.incoming),
+        last_error: h.last_error,
+        live: h.live,
+        model: h.model,
+        ready: h.ready,
+        replicas: list(h.replicas),
+        retiring: list(h.retiring),
+    }
+}
+
+/// Every pool with its health.
+#[utoipa::path(get, path = "/v1/pools", responses((status = 200, description = "Every pool with its health", body = PoolList)))]
+pub async fn list(State(state): State<AppState>) -> Json<PoolList> {
+    let pools = state
+        .pools
+        .pools()
+        .iter()
+        .map(|p| PoolInfo {
+            engine: p.engine().to_owned(),
+            health: pool_health(p.health()),
+            id: p.id().to_owned(),
+        })
+        .collect();
+    Json(PoolList { pools })
+}
+
+/// One pool's health: liveness, readiness, drain, its replicas (and those a reload is starting
+/// or retiring), the last problem.
+#[utoipa::path(get, path = "/v1/pools/{id}/health", params(("id" = String, Path, description = "pool id")),
+    responses((status = 200, description = "Pool health", body = PoolHealth), (status = 404, body = ErrorEnvelope)))]
+pub async fn health(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PoolHealth>, ServiceError> {
+    let p = state
+        .pools
+        .pool(&id)
+        .ok_or_else(|| ServiceError::not_found(format!("no pool `{id}`")))?;
+    Ok(Json(pool_health(p.health())))
+}
+
+fn find_pool(state: &AppState, id: &str) -> Result<Arc<Pool>, ServiceError> {
     state
         .pools
         .pool(id)
         .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no pool `{id}`; GET /v1/pools lists them")))
+        .ok_or_else(|| ServiceError::not_found(format!("no pool `{id}`; GET /v1/pools lists them")))
 }
 
-fn refuse_while_shutting_down(state: &AppState) -> Result<(), ApiError> {
+fn refuse_while_shutting_down(state: &AppState) -> Result<(), ServiceError> {
     if state.is_shutting_down() {
-        return Err(ApiError::from_envelope(
+        return Err(ServiceError::from_envelope(
             ErrorEnvelope::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
                 .retry_after(5000),
         ));
@@ -91,8 +157,8 @@ fn refuse_while_shutting_down(state: &AppState) -> Result<(), ApiError> {
 pub async fn drain(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<JsonBody<DrainRequest>, ApiError>,
-) -> Result<(StatusCode, Json<DrainResponse>), ApiError> {
+    body: Result<JsonBody<DrainRequest>, ServiceError>,
+) -> Result<(StatusCode, Json<DrainResponse>), ServiceError> {
     let JsonBody(req) = body?;
     let pool = find_pool(&state, &id)?;
     let (queued, running) = state
@@ -102,7 +168,7 @@ pub async fn drain(
         .unwrap_or((0, 0));
     if req.resume {
         if req.deadline_ms.is_some() {
-            return Err(ApiError::invalid(
+            return Err(ServiceError::invalid(
                 "send either `resume: true` or `deadline_ms`, not both",
             ));
         }
@@ -121,7 +187,7 @@ pub async fn drain(
     refuse_while_shutting_down(&state)?;
     let ms = req.deadline_ms.unwrap_or(DEFAULT_DRAIN_MS);
     if ms > MAX_DRAIN_MS {
-        return Err(ApiError::invalid(format!(
+        return Err(ServiceError::invalid(format!(
             "deadline_ms {ms} is too large; at most {MAX_DRAIN_MS} (a day)"
         )));
     }
@@ -217,54 +283,19 @@ async fn enforce_drain(state: AppState, pool: Arc<Pool>, epoch: u64, deadline: I
     }
 }
 
-/// Body of `POST /v1/pools/{id}/reload`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReloadRequest {
-    /// The model the pool should serve: a GGUF file path, or the id of an Active catalog model
-    /// with a local path. Omitted: restart on the serving model (this also closes an open
-    /// circuit breaker).
-    #[serde(default)]
-    pub new_model_ref: Option<String>,
-    /// How long the replaced replicas may finish their in-flight tasks before they are
-    /// stopped (those tasks then end with `WORKER_RESET`). Default 60000.
-    #[serde(default)]
-    pub grace_ms: Option<u64>,
-}
-
-/// Answer of a successful reload.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReloadResponse {
-    /// The pool.
-    pub pool_id: String,
-    /// The generation now serving.
-    pub generation: u64,
-    /// The model it serves.
-    pub model: String,
-    /// The generation replaced; it retires in the background.
-    pub previous_generation: u64,
-    /// The model that generation served.
-    pub previous_model: Option<String>,
-    /// From the request to the switch: new replicas started, healthy and serving.
-    pub took_ms: u64,
-    /// The new replicas (as in `GET /v1/pools/{id}/health`).
-    #[schema(value_type = Vec<Object>)]
-    pub replicas: Vec<serde_json::Value>,
-}
-
 /// Maps a reload reference to a model file. A path that exists is used as is; otherwise an
 /// Active catalog model with a local reference gives its path. This is the catalog hook: any
 /// further resolution (downloads, digests) belongs here.
-fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ApiError> {
+fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ServiceError> {
     if std::path::Path::new(r).exists() {
         return Ok(r.to_owned());
     }
-    let Some(m) = state.persist.cached_model(r) else {
+    let Some(m) = state.catalog.cached(r) else {
         // Not a catalog id either: let the pool manager's file check say what is wrong.
         return Ok(r.to_owned());
     };
     if m.state == orch_store::ModelState::Retired {
-        return Err(ApiError::new(
+        return Err(ServiceError::new(
             ErrorCode::ModelRetired,
             format!(
                 "catalog model `{r}` is Retired; set it Active (POST /v1/catalog/models/{r}/state) or reload to another model"
@@ -278,12 +309,12 @@ fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ApiError> {
             .and_then(|u| u.to_file_path().ok())
             .map(|p| p.to_string_lossy().into_owned())
             .ok_or_else(|| {
-                ApiError::invalid(format!("catalog model `{r}` has an unusable file URL"))
+                ServiceError::invalid(format!("catalog model `{r}` has an unusable file URL"))
             });
     }
     let lower = reference.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        return Err(ApiError::invalid(format!(
+        return Err(ServiceError::invalid(format!(
             "catalog model `{r}` refers to a URL; the daemon does not download models: download it and register its local path"
         )));
     }
@@ -303,13 +334,13 @@ fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ApiError> {
 pub async fn reload(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<JsonBody<ReloadRequest>, ApiError>,
-) -> Result<Json<ReloadResponse>, ApiError> {
+    body: Result<JsonBody<ReloadRequest>, ServiceError>,
+) -> Result<Json<ReloadResponse>, ServiceError> {
     let JsonBody(req) = body?;
     let pool = find_pool(&state, &id)?;
     refuse_while_shutting_down(&state)?;
     let model = match req.new_model_ref.as_deref().map(str::trim) {
-        Some("") => return Err(ApiError::invalid("new_model_ref is empty; give a model file path or catalog id, or omit it to restart on the serving model")),
+        Some("") => return Err(ServiceError::invalid("new_model_ref is empty; give a model file path or catalog id, or omit it to restart on the serving model")),
         Some(r) => Some(resolve_model_ref(&state, r)?),
         None => None,
     };
@@ -330,11 +361,7 @@ pub async fn reload(
                 previous_generation: rep.previous_generation,
                 previous_model: rep.previous_model,
                 took_ms: rep.took_ms,
-                replicas: rep
-                    .replicas
-                    .iter()
-                    .map(|r| serde_json::to_value(r).unwrap_or_default())
-                    .collect(),
+                replicas: rep.replicas.into_iter().map(replica_info).collect(),
             }))
         }
         Err(e) => {
@@ -354,7 +381,137 @@ pub async fn reload(
             if let Some(ms) = retry {
                 env = env.retry_after(ms);
             }
-            Err(ApiError::from_envelope(env))
+            Err(ServiceError::from_envelope(env))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(id: &str, state: pool_manager::ReplicaState) -> pool_manager::ReplicaStatus {
+        pool_manager::ReplicaStatus {
+            id: id.into(),
+            state,
+            endpoint: Some("http://127.0.0.1:9".into()),
+            device: "gpu1".into(),
+            pid: Some(42),
+            restarts: 2,
+            last_error: Some("exited: signal 9".into()),
+            info: Some(worker_adapters::EngineInfo {
+                version: "b1-x".into(),
+                ctx_per_slot: Some(1024),
+                slots: Some(4),
+                model: Some("/m/tiny.gguf".into()),
+            }),
+            slots: 4,
+            in_flight: 3,
+            generation: 1,
+        }
+    }
+
+    /// Today's wire form: the pool manager's type as a `serde_json` value (keys sorted).
+    fn legacy(v: &impl serde::Serialize) -> String {
+        serde_json::to_value(v).unwrap().to_string()
+    }
+
+    #[test]
+    fn replica_state_names_match() {
+        use pool_manager::ReplicaState as S;
+        for s in [
+            S::Starting,
+            S::Ready,
+            S::Unready,
+            S::Crashed,
+            S::CircuitOpen,
+            S::Retiring,
+            S::Stopped,
+        ] {
+            assert_eq!(legacy(&s), legacy(&replica_state(s)));
+        }
+    }
+
+    #[test]
+    fn engine_info_is_byte_compatible() {
+        let i = worker_adapters::EngineInfo {
+            version: "b2".into(),
+            ctx_per_slot: None,
+            slots: Some(1),
+            model: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&engine_info(i.clone())).unwrap(),
+            legacy(&i)
+        );
+    }
+
+    #[test]
+    fn replica_info_is_byte_compatible() {
+        let mut r = status("tiny-g1-r0", pool_manager::ReplicaState::CircuitOpen);
+        assert_eq!(
+            serde_json::to_string(&replica_info(r.clone())).unwrap(),
+            legacy(&r)
+        );
+        r.info = None;
+        r.pid = None;
+        r.endpoint = None;
+        r.last_error = None;
+        assert_eq!(
+            serde_json::to_string(&replica_info(r.clone())).unwrap(),
+            legacy(&r)
+        );
+    }
+
+    #[test]
+    fn pool_health_is_byte_compatible() {
+        let mut h = pool_manager::PoolHealth {
+            live: true,
+            ready: false,
+            draining: true,
+            drain_deadline_ms: Some(1_700_000_000_000),
+            model: Some("/m/tiny.gguf".into()),
+            generation: 1,
+            replicas: vec![status("tiny-g1-r0", pool_manager::ReplicaState::Ready)],
+            incoming: vec![status("tiny-g2-r0", pool_manager::ReplicaState::Starting)],
+            retiring: vec![status("tiny-r0", pool_manager::ReplicaState::Retiring)],
+            last_error: Some("reload rolled back".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&pool_health(h.clone())).unwrap(),
+            legacy(&h)
+        );
+        // Absent, not null or empty: no deadline, no reload in progress.
+        h.drain_deadline_ms = None;
+        h.incoming.clear();
+        h.retiring.clear();
+        h.model = None;
+        h.last_error = None;
+        let wire = serde_json::to_string(&pool_health(h.clone())).unwrap();
+        assert_eq!(wire, legacy(&h));
+        assert!(!wire.contains("incoming") && !wire.contains("drain_deadline_ms"));
+    }
+
+    #[test]
+    fn pool_list_entry_is_byte_compatible() {
+        let h = pool_manager::PoolHealth {
+            live: false,
+            ready: false,
+            draining: false,
+            drain_deadline_ms: None,
+            model: None,
+            generation: 0,
+            replicas: vec![],
+            incoming: vec![],
+            retiring: vec![],
+            last_error: None,
+        };
+        let today = serde_json::json!({ "id": "tiny", "engine": "llamacpp", "health": h });
+        let typed = PoolInfo {
+            engine: "llamacpp".into(),
+            health: pool_health(h),
+            id: "tiny".into(),
+        };
+        assert_eq!(serde_json::to_string(&typed).unwrap(), today.to_string());
     }
 }

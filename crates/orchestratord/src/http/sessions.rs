@@ -1,4 +1,4 @@
-//! `GET /v1/sessions/{id}` and `DELETE /v1/sessions/{id}` (SPEC §2 sessions).
+//! `GET /v1/sessions/{id}` and `DELETE /v1/sessions/{id}` (docs/STATE.md, "Sessions").
 
 use api_types::{
     BudgetRemaining, BudgetSpec, ErrorEnvelope, SessionEvicted, SessionInfo, SessionSpend,
@@ -7,8 +7,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 
 use crate::app::AppState;
-use crate::error::ApiError;
-use crate::persist::{blocking, store_err};
+use crate::error::ServiceError;
+use crate::storage::{blocking, store_err};
 use crate::task::now_ms;
 
 /// A live session: TTL left, turns, KV bytes and warmth, budget left.
@@ -22,8 +22,8 @@ use crate::task::now_ms;
 pub async fn get_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<SessionInfo>, ApiError> {
-    state.persist.wait_settled(&id).await;
+) -> Result<Json<SessionInfo>, ServiceError> {
+    state.sessions.wait_settled(&id).await;
     let store = state.store.clone();
     let now = now_ms();
     let sid = id.clone();
@@ -34,7 +34,7 @@ pub async fn get_session(
         turns: s.turns,
         max_turns: s.max_turns,
         kv_bytes: s.kv_bytes,
-        kv_warmth: state.persist.warmth(&id),
+        kv_warmth: state.sessions.warmth(&id),
         budget_remaining: s.budget_remaining().map(|r| BudgetRemaining {
             tokens: r.tokens,
             time_ms: r.time_ms,
@@ -68,6 +68,6 @@ pub async fn get_session(
 pub async fn evict(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<SessionEvicted>, ApiError> {
-    Ok(Json(state.persist.evict(&state.pools, &id).await?))
+) -> Result<Json<SessionEvicted>, ServiceError> {
+    Ok(Json(state.sessions.evict(&state.pools, &id).await?))
 }

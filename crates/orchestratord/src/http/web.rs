@@ -1,7 +1,7 @@
 //! The status page (`GET /`, assets under `/ui/…`, embedded in the binary) and the status
 //! data it shows: `GET /v1/status` (one snapshot) and `GET /v1/status/stream` (SSE, one
 //! `status` event per second). The page and its assets are public (they hold no data); the
-//! two data endpoints need the token like every other `/v1` route (SPEC §1).
+//! two data endpoints need the token like every other `/v1` route (docs/DECISIONS.md, "Auth").
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,7 +21,7 @@ use futures::Stream;
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::error::ServiceError;
 
 const INDEX_HTML: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
@@ -57,7 +57,7 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         "app.js" => ("text/javascript; charset=utf-8", APP_JS),
         "style.css" => ("text/css; charset=utf-8", STYLE_CSS),
         _ => {
-            return ApiError::not_found(format!("no asset /ui/{file}")).into_response();
+            return ServiceError::not_found(format!("no asset /ui/{file}")).into_response();
         }
     };
     (
@@ -175,14 +175,14 @@ pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
 pub async fn status(
     State(state): State<AppState>,
     q: Result<Query<StatusQuery>, QueryRejection>,
-) -> Result<Json<StatusSnapshot>, ApiError> {
+) -> Result<Json<StatusSnapshot>, ServiceError> {
     let Query(q) = q.map_err(bad_query)?;
     let recent = q.recent.unwrap_or(DEFAULT_RECENT);
     tokio::task::spawn_blocking(move || snapshot(&state, recent))
         .await
         .map(Json)
         .map_err(|e| {
-            ApiError::new(
+            ServiceError::new(
                 api_types::ErrorCode::Internal,
                 format!("status snapshot failed: {e}"),
             )
@@ -197,7 +197,7 @@ pub async fn status(
 pub async fn status_stream(
     State(state): State<AppState>,
     q: Result<Query<StatusQuery>, QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServiceError> {
     let Query(q) = q.map_err(bad_query)?;
     let recent = q.recent.unwrap_or(DEFAULT_RECENT);
     let s = futures::stream::unfold((state, true), move |(state, first)| async move {
@@ -219,6 +219,6 @@ pub async fn status_stream(
 
 /// A bad query string as the error envelope (axum's rejection is plain text and undocumented;
 /// found by the chaos schema fuzzing).
-fn bad_query(e: QueryRejection) -> ApiError {
-    ApiError::invalid(format!("bad query: {}", e.body_text()))
+fn bad_query(e: QueryRejection) -> ServiceError {
+    ServiceError::invalid(format!("bad query: {}", e.body_text()))
 }

@@ -1,0 +1,132 @@
+//! `llorch submit`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use api_types::{AdmissionResponse, Capabilities};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::{parse, read_stdin};
+use crate::cli::{PriorityArg, SubmitArgs};
+use crate::client::Client;
+use crate::config::Settings;
+use crate::error::CliError;
+use crate::stream;
+
+/// Submits a task, reports its admission and follows its stream.
+pub async fn run(
+    client: &Client,
+    settings: &Settings,
+    a: SubmitArgs,
+    json_out: bool,
+) -> Result<(), CliError> {
+    let prompt = match a.prompt.as_deref() {
+        Some("-") | None => {
+            if std::io::stdin().is_terminal() {
+                return Err(CliError::usage(
+                    "no prompt: give it as an argument (`llorch submit \"Hello\"`) or pipe it on stdin",
+                ));
+            }
+            String::from_utf8(read_stdin()?)
+                .map_err(|_| CliError::usage("the prompt on stdin is not UTF-8"))?
+        }
+        Some(p) => p.to_owned(),
+    };
+    let model = match a.model.clone().or_else(|| settings.model.clone()) {
+        Some(m) => m,
+        None => default_model(client).await?,
+    };
+    let priority = match (a.priority, settings.priority.as_deref()) {
+        (Some(p), _) => p.as_str().to_owned(),
+        (None, Some(p)) if p == "interactive" || p == "batch" => p.to_owned(),
+        (None, Some(p)) => {
+            return Err(CliError::usage(format!(
+                "config file priority `{p}` is not interactive or batch"
+            )))
+        }
+        (None, None) => PriorityArg::Interactive.as_str().to_owned(),
+    };
+    let task_id = a
+        .task_id
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple()));
+    // Built as JSON so that options not given stay absent (older daemons reject unknown fields).
+    let mut body = json!({
+        "task_id": task_id,
+        "model_ref": model,
+        "priority": priority,
+        "max_tokens": a.max_tokens,
+    });
+    if a.chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(json!({"role": "system", "content": s}));
+        }
+        messages.push(json!({"role": "user", "content": prompt}));
+        body["workload"] = json!("chat");
+        body["messages"] = json!(messages);
+    } else {
+        body["prompt"] = json!(prompt);
+    }
+    let opt = |b: &mut Value, k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            b[k] = v;
+        }
+    };
+    opt(&mut body, "seed", a.seed.map(|v| json!(v)));
+    opt(&mut body, "session_id", a.session.clone().map(|v| json!(v)));
+    opt(&mut body, "temperature", a.temperature.map(|v| json!(v)));
+    opt(&mut body, "top_p", a.top_p.map(|v| json!(v)));
+    opt(&mut body, "top_k", a.top_k.map(|v| json!(v)));
+    opt(&mut body, "deadline_ms", a.deadline_ms.map(|v| json!(v)));
+    if !a.stop.is_empty() {
+        body["stop"] = json!(a.stop);
+    }
+    if let Some(p) = &a.pool {
+        body["placement"] = json!({ "pin_pool": p });
+    }
+    let v = client
+        .call_json(
+            Method::POST,
+            "/v1/tasks",
+            Some(&body),
+            Some(Duration::from_secs(60)),
+        )
+        .await?;
+    let adm: AdmissionResponse = parse(&v, "/v1/tasks")?;
+    if json_out {
+        stream::ndjson("admitted", &v);
+    } else {
+        eprintln!(
+            "[task {} admitted to pool {}: queue position {}, predicted start in ~{} ms]",
+            adm.task_id, adm.pool_id, adm.queue_position, adm.predicted_start_ms
+        );
+    }
+    if a.no_stream {
+        if !json_out {
+            println!("{}", adm.task_id);
+        }
+        return Ok(());
+    }
+    stream::follow_interruptible(client, &adm.task_id, json_out, !a.detach_on_interrupt).await
+}
+
+/// The daemon's only pool, for `submit` without `--model`.
+async fn default_model(client: &Client) -> Result<String, CliError> {
+    let caps: Capabilities = parse(
+        &client.get_json("/v1/capabilities").await?,
+        "/v1/capabilities",
+    )?;
+    let pools: Vec<String> = caps.pools.into_iter().map(|p| p.id).collect();
+    match pools.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(CliError::usage(
+            "the daemon has no pool; configure one (see `llorch doctor`)",
+        )),
+        many => Err(CliError::usage(format!(
+            "several pools ({}); choose one with --model or set `model` in ~/.config/llama-orch/cli.toml",
+            many.join(", ")
+        ))),
+    }
+}

@@ -1,0 +1,349 @@
+//! Task admission, the one path into a queue for both doors (`POST /v1/tasks` and the
+//! OpenAI-compatible routes): validate, route to a pool, check its limits, admit the session
+//! (turns, TTL, budget reservation), register, enqueue; plus cancel. Refusals are
+//! [`ServiceError`]s, mapped to HTTP by `http::error`.
+
+pub mod validate;
+
+use std::sync::Arc;
+
+use api_types::{
+    AdmissionResponse, BudgetRemaining, ErrorCode, ErrorEnvelope, StreamLinks, TaskRequest,
+    TaskState,
+};
+use futures::StreamExt;
+use orchestrator_core::{choose_pool, PoolCandidate};
+
+use crate::app::AppState;
+use crate::dispatch::Dispatcher;
+use crate::error::ServiceError;
+use crate::task::Task;
+use validate::{check_limits, validate};
+
+/// A task that passed admission.
+pub struct Admitted {
+    /// The queued task.
+    pub task: Arc<Task>,
+    /// The 202 body of `POST /v1/tasks`.
+    pub response: AdmissionResponse,
+}
+
+impl Admitted {
+    /// The session budget left at admission, for sessions with a budget.
+    pub fn budget_remaining(&self) -> Option<BudgetRemaining> {
+        self.task.ext.session().and_then(|b| b.remaining)
+    }
+}
+
+/// Picks the pool for a request: the pools serving `model_ref` (a pool id, a model name or
+/// file, or the file of the catalog model it names), narrowed by `engine` and `pin_pool`, of
+/// which one must be ready; then the least loaded (see docs/PLACEMENT.md). `catalog_path` is the model file of the
+/// catalog model `model_ref` names, if it names one.
+fn route<'a>(
+    state: &'a AppState,
+    req: &TaskRequest,
+    catalog_path: Option<&str>,
+) -> Result<&'a Dispatcher, ServiceError> {
+    let mut candidates: Vec<&Dispatcher> = state
+        .dispatchers
+        .values()
+        .filter(|d| {
+            d.pool().serves(&req.model_ref) || catalog_path.is_some_and(|p| d.pool().serves(p))
+        })
+        .filter(|d| req.engine.as_deref().is_none_or(|e| d.pool().engine() == e))
+        .collect();
+    if let Some(pin) = req.placement.as_ref().and_then(|p| p.pin_pool.as_deref()) {
+        candidates.retain(|d| d.pool().id() == pin);
+    }
+    if candidates.is_empty() {
+        let mut served: Vec<String> = state
+            .pools
+            .pools()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} ({})",
+                    p.id(),
+                    p.model_names().last().cloned().unwrap_or_default()
+                )
+            })
+            .collect();
+        served.sort();
+        let engine = req
+            .engine
+            .as_deref()
+            .map(|e| format!(" on engine {e}"))
+            .unwrap_or_default();
+        let pin = req
+            .placement
+            .as_ref()
+            .and_then(|p| p.pin_pool.as_deref())
+            .map(|p| format!(" in pool {p}"))
+            .unwrap_or_default();
+        return Err(ServiceError::new(
+            ErrorCode::ModelNotFound,
+            format!(
+                "no pool serves model `{}`{engine}{pin}; served: {}",
+                req.model_ref,
+                if served.is_empty() {
+                    "none (configure a pool)".into()
+                } else {
+                    served.join(", ")
+                }
+            ),
+        ));
+    }
+    let ready: Vec<&Dispatcher> = candidates
+        .iter()
+        .copied()
+        .filter(|d| d.pool().is_ready() && !d.pool().is_draining())
+        .collect();
+    if ready.is_empty() {
+        let why: Vec<String> = candidates
+            .iter()
+            .map(|d| {
+                let h = d.pool().health();
+                if h.draining {
+                    let id = d.pool().id();
+                    return format!(
+                        "pool {id} is draining (stopped admitting work until POST /v1/pools/{id}/drain {{\"resume\": true}} or a reload)"
+                    );
+                }
+                let state = "not ready";
+                match h.last_error {
+                    Some(e) => format!("{} {state}: {e}", d.pool().id()),
+                    None => format!("{} {state} (engine starting)", d.pool().id()),
+                }
+            })
+            .collect();
+        let engine = candidates[0].pool().engine();
+        return Err(ServiceError::from_envelope(
+            ErrorEnvelope::new(
+                ErrorCode::PoolUnavailable,
+                format!(
+                    "no ready pool for `{}`: {}; retry shortly",
+                    req.model_ref,
+                    why.join("; ")
+                ),
+            )
+            .with_engine(engine)
+            .retry_after(2000),
+        ));
+    }
+    let prefer = req
+        .placement
+        .as_ref()
+        .and_then(|p| p.prefer_device)
+        .map(|dev| format!("gpu{dev}"));
+    let loads: Vec<PoolCandidate<'_>> = ready
+        .iter()
+        .map(|d| PoolCandidate {
+            id: d.pool().id(),
+            work: d.depth() + d.running(),
+            ready_slots: d.pool().ready_slots(),
+            on_preferred_device: prefer
+                .as_ref()
+                .is_some_and(|dev| d.pool().replicas().iter().any(|r| &r.status.device == dev)),
+        })
+        .collect();
+    choose_pool(&loads)
+        .and_then(|i| ready.get(i).copied())
+        .ok_or_else(|| ServiceError::new(ErrorCode::Internal, "routing found no pool"))
+}
+
+/// The one admission path (validate, route, limits, sessions and budgets, register, enqueue,
+/// rejection and backpressure metrics), shared by `POST /v1/tasks` and the OpenAI-compatible
+/// endpoints.
+pub async fn admit(
+    state: &AppState,
+    correlation_id: &str,
+    req: TaskRequest,
+) -> Result<Admitted, ServiceError> {
+    let reject = |engine: &str, e: ServiceError| {
+        state.metrics.rejected(engine, e.body.code.as_str());
+        e
+    };
+    if state.is_shutting_down() {
+        return Err(reject(
+            "",
+            ServiceError::from_envelope(
+                ErrorEnvelope::new(
+                    ErrorCode::ShuttingDown,
+                    "the daemon is shutting down; retry against the restarted daemon",
+                )
+                .retry_after(5000),
+            ),
+        ));
+    }
+    validate(&req).map_err(|e| reject("", e))?;
+    let catalog_path = state
+        .catalog
+        .route(&req.model_ref, &state.pools)
+        .map_err(|e| reject(req.engine.as_deref().unwrap_or(""), e))?;
+    let disp = route(state, &req, catalog_path.as_deref())
+        .map_err(|e| reject(req.engine.as_deref().unwrap_or(""), e))?;
+    let pool = disp.pool().clone();
+    check_limits(&pool, &req).map_err(|e| reject(pool.engine(), e))?;
+    if req.session_id.is_some() && state.tasks.get(&req.task_id).is_some() {
+        // Refuse before the session check records a turn (the insert below re-checks).
+        return Err(reject(
+            pool.engine(),
+            ServiceError::new(
+                ErrorCode::DuplicateTask,
+                format!(
+                    "task_id `{}` is already in use; choose a new id",
+                    req.task_id
+                ),
+            ),
+        ));
+    }
+    let task = Arc::new(Task::new(
+        req,
+        pool.id().to_owned(),
+        pool.engine(),
+        correlation_id.to_owned(),
+    ));
+    // Session turn, TTL and budget checks and the budget reservation, before enqueue.
+    let session = state
+        .sessions
+        .admit(&task.req, &task, &state.pools)
+        .await
+        .map_err(|e| reject(pool.engine(), e))?;
+    if let Some(b) = session {
+        task.ext.bind_session(b);
+    }
+    if !state.tasks.insert(task.clone()) {
+        state.sessions.withdraw(&task).await;
+        return Err(reject(
+            pool.engine(),
+            ServiceError::new(
+                ErrorCode::DuplicateTask,
+                format!("task_id `{}` is already in use; choose a new id", task.id),
+            ),
+        ));
+    }
+    let admitted = match disp.enqueue(task.clone()).await {
+        Ok(r) => r,
+        Err(env) => {
+            state.tasks.remove(&task.id);
+            state.sessions.withdraw(&task).await;
+            return Err(ServiceError::from_envelope(env));
+        }
+    };
+    match admitted {
+        Ok(adm) => {
+            tracing::info!(
+                task_id = %task.id,
+                queue_position = adm.queue_position,
+                predicted_start_ms = adm.predicted_start_ms,
+                engine = pool.engine(),
+                engine_version = %pool.engine_version(),
+                pool_id = %pool.id(),
+                replica_id = "",
+                priority = ?task.priority(),
+                "task admitted"
+            );
+            let backoff_ms = (adm.predicted_start_ms / 4).clamp(50, 5_000);
+            let body = AdmissionResponse {
+                task_id: task.id.clone(),
+                queue_position: adm.queue_position,
+                predicted_start_ms: adm.predicted_start_ms,
+                backoff_ms,
+                pool_id: pool.id().to_owned(),
+                streams: StreamLinks {
+                    sse: task.stream_path(),
+                },
+            };
+            // Charges the session and writes the transcript once the task ends.
+            state.background.after_end(
+                task.clone(),
+                state.sessions.clone(),
+                state.transcripts.clone(),
+                state.pools.clone(),
+            );
+            Ok(Admitted {
+                task,
+                response: body,
+            })
+        }
+        Err(full) => {
+            state.tasks.remove(&task.id);
+            state.sessions.withdraw(&task).await;
+            let policy = disp.policy();
+            let label = match policy {
+                orch_config::FullPolicy::Reject => "reject",
+                orch_config::FullPolicy::DropLru => "drop-lru",
+            };
+            state.metrics.rejected(pool.engine(), "ADMISSION_REJECT");
+            state
+                .metrics
+                .backpressure
+                .get_or_create(&crate::metrics::EnginePolicy {
+                    engine: pool.engine().into(),
+                    policy: label.into(),
+                })
+                .inc();
+            tracing::warn!(task_id = %task.id, pool_id = %pool.id(), depth = full.depth, capacity = full.capacity, policy = label, "queue full");
+            let mut env = ErrorEnvelope::new(
+                ErrorCode::AdmissionReject,
+                format!(
+                    "queue for pool '{}' is full ({}/{}); retry after {} ms or raise queue.capacity",
+                    pool.id(),
+                    full.depth,
+                    full.capacity,
+                    full.retry_after_ms
+                ),
+            )
+            .with_engine(pool.engine())
+            .retry_after(full.retry_after_ms);
+            env.policy_label = Some(label.into());
+            Err(ServiceError::from_envelope(env))
+        }
+    }
+}
+
+/// A task by id (`NOT_FOUND` once it is no longer retained).
+pub fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ServiceError> {
+    state.tasks.get(id).ok_or_else(|| {
+        ServiceError::not_found(format!(
+            "no task `{id}` (unknown, or finished longer ago than tasks.retain_ms)"
+        ))
+    })
+}
+
+/// Cancels a queued or running task (idempotent): a queued task leaves its queue and ends at
+/// once; a running one is asked to stop, and the answer waits briefly for its final state.
+pub async fn cancel(state: &AppState, id: &str) -> Result<Arc<Task>, ServiceError> {
+    let task = find(state, id)?;
+    let reason = ErrorEnvelope::new(ErrorCode::Canceled, "task canceled by request")
+        .with_engine(task.engine);
+    if task.state() == TaskState::Queued {
+        if let Some(d) = state.dispatchers.get(&task.pool_id) {
+            if d.remove(&task.id).await && task.fail(reason.clone()) {
+                state
+                    .metrics
+                    .tasks_canceled
+                    .get_or_create(&crate::metrics::ReplicaReason {
+                        engine: task.engine.into(),
+                        engine_version: d.pool().engine_version(),
+                        pool_id: task.pool_id.clone(),
+                        replica_id: String::new(),
+                        reason: "CANCELED".into(),
+                    })
+                    .inc();
+                state.tasks.note_finished(&task.id);
+                tracing::info!(task_id = %task.id, "queued task canceled");
+            }
+        }
+    }
+    if !task.state().is_terminal() {
+        task.request_cancel(reason);
+        // Give the runner a moment so the answer usually shows the final state.
+        let mut follow = Box::pin(task.clone().follow());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while follow.next().await.is_some() {}
+        })
+        .await;
+    }
+    Ok(task)
+}
