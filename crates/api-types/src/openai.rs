@@ -224,9 +224,9 @@ mod tests {
             prompt_tokens: 3,
             total_tokens: 5,
         });
-        assert!(serde_json::to_string(&c).unwrap().ends_with(
-            r#""usage":{"completion_tokens":2,"prompt_tokens":3,"total_tokens":5}}"#
-        ));
+        assert!(serde_json::to_string(&c)
+            .unwrap()
+            .ends_with(r#""usage":{"completion_tokens":2,"prompt_tokens":3,"total_tokens":5}}"#));
     }
 
     #[test]

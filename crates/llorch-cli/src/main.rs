@@ -84,7 +84,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Pools { cmd } => commands::pools::run(&client, cmd, json_out).await,
         Command::Capabilities => commands::capabilities::run(&client, json_out).await,
         Command::Artifacts { cmd } => commands::artifacts::run(&client, cmd, json_out).await,
-        Command::Status { watch, tasks } => commands::status::run(&client, watch, tasks, json_out).await,
+        Command::Status { watch, tasks } => {
+            commands::status::run(&client, watch, tasks, json_out).await
+        }
         Command::Metrics {
             follow,
             interval,

@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(choose_replica(&none, None), None);
     }
 
-    fn pools() -> impl Strategy<Value = Vec<(usize, u32, bool)>> {
+    fn pools() -> impl Strategy<Value = Vec<(usize, usize, bool)>> {
         prop::collection::vec((0usize..64, 0usize..8, any::<bool>()), 0..8)
     }
 

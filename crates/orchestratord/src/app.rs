@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use orch_config::Config;
@@ -170,42 +171,66 @@ impl AppState {
     }
 }
 
-/// The full router with middleware: correlation id (outermost), panic guard, auth.
+/// The full router with middleware: correlation id (outermost), panic guard, token redaction
+/// in error bodies, auth (not for the public status page), handler. Every route is declared
+/// here, in one table.
 pub fn router(state: AppState) -> Router {
+    use http::{artifacts, catalog, openai, pools, sessions, system, tasks, web};
     let api = Router::new()
-        .route("/health", get(http::system::health))
-        .route("/metrics", get(http::system::metrics))
-        .route("/openapi.json", get(http::system::openapi))
-        .route("/v1/capabilities", get(http::system::capabilities))
-        .route("/v1/pools", get(http::pools::list))
-        .route("/v1/pools/{id}/health", get(http::pools::health))
-        .route("/v1/pools/{id}/drain", post(http::pools::drain))
-        .route("/v1/pools/{id}/reload", post(http::pools::reload))
-        .route("/v1/tasks", post(http::tasks::create))
-        .route("/v1/tasks/{id}", get(http::tasks::get_task))
-        .route("/v1/tasks/{id}/stream", get(http::tasks::stream))
-        .route("/v1/tasks/{id}/cancel", post(http::tasks::cancel))
-        .route("/v1/status", get(http::web::status))
-        .route("/v1/status/stream", get(http::web::status_stream))
-        .route("/v1/models", get(http::openai::models))
-        .route("/v1/models/{id}", get(http::openai::model))
-        .route("/v1/completions", post(http::openai::completions))
-        .route("/v1/chat/completions", post(http::openai::chat_completions))
-        .merge(http::state_routes(&state.config))
-        .fallback(http::system::not_found)
-        .method_not_allowed_fallback(http::system::method_not_allowed)
-        .with_state(state.clone());
-    api.layer(axum::middleware::from_fn_with_state(
-        state.auth.clone(),
-        require_token,
-    ))
+        .route("/health", get(system::health))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+        .route("/v1/capabilities", get(system::capabilities))
+        .route("/v1/pools", get(pools::list))
+        .route("/v1/pools/{id}/health", get(pools::health))
+        .route("/v1/pools/{id}/drain", post(pools::drain))
+        .route("/v1/pools/{id}/reload", post(pools::reload))
+        .route("/v1/tasks", post(tasks::create))
+        .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/tasks/{id}/stream", get(tasks::stream))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/status", get(web::status))
+        .route("/v1/status/stream", get(web::status_stream))
+        .route("/v1/catalog/models", post(catalog::register).get(catalog::list))
+        .route(
+            "/v1/catalog/models/{id}",
+            get(catalog::get_model).delete(catalog::delete_model),
+        )
+        .route("/v1/catalog/models/{id}/verify", post(catalog::verify))
+        .route("/v1/catalog/models/{id}/state", post(catalog::set_state))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get_session).delete(sessions::evict),
+        )
+        .route(
+            "/v1/artifacts",
+            post(artifacts::create)
+                .layer(DefaultBodyLimit::max(artifacts::body_limit(&state.config)))
+                .get(artifacts::list),
+        )
+        .route("/v1/artifacts/{id}", get(artifacts::get_artifact))
+        .route("/v1/artifacts/{id}/raw", get(artifacts::get_raw))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            require_token,
+        ));
     // The status page and its assets hold no data: served without a token (the page asks
     // for it and sends it to the /v1 data endpoints).
-    .merge(http::web::public_routes())
-    .layer(axum::middleware::from_fn_with_state(
-        state.auth.clone(),
-        crate::auth::redact_errors,
-    ))
-    .layer(CatchPanicLayer::custom(http::system::panic_response))
-    .layer(axum::middleware::from_fn(correlate))
+    let public = Router::new()
+        .route("/", get(web::index))
+        .route("/ui/{file}", get(web::asset));
+    api.merge(public)
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::auth::redact_errors,
+        ))
+        .layer(CatchPanicLayer::custom(system::panic_response))
+        .layer(axum::middleware::from_fn(correlate))
 }

@@ -16,7 +16,8 @@ struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
-    /// Print the effective configuration (YAML) and exit.
+    /// Print the effective configuration as JSON (which is also YAML: it loads back as a
+    /// `.yaml` config file) and exit.
     #[arg(long)]
     print_config: bool,
 }
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     if args.print_config {
-        match serde_yaml_ng_print(&cfg) {
+        match config_json(&cfg) {
             Ok(s) => {
                 print!("{s}");
                 return ExitCode::SUCCESS;
@@ -84,8 +85,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn serde_yaml_ng_print(cfg: &Config) -> Result<String, String> {
+/// The configuration as pretty JSON with a trailing newline, for `--print-config`.
+fn config_json(cfg: &Config) -> Result<String, String> {
     serde_json::to_value(cfg)
-        .map_err(|e| e.to_string())
-        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .map(|s| s + "\n")
+        .map_err(|e| format!("cannot print the configuration: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_config_loads_back_as_yaml() {
+        let cfg = Config::default();
+        let text = config_json(&cfg).unwrap();
+        assert!(text.starts_with('{') && text.ends_with("}\n"));
+        let back = Config::from_str_for(std::path::Path::new("printed.yaml"), &text).unwrap();
+        assert_eq!(config_json(&back).unwrap(), text);
+    }
 }

@@ -1,4 +1,4 @@
-//! The daemon's Prometheus series (SPEC §5), names and labels exact. No task or session ids as
+//! The daemon's Prometheus series , names and labels exact. No task or session ids as
 //! labels: cardinality stays bounded by pools, replicas and reasons.
 
 use std::collections::HashMap;
@@ -255,6 +255,10 @@ mod tests {
         m.set_queue_depth(depth("b1234", "batch"), 0);
         let t = text(&m);
         assert!(!t.contains("\"unknown\""), "{t}");
-        assert_eq!(t.lines().filter(|l| l.starts_with("queue_depth{")).count(), 2, "{t}");
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("queue_depth{")).count(),
+            2,
+            "{t}"
+        );
     }
 }

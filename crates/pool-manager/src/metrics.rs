@@ -156,14 +156,19 @@ impl Live {
         for pool in pools {
             let replicas = pool.replicas();
             // The same rule as `Pool::is_ready`, which `/health` reports.
-            let ready = replicas.iter().any(|r| r.status.state == ReplicaState::Ready);
+            let ready = replicas
+                .iter()
+                .any(|r| r.status.state == ReplicaState::Ready);
             out.pool_ready
                 .get_or_create(&PoolLabels {
                     pool_id: pool.id().to_owned(),
                 })
                 .set(i64::from(ready));
             let version = pool.engine_version();
-            for r in replicas.iter().filter(|r| r.status.state == ReplicaState::Ready) {
+            for r in replicas
+                .iter()
+                .filter(|r| r.status.state == ReplicaState::Ready)
+            {
                 let s = &r.status;
                 if let Some(ratio) = samples.kv.get(&s.id) {
                     out.kv_cache_usage_ratio
@@ -330,8 +335,186 @@ async fn sample(mgr: &Weak<PoolManager>, stop: &CancellationToken) -> Option<Sam
 #[cfg(test)]
 mod tests {
     use gpu_inventory::GpuProcess;
+    use orch_config::PoolConfig;
+    use worker_adapters::EngineInfo;
 
     use super::*;
+    use crate::pool::Generation;
+    use crate::Replica;
+
+    fn generation(pool: &str, number: u64, ids: &[&str]) -> Arc<Generation> {
+        Arc::new(Generation {
+            number,
+            cfg: Arc::new(PoolConfig::llamacpp(pool, "m.gguf", None)),
+            replicas: ids
+                .iter()
+                .map(|id| Arc::new(Replica::new((*id).into(), "gpu0".into(), 2, number)))
+                .collect(),
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    fn ready(r: &Replica, pid: u32, version: Option<&str>) {
+        r.update(|s| {
+            s.state = ReplicaState::Ready;
+            s.pid = Some(pid);
+            s.info = version.map(|v| EngineInfo {
+                version: v.into(),
+                ..EngineInfo::default()
+            });
+        });
+    }
+
+    /// The text a scrape of `m` returns now.
+    fn scrape(m: &PoolMetrics) -> String {
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        out
+    }
+
+    fn gpu0_samples(kv: &[(&str, f64)]) -> Samples {
+        let mut d = gpu_inventory::parse_inventory_spec("24GiB:RTX 3090")
+            .unwrap()
+            .remove(0);
+        d.utilization_pct = Some(40);
+        d.processes = vec![
+            GpuProcess {
+                pid: 10,
+                used_bytes: 4_000,
+            },
+            GpuProcess {
+                pid: 11,
+                used_bytes: 5_000,
+            },
+        ];
+        Samples {
+            gpus: vec![d],
+            kv: kv.iter().map(|(id, r)| ((*id).to_owned(), *r)).collect(),
+        }
+    }
+
+    #[test]
+    fn pool_ready_follows_replica_state_at_once() {
+        let g = generation("p", 0, &["p-r0"]);
+        let pool = Arc::new(Pool::new(g.clone()));
+        let m = PoolMetrics::default();
+        assert!(
+            scrape(&m).contains("# TYPE pool_ready gauge"),
+            "described before start"
+        );
+        m.attach(vec![pool.clone()]);
+        assert!(scrape(&m).contains("pool_ready{pool_id=\"p\"} 0\n"));
+        // No sampling round, no notification: the very next scrape agrees with /health.
+        ready(&g.replicas[0], 10, None);
+        assert!(pool.is_ready());
+        assert!(scrape(&m).contains("pool_ready{pool_id=\"p\"} 1\n"));
+        for down in [
+            ReplicaState::Crashed,
+            ReplicaState::Unready,
+            ReplicaState::Stopped,
+        ] {
+            g.replicas[0].update(|s| s.state = down);
+            assert!(
+                scrape(&m).contains("pool_ready{pool_id=\"p\"} 0\n"),
+                "{down:?}"
+            );
+        }
+        ready(&g.replicas[0], 10, None);
+        g.replicas[0].retire();
+        assert!(
+            scrape(&m).contains("pool_ready{pool_id=\"p\"} 0\n"),
+            "retired"
+        );
+    }
+
+    #[test]
+    fn a_replica_that_goes_away_leaves_no_series() {
+        let old = generation("p", 0, &["p-r0"]);
+        let pool = Arc::new(Pool::new(old.clone()));
+        let m = PoolMetrics::default();
+        m.attach(vec![pool.clone()]);
+        m.store_samples(gpu0_samples(&[("p-r0", 0.25)]));
+        ready(&old.replicas[0], 11, Some("b1"));
+        let t = scrape(&m);
+        let labels = "{engine=\"llamacpp\",engine_version=\"b1\",pool_id=\"p\",replica_id=\"p-r0\"";
+        for series in [
+            format!("vram_used_bytes{labels},device=\"gpu0\"}} 5000\n"),
+            format!("gpu_utilization{labels},device=\"gpu0\"}} 0.4\n"),
+            format!("kv_cache_usage_ratio{labels}}} 0.25\n"),
+        ] {
+            assert!(t.contains(&series), "missing `{series}` in\n{t}");
+        }
+        // A reload swaps in a new generation and retires the old one.
+        let new = generation("p", 1, &["p-g1-r0"]);
+        ready(&new.replicas[0], 10, Some("b2"));
+        pool.swap_in(new.clone());
+        old.replicas[0].retire();
+        let t = scrape(&m);
+        assert!(!t.contains("p-r0"), "the old replica's series remain:\n{t}");
+        assert!(!t.contains("\"b1\""), "{t}");
+        assert!(t.contains("vram_used_bytes{engine=\"llamacpp\",engine_version=\"b2\",pool_id=\"p\",replica_id=\"p-g1-r0\",device=\"gpu0\"} 4000\n"), "{t}");
+        assert!(
+            !t.contains("kv_cache_usage_ratio{"),
+            "no KV sample of the new replica yet: no series\n{t}"
+        );
+        assert!(t.contains("pool_ready{pool_id=\"p\"} 1\n"), "{t}");
+        // A replica that stops (or crashes) drops out of the per-replica gauges at once.
+        new.replicas[0].update(|s| s.state = ReplicaState::Crashed);
+        let t = scrape(&m);
+        assert!(!t.contains("p-g1-r0"), "{t}");
+        assert!(t.contains("pool_ready{pool_id=\"p\"} 0\n"), "{t}");
+    }
+
+    #[test]
+    fn a_learned_engine_version_leaves_no_unknown_twin() {
+        let g = generation("p", 0, &["p-r0"]);
+        let pool = Arc::new(Pool::new(g.clone()));
+        let m = PoolMetrics::default();
+        m.attach(vec![pool]);
+        m.store_samples(gpu0_samples(&[("p-r0", 0.5)]));
+        ready(&g.replicas[0], 10, None);
+        let t = scrape(&m);
+        assert_eq!(t.matches("engine_version=\"unknown\"").count(), 3, "{t}");
+        g.replicas[0].update(|s| {
+            s.info = Some(EngineInfo {
+                version: "b4242".into(),
+                ..EngineInfo::default()
+            })
+        });
+        let t = scrape(&m);
+        assert!(!t.contains("\"unknown\""), "stale twin:\n{t}");
+        assert_eq!(t.matches("engine_version=\"b4242\"").count(), 3, "{t}");
+    }
+
+    #[tokio::test]
+    async fn the_sampler_runs_on_the_managers_tracker_and_stops_with_it() {
+        let cfg = orch_config::Config::default();
+        let inventory: Arc<dyn gpu_inventory::GpuInventory> =
+            Arc::new(gpu_inventory::StaticInventory::from_spec("24GiB:RTX 3090").unwrap());
+        let mgr = PoolManager::start_with(
+            &cfg,
+            crate::StartOptions {
+                inventory: Some(inventory),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        while lock(&mgr.metrics.live.samples).gpus.is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no sample taken");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!mgr.tasks.is_empty(), "the sampler is tracked");
+        let t0 = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), mgr.shutdown())
+            .await
+            .expect("shutdown waits for the sampler, which must stop on cancel");
+        eprintln!("shutdown took {:?}", t0.elapsed());
+        assert!(mgr.tasks.is_empty());
+    }
 
     #[test]
     fn replica_vram_is_per_process_when_nvml_lists_it() {

@@ -112,7 +112,10 @@ mod tests {
     fn wire_names() {
         assert_eq!(wire_name(&api_types::TaskState::Completed), "completed");
         assert_eq!(wire_name(&api_types::ModelState::Active), "Active");
-        assert_eq!(wire_name(&api_types::pools::ReplicaState::CircuitOpen), "circuit_open");
+        assert_eq!(
+            wire_name(&api_types::pools::ReplicaState::CircuitOpen),
+            "circuit_open"
+        );
     }
 
     #[test]

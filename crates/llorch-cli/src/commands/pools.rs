@@ -238,13 +238,19 @@ mod tests {
         };
         assert_eq!(
             pool_line("tiny", "llamacpp", &h),
-            format!("{:<16} {:<9} {:<16} tiny-r0:ready@gpu0", "tiny", "llamacpp", "ready")
+            format!(
+                "{:<16} {:<9} {:<16} tiny-r0:ready@gpu0",
+                "tiny", "llamacpp", "ready"
+            )
         );
         h.ready = false;
         h.replicas[0].state = ReplicaState::CircuitOpen;
         h.last_error = Some("circuit open".into());
         let s = pool_line("tiny", "", &h);
-        assert!(s.contains("starting/unready") && s.contains("tiny-r0:circuit_open@gpu0"), "{s}");
+        assert!(
+            s.contains("starting/unready") && s.contains("tiny-r0:circuit_open@gpu0"),
+            "{s}"
+        );
         assert!(s.ends_with("\n    last error: circuit open"), "{s}");
     }
 }

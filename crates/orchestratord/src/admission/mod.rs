@@ -13,6 +13,7 @@ use api_types::{
 };
 use futures::StreamExt;
 use orchestrator_core::{choose_pool, PoolCandidate};
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::dispatch::Dispatcher;
@@ -154,7 +155,29 @@ fn route<'a>(
 /// The one admission path (validate, route, limits, sessions and budgets, register, enqueue,
 /// rejection and backpressure metrics), shared by `POST /v1/tasks` and the OpenAI-compatible
 /// endpoints.
+///
+/// Runs to completion in its own task even when the caller goes away (a client that hangs up
+/// mid-request): a half-done admission would leave a session turn counted or a budget
+/// reservation held with no task to release it.
 pub async fn admit(
+    state: &AppState,
+    correlation_id: &str,
+    req: TaskRequest,
+) -> Result<Admitted, ServiceError> {
+    let (state, correlation_id) = (state.clone(), correlation_id.to_owned());
+    // The request's span (correlation id, caller) follows into the spawned task.
+    let admission = async move { admit_to_end(&state, &correlation_id, req).await };
+    tokio::spawn(admission.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| {
+            ServiceError::new(
+                ErrorCode::Internal,
+                format!("admission failed: {e}; the daemon logged details"),
+            )
+        })?
+}
+
+async fn admit_to_end(
     state: &AppState,
     correlation_id: &str,
     req: TaskRequest,

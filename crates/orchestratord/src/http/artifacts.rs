@@ -28,6 +28,20 @@ use crate::error::ServiceError;
 use crate::storage::{blocking, store_err};
 use crate::task::now_ms;
 
+/// The body limit of `POST /v1/artifacts`: the largest artifact
+/// (`artifacts.max_artifact_bytes`) base64-encoded plus 1 MiB of JSON; larger bodies get 413
+/// `PAYLOAD_TOO_LARGE`.
+pub fn body_limit(cfg: &orch_config::Config) -> usize {
+    usize::try_from(
+        cfg.artifacts
+            .max_artifact_bytes
+            .saturating_mul(4)
+            .div_ceil(3)
+            .saturating_add(1 << 20),
+    )
+    .unwrap_or(usize::MAX)
+}
+
 fn to_store_kind(k: ArtifactKind) -> orch_store::ArtifactKind {
     match k {
         ArtifactKind::Plan => orch_store::ArtifactKind::Plan,

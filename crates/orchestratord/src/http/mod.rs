@@ -1,5 +1,5 @@
-//! HTTP handlers: thin, typed, state passed explicitly. Business rules live in `dispatch`,
-//! `registry` and the core crate.
+//! HTTP handlers: thin, typed, state passed explicitly. Business rules live in the services
+//! (`admission`, `sessions`, `catalog`, `dispatch`, …) and the core crate.
 
 pub mod artifacts;
 pub mod catalog;
@@ -7,12 +7,9 @@ pub mod error;
 pub mod openai;
 pub mod pools;
 pub mod sessions;
-mod state_routes;
 pub mod system;
 pub mod tasks;
 pub mod web;
-
-pub use state_routes::state_routes;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};

@@ -452,8 +452,13 @@ fn usage(e: &EndEvent) -> CompletionUsage {
 
 /// One SSE `data:` event holding `v` as compact JSON.
 fn data_event<T: Serialize>(v: &T) -> Event {
+    Event::default().data(compact(v))
+}
+
+/// `v` as compact JSON.
+fn compact<T: Serialize>(v: &T) -> String {
     match serde_json::to_string(v) {
-        Ok(s) => Event::default().data(s),
+        Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot serialize an OpenAI stream chunk");
             let body = error_body(
@@ -461,7 +466,7 @@ fn data_event<T: Serialize>(v: &T) -> Event {
                 "internal error: cannot serialize a stream chunk",
                 "internal",
             );
-            Event::default().data(serde_json::to_string(&body).unwrap_or_default())
+            serde_json::to_string(&body).unwrap_or_default()
         }
     }
 }
@@ -477,9 +482,14 @@ struct Chunks {
 impl Chunks {
     /// A chunk adding `delta` (its `content` is a completion's `text`), ending with `finish`.
     fn content(&self, delta: ChunkDelta, finish: Option<&str>) -> Event {
+        Event::default().data(self.content_json(delta, finish))
+    }
+
+    /// The JSON of [`Self::content`].
+    fn content_json(&self, delta: ChunkDelta, finish: Option<&str>) -> String {
         let finish_reason = finish.map(str::to_owned);
         match self.kind {
-            Kind::Chat => data_event(&ChatCompletionChunk {
+            Kind::Chat => compact(&ChatCompletionChunk {
                 choices: vec![ChunkChoice {
                     delta,
                     finish_reason,
@@ -488,7 +498,7 @@ impl Chunks {
                 }],
                 ..self.chat(None)
             }),
-            Kind::Completion => data_event(&TextCompletion {
+            Kind::Completion => compact(&TextCompletion {
                 choices: vec![TextChoice {
                     finish_reason,
                     index: 0,
@@ -502,9 +512,14 @@ impl Chunks {
 
     /// The last chunk before `[DONE]` with `stream_options.include_usage`: no choices.
     fn usage(&self, usage: CompletionUsage) -> Event {
+        Event::default().data(self.usage_json(usage))
+    }
+
+    /// The JSON of [`Self::usage`].
+    fn usage_json(&self, usage: CompletionUsage) -> String {
         match self.kind {
-            Kind::Chat => data_event(&self.chat(Some(usage))),
-            Kind::Completion => data_event(&self.text(Some(usage))),
+            Kind::Chat => compact(&self.chat(Some(usage))),
+            Kind::Completion => compact(&self.text(Some(usage))),
         }
     }
 
@@ -806,6 +821,88 @@ mod tests {
             2
         );
         assert!(stop_list(&Some(json!(3))).is_err());
+    }
+
+    /// The chunks as they were built with `json!` before the typed replies (keys sorted).
+    #[test]
+    fn chunks_are_byte_compatible() {
+        let c = |kind| Chunks {
+            kind,
+            id: "chatcmpl-1".into(),
+            model: "tiny".into(),
+            created: 7,
+        };
+        let (chat, text) = (c(Kind::Chat), c(Kind::Completion));
+        let head = ChunkDelta {
+            content: Some(String::new()),
+            role: Some("assistant".into()),
+        };
+        let tok = ChunkDelta {
+            content: Some("a\u{2028}b".into()),
+            role: None,
+        };
+        let old_chat = |delta: Value, finish: Option<&str>| {
+            json!({
+                "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "tiny",
+                "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+            })
+        };
+        let old_text = |t: &str, finish: Option<&str>| {
+            json!({
+                "id": "chatcmpl-1", "object": "text_completion", "created": 7, "model": "tiny",
+                "choices": [{ "index": 0, "text": t, "logprobs": null, "finish_reason": finish }],
+            })
+        };
+        assert_eq!(
+            chat.content_json(head, None),
+            old_chat(json!({"role": "assistant", "content": ""}), None).to_string()
+        );
+        assert_eq!(
+            chat.content_json(tok.clone(), None),
+            old_chat(json!({"content": "a\u{2028}b"}), None).to_string()
+        );
+        assert_eq!(
+            chat.content_json(ChunkDelta::default(), Some("stop")),
+            old_chat(json!({}), Some("stop")).to_string()
+        );
+        assert_eq!(
+            text.content_json(tok, None),
+            old_text("a\u{2028}b", None).to_string()
+        );
+        assert_eq!(
+            text.content_json(ChunkDelta::default(), Some("length")),
+            old_text("", Some("length")).to_string()
+        );
+        let e = EndEvent {
+            tokens_out: 3,
+            prompt_tokens: None,
+            decode_ms: 1,
+            finish_reason: "length".into(),
+        };
+        let old_usage = json!({"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3});
+        for (ch, mut old) in [
+            (&chat, old_chat(json!({}), None)),
+            (&text, old_text("", None)),
+        ] {
+            old["choices"] = json!([]);
+            old["usage"] = old_usage.clone();
+            assert_eq!(ch.usage_json(usage(&e)), old.to_string());
+        }
+    }
+
+    #[test]
+    fn error_body_is_byte_compatible() {
+        let old = json!({ "error": {
+            "message": "full", "type": "rate_limit_error", "param": null, "code": "admission_reject",
+        }});
+        assert_eq!(
+            compact(&error_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                "full",
+                "admission_reject"
+            )),
+            old.to_string()
+        );
     }
 
     #[test]

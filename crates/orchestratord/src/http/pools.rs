@@ -97,7 +97,7 @@ pub(crate) fn pool_health(h: pool_manager::PoolHealth) -> PoolHealth {
 }
 
 /// Every pool with its health.
-#[utoipa::path(get, path = "/v1/pools", responses((status = 200, description = "Every pool with its health", body = PoolList)))]
+#[utoipa::path(get, path = "/v1/pools", operation_id = "pools", responses((status = 200, description = "Every pool with its health", body = PoolList)))]
 pub async fn list(State(state): State<AppState>) -> Json<PoolList> {
     let pools = state
         .pools
@@ -114,7 +114,7 @@ pub async fn list(State(state): State<AppState>) -> Json<PoolList> {
 
 /// One pool's health: liveness, readiness, drain, its replicas (and those a reload is starting
 /// or retiring), the last problem.
-#[utoipa::path(get, path = "/v1/pools/{id}/health", params(("id" = String, Path, description = "pool id")),
+#[utoipa::path(get, path = "/v1/pools/{id}/health", operation_id = "pool_health", params(("id" = String, Path, description = "pool id")),
     responses((status = 200, description = "Pool health", body = PoolHealth), (status = 404, body = ErrorEnvelope)))]
 pub async fn health(
     State(state): State<AppState>,

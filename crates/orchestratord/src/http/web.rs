@@ -15,8 +15,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+
+use axum::Json;
 use futures::Stream;
 use serde::Deserialize;
 
@@ -31,13 +31,6 @@ const STYLE_CSS: &str = include_str!("../ui/style.css");
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Recent tasks in a snapshot unless `?recent=` says otherwise (at most 200).
 pub const DEFAULT_RECENT: usize = 20;
-
-/// The public routes: the page and its assets, served without a token.
-pub fn public_routes() -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/ui/{file}", get(asset))
-}
 
 /// The status page.
 pub async fn index() -> Response {

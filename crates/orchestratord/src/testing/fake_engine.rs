@@ -210,11 +210,6 @@ impl FakeEngine {
         lock(&self.erased).clone()
     }
 
-    /// Streams the daemon holds open right now.
-    pub fn active(&self) -> usize {
-        *self.active.borrow()
-    }
-
     /// Waits until at least `n` `generate` calls arrived.
     pub async fn wait_calls(&self, n: usize) {
         let mut rx = self.calls.subscribe();

@@ -288,7 +288,7 @@ impl TestApp {
             .map(|(id, e)| (id.to_owned(), e))
             .collect();
         for p in &cfg.pools {
-            engines.entry(p.id.clone()).or_insert_with(FakeEngine::new);
+            engines.entry(p.id.clone()).or_default();
         }
         let table = Arc::new(engines.clone());
         let factory: AdapterFactory = Arc::new(move |p: &PoolConfig, url: &str| {

@@ -72,8 +72,7 @@ async fn token_text_is_relayed_byte_for_byte() {
         "data: x",
     ];
     app.engine("p1").set_tokens(tokens);
-    app.admit(with(task("t1"), json!({"max_tokens": 20})))
-        .await;
+    app.admit(with(task("t1"), json!({"max_tokens": 20}))).await;
     let ev = app.events("t1").await;
     assert_eq!(token_texts(&ev), tokens);
     let end = ev.last().expect("an end event");
@@ -158,7 +157,10 @@ async fn engine_error_mid_stream_follows_the_tokens_sent() {
     app.admit(with(task("t1"), json!({"max_tokens": 5}))).await;
     let ev = app.events("t1").await;
     assert_eq!(names(&ev), ["started", "token", "token", "error"]);
-    assert_eq!(ev.last().expect("an error event").json()["code"], "ENGINE_ERROR");
+    assert_eq!(
+        ev.last().expect("an error event").json()["code"],
+        "ENGINE_ERROR"
+    );
     assert_eq!(app.status("t1").await["tokens_out"], 2);
 }
 
@@ -238,7 +240,10 @@ async fn chat_task_reaches_the_engine_as_messages() {
     let end = app.last_event("t1").await;
     assert_eq!(end.event, "end");
     assert_eq!(end.json()["prompt_tokens"], 4);
-    assert_eq!(app.engine("p1").prompts(), ["system:be brief|user:hello there"]);
+    assert_eq!(
+        app.engine("p1").prompts(),
+        ["system:be brief|user:hello there"]
+    );
 }
 
 #[tokio::test]
@@ -252,15 +257,24 @@ async fn status_moves_queued_running_completed() {
     let q = app.status("t2").await;
     assert_eq!(q["state"], "queued");
     assert_eq!(q["queue_position"], 0);
-    assert!(q["started_ms"].is_null() && q["replica_id"].is_null(), "{q}");
+    assert!(
+        q["started_ms"].is_null() && q["replica_id"].is_null(),
+        "{q}"
+    );
     let r = app.status("t1").await;
     assert_eq!(r["state"], "running");
-    assert!(r["started_ms"].is_u64() && r["replica_id"].is_string(), "{r}");
+    assert!(
+        r["started_ms"].is_u64() && r["replica_id"].is_string(),
+        "{r}"
+    );
     assert!(r["queue_position"].is_null(), "{r}");
     e.open();
     let done = app.wait_state("t2", "completed").await;
     assert_eq!(done["tokens_out"], 3);
-    assert!(done["finished_ms"].is_u64() && done["error"].is_null(), "{done}");
+    assert!(
+        done["finished_ms"].is_u64() && done["error"].is_null(),
+        "{done}"
+    );
     assert_eq!(done["stream"], "/v1/tasks/t2/stream");
     assert_eq!(done["priority"], "interactive");
     assert_eq!(done["model_ref"], "p1");

@@ -152,8 +152,11 @@ async fn strict_determinism_needs_a_seed() {
         "determinism `strict` needs a `seed`",
     )
     .await;
-    app.admit(with(task("t1"), json!({"determinism": "strict", "seed": 7})))
-        .await;
+    app.admit(with(
+        task("t1"),
+        json!({"determinism": "strict", "seed": 7}),
+    ))
+    .await;
     app.admit(with(task("t2"), json!({"determinism": "best_effort"})))
         .await;
 }
@@ -181,7 +184,9 @@ async fn sampling_numbers_must_be_finite_and_not_negative() {
     )
     .await;
     // NaN is not JSON at all.
-    let raw = task("t1").to_string().replacen('{', "{\"temperature\": NaN, ", 1);
+    let raw = task("t1")
+        .to_string()
+        .replacen('{', "{\"temperature\": NaN, ", 1);
     let r = app
         .send(
             Request::post("/v1/tasks")
@@ -205,7 +210,7 @@ async fn unknown_fields_are_refused_by_name() {
     invalid(
         &app,
         with(task("t1"), json!({"placement": {"pin": "p1"}})),
-        "invalid JSON body at `placement`",
+        "invalid JSON body at `placement.pin`: unknown field `pin`",
     )
     .await;
 }
