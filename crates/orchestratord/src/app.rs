@@ -191,7 +191,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/status", get(web::status))
         .route("/v1/status/stream", get(web::status_stream))
-        .route("/v1/catalog/models", post(catalog::register).get(catalog::list))
+        .route(
+            "/v1/catalog/models",
+            post(catalog::register).get(catalog::list),
+        )
         .route(
             "/v1/catalog/models/{id}",
             get(catalog::get_model).delete(catalog::delete_model),

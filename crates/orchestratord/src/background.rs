@@ -111,6 +111,20 @@ impl Background {
         });
     }
 
+    /// Runs `work` until it ends or shutdown begins.
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = work => {}
+            }
+        });
+    }
+
     /// Follows an admitted task to its end, then charges its session and writes its
     /// transcript (which `GET /v1/tasks/{id}` then links).
     pub fn after_end(

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod openapi;
 pub mod outbound;
+pub mod pool_control;
 pub mod serve;
 pub mod sessions;
 pub mod stall;
@@ -29,8 +30,6 @@ pub mod transcripts;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use futures::StreamExt;
 
 use anyhow::Context;
 use api_types::{ErrorCode, ErrorEnvelope};
@@ -111,12 +110,7 @@ const RUNNER_GRACE: Duration = Duration::from_secs(3);
 
 /// Resolves once every task in `tasks` has its terminal event.
 async fn all_ended(tasks: &[std::sync::Arc<task::Task>]) {
-    futures::future::join_all(
-        tasks
-            .iter()
-            .map(|t| t.clone().follow().for_each(|_| async {})),
-    )
-    .await;
+    futures::future::join_all(tasks.iter().map(|t| t.clone().finished())).await;
 }
 
 /// Ends every task: queued ones at once, running ones after `grace`.

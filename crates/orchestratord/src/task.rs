@@ -366,6 +366,12 @@ impl Task {
         }
     }
 
+    /// Resolves once the task has its terminal event (at once if it has).
+    pub async fn finished(self: Arc<Self>) {
+        use futures::StreamExt;
+        self.follow().for_each(|_| async {}).await;
+    }
+
     /// The transcript from the start, then live events, ending after the terminal event.
     pub fn follow(self: Arc<Self>) -> impl Stream<Item = Arc<Frame>> + Send + 'static {
         let rx = self.len.subscribe();

@@ -11,32 +11,19 @@
 //! Reload: see `pool_manager::PoolManager::reload` — new replicas beside the old, health
 //! check, swap, retire the old after their in-flight tasks; any failure rolls back.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use api_types::pools::{
     DrainRequest, DrainResponse, EngineInfo, PoolHealth, PoolInfo, PoolList, ReloadRequest,
     ReloadResponse, ReplicaInfo, ReplicaState,
 };
-use api_types::{ErrorCode, ErrorEnvelope};
+use api_types::ErrorEnvelope;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use pool_manager::{Pool, ReloadErrorKind, ReloadOptions};
 
 use crate::app::AppState;
 use crate::error::ServiceError;
 use crate::http::JsonBody;
-use crate::task::now_ms;
-
-/// Default drain deadline.
-const DEFAULT_DRAIN_MS: u64 = 30_000;
-/// Longest drain deadline accepted (a day).
-const MAX_DRAIN_MS: u64 = 86_400_000;
-/// Default time retiring replicas get to finish their tasks after a reload.
-const DEFAULT_RELOAD_GRACE_MS: u64 = 60_000;
-/// After canceling at the deadline, how long runners get to end their tasks themselves.
-const CANCEL_SETTLE: Duration = Duration::from_secs(3);
+use crate::pool_control::{self, find_pool};
 
 /// The wire form of a replica state.
 fn replica_state(s: pool_manager::ReplicaState) -> ReplicaState {
@@ -127,24 +114,6 @@ pub async fn health(
     Ok(Json(pool_health(p.health())))
 }
 
-fn find_pool(state: &AppState, id: &str) -> Result<Arc<Pool>, ServiceError> {
-    state
-        .pools
-        .pool(id)
-        .cloned()
-        .ok_or_else(|| ServiceError::not_found(format!("no pool `{id}`; GET /v1/pools lists them")))
-}
-
-fn refuse_while_shutting_down(state: &AppState) -> Result<(), ServiceError> {
-    if state.is_shutting_down() {
-        return Err(ServiceError::from_envelope(
-            ErrorEnvelope::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
-                .retry_after(5000),
-        ));
-    }
-    Ok(())
-}
-
 /// Stop admitting work to a pool, finish or cancel what it has by a deadline; or resume it.
 #[utoipa::path(post, path = "/v1/pools/{id}/drain", params(("id" = String, Path, description = "pool id")),
     request_body = DrainRequest,
@@ -184,23 +153,9 @@ pub async fn drain(
             }),
         ));
     }
-    refuse_while_shutting_down(&state)?;
-    let ms = req.deadline_ms.unwrap_or(DEFAULT_DRAIN_MS);
-    if ms > MAX_DRAIN_MS {
-        return Err(ServiceError::invalid(format!(
-            "deadline_ms {ms} is too large; at most {MAX_DRAIN_MS} (a day)"
-        )));
-    }
-    let deadline_at_ms = now_ms().saturating_add(ms);
-    let epoch = pool.start_drain(Some(deadline_at_ms));
+    let ms = req.deadline_ms.unwrap_or(pool_control::DEFAULT_DRAIN_MS);
+    let deadline_at_ms = pool_control::start_drain(&state, pool, ms)?;
     tracing::info!(pool_id = %id, deadline_ms = ms, queued, running, "drain requested");
-    tokio::spawn(enforce_drain(
-        state.clone(),
-        pool,
-        epoch,
-        Instant::now() + Duration::from_millis(ms),
-        ms,
-    ));
     Ok((
         StatusCode::ACCEPTED,
         Json(DrainResponse {
@@ -211,114 +166,6 @@ pub async fn drain(
             running,
         }),
     ))
-}
-
-/// Waits until the pool has nothing queued or running, or the deadline passes and then
-/// cancels what is left. Steps aside as soon as the drain is resumed or replaced.
-async fn enforce_drain(state: AppState, pool: Arc<Pool>, epoch: u64, deadline: Instant, ms: u64) {
-    let id = pool.id().to_owned();
-    let mine = |state: &AppState| {
-        state
-            .tasks
-            .active()
-            .into_iter()
-            .filter(|t| t.pool_id == id)
-            .collect::<Vec<_>>()
-    };
-    loop {
-        if pool.drain_epoch() != epoch {
-            return;
-        }
-        if mine(&state).is_empty() {
-            tracing::info!(pool_id = %id, "drain complete: nothing queued or running");
-            return;
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let reason = || {
-        ErrorEnvelope::new(
-            ErrorCode::Canceled,
-            format!(
-                "pool '{id}' is drained and its {ms} ms deadline passed before this task finished; \
-                 resubmit once the pool admits work again (POST /v1/pools/{id}/drain {{\"resume\": true}} or a reload)"
-            ),
-        )
-        .with_engine(pool.engine())
-    };
-    let mut queued = 0usize;
-    if let Some(d) = state.dispatchers.get(&id) {
-        for t in d.drain_queue().await {
-            if t.fail(reason()) {
-                queued += 1;
-                state.tasks.note_finished(&t.id);
-                state
-                    .metrics
-                    .tasks_canceled
-                    .get_or_create(&crate::metrics::ReplicaReason {
-                        engine: t.engine.into(),
-                        engine_version: pool.engine_version(),
-                        pool_id: id.clone(),
-                        replica_id: String::new(),
-                        reason: ErrorCode::Canceled.as_str().into(),
-                    })
-                    .inc();
-            }
-        }
-    }
-    let running = mine(&state);
-    for t in &running {
-        t.request_cancel(reason());
-    }
-    tracing::warn!(pool_id = %id, deadline_ms = ms, canceled_queued = queued, canceled_running = running.len(), "drain deadline passed: canceling what is left");
-    // Runners end their tasks on cancel (and abort the engine request); end any that did not.
-    let settle = Instant::now() + CANCEL_SETTLE;
-    while Instant::now() < settle && !mine(&state).is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for t in mine(&state) {
-        t.fail(reason());
-    }
-}
-
-/// Maps a reload reference to a model file. A path that exists is used as is; otherwise an
-/// Active catalog model with a local reference gives its path. This is the catalog hook: any
-/// further resolution (downloads, digests) belongs here.
-fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ServiceError> {
-    if std::path::Path::new(r).exists() {
-        return Ok(r.to_owned());
-    }
-    let Some(m) = state.catalog.cached(r) else {
-        // Not a catalog id either: let the pool manager's file check say what is wrong.
-        return Ok(r.to_owned());
-    };
-    if m.state == orch_store::ModelState::Retired {
-        return Err(ServiceError::new(
-            ErrorCode::ModelRetired,
-            format!(
-                "catalog model `{r}` is Retired; set it Active (POST /v1/catalog/models/{r}/state) or reload to another model"
-            ),
-        ));
-    }
-    let reference = m.reference;
-    if reference.to_ascii_lowercase().starts_with("file://") {
-        return url::Url::parse(&reference)
-            .ok()
-            .and_then(|u| u.to_file_path().ok())
-            .map(|p| p.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                ServiceError::invalid(format!("catalog model `{r}` has an unusable file URL"))
-            });
-    }
-    let lower = reference.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") {
-        return Err(ServiceError::invalid(format!(
-            "catalog model `{r}` refers to a URL; the daemon does not download models: download it and register its local path"
-        )));
-    }
-    Ok(reference)
 }
 
 /// Switch a pool to another model without downtime, or roll back and keep the old serving.
@@ -337,53 +184,16 @@ pub async fn reload(
     body: Result<JsonBody<ReloadRequest>, ServiceError>,
 ) -> Result<Json<ReloadResponse>, ServiceError> {
     let JsonBody(req) = body?;
-    let pool = find_pool(&state, &id)?;
-    refuse_while_shutting_down(&state)?;
-    let model = match req.new_model_ref.as_deref().map(str::trim) {
-        Some("") => return Err(ServiceError::invalid("new_model_ref is empty; give a model file path or catalog id, or omit it to restart on the serving model")),
-        Some(r) => Some(resolve_model_ref(&state, r)?),
-        None => None,
-    };
-    let opts = ReloadOptions {
-        model,
-        retire_grace: Duration::from_millis(req.grace_ms.unwrap_or(DEFAULT_RELOAD_GRACE_MS)),
-    };
-    match state.pools.reload(&id, opts).await {
-        Ok(rep) => {
-            // A reload says "serve this now": it ends a drain.
-            if pool.is_draining() {
-                pool.resume();
-            }
-            Ok(Json(ReloadResponse {
-                pool_id: rep.pool_id,
-                generation: rep.generation,
-                model: rep.model,
-                previous_generation: rep.previous_generation,
-                previous_model: rep.previous_model,
-                took_ms: rep.took_ms,
-                replicas: rep.replicas.into_iter().map(replica_info).collect(),
-            }))
-        }
-        Err(e) => {
-            let (code, retry) = match e.kind {
-                ReloadErrorKind::UnknownPool => (ErrorCode::NotFound, None),
-                ReloadErrorKind::BadModel => (ErrorCode::InvalidParams, None),
-                ReloadErrorKind::Busy => (ErrorCode::Conflict, Some(2000)),
-                ReloadErrorKind::NotLaunched | ReloadErrorKind::Unplaceable => {
-                    (ErrorCode::Conflict, None)
-                }
-                ReloadErrorKind::StartFailed | ReloadErrorKind::Timeout => {
-                    (ErrorCode::EngineError, None)
-                }
-                ReloadErrorKind::Internal => (ErrorCode::Internal, None),
-            };
-            let mut env = ErrorEnvelope::new(code, e.message).with_engine(pool.engine());
-            if let Some(ms) = retry {
-                env = env.retry_after(ms);
-            }
-            Err(ServiceError::from_envelope(env))
-        }
-    }
+    let rep = pool_control::reload(&state, &id, req.new_model_ref.as_deref(), req.grace_ms).await?;
+    Ok(Json(ReloadResponse {
+        pool_id: rep.pool_id,
+        generation: rep.generation,
+        model: rep.model,
+        previous_generation: rep.previous_generation,
+        previous_model: rep.previous_model,
+        took_ms: rep.took_ms,
+        replicas: rep.replicas.into_iter().map(replica_info).collect(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,220 @@
+//! The pool control plane: drain (stop admitting, finish or cancel by a deadline), resume and
+//! reload (a new model beside the serving one, or roll back). Handlers in `http/pools.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_types::{ErrorCode, ErrorEnvelope};
+use pool_manager::{Pool, ReloadErrorKind, ReloadOptions, ReloadReport};
+
+use crate::app::AppState;
+use crate::error::ServiceError;
+use crate::task::{now_ms, Task};
+
+/// Default drain deadline.
+pub const DEFAULT_DRAIN_MS: u64 = 30_000;
+/// Longest drain deadline accepted (a day).
+pub const MAX_DRAIN_MS: u64 = 86_400_000;
+/// Default time retiring replicas get to finish their tasks after a reload.
+pub const DEFAULT_RELOAD_GRACE_MS: u64 = 60_000;
+/// After canceling at the deadline, how long runners get to end their tasks themselves.
+const CANCEL_SETTLE: Duration = Duration::from_secs(3);
+
+/// A pool by id (`NOT_FOUND` naming where the list is).
+pub fn find_pool(state: &AppState, id: &str) -> Result<Arc<Pool>, ServiceError> {
+    state
+        .pools
+        .pool(id)
+        .cloned()
+        .ok_or_else(|| ServiceError::not_found(format!("no pool `{id}`; GET /v1/pools lists them")))
+}
+
+/// `SHUTTING_DOWN` once shutdown began.
+pub fn refuse_while_shutting_down(state: &AppState) -> Result<(), ServiceError> {
+    if state.is_shutting_down() {
+        return Err(ServiceError::from_envelope(
+            ErrorEnvelope::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
+                .retry_after(5000),
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves once every task in `tasks` has its terminal event.
+async fn all_ended(tasks: &[Arc<Task>]) {
+    futures::future::join_all(tasks.iter().map(|t| t.clone().finished())).await;
+}
+
+fn active_in(state: &AppState, pool_id: &str) -> Vec<Arc<Task>> {
+    state
+        .tasks
+        .active()
+        .into_iter()
+        .filter(|t| t.pool_id == pool_id)
+        .collect()
+}
+
+/// Starts draining `pool` with a deadline `ms` from now; returns the deadline (ms since the
+/// Unix epoch). The pool refuses new work at once; a background enforcer cancels what is left
+/// at the deadline unless the drain was resumed or replaced meanwhile.
+pub fn start_drain(state: &AppState, pool: Arc<Pool>, ms: u64) -> Result<u64, ServiceError> {
+    refuse_while_shutting_down(state)?;
+    if ms > MAX_DRAIN_MS {
+        return Err(ServiceError::invalid(format!(
+            "deadline_ms {ms} is too large; at most {MAX_DRAIN_MS} (a day)"
+        )));
+    }
+    let deadline_at_ms = now_ms().saturating_add(ms);
+    let epoch = pool.start_drain(Some(deadline_at_ms));
+    let state2 = state.clone();
+    state
+        .background
+        .spawn(async move { enforce_drain(state2, pool, epoch, ms).await });
+    Ok(deadline_at_ms)
+}
+
+/// Waits until the pool's tasks have ended, or the deadline passes and then cancels what is
+/// left. Steps aside when the drain was resumed or replaced before the deadline.
+async fn enforce_drain(state: AppState, pool: Arc<Pool>, epoch: u64, ms: u64) {
+    let id = pool.id().to_owned();
+    // New work is refused from now on, so these are all the tasks the drain waits for.
+    let waiting = active_in(&state, &id);
+    let finished = tokio::time::timeout(Duration::from_millis(ms), all_ended(&waiting)).await;
+    if pool.drain_epoch() != epoch {
+        return;
+    }
+    if finished.is_ok() && active_in(&state, &id).is_empty() {
+        tracing::info!(pool_id = %id, "drain complete: nothing queued or running");
+        return;
+    }
+    let reason = || {
+        ErrorEnvelope::new(
+            ErrorCode::Canceled,
+            format!(
+                "pool '{id}' is drained and its {ms} ms deadline passed before this task finished; \
+                 resubmit once the pool admits work again (POST /v1/pools/{id}/drain {{\"resume\": true}} or a reload)"
+            ),
+        )
+        .with_engine(pool.engine())
+    };
+    let mut queued = 0usize;
+    if let Some(d) = state.dispatchers.get(&id) {
+        for t in d.drain_queue().await {
+            if t.fail(reason()) {
+                queued += 1;
+                state.tasks.note_finished(&t.id);
+                state
+                    .metrics
+                    .tasks_canceled
+                    .get_or_create(&crate::metrics::ReplicaReason {
+                        engine: t.engine.into(),
+                        engine_version: pool.engine_version(),
+                        pool_id: id.clone(),
+                        replica_id: String::new(),
+                        reason: ErrorCode::Canceled.as_str().into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+    let running = active_in(&state, &id);
+    for t in &running {
+        t.request_cancel(reason());
+    }
+    tracing::warn!(pool_id = %id, deadline_ms = ms, canceled_queued = queued, canceled_running = running.len(), "drain deadline passed: canceling what is left");
+    // Runners end their tasks on cancel (and abort the engine request); end any that did not.
+    if tokio::time::timeout(CANCEL_SETTLE, all_ended(&running))
+        .await
+        .is_err()
+    {
+        for t in &running {
+            t.fail(reason());
+        }
+    }
+}
+
+/// Maps a reload reference to a model file. A path that exists is used as is; otherwise an
+/// Active catalog model with a local reference gives its path. This is the catalog hook: any
+/// further resolution (downloads, digests) belongs here.
+pub fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ServiceError> {
+    if std::path::Path::new(r).exists() {
+        return Ok(r.to_owned());
+    }
+    let Some(m) = state.catalog.cached(r) else {
+        // Not a catalog id either: let the pool manager's file check say what is wrong.
+        return Ok(r.to_owned());
+    };
+    if m.state == orch_store::ModelState::Retired {
+        return Err(ServiceError::new(
+            ErrorCode::ModelRetired,
+            format!(
+                "catalog model `{r}` is Retired; set it Active (POST /v1/catalog/models/{r}/state) or reload to another model"
+            ),
+        ));
+    }
+    let reference = m.reference;
+    if reference.to_ascii_lowercase().starts_with("file://") {
+        return url::Url::parse(&reference)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                ServiceError::invalid(format!("catalog model `{r}` has an unusable file URL"))
+            });
+    }
+    let lower = reference.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Err(ServiceError::invalid(format!(
+            "catalog model `{r}` refers to a URL; the daemon does not download models: download it and register its local path"
+        )));
+    }
+    Ok(reference)
+}
+
+/// Reloads pool `id` on `model_ref` (a file or catalog id; `None`: the serving model) and, as
+/// a reload says "serve this now", ends a drain.
+pub async fn reload(
+    state: &AppState,
+    id: &str,
+    model_ref: Option<&str>,
+    grace_ms: Option<u64>,
+) -> Result<ReloadReport, ServiceError> {
+    let pool = find_pool(state, id)?;
+    refuse_while_shutting_down(state)?;
+    let model = match model_ref.map(str::trim) {
+        Some("") => return Err(ServiceError::invalid("new_model_ref is empty; give a model file path or catalog id, or omit it to restart on the serving model")),
+        Some(r) => Some(resolve_model_ref(state, r)?),
+        None => None,
+    };
+    let opts = ReloadOptions {
+        model,
+        retire_grace: Duration::from_millis(grace_ms.unwrap_or(DEFAULT_RELOAD_GRACE_MS)),
+    };
+    match state.pools.reload(id, opts).await {
+        Ok(rep) => {
+            if pool.is_draining() {
+                pool.resume();
+            }
+            Ok(rep)
+        }
+        Err(e) => {
+            let (code, retry) = match e.kind {
+                ReloadErrorKind::UnknownPool => (ErrorCode::NotFound, None),
+                ReloadErrorKind::BadModel => (ErrorCode::InvalidParams, None),
+                ReloadErrorKind::Busy => (ErrorCode::Conflict, Some(2000)),
+                ReloadErrorKind::NotLaunched | ReloadErrorKind::Unplaceable => {
+                    (ErrorCode::Conflict, None)
+                }
+                ReloadErrorKind::StartFailed | ReloadErrorKind::Timeout => {
+                    (ErrorCode::EngineError, None)
+                }
+                ReloadErrorKind::Internal => (ErrorCode::Internal, None),
+            };
+            let mut env = ErrorEnvelope::new(code, e.message).with_engine(pool.engine());
+            if let Some(ms) = retry {
+                env = env.retry_after(ms);
+            }
+            Err(ServiceError::from_envelope(env))
+        }
+    }
+}
