@@ -38,7 +38,8 @@ impl Sample {
     }
 }
 
-/// Series prefixes shown without `--all`: the SPEC §5 set, minus histogram buckets.
+/// Series prefixes shown without `--all`: the series every deployment must expose (the
+/// daemon's `metrics.rs`), minus histogram buckets.
 pub const INTERESTING: &[&str] = &[
     "queue_depth",
     "tasks_enqueued_total",

@@ -336,10 +336,17 @@ impl SessionAccounts {
                     }
                     let remaining = match sessions.check_budget(&sid2, need) {
                         Ok(r) => r,
-                        Err(BudgetError::Exceeded { remaining, reason }) => {
+                        Err(BudgetError::Exceeded {
+                            mut remaining,
+                            reason,
+                        }) => {
+                            // What the session's admitted, uncharged tasks reserved is not
+                            // free either: the hint must fit what is really left.
+                            remaining.tokens =
+                                remaining.tokens.map(|t| t.saturating_sub(reserved_others));
                             return Err(Refusal::refused(budget_refusal(
                                 &remaining, &reason, max_tokens,
-                            )))
+                            )));
                         }
                         Err(BudgetError::Store(e)) => return Err(Refusal::refused(store_err(e))),
                     };

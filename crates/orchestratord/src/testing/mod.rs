@@ -130,21 +130,8 @@ impl Resp {
     }
 }
 
-/// One server-sent event.
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    /// Event name (`message` when the frame names none).
-    pub event: String,
-    /// Data, as sent.
-    pub data: String,
-}
-
-impl SseEvent {
-    /// The data as JSON (`Null` when it is not JSON, e.g. `[DONE]`).
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or(Value::Null)
-    }
-}
+/// One server-sent event, as the end-to-end harness parses it.
+pub use orch_harness::SseEvent;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<SseEvent, String>> + Send>>;
 

@@ -1,4 +1,4 @@
-//! Routing (SPEC §2): `model_ref` by pool id, model file name or catalog id; the `engine`
+//! Routing: `model_ref` by pool id, model file name or catalog id; the `engine`
 //! filter; `placement`; 404 listing what is served; 503 when no serving pool is ready.
 
 use super::*;
