@@ -4,6 +4,9 @@
 #   cmake            builds llama-server from the llama-cpp-python source package
 #   python3-venv     the tiny-model generator's virtualenv
 #   iproute2, curl   the chaos harness's auth matrix (a network namespace as a remote caller)
+#   prometheus       its `promtool`, which lints a live `/metrics` scrape (tests/metrics_lint.rs)
+#   systemd          `systemd-analyze verify` of contrib/systemd/llama-orch.service
+#   ShellCheck       (package shellcheck) lints scripts/install.sh (crates/llorch-cli/tests/install.rs)
 set -euo pipefail
 
 need=()
@@ -11,6 +14,9 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 for extra in "$@"; do
   case "$extra" in
     chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;

@@ -33,6 +33,9 @@ pub enum Bench {
     Overhead(OverheadArgs),
     /// Pool reload time and crash-restart time (median of several runs).
     Pools(crate::bench_pools::PoolsArgs),
+    /// How true `predicted_start_ms`, `predicted_end_ms` and `on_time_probability` are: FIFO
+    /// and mixed-priority rounds of mixed-length tasks on the real llama-server.
+    Eta(crate::bench_eta::EtaArgs),
 }
 
 /// Runs a benchmark on a multi-threaded tokio runtime; Ctrl-C stops it (and its processes).
@@ -48,6 +51,7 @@ pub fn run(cmd: Bench) -> Result<()> {
                 match cmd {
                     Bench::Overhead(a) => overhead(a).await,
                     Bench::Pools(a) => crate::bench_pools::run(a).await,
+                    Bench::Eta(a) => crate::bench_eta::run(a).await,
                 }
             } => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),

@@ -4,6 +4,7 @@
 //! line and dispatches.
 
 mod bench;
+mod bench_eta;
 mod bench_pools;
 mod chaos;
 mod contracts;
@@ -26,6 +27,9 @@ enum Cmd {
     /// Build (or reuse) a CPU-only llama-server and a tiny test model; prints
     /// `LLAMA_SERVER=<path>` and `TEST_MODEL=<path>` on stdout.
     ProvisionEngine(provision::ProvisionArgs),
+    /// Build (or reuse) a llama-server for this machine, with CUDA when a CUDA toolkit is
+    /// found (`scripts/install.sh` uses it); prints `LLAMA_SERVER=<path>`.
+    BuildEngine(provision::BuildEngineArgs),
     /// Write (or reuse) a tiny random-weight test model; prints its path.
     GenModel(provision::GenModelArgs),
     /// Regenerate contracts/openapi.json and contracts/config.schema.json from the code.
@@ -41,6 +45,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::ProvisionEngine(args) => provision::provision_engine(&args),
+        Cmd::BuildEngine(args) => provision::build_engine(&args),
         Cmd::GenModel(args) => provision::gen_model(&args),
         Cmd::RegenContracts => contracts::regen(),
         Cmd::Bench(b) => bench::run(b),

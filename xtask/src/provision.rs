@@ -1,15 +1,19 @@
-//! `provision-engine` and `gen-model`: a real llama.cpp `llama-server` and tiny
-//! random-weight GGUF models for the end-to-end tests (README.md, "Tests").
+//! `provision-engine`, `build-engine` and `gen-model`: a real llama.cpp `llama-server` and
+//! tiny random-weight GGUF models for the end-to-end tests (README.md, "Tests").
 //!
 //! llama.cpp itself is not on any registry we can reach, but the PyPI sdist of
 //! `llama-cpp-python` vendors the whole tree, so we fetch that with pip and
-//! build only the server, CPU-only. Everything is cached outside the repo:
+//! build only the server: CPU-only for the tests (`provision-engine`), with CUDA when a CUDA
+//! toolkit is present for `scripts/install.sh` (`build-engine`). Everything is cached outside
+//! the repo:
 //!
 //! ```text
 //! <cache>/.lock                            exclusive lock, held while provisioning
 //! <cache>/dl/llama_cpp_python-<ver>.tar.gz sdist from PyPI
-//! <cache>/src/llama_cpp_python-<ver>/      unpacked sdist (build in vendor/llama.cpp/build)
-//! <cache>/bin/llama-server-<ver>           the installed server binary
+//! <cache>/src/llama_cpp_python-<ver>/      unpacked sdist (builds in vendor/llama.cpp/build,
+//!                                          CUDA ones in vendor/llama.cpp/build-cuda)
+//! <cache>/bin/llama-server-<ver>           the CPU server binary
+//! <cache>/bin/llama-server-<ver>-cuda-<archs>  a CUDA one (`-cuda-default`: llama.cpp's arch list)
 //! <cache>/venv/                            python venv with gguf + numpy
 //! <cache>/models/tiny-llama-g<gen>-s<seed>.gguf   generated test models
 //! ```
@@ -20,11 +24,12 @@
 
 use std::{
     env,
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     fs::{self, File, OpenOptions},
-    io::{self, Write},
+    io::{self, BufRead, BufReader, IsTerminal, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::mpsc,
 };
 
 use anyhow::{bail, Context, Result};
@@ -83,6 +88,214 @@ impl ProvisionArgs {
     }
 }
 
+/// Whether `build-engine` builds with CUDA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CudaMode {
+    /// With CUDA when a CUDA toolkit (`nvcc`) is found, else CPU-only (said loudly).
+    Auto,
+    /// With CUDA; fail without a toolkit.
+    On,
+    /// CPU-only.
+    Off,
+}
+
+/// Arguments of `cargo xtask build-engine`.
+#[derive(clap::Args)]
+pub struct BuildEngineArgs {
+    /// llama-cpp-python sdist version to build llama-server from.
+    #[arg(long, default_value = DEFAULT_VERSION)]
+    pub version: String,
+    /// CUDA build: `auto` (when `nvcc` is found on PATH, in $CUDA_HOME/bin or
+    /// /usr/local/cuda/bin), `on` or `off`.
+    #[arg(long, value_enum, default_value_t = CudaMode::Auto)]
+    pub cuda: CudaMode,
+    /// CUDA architectures (CMAKE_CUDA_ARCHITECTURES), e.g. `86;89`. Default: those of the GPUs
+    /// `nvidia-smi` reports; without any, llama.cpp's default list for the toolkit
+    /// (50/61/70/75/80-virtual, 86-real, 89-real, 90-virtual, 120a-real with CUDA >= 12.8).
+    #[arg(long, value_name = "LIST")]
+    pub cuda_arch: Option<String>,
+    /// Parallel build jobs (default: number of CPUs).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// Which llama-server build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// CPU-only (the test engine).
+    Cpu,
+    /// CUDA, with this `nvcc` and these architectures (`None`: llama.cpp's default list).
+    Cuda {
+        /// The CUDA compiler.
+        nvcc: PathBuf,
+        /// CMAKE_CUDA_ARCHITECTURES, `;`-separated.
+        archs: Option<String>,
+    },
+}
+
+impl Flavor {
+    /// Suffix of the cached binary's name: `` or `-cuda-86-89`.
+    fn suffix(&self) -> String {
+        match self {
+            Self::Cpu => String::new(),
+            Self::Cuda { archs: None, .. } => "-cuda-default".into(),
+            Self::Cuda { archs: Some(a), .. } => {
+                let key: String = a
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect();
+                format!("-cuda-{}", key.trim_matches('-'))
+            }
+        }
+    }
+
+    fn build_dir(&self) -> &'static str {
+        match self {
+            Self::Cpu => "build",
+            Self::Cuda { .. } => "build-cuda",
+        }
+    }
+
+    /// Configure flags beyond [`CMAKE_FLAGS`].
+    fn cmake_flags(&self) -> Vec<OsString> {
+        match self {
+            Self::Cpu => Vec::new(),
+            Self::Cuda { nvcc, archs } => {
+                let mut f: Vec<OsString> = vec!["-DGGML_CUDA=ON".into()];
+                let mut compiler = OsString::from("-DCMAKE_CUDA_COMPILER=");
+                compiler.push(nvcc);
+                f.push(compiler);
+                if let Some(a) = archs {
+                    f.push(format!("-DCMAKE_CUDA_ARCHITECTURES={a}").into());
+                }
+                f
+            }
+        }
+    }
+
+    /// For people: `CPU-only` or `CUDA (archs 86)`.
+    fn describe(&self) -> String {
+        match self {
+            Self::Cpu => "CPU-only".into(),
+            Self::Cuda { archs: None, .. } => "CUDA (llama.cpp's default architecture list)".into(),
+            Self::Cuda { archs: Some(a), .. } => format!("CUDA (architectures {a})"),
+        }
+    }
+}
+
+/// Builds or reuses llama-server (with CUDA when asked or found) and prints
+/// `LLAMA_SERVER=<path>` and `LLAMA_SERVER_FLAVOR=cpu|cuda` on stdout. No test model, so
+/// nothing but the sdist needs the network.
+pub fn build_engine(args: &BuildEngineArgs) -> Result<()> {
+    let flavor = resolve_flavor(args.cuda, args.cuda_arch.as_deref())?;
+    let cache = Cache::open()?;
+    let mut lock = cache.lock_file()?;
+    let _guard = acquire(&mut lock, &cache.root)?;
+    let server = ensure_server(&cache, &args.version, jobs_or_cpus(args.jobs), &flavor)?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "LLAMA_SERVER={}", server.display())?;
+    let kind = if flavor == Flavor::Cpu { "cpu" } else { "cuda" };
+    writeln!(out, "LLAMA_SERVER_FLAVOR={kind}")?;
+    Ok(())
+}
+
+/// The flavour `build-engine` builds: CUDA when asked, or (`auto`) when a toolkit is found.
+fn resolve_flavor(mode: CudaMode, archs: Option<&str>) -> Result<Flavor> {
+    if mode == CudaMode::Off {
+        log("CPU-only build requested (--cuda off)");
+        return Ok(Flavor::Cpu);
+    }
+    let Some(nvcc) = find_nvcc() else {
+        if mode == CudaMode::On {
+            bail!(
+                "--cuda on: no CUDA toolkit found (`nvcc` not on PATH, in $CUDA_HOME/bin or                  /usr/local/cuda/bin); install it (https://developer.nvidia.com/cuda-downloads,                  Debian/Ubuntu: `apt-get install nvidia-cuda-toolkit`) or use --cuda off"
+            );
+        }
+        log("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        log("NOTE: no CUDA toolkit (`nvcc`) found: building a CPU-ONLY llama-server.");
+        log("      It runs models on the CPU only (slow); the daemon's GPU pools need CUDA.");
+        log("      Install the CUDA toolkit (https://developer.nvidia.com/cuda-downloads, or");
+        log("      Debian/Ubuntu `apt-get install nvidia-cuda-toolkit`) and run this again.");
+        log("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        return Ok(Flavor::Cpu);
+    };
+    let archs = match archs.map(str::trim).filter(|a| !a.is_empty()) {
+        Some(a) => Some(a.to_owned()),
+        None => {
+            let found = gpu_archs();
+            if found.is_empty() {
+                log("no GPU reported by nvidia-smi: using llama.cpp's default CUDA architecture list");
+                None
+            } else {
+                Some(found.join(";"))
+            }
+        }
+    };
+    log(format!("CUDA toolkit: {}", nvcc.display()));
+    Ok(Flavor::Cuda { nvcc, archs })
+}
+
+/// `nvcc` on PATH, in `$CUDA_HOME/bin`, `$CUDA_PATH/bin` or `/usr/local/cuda/bin`.
+fn find_nvcc() -> Option<PathBuf> {
+    find_on_path("nvcc").or_else(|| {
+        ["CUDA_HOME", "CUDA_PATH"]
+            .iter()
+            .filter_map(|k| env::var_os(k).filter(|v| !v.is_empty()))
+            .map(PathBuf::from)
+            .chain([PathBuf::from("/usr/local/cuda")])
+            .map(|d| d.join("bin").join("nvcc"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// CUDA architectures of the GPUs `nvidia-smi` reports (`86`, `89`, …), deduplicated; empty
+/// without a driver or with one too old for the `compute_cap` query.
+fn gpu_archs() -> Vec<String> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let archs = parse_compute_caps(&String::from_utf8_lossy(&o.stdout));
+            if !archs.is_empty() {
+                log(format!(
+                    "GPUs report compute capability {}: building for those",
+                    archs.join(", ")
+                ));
+            }
+            archs
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `8.6\n8.9\n8.6` → `["86", "89"]`; lines that are not `MAJOR.MINOR` are ignored.
+fn parse_compute_caps(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let Some((major, minor)) = line.trim().split_once('.') else {
+            continue;
+        };
+        let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+        if digits(major) && digits(minor) {
+            let arch = format!("{major}{minor}");
+            if !out.contains(&arch) {
+                out.push(arch);
+            }
+        }
+    }
+    out.sort_by_key(|a| a.parse::<u32>().unwrap_or(0));
+    out
+}
+
+fn jobs_or_cpus(jobs: Option<usize>) -> usize {
+    jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    })
+}
+
 /// Arguments of `cargo xtask gen-model`.
 #[derive(clap::Args)]
 pub struct GenModelArgs {
@@ -113,10 +326,7 @@ pub fn provision(args: &ProvisionArgs) -> Result<(PathBuf, PathBuf)> {
     let mut lock = cache.lock_file()?;
     let _guard = acquire(&mut lock, &cache.root)?;
 
-    let jobs = args.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let server = ensure_server(&cache, &args.version, jobs)?;
+    let server = ensure_server(&cache, &args.version, jobs_or_cpus(args.jobs), &Flavor::Cpu)?;
     let model = ensure_model(&cache, &args.version, args.seed)?;
     Ok((server, model))
 }
@@ -203,13 +413,24 @@ fn acquire<'a>(
         .with_context(|| format!("locking {}/.lock", root.display()))
 }
 
-/// Returns the cached llama-server for `ver`, building it first if needed.
-fn ensure_server(cache: &Cache, ver: &str, jobs: usize) -> Result<PathBuf> {
-    let bin = cache.root.join("bin").join(format!("llama-server-{ver}"));
+/// Returns the cached llama-server for `ver` and `flavor`, building it first if needed.
+fn ensure_server(cache: &Cache, ver: &str, jobs: usize, flavor: &Flavor) -> Result<PathBuf> {
+    let bin = cache
+        .root
+        .join("bin")
+        .join(format!("llama-server-{ver}{}", flavor.suffix()));
     if bin.is_file() {
         match server_version(&bin) {
             Ok(v) => {
                 log(format!("reusing {} ({v})", bin.display()));
+                return Ok(bin);
+            }
+            // A CUDA build may not run where the toolkit is but the driver is not.
+            Err(e) if *flavor != Flavor::Cpu => {
+                log(format!(
+                    "reusing {} (`--version` failed here: {e:#})",
+                    bin.display()
+                ));
                 return Ok(bin);
             }
             Err(e) => log(format!(
@@ -221,7 +442,7 @@ fn ensure_server(cache: &Cache, ver: &str, jobs: usize) -> Result<PathBuf> {
 
     let src = ensure_source(cache, ver)?;
     let llama = src.join("vendor").join("llama.cpp");
-    let build = llama.join("build");
+    let build = llama.join(flavor.build_dir());
     let cmake = find_on_path("cmake").context(
         "`cmake` is not on PATH; it is needed once to build llama-server (plus a C++ compiler). \
          Install it, e.g. Debian/Ubuntu: `apt-get install -y cmake build-essential`; \
@@ -230,7 +451,8 @@ fn ensure_server(cache: &Cache, ver: &str, jobs: usize) -> Result<PathBuf> {
     )?;
 
     log(format!(
-        "building llama-server {ver} in {} with {jobs} jobs (first time: tens of minutes on 2 cores)",
+        "building a {} llama-server {ver} in {} with {jobs} jobs (first time: tens of minutes on 2 cores)",
+        flavor.describe(),
         build.display()
     ));
     // Re-running configure on an existing build tree is cheap and keeps the
@@ -242,16 +464,17 @@ fn ensure_server(cache: &Cache, ver: &str, jobs: usize) -> Result<PathBuf> {
             .arg(&llama)
             .arg("-B")
             .arg(&build)
-            .args(CMAKE_FLAGS),
+            .args(CMAKE_FLAGS)
+            .args(flavor.cmake_flags()),
         "cmake configure",
     )?;
-    run(
+    run_build(
         Command::new(&cmake)
             .arg("--build")
             .arg(&build)
             .args(["--target", "llama-server", "-j"])
             .arg(jobs.to_string()),
-        "cmake build",
+        &build.join("llorch-build.log"),
     )?;
 
     let built = build.join("bin").join("llama-server");
@@ -261,8 +484,14 @@ fn ensure_server(cache: &Cache, ver: &str, jobs: usize) -> Result<PathBuf> {
     let bin_dir = cache.root.join("bin");
     fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
     copy_atomically(&built, &bin)?;
-    let v = server_version(&bin).context("the freshly built llama-server does not run")?;
-    log(format!("installed {} ({v})", bin.display()));
+    match server_version(&bin) {
+        Ok(v) => log(format!("installed {} ({v})", bin.display())),
+        Err(e) if *flavor != Flavor::Cpu => log(format!(
+            "installed {}; it does not run here ({e:#}): is the NVIDIA driver installed?",
+            bin.display()
+        )),
+        Err(e) => return Err(e.context("the freshly built llama-server does not run")),
+    }
     Ok(bin)
 }
 
@@ -517,6 +746,121 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs the long `cmake --build`, its full output in `log_path` and on stderr only a summary:
+/// the build's `[ 45%]` (make) or `[12/345]` (ninja) progress on one line rewritten in place
+/// on a terminal, one line per 10 % elsewhere. On failure the log's last lines are shown.
+fn run_build(cmd: &mut Command, log_path: &Path) -> Result<()> {
+    log(format!("$ {cmd:?}   (full output: {})", log_path.display()));
+    let mut logf =
+        File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting cmake build")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+    })
+    .collect();
+    drop(tx);
+    let tty = io::stderr().is_terminal();
+    let mut progress = Progress::default();
+    let mut tail: std::collections::VecDeque<String> = Default::default();
+    for line in rx {
+        let _ = writeln!(logf, "{line}");
+        if tail.len() == 40 {
+            tail.pop_front();
+        }
+        tail.push_back(line.clone());
+        if let Some(shown) = progress.update(&line, tty) {
+            if tty {
+                eprint!("\r\x1b[2K{shown}");
+            } else {
+                eprintln!("{shown}");
+            }
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child.wait().context("waiting for cmake build")?;
+    if tty && progress.shown {
+        eprintln!();
+    }
+    if !status.success() {
+        for l in &tail {
+            eprintln!("  | {l}");
+        }
+        bail!(
+            "cmake build failed ({status}); the last lines are above, all of it in {}",
+            log_path.display()
+        );
+    }
+    log("build finished");
+    Ok(())
+}
+
+/// The build's progress, from make's `[ 45%] …` or ninja's `[12/345] …` lines.
+#[derive(Default)]
+struct Progress {
+    last_pct: Option<u32>,
+    shown: bool,
+}
+
+impl Progress {
+    /// The line to show for `line`, if any.
+    fn update(&mut self, line: &str, tty: bool) -> Option<String> {
+        let (pct, what) = parse_progress(line)?;
+        let step = |p: u32| p / 10;
+        if !tty && self.last_pct.is_some_and(|l| step(l) == step(pct)) {
+            return None;
+        }
+        self.last_pct = Some(pct);
+        self.shown = true;
+        let what: String = what.chars().take(70).collect();
+        Some(format!("[xtask] building llama-server: {pct:>3}% {what}"))
+    }
+}
+
+/// `(percent, rest of the line)` of a make or ninja progress line.
+fn parse_progress(line: &str) -> Option<(u32, &str)> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    let (inside, what) = rest.split_once(']')?;
+    let inside = inside.trim();
+    let pct = if let Some(p) = inside.strip_suffix('%') {
+        p.trim().parse::<u32>().ok()?
+    } else {
+        let (n, m) = inside.split_once('/')?;
+        let (n, m) = (n.trim().parse::<u64>().ok()?, m.trim().parse::<u64>().ok()?);
+        if m == 0 {
+            return None;
+        }
+        u32::try_from(n.min(m) * 100 / m).ok()?
+    };
+    Some((pct.min(100), what.trim()))
+}
+
 /// Finds an executable file named `name` in `$PATH`.
 fn find_on_path(name: &str) -> Option<PathBuf> {
     env::split_paths(&env::var_os("PATH")?)
@@ -526,4 +870,88 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 
 fn log(msg: impl std::fmt::Display) {
     eprintln!("[xtask] {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compute_caps_become_sorted_unique_archs() {
+        assert_eq!(parse_compute_caps("8.6\n8.9\n8.6\n"), ["86", "89"]);
+        assert_eq!(parse_compute_caps("12.0\n7.5"), ["75", "120"]);
+        assert!(parse_compute_caps("[N/A]\nField \"compute_cap\" is not a valid field").is_empty());
+    }
+
+    #[test]
+    fn flavors_name_their_binaries_and_flags() {
+        assert_eq!(Flavor::Cpu.suffix(), "");
+        let cuda = Flavor::Cuda {
+            nvcc: "/usr/local/cuda/bin/nvcc".into(),
+            archs: Some("86;89".into()),
+        };
+        assert_eq!(cuda.suffix(), "-cuda-86-89");
+        let flags: Vec<String> = cuda
+            .cmake_flags()
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                "-DGGML_CUDA=ON",
+                "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc",
+                "-DCMAKE_CUDA_ARCHITECTURES=86;89"
+            ]
+        );
+        let default = Flavor::Cuda {
+            nvcc: "nvcc".into(),
+            archs: None,
+        };
+        assert_eq!(default.suffix(), "-cuda-default");
+        assert_eq!(default.cmake_flags().len(), 2);
+        assert_eq!(resolve_flavor(CudaMode::Off, None).ok(), Some(Flavor::Cpu));
+    }
+
+    #[test]
+    fn run_build_logs_everything_and_reports_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_path = dir.path().join("build.log");
+        let script = "echo '[ 50%] Building a'; echo warn >&2; echo '[100%] Linking llama-server'";
+        run_build(Command::new("sh").args(["-c", script]), &log_path).expect("build ok");
+        let text = fs::read_to_string(&log_path).expect("log");
+        assert!(
+            text.contains("[ 50%] Building a") && text.contains("warn"),
+            "{text}"
+        );
+        let err = run_build(
+            Command::new("sh").args(["-c", "echo boom; exit 3"]),
+            &log_path,
+        )
+        .expect_err("must fail");
+        assert!(format!("{err:#}").contains("cmake build failed"), "{err:#}");
+    }
+
+    #[test]
+    fn progress_lines_are_summarised() {
+        assert_eq!(
+            parse_progress("[ 45%] Building CXX object ggml/src/x.cpp.o"),
+            Some((45, "Building CXX object ggml/src/x.cpp.o"))
+        );
+        assert_eq!(
+            parse_progress("[12/48] Building CUDA object a.cu.o").map(|p| p.0),
+            Some(25)
+        );
+        assert_eq!(parse_progress("-- Configuring done"), None);
+        assert_eq!(parse_progress("[N/A] x"), None);
+        let mut p = Progress::default();
+        let shown: Vec<_> = ["[  1%] a", "[  5%] b", "[ 12%] c", "[ 19%] d", "[100%] e"]
+            .iter()
+            .filter_map(|l| p.update(l, false))
+            .collect();
+        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert!(shown[2].contains("100% e"));
+        let mut t = Progress::default();
+        assert!(t.update("[  1%] a", true).is_some() && t.update("[  2%] b", true).is_some());
+    }
 }

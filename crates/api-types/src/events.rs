@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::tools::{TokenLogprob, ToolCallDelta};
 use crate::ErrorEnvelope;
 
 /// `started`: the task left the queue and an engine is working on it.
@@ -28,15 +29,26 @@ pub struct StartedEvent {
 }
 
 /// `token`: the next piece of text, byte for byte as the engine produced it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokenEvent {
     /// The text. llama-server holds back incomplete UTF-8, so one event may carry several tokens.
     pub t: String,
     /// Index of this event, from 0.
     pub i: u64,
+    /// With `logprobs` in the request: each engine token of this event with its log
+    /// probability and the most likely alternatives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// With `tools` in the request: pieces of the tool calls the model makes (`t` is then
+    /// usually empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
-/// `metrics`: progress and queue state, interleaved with tokens.
+/// `metrics`: progress and queue state. While a task waits in the queue its stream carries one
+/// at admission, on every change of its position or prediction and at least every second (with
+/// `queue_position`, `predicted_start_ms`, `predicted_end_ms`, `queued_ms`), all before
+/// `started`; while it runs, interleaved with tokens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MetricsEvent {
     /// Tasks waiting in this task's pool.
@@ -59,6 +71,23 @@ pub struct MetricsEvent {
     /// Remaining session cost budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_budget_remaining: Option<f64>,
+    /// While the task waits: tasks that will be dispatched before it (0: next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<usize>,
+    /// While the task waits: predicted milliseconds from this frame until it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_start_ms: Option<u64>,
+    /// Predicted milliseconds from this frame until the task ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_end_ms: Option<u64>,
+    /// While the task waits: milliseconds it has waited since admission when this frame was
+    /// made (so `queued_ms + predicted_start_ms` is the predicted wait from admission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<u64>,
+    /// While the task waits for an `on_demand` pool's engine: why (the model is loading, or
+    /// no GPU has room and which pools hold the memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// `end`: the task finished normally.
@@ -71,7 +100,8 @@ pub struct EndEvent {
     pub prompt_tokens: Option<u64>,
     /// Time from the first to the last token.
     pub decode_ms: u64,
-    /// `length` (max_tokens reached), `stop` (end of sequence or a stop string).
+    /// `length` (max_tokens reached), `stop` (end of sequence or a stop string), `tool_calls`
+    /// (the model called tools).
     pub finish_reason: String,
 }
 

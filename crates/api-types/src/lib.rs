@@ -15,9 +15,11 @@ mod errors;
 mod events;
 pub mod openai;
 pub mod pools;
+mod pull;
 mod state;
 mod status;
 mod tasks;
+pub mod tools;
 
 pub use capabilities::{Capabilities, PoolCapabilities};
 pub use errors::{ErrorCode, ErrorEnvelope};
@@ -27,10 +29,15 @@ pub use state::{
     BudgetSpec, CatalogList, CatalogModel, ContentEncoding, ModelState, RegisterModelRequest,
     SessionEvicted, SessionInfo, SessionSpend, SetModelStateRequest, VerifyOutcome, VerifyResponse,
 };
+pub use pull::{PullFile, PullJob, PullState};
 pub use status::{GpuStatus, PoolStatus, QueueDepths, ReplicaSummary, StatusSnapshot};
 pub use tasks::{
     AdmissionResponse, ChatMessage, Determinism, KvHint, PlacementHint, Priority, StreamLinks,
     TaskRequest, TaskState, TaskStatus, Workload,
+};
+pub use tools::{
+    FunctionCall, FunctionCallDelta, FunctionDef, JsonSchemaFormat, LogitBias, NamedToolChoice,
+    ResponseFormat, TokenLogprob, Tool, ToolCall, ToolCallDelta, ToolChoice, TopLogprob,
 };
 
 /// Body of `GET /health`.
@@ -40,7 +47,8 @@ pub struct HealthResponse {
     pub status: String,
     /// The daemon's version.
     pub version: String,
-    /// Pools that answer their engine's health check.
+    /// Pools that can take a task now: an engine answers its health check, or the pool is
+    /// `on_demand` and loads on the first task (unless its last load failed).
     pub pools_ready: usize,
     /// Pools configured.
     pub pools_total: usize,

@@ -5,10 +5,14 @@
 //! Fields are declared in alphabetical order: the order these bodies had when the daemon built
 //! them as `serde_json` values, so the bytes on the wire did not change with the types. Which
 //! fields are `null` and which are absent follows OpenAI's API (the official SDKs parse them).
-//! llama-orch reports no log probabilities: `logprobs` is always `null`.
+//! `logprobs` is `null` unless the request asked for log probabilities.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::tools::{TokenLogprob, ToolCall, ToolCallDelta};
 
 /// One model of `GET /v1/models`, and the body of `GET /v1/models/{id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -50,28 +54,53 @@ pub struct CompletionUsage {
 /// The assistant's message of a `chat.completion`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AssistantMessage {
-    /// The generated text.
-    pub content: String,
+    /// The generated text; `null` when the reply is only tool calls.
+    pub content: Option<String>,
     /// Always `assistant`.
     pub role: String,
+    /// The tools the model called (absent when it called none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// `logprobs` of a chat choice or chunk: one entry per generated token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatLogprobs {
+    /// The tokens of the content, in order.
+    pub content: Vec<TokenLogprob>,
+    /// Always `null` (no refusals).
+    pub refusal: Option<Vec<TokenLogprob>>,
+}
+
+/// `logprobs` of a text completion choice (the legacy completions shape): parallel arrays, one
+/// entry per generated token.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TextLogprobs {
+    /// Character offset of each token in the generated text.
+    pub text_offset: Vec<u64>,
+    /// Each token's natural-log probability.
+    pub token_logprobs: Vec<f64>,
+    /// Each token's text.
+    pub tokens: Vec<String>,
+    /// The most likely alternatives at each position: token text → log probability.
+    pub top_logprobs: Vec<BTreeMap<String, f64>>,
 }
 
 /// The one choice of a `chat.completion`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatChoice {
-    /// `stop`, `length`, … as the engine ended.
+    /// `stop`, `length`, `tool_calls`, … as the engine ended.
     pub finish_reason: String,
     /// Always 0 (only `n = 1` is supported).
     pub index: u32,
-    /// Always `null`.
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<serde_json::Value>,
+    /// With `logprobs: true`: each token's log probability; else `null`.
+    pub logprobs: Option<ChatLogprobs>,
     /// The reply.
     pub message: AssistantMessage,
 }
 
 /// Body of `POST /v1/chat/completions` without streaming.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletion {
     /// One choice.
     pub choices: Vec<ChatChoice>,
@@ -88,7 +117,8 @@ pub struct ChatCompletion {
 }
 
 /// What a chat stream chunk adds to the message: `{role, content: ""}` first, then
-/// `{content}` per token, `{}` with the finish reason.
+/// `{content}` per token (`{tool_calls}` for pieces of tool calls), `{}` with the finish
+/// reason.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ChunkDelta {
     /// Text to append.
@@ -97,10 +127,13 @@ pub struct ChunkDelta {
     /// `assistant`, in the first chunk only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Pieces of tool calls to append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// The one choice of a `chat.completion.chunk`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChunkChoice {
     /// What this chunk adds.
     pub delta: ChunkDelta,
@@ -108,14 +141,13 @@ pub struct ChunkChoice {
     pub finish_reason: Option<String>,
     /// Always 0.
     pub index: u32,
-    /// Always `null`.
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<serde_json::Value>,
+    /// With `logprobs: true`: the log probabilities of this chunk's tokens; else `null`.
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 /// One `data:` event of `POST /v1/chat/completions` with `stream: true` (the stream ends with
 /// `data: [DONE]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletionChunk {
     /// One choice; empty in the usage chunk.
     pub choices: Vec<ChunkChoice>,
@@ -133,22 +165,22 @@ pub struct ChatCompletionChunk {
 }
 
 /// The one choice of a `text_completion`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TextChoice {
     /// The engine's reason; `null` in stream chunks before the last.
     pub finish_reason: Option<String>,
     /// Always 0.
     pub index: u32,
-    /// Always `null`.
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<serde_json::Value>,
+    /// With `logprobs`: each token's log probability (in a stream chunk: this chunk's
+    /// tokens); else `null`.
+    pub logprobs: Option<TextLogprobs>,
     /// The generated text (in a stream chunk: the text this chunk adds).
     pub text: String,
 }
 
 /// Body of `POST /v1/completions`, and each `data:` event of it with `stream: true` (the stream
 /// ends with `data: [DONE]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TextCompletion {
     /// One choice; empty in the usage chunk of a stream.
     pub choices: Vec<TextChoice>,
@@ -198,6 +230,7 @@ mod tests {
                 delta: ChunkDelta {
                     content: Some(String::new()),
                     role: Some("assistant".into()),
+                    tool_calls: None,
                 },
                 finish_reason: None,
                 index: 0,

@@ -25,6 +25,17 @@ pub enum ReplicaState {
     Retiring,
     /// Stopped (shutdown, reload, rollback).
     Stopped,
+    /// `on_demand` pools: no engine, no VRAM; the next task loads it.
+    Unloaded,
+    /// `on_demand` pools: the engine is starting and loading the model.
+    Loading,
+    /// `on_demand` pools: a forced unload waits for its canceled tasks to end.
+    Draining,
+    /// `on_demand` pools: the engine is being stopped (evicted, idle or by request).
+    Unloading,
+    /// `on_demand` pools: the last load failed (`last_error` says why); the next task or
+    /// `POST /v1/pools/{id}/load` tries again.
+    Failed,
 }
 
 impl ReplicaState {
@@ -38,8 +49,63 @@ impl ReplicaState {
             Self::CircuitOpen => "circuit_open",
             Self::Retiring => "retiring",
             Self::Stopped => "stopped",
+            Self::Unloaded => "unloaded",
+            Self::Loading => "loading",
+            Self::Draining => "draining",
+            Self::Unloading => "unloading",
+            Self::Failed => "failed",
         }
     }
+}
+
+/// Where an `on_demand` pool is in its load life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadState {
+    /// No engine, no VRAM; the next task loads it.
+    Unloaded,
+    /// The engine starts and loads the model.
+    Loading,
+    /// The engine serves.
+    Loaded,
+    /// The engine is being stopped.
+    Unloading,
+    /// The last load failed; the next task (or `POST /v1/pools/{id}/load`) tries again.
+    Failed,
+}
+
+impl LoadState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unloaded => "unloaded",
+            Self::Loading => "loading",
+            Self::Loaded => "loaded",
+            Self::Unloading => "unloading",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The `on_demand` part of a pool's health (absent for `load: always` pools).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OnDemandInfo {
+    /// What a load of the pool's model is expected to take: measured on earlier loads
+    /// (remembered across restarts), else estimated from the file size and the disk's rate.
+    pub expected_load_ms: u64,
+    /// Since the loaded engine last served, while it is loaded and idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// Seconds without work before the engine is unloaded (0: never).
+    pub idle_unload_s: u64,
+    /// Tasks waiting in the pool's queue.
+    pub queued: usize,
+    /// The load life.
+    pub state: LoadState,
+    /// Why the pool's tasks wait and no load has started: no room on any GPU, and which
+    /// pools hold the memory (busy pools are never evicted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// What an engine reports about itself.
@@ -108,6 +174,9 @@ pub struct PoolHealth {
     pub ready: bool,
     /// Replicas of the serving generation.
     pub replicas: Vec<ReplicaInfo>,
+    /// `load: on_demand` pools only: loaded or not, the expected load time, why tasks wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemandInfo>,
     /// Replicas a reload replaced, finishing their in-flight tasks before they stop; absent
     /// when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -159,6 +228,56 @@ pub struct DrainResponse {
     pub queued: usize,
     /// Tasks running on the pool now.
     pub running: usize,
+}
+
+/// In the 202 of a task admitted to an `on_demand` pool that is not loaded: the task waits
+/// for the load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolLoadNote {
+    /// What is left of the expected load time (included in `predicted_start_ms`).
+    pub expected_load_ms: u64,
+    /// The pool's load state at admission.
+    pub state: LoadState,
+    /// Why the task waits: the model is loading, or no GPU has room and which pools hold
+    /// the memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+/// Body of `POST /v1/pools/{id}/unload` (may be empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnloadRequest {
+    /// Unload even while tasks run or wait: they end with `CANCELED` first. Without it a busy
+    /// pool answers 409 and nothing stops.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// Answer of `POST /v1/pools/{id}/load` and `POST /v1/pools/{id}/unload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LoadResponse {
+    /// The pool.
+    pub pool_id: String,
+    /// Its state now (`loaded` or `unloaded`).
+    pub state: LoadState,
+    /// False when there was nothing to do (already loaded, already unloaded).
+    pub changed: bool,
+    /// From the request to the end (the load or unload included).
+    pub took_ms: u64,
+    /// Devices of the loaded replicas (`gpu0`, `gpu0+gpu1` for a split).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// Pools evicted to make room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evicted: Vec<String>,
+    /// Tasks a forced unload canceled.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub canceled: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Body of `POST /v1/pools/{id}/reload`.
@@ -236,6 +355,11 @@ mod tests {
             ReplicaState::CircuitOpen,
             ReplicaState::Retiring,
             ReplicaState::Stopped,
+            ReplicaState::Unloaded,
+            ReplicaState::Loading,
+            ReplicaState::Draining,
+            ReplicaState::Unloading,
+            ReplicaState::Failed,
         ] {
             assert_eq!(
                 serde_json::to_value(st).unwrap(),
@@ -256,10 +380,11 @@ mod tests {
             model: Some("/m/tiny.gguf".into()),
             ready: true,
             replicas: vec![replica()],
+            on_demand: None,
             retiring: vec![],
         };
         let v = serde_json::to_value(&h).unwrap();
-        for absent in ["drain_deadline_ms", "incoming", "retiring"] {
+        for absent in ["drain_deadline_ms", "incoming", "retiring", "on_demand"] {
             assert!(v.get(absent).is_none(), "{absent} should be absent");
         }
         assert!(v["last_error"].is_null());

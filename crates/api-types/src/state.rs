@@ -107,17 +107,28 @@ pub enum ModelState {
     Retired,
 }
 
-/// Body of `POST /v1/catalog/models`.
+/// Body of `POST /v1/catalog/models`: register a local file (201), or pull a model from a hub
+/// or URL (202 with a [`crate::PullJob`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterModelRequest {
     /// Catalog id, 1-128 of `A-Za-z0-9._:-`. Tasks may name it as `model_ref`; pools as `model`.
-    pub id: String,
-    /// Absolute path of the model file, a `file://` URL, or an `http(s)://` URL (checked
-    /// against the outbound policy; the daemon does not download models itself).
+    /// Required to register; for a pull it defaults to the model file's name without `.gguf`
+    /// (and without a split suffix `-00001-of-0000N`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// What to register or pull: an absolute path of the model file or a `file://` URL
+    /// (registered), a hub reference `hf:ORG/REPO/FILE.gguf` or `hf:ORG/REPO:QUANT` (pulled),
+    /// or an `http(s)://` URL (pulled with `pull: true`; otherwise registered as a reference,
+    /// after the outbound policy allowed it).
     #[serde(rename = "ref")]
     pub reference: String,
-    /// Expected digest, `sha256:<64 hex>` (bare hex accepted).
+    /// Download the model into `data_dir/models` and register it when verified. Implied by
+    /// `hf:` references; `true` pulls an `http(s)://` URL.
+    #[serde(default)]
+    pub pull: Option<bool>,
+    /// Expected digest, `sha256:<64 hex>` (bare hex accepted). A pull verifies the download
+    /// against it (instead of the hub's `lfs.oid`).
     #[serde(default)]
     pub digest: Option<String>,
     /// Detached signature text, if the publisher provides one.
@@ -165,13 +176,22 @@ pub struct CatalogModel {
     pub last_verified: Option<VerifyOutcome>,
     /// Pools whose model is this file.
     pub served_by: Vec<String>,
+    /// Size in bytes (every part of a split model), for pulled models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Where a pulled model came from: the `hf:` reference or the URL (secrets redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Body of `GET /v1/catalog/models`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CatalogList {
     /// Every model, ordered by id.
     pub models: Vec<CatalogModel>,
+    /// Pulls not yet registered: running, and failed or canceled ones kept for a while.
+    #[serde(default)]
+    pub pulls: Vec<crate::PullJob>,
 }
 
 /// Body of `POST /v1/catalog/models/{id}/state`.
@@ -228,6 +248,8 @@ pub enum ContentEncoding {
     Utf8,
     /// The content is standard base64 (with padding) of the bytes.
     Base64,
+    /// The content is a JSON value, stored as canonical JSON (docs/STATE.md, "Artifacts").
+    Json,
 }
 
 /// Body of `POST /v1/artifacts`.
@@ -236,20 +258,25 @@ pub enum ContentEncoding {
 pub struct ArtifactCreate {
     /// Kind of artifact.
     pub kind: ArtifactKind,
-    /// The content: text, or base64 when `encoding` is `base64`.
-    pub content: String,
-    /// `utf8` (default) or `base64`.
+    /// The content: a string (text, or base64 with `encoding: base64`), or any other JSON
+    /// value, stored as canonical JSON (sorted keys, no whitespace): the same value always
+    /// gets the same id.
+    #[schema(value_type = Value)]
+    pub content: serde_json::Value,
+    /// How a string `content` is encoded: `utf8` (the default for strings), `base64`, or
+    /// `json` (store the string itself as a JSON value). Any other `content` is `json`, the
+    /// default for it; `utf8` or `base64` with it is a 400.
     #[serde(default)]
-    pub encoding: ContentEncoding,
-    /// Labels for listing (1-128 bytes each, at most 64).
+    pub encoding: Option<ContentEncoding>,
+    /// Labels for listing (1-128 characters each, no control characters, at most 64).
     #[serde(default)]
     pub tags: Vec<String>,
     /// Id of the artifact this one derives from.
     #[serde(default)]
     pub parent: Option<String>,
-    /// A JSON object of at most 64 KiB.
+    /// A JSON object of at most 64 KiB; `null` is `{}`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: serde_json::Value,
 }
 
@@ -285,10 +312,12 @@ pub struct Artifact {
     /// The description.
     #[serde(flatten)]
     pub meta: ArtifactMeta,
-    /// `utf8` when the bytes are valid UTF-8 (content is the text), else `base64`.
+    /// `json` for an artifact stored from a JSON value (content is that value), else `utf8`
+    /// when the bytes are valid UTF-8 (content is the text), else `base64`.
     pub encoding: ContentEncoding,
-    /// The content.
-    pub content: String,
+    /// The content: a string, or with `encoding: json` the JSON value.
+    #[schema(value_type = Value)]
+    pub content: serde_json::Value,
 }
 
 /// Body of `GET /v1/artifacts`.

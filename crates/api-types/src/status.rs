@@ -83,6 +83,9 @@ pub struct PoolStatus {
     pub last_error: Option<String>,
     /// Replicas.
     pub replicas: Vec<ReplicaSummary>,
+    /// `on_demand` pools: `unloaded`, `loading`, `loaded`, `unloading` or `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_state: Option<String>,
 }
 
 /// Body of `GET /v1/status`.

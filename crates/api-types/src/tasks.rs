@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::tools::{LogitBias, ResponseFormat, Tool, ToolCall, ToolChoice};
 use crate::{BudgetSpec, ErrorEnvelope};
 
 /// The two priorities. Interactive is always dequeued before batch; FIFO within each.
@@ -62,10 +63,20 @@ pub struct PlacementHint {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool` (the result of a tool call).
     pub role: String,
-    /// The message text.
+    /// The message text (empty for an assistant message that only calls tools).
+    #[serde(default)]
     pub content: String,
+    /// An assistant message's tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the function's name (some chat templates show it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Body of `POST /v1/tasks`. Unknown fields are rejected, so a typo is an error, not a default.
@@ -119,10 +130,38 @@ pub struct TaskRequest {
     /// Stop strings.
     #[serde(default)]
     pub stop: Option<Vec<String>>,
+    /// Penalty for tokens by how often they appeared so far (-2 ..= 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Penalty for tokens that appeared at all so far (-2 ..= 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// Token id (as a string) → bias added to its logit (-100 ..= 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<LogitBias>,
+    /// Report each generated token's log probability and this many most likely alternatives
+    /// (0 ..= 20) in the `token` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
+    /// `chat`: tools the model may call; calls arrive in `token` events' `tool_calls` and the
+    /// task ends with `finish_reason` `tool_calls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    /// `chat`: `none`, `auto` (default), `required`, or one named function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// `chat`: whether the model may call several tools in one reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// The form of the output: text (default), a JSON object, or JSON matching a schema
+    /// (constrained by the engine's grammar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
     /// Advisory deadline from admission, used for `on_time_probability`.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
-    /// Expected output length, used for estimates (defaults to `max_tokens`).
+    /// Expected output length, used for start and end predictions (capped by `max_tokens`);
+    /// without it the daemon expects `max_tokens` capped by what the model usually emits.
     #[serde(default)]
     pub expected_tokens: Option<u32>,
     /// KV reuse hint.
@@ -153,12 +192,22 @@ pub struct AdmissionResponse {
     pub queue_position: usize,
     /// Estimated wait until the task starts, from the pool's measured service times.
     pub predicted_start_ms: u64,
+    /// Estimated time until the task ends, from admission (its start plus its expected length
+    /// at the pool's measured rates). Absent from daemons that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_end_ms: Option<u64>,
+    /// Chance of ending within `deadline_ms`, when the request gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_time_probability: Option<f64>,
     /// Suggested client polling backoff.
     pub backoff_ms: u64,
     /// The pool the task was admitted to.
     pub pool_id: String,
     /// Where to read the result.
     pub streams: StreamLinks,
+    /// The pool is `on_demand` and not loaded: the task waits for the load, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_load: Option<crate::pools::PoolLoadNote>,
 }
 
 /// Lifecycle of a task.
@@ -201,6 +250,12 @@ pub struct TaskStatus {
     pub model_ref: String,
     /// Current queue position while queued.
     pub queue_position: Option<usize>,
+    /// While queued: the latest predicted wait until it starts, in milliseconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_start_ms: Option<u64>,
+    /// Until it ends: the latest predicted time until its end, in milliseconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_end_ms: Option<u64>,
     /// Token events sent so far.
     pub tokens_out: u64,
     /// Admission time, milliseconds since the Unix epoch.

@@ -91,6 +91,10 @@ pub enum Command {
         #[command(subcommand)]
         cmd: SessionsCmd,
     },
+    /// Download a model from a hub (or a URL) into the daemon's data directory, verify it and
+    /// register it: `hf:ORG/REPO/FILE.gguf`, `hf:ORG/REPO:QUANT` or `https://…/file.gguf`.
+    /// Shows a progress bar (bytes, rate, ETA); prints the catalog id.
+    Pull(PullArgs),
     /// The model catalog.
     Catalog {
         /// What to do.
@@ -99,9 +103,24 @@ pub enum Command {
     },
     /// Engine pools.
     Pools {
-        /// What to do.
+        /// What to do (default: `list`).
         #[command(subcommand)]
-        cmd: PoolsCmd,
+        cmd: Option<PoolsCmd>,
+    },
+    /// Load an `on_demand` pool now (evicting idle on_demand models if it must); waits until it
+    /// serves.
+    Load {
+        /// Pool id.
+        pool_id: String,
+    },
+    /// Unload an `on_demand` pool: stop its engine and free its VRAM. A busy pool is refused
+    /// unless `--force` (its tasks end with CANCELED).
+    Unload {
+        /// Pool id.
+        pool_id: String,
+        /// Cancel the pool's running and queued tasks first.
+        #[arg(long)]
+        force: bool,
     },
     /// What the daemon and its pools can do.
     Capabilities,
@@ -143,6 +162,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         daemon_config: Option<PathBuf>,
     },
+    /// Write a daemon config for this machine: finds the GPUs (NVML) and the GGUF models in
+    /// `--models-dir`, shows which model goes where, then writes orchestratord.yaml, a token
+    /// file (mode 0600) and the CLI config. Never overwrites without `--force`.
+    Init(InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -198,12 +221,77 @@ pub struct SubmitArgs {
     /// Advisory deadline in milliseconds from admission.
     #[arg(long)]
     pub deadline_ms: Option<u64>,
+    /// Expected output length in tokens, for the daemon's start and end predictions (default:
+    /// `--max-tokens` capped by what the model usually emits).
+    #[arg(long)]
+    pub expected_tokens: Option<u32>,
     /// Admit only: print the admission and exit without streaming.
     #[arg(long)]
     pub no_stream: bool,
     /// Leave the task running when interrupted (Ctrl-C); by default it is canceled.
     #[arg(long)]
     pub detach_on_interrupt: bool,
+}
+
+/// `llorch pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// `hf:ORG/REPO/FILE.gguf`, `hf:ORG/REPO:QUANT` (the one GGUF file whose name contains
+    /// QUANT; a split GGUF pulls every part) or `https://…/file.gguf`.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Catalog id to register the model under (default: the file name without `.gguf`).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Expected sha256 (`sha256:<hex>`), instead of the hub's `lfs.oid`; needed to verify a
+    /// plain URL.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// Start the pull and return; follow it with `llorch catalog show ID`.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// `llorch init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Where the GGUF models are (searched 4 levels deep) [default: ~/models].
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Directory for orchestratord.yaml, token and cli.toml
+    /// [default: $XDG_CONFIG_HOME/llama-orch, i.e. ~/.config/llama-orch].
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// The daemon config to write [default: CONFIG_DIR/orchestratord.yaml]. The CLI config goes
+    /// to `--config FILE` when given, else CONFIG_DIR/cli.toml.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The llama-server the pools launch [default: $LLAMA_SERVER, else `llama-server` next to
+    /// llorch or on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub llama_server: Option<PathBuf>,
+    /// Address the daemon listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// The daemon's data directory [default: the daemon's, ~/.local/share/llama-orch].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Context tokens per slot (at most the model's training context).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: u32,
+    /// Concurrent requests per engine.
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// No NVIDIA GPU here: write `dev.allow_cpu_inference: true` (engines on the CPU; slow,
+    /// for trying it out only).
+    #[arg(long)]
+    pub allow_cpu: bool,
+    /// Show the plan and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Overwrite existing files (an existing token is kept).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `llorch sessions …`.
@@ -300,6 +388,19 @@ pub enum PoolsCmd {
         pool_id: String,
         /// New model: catalog id or path.
         new_model_ref: String,
+    },
+    /// Load an `on_demand` pool now (same as `llorch load`).
+    Load {
+        /// Pool id.
+        pool_id: String,
+    },
+    /// Unload an `on_demand` pool (same as `llorch unload`).
+    Unload {
+        /// Pool id.
+        pool_id: String,
+        /// Cancel the pool's running and queued tasks first.
+        #[arg(long)]
+        force: bool,
     },
 }
 

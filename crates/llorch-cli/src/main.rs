@@ -66,6 +66,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         clap_complete::generate(shell, &mut cmd, "llorch", &mut std::io::stdout());
         return Ok(());
     }
+    // Before the client settings: it writes them (and a broken cli.toml must not stop --force).
+    if let Command::Init(a) = &cli.command {
+        return commands::init::run(a, &g);
+    }
     let settings = Settings::resolve(&g)?;
     let client = Client::new(
         &settings,
@@ -80,8 +84,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cancel { task_id } => commands::cancel::run(&client, &task_id, json_out).await,
         Command::Task { task_id } => commands::task::run(&client, &task_id, json_out).await,
         Command::Sessions { cmd } => commands::sessions::run(&client, cmd, json_out).await,
+        Command::Pull(a) => commands::pull::run(&client, a, json_out).await,
         Command::Catalog { cmd } => commands::catalog::run(&client, cmd, json_out).await,
-        Command::Pools { cmd } => commands::pools::run(&client, cmd, json_out).await,
+        Command::Pools { cmd } => {
+            let cmd = cmd.unwrap_or(cli::PoolsCmd::List);
+            commands::pools::run(&client, cmd, json_out).await
+        }
+        Command::Load { pool_id } => commands::pools::load(&client, &pool_id, json_out).await,
+        Command::Unload { pool_id, force } => {
+            commands::pools::unload(&client, &pool_id, force, json_out).await
+        }
         Command::Capabilities => commands::capabilities::run(&client, json_out).await,
         Command::Artifacts { cmd } => commands::artifacts::run(&client, cmd, json_out).await,
         Command::Status { watch, tasks } => {
@@ -109,6 +121,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             }
         }
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Init(_) => Ok(()),
     }
 }

@@ -8,7 +8,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use api_types::{ErrorCode, StreamEvent};
+use api_types::{ErrorCode, MetricsEvent, StreamEvent};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::Method;
@@ -34,6 +34,74 @@ pub fn ndjson(event: &str, data: &Value) {
     let _ = out.flush();
 }
 
+/// `850 ms`, `1.2 s`, `3 min 20 s`.
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        u64::MAX => "never (no replica can take it)".into(),
+        _ => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
+    }
+}
+
+/// The queue status of a waiting task's `metrics` frame, or `None` for a running task's.
+pub fn waiting_line(m: &MetricsEvent) -> Option<String> {
+    let position = m.queue_position?;
+    let mut s = format!("[queued: position {position} of {}", m.queue_depth);
+    if let Some(start) = m.predicted_start_ms {
+        s.push_str(&format!(", start in ~{}", human_ms(start)));
+    }
+    if let Some(end) = m.predicted_end_ms {
+        s.push_str(&format!(", end in ~{}", human_ms(end)));
+    }
+    if m.on_time_probability < 1.0 {
+        s.push_str(&format!(", on time {:.0} %", m.on_time_probability * 100.0));
+    }
+    if let Some(why) = &m.waiting_for {
+        s.push_str(&format!("; {why}"));
+    }
+    s.push(']');
+    Some(s)
+}
+
+/// The one stderr line that shows a waiting task's place in the queue: rewritten in place on a
+/// terminal, else printed when the position changes (so logs get a line per move, not per
+/// second).
+#[derive(Default)]
+struct WaitingLine {
+    tty: bool,
+    shown: bool,
+    last_position: Option<usize>,
+}
+
+impl WaitingLine {
+    fn show(&mut self, m: &MetricsEvent) {
+        let Some(line) = waiting_line(m) else {
+            return;
+        };
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            // Clear the line, then write the new one without a newline.
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+            self.shown = true;
+        } else if self.last_position != m.queue_position {
+            let _ = writeln!(err, "{line}");
+        }
+        self.last_position = m.queue_position;
+    }
+
+    /// Removes the live line before anything else is printed.
+    fn clear(&mut self) {
+        if self.shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.shown = false;
+        }
+    }
+}
+
 /// Follows `/v1/tasks/{id}/stream` until its terminal event.
 pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Outcome, CliError> {
     let path = format!("/v1/tasks/{task_id}/stream");
@@ -41,6 +109,10 @@ pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Ou
     let mut events = resp.bytes_stream().eventsource();
     let stdout_tty = std::io::stdout().is_terminal();
     let mut wrote_text = false;
+    let mut waiting = WaitingLine {
+        tty: std::io::stderr().is_terminal(),
+        ..WaitingLine::default()
+    };
     while let Some(ev) = events.next().await {
         let ev = match ev {
             Ok(ev) => ev,
@@ -68,6 +140,9 @@ pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Ou
                 continue;
             }
         };
+        if !matches!(parsed, StreamEvent::Metrics(_)) {
+            waiting.clear();
+        }
         match parsed {
             StreamEvent::Started(s) => {
                 if !json_out {
@@ -85,7 +160,11 @@ pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Ou
                     wrote_text |= !t.t.is_empty();
                 }
             }
-            StreamEvent::Metrics(_) => {}
+            StreamEvent::Metrics(m) => {
+                if !json_out {
+                    waiting.show(&m);
+                }
+            }
             StreamEvent::End(e) => {
                 if !json_out {
                     if stdout_tty && wrote_text {
@@ -166,5 +245,49 @@ pub async fn follow_interruptible(
             }
             Err(CliError::new(Exit::Interrupted, "interrupted"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(position: Option<usize>, p: f64) -> MetricsEvent {
+        MetricsEvent {
+            queue_depth: 5,
+            on_time_probability: p,
+            tokens_out: 0,
+            tokens_per_s: 0.0,
+            kv_warmth: None,
+            tokens_budget_remaining: None,
+            time_budget_remaining_ms: None,
+            cost_budget_remaining: None,
+            queue_position: position,
+            predicted_start_ms: Some(1_250),
+            predicted_end_ms: Some(83_000),
+            queued_ms: Some(10),
+            waiting_for: None,
+        }
+    }
+
+    #[test]
+    fn waiting_frames_read_as_one_line() {
+        assert_eq!(
+            waiting_line(&waiting(Some(2), 0.8)).as_deref(),
+            Some("[queued: position 2 of 5, start in ~1.2 s, end in ~1 min 23 s, on time 80 %]")
+        );
+        assert_eq!(
+            waiting_line(&waiting(Some(0), 1.0)).as_deref(),
+            Some("[queued: position 0 of 5, start in ~1.2 s, end in ~1 min 23 s]")
+        );
+        assert_eq!(waiting_line(&waiting(None, 1.0)), None, "a running task's frame");
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human_ms(850), "850 ms");
+        assert_eq!(human_ms(1_000), "1.0 s");
+        assert_eq!(human_ms(200_000), "3 min 20 s");
+        assert_eq!(human_ms(u64::MAX), "never (no replica can take it)");
     }
 }

@@ -64,6 +64,8 @@ pub struct Config {
     pub dev: DevConfig,
     /// Logging.
     pub log: LogConfig,
+    /// HTTP: request body limit and CORS.
+    pub http: HttpConfig,
     /// Seconds to let running tasks finish on SIGTERM/SIGINT before they are ended with an error.
     pub shutdown_grace_s: u64,
     /// Seconds a client connection may accept no bytes at all while the daemon has something to
@@ -76,6 +78,9 @@ pub struct Config {
     /// its header too slowly. Then the daemon closes it, so idle clients cannot hold sockets
     /// forever. Never applies while a request is being answered (a long stream included).
     pub idle_timeout_s: u64,
+    /// How much of each GPU the daemon may use, and how long a task may wait behind model
+    /// swaps (docs/PLACEMENT.md, "Models on demand").
+    pub placement: PlacementConfig,
     /// Engine pools.
     pub pools: Vec<PoolConfig>,
 }
@@ -93,12 +98,48 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             dev: DevConfig::default(),
             log: LogConfig::default(),
+            http: HttpConfig::default(),
             shutdown_grace_s: 10,
             write_stall_timeout_s: 60,
             idle_timeout_s: 75,
+            placement: PlacementConfig::default(),
             pools: Vec::new(),
         }
     }
+}
+
+/// HTTP settings of the daemon's listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes (default 2 MiB, 2097152); larger ones get 413.
+    /// `POST /v1/artifacts` has its own limit (`artifacts.max_artifact_bytes`).
+    pub max_body_bytes: u64,
+    /// Cross-origin requests from browser-based clients.
+    pub cors: CorsConfig,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
+/// Default of `http.max_body_bytes`: 2 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 2 << 20;
+
+/// CORS: which web origins may call the API from a browser. Preflight requests (`OPTIONS`)
+/// from an allowed origin are answered before authentication; the token is still needed for
+/// the request itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Allowed origins such as `http://localhost:3000`, or `*` for any. Default: none (no
+    /// CORS headers at all).
+    pub allow_origins: Vec<String>,
 }
 
 /// Authentication: one shared bearer token for data and control planes.
@@ -287,6 +328,89 @@ pub enum LogFormat {
     Text,
 }
 
+/// Placement limits shared by every pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// Longest a task of an `on_demand` pool waits for a busy pool to give up its VRAM: after
+    /// that the busy pool finishes its running tasks, starts no new ones, and is evicted (its
+    /// queued tasks load it again later). Until then a loaded model serves the tasks queued
+    /// for it before it can be evicted for another.
+    pub max_swap_wait_ms: u64,
+    /// Per-GPU limits on the VRAM the daemon may use (the rest stays free, e.g. for the
+    /// desktop). Applies to `dev.fake_gpus` cards too.
+    pub devices: Vec<DeviceLimit>,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            max_swap_wait_ms: 30_000,
+            devices: Vec::new(),
+        }
+    }
+}
+
+impl PlacementConfig {
+    /// The limit configured for GPU `index`, if any.
+    pub fn limit(&self, index: u32) -> Option<&DeviceLimit> {
+        self.devices.iter().find(|d| d.index == index)
+    }
+}
+
+/// How much of one GPU the daemon may use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceLimit {
+    /// GPU index (as in `nvidia-smi`, and `devices:` of pools).
+    pub index: u32,
+    /// Use at most this many MiB of the card: the free memory placement sees is reduced by
+    /// what lies beyond this cap.
+    #[serde(default)]
+    pub usable_mib: Option<u64>,
+    /// Always leave this many MiB of the card free.
+    #[serde(default)]
+    pub reserve_mib: Option<u64>,
+}
+
+impl DeviceLimit {
+    /// The free bytes placement may use on a card with `total` bytes of which `free` are free.
+    pub fn usable_free(&self, total: u64, free: u64) -> u64 {
+        let mut f = free;
+        if let Some(cap) = self.usable_mib {
+            f = f.saturating_sub(total.saturating_sub(cap.saturating_mul(1 << 20)));
+        }
+        if let Some(reserve) = self.reserve_mib {
+            f = f.saturating_sub(reserve.saturating_mul(1 << 20));
+        }
+        f
+    }
+}
+
+/// When a pool's engines run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadPolicy {
+    /// Loaded at start and kept loaded (never evicted).
+    #[default]
+    Always,
+    /// Unloaded until a task needs it; may be evicted while idle to make room for another
+    /// model, and is unloaded after `idle_unload_s` without work.
+    OnDemand,
+}
+
+/// Whether a pool may be split across several GPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitPolicy {
+    /// Split across several allowed GPUs (proportional to their free VRAM) when no single one
+    /// has room.
+    #[default]
+    Auto,
+    /// One GPU per replica, or none.
+    Never,
+}
+
 /// Engine kinds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -403,6 +527,15 @@ pub struct PoolConfig {
     /// Seconds to wait for a launched replica to answer its health check.
     #[serde(default = "default_startup")]
     pub startup_timeout_s: u64,
+    /// `always` (loaded at start, never evicted) or `on_demand` (loaded by the first task).
+    #[serde(default)]
+    pub load: LoadPolicy,
+    /// `on_demand` pools: seconds without work after which the engine is unloaded; 0 = never.
+    #[serde(default = "default_idle_unload")]
+    pub idle_unload_s: u64,
+    /// `auto`: split across several GPUs when none has room alone; `never`.
+    #[serde(default)]
+    pub split: SplitPolicy,
 }
 
 fn one() -> u32 {
@@ -416,6 +549,9 @@ fn default_ctx() -> u32 {
 }
 fn default_startup() -> u64 {
     120
+}
+fn default_idle_unload() -> u64 {
+    600
 }
 
 impl PoolConfig {
@@ -434,7 +570,15 @@ impl PoolConfig {
             flags: Vec::new(),
             queue_capacity: None,
             startup_timeout_s: default_startup(),
+            load: LoadPolicy::Always,
+            idle_unload_s: default_idle_unload(),
+            split: SplitPolicy::Auto,
         }
+    }
+
+    /// Whether the pool loads only when a task needs it.
+    pub fn on_demand(&self) -> bool {
+        self.load == LoadPolicy::OnDemand
     }
 }
 
@@ -520,11 +664,47 @@ impl Config {
                 self.idle_timeout_s
             )));
         }
+        if self.http.max_body_bytes < 1024 || self.http.max_body_bytes > MAX_BODY_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "http.max_body_bytes is {}; it must be between 1024 and {MAX_BODY_BYTES} (1 GiB)",
+                self.http.max_body_bytes
+            )));
+        }
+        for o in &self.http.cors.allow_origins {
+            if !valid_origin(o) {
+                return Err(ConfigError::Invalid(format!(
+                    "http.cors.allow_origins has `{o}`; give `*` or an origin such as \
+                     http://localhost:3000 (scheme, host and optional port; no path)"
+                )));
+            }
+        }
         if self.sessions.max_turns == 0 || self.sessions.max_turns > 8 {
             return Err(ConfigError::Invalid(format!(
                 "sessions.max_turns is {}; it must be between 1 and 8",
                 self.sessions.max_turns
             )));
+        }
+        if self.placement.max_swap_wait_ms > MAX_SECONDS * 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "placement.max_swap_wait_ms is {}; it must be at most {} (a day)",
+                self.placement.max_swap_wait_ms,
+                MAX_SECONDS * 1000
+            )));
+        }
+        let mut seen_dev = std::collections::HashSet::new();
+        for d in &self.placement.devices {
+            if !seen_dev.insert(d.index) {
+                return Err(ConfigError::Invalid(format!(
+                    "placement.devices lists GPU {} twice; give one entry per GPU",
+                    d.index
+                )));
+            }
+            if d.usable_mib.is_none() && d.reserve_mib.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "placement.devices entry for GPU {} sets neither usable_mib nor reserve_mib",
+                    d.index
+                )));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.pools {
@@ -538,6 +718,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Largest accepted `http.max_body_bytes` (1 GiB).
+pub const MAX_BODY_BYTES: u64 = 1 << 30;
+
+/// `*`, or `http(s)://host[:port]` without path, query or whitespace.
+fn valid_origin(o: &str) -> bool {
+    if o == "*" {
+        return true;
+    }
+    let Some(rest) = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
 }
 
 /// Largest accepted value of a setting in seconds (a day).
@@ -581,6 +781,16 @@ fn validate_pool(p: &PoolConfig) -> Result<(), ConfigError> {
     }
     if p.ctx < 16 {
         return bad(format!("ctx is {}; use at least 16", p.ctx));
+    }
+    if p.on_demand() && p.endpoint.is_some() {
+        return bad("`load: on_demand` needs an engine llama-orch launches (`model`); an `endpoint:` engine runs on its own".into());
+    }
+    if p.idle_unload_s > MAX_SECONDS * 7 {
+        return bad(format!(
+            "idle_unload_s is {}; use at most {} (a week), or 0 for never",
+            p.idle_unload_s,
+            MAX_SECONDS * 7
+        ));
     }
     if let Some(e) = &p.endpoint {
         if !(e.starts_with("http://") || e.starts_with("https://")) {

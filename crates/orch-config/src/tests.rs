@@ -173,3 +173,100 @@ fn schema_generates() {
     let s = json_schema();
     assert!(s.to_string().contains("allow_cpu_inference"));
 }
+
+#[test]
+fn on_demand_pools_split_and_device_limits_parse_with_defaults() {
+    let yaml = r#"
+placement:
+  max_swap_wait_ms: 5000
+  devices:
+    - { index: 0, usable_mib: 20480 }
+    - { index: 1, reserve_mib: 2048 }
+pools:
+  - id: coder
+    model: /models/coder.gguf
+    load: on_demand
+    idle_unload_s: 0
+  - id: big
+    model: /models/big.gguf
+    load: on_demand
+    split: never
+  - id: always
+    model: /models/a.gguf
+"#;
+    let c = Config::from_str_for(Path::new("c.yaml"), yaml).unwrap();
+    c.validate(false).unwrap();
+    assert!(c.pools[0].on_demand());
+    assert_eq!(c.pools[0].idle_unload_s, 0);
+    assert_eq!(c.pools[1].idle_unload_s, 600, "default");
+    assert_eq!(c.pools[1].split, SplitPolicy::Never);
+    assert_eq!(c.pools[2].load, LoadPolicy::Always, "default");
+    assert_eq!(c.pools[2].split, SplitPolicy::Auto, "default");
+    assert_eq!(c.placement.max_swap_wait_ms, 5000);
+    let gib = 1u64 << 30;
+    // A 24 GiB card with 23 GiB free, capped at 20 GiB: 19 GiB usable.
+    let cap = c.placement.limit(0).unwrap();
+    assert_eq!(cap.usable_free(24 * gib, 23 * gib), 19 * gib);
+    let reserve = c.placement.limit(1).unwrap();
+    assert_eq!(reserve.usable_free(12 * gib, 12 * gib), 10 * gib);
+    assert_eq!(reserve.usable_free(12 * gib, gib), 0, "saturates");
+    assert!(c.placement.limit(2).is_none());
+    assert_eq!(Config::default().placement.max_swap_wait_ms, 30_000);
+}
+
+#[test]
+fn on_demand_and_device_limit_mistakes_are_named() {
+    let check = |yaml: &str, want: &str| {
+        let c = Config::from_str_for(Path::new("c.yaml"), yaml).unwrap();
+        let m = c.validate(false).unwrap_err().to_string();
+        assert!(m.contains(want), "{m}");
+    };
+    check(
+        "pools:\n  - { id: e, endpoint: \"http://127.0.0.1:9\", load: on_demand }\n",
+        "needs an engine llama-orch launches",
+    );
+    check(
+        "placement: { devices: [{ index: 0, usable_mib: 1 }, { index: 0, reserve_mib: 1 }] }\n",
+        "GPU 0 twice",
+    );
+    check(
+        "placement: { devices: [{ index: 1 }] }\n",
+        "neither usable_mib nor reserve_mib",
+    );
+    let e = Config::from_str_for(
+        Path::new("c.yaml"),
+        "pools:\n  - { id: a, model: m, load: lazy }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("lazy"), "{e}");
+}
+
+#[test]
+fn http_body_limit_and_cors_origins() {
+    let c = Config::default();
+    assert_eq!(c.http.max_body_bytes, 2 * 1024 * 1024);
+    assert!(c.http.cors.allow_origins.is_empty());
+    let ok = Config::from_str_for(
+        Path::new("c.yaml"),
+        "http: { max_body_bytes: 65536, cors: { allow_origins: [\"http://localhost:3000\", \"*\"] } }\n",
+    )
+    .unwrap();
+    ok.validate(false).unwrap();
+    assert_eq!(ok.http.max_body_bytes, 65536);
+    for (yaml, want) in [
+        ("http: { max_body_bytes: 10 }\n", "http.max_body_bytes"),
+        (
+            "http: { cors: { allow_origins: [\"localhost:3000\"] } }\n",
+            "http.cors.allow_origins",
+        ),
+        (
+            "http: { cors: { allow_origins: [\"http://a.example/path\"] } }\n",
+            "no path",
+        ),
+    ] {
+        let c = Config::from_str_for(Path::new("c.yaml"), yaml).unwrap();
+        let m = c.validate(false).unwrap_err().to_string();
+        assert!(m.contains(want), "{m}");
+    }
+}

@@ -136,6 +136,54 @@ pub struct ArtifactMeta {
     pub parent: Option<String>,
     /// Client metadata (a JSON object).
     pub metadata: serde_json::Value,
+    /// The content is a JSON value in canonical form ([`canonical_json`]), stored by
+    /// [`Artifacts::put_json`].
+    pub json: bool,
+}
+
+/// The canonical JSON text of `v`, so that the same value always gets the same bytes (and
+/// artifact id): object keys sorted by their UTF-8 bytes (which is code point order), no
+/// whitespace, strings and numbers as serde_json writes them (only `"`, `\\` and control
+/// characters escaped, non-ASCII as UTF-8; integers exactly, other numbers in their shortest
+/// round-trip form, so `1` and `1.0` are different values).
+pub fn canonical_json(v: &serde_json::Value) -> Vec<u8> {
+    fn write(v: &serde_json::Value, out: &mut Vec<u8>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(&serde_json::Value::String(k.clone()), out);
+                    out.push(b':');
+                    if let Some(x) = m.get(k) {
+                        write(x, out);
+                    }
+                }
+                out.push(b'}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push(b'[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(x, out);
+                }
+                out.push(b']');
+            }
+            // Scalars: serde_json's own compact form (writing to a Vec cannot fail).
+            scalar => {
+                let _ = serde_json::to_writer(&mut *out, scalar);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    write(v, &mut out);
+    out
 }
 
 /// Outcome of [`Artifacts::gc`].
@@ -182,7 +230,7 @@ pub(crate) fn content_path(root: &Path, hex_part: &str) -> PathBuf {
 
 const SELECT_META: &str = "SELECT a.id, a.kind, a.size, a.created_ms, a.parent, a.metadata, \
      (SELECT json_group_array(tag) FROM \
-        (SELECT tag FROM artifact_tags t WHERE t.artifact_id = a.id ORDER BY tag)) \
+        (SELECT tag FROM artifact_tags t WHERE t.artifact_id = a.id ORDER BY tag)), a.json \
      FROM artifacts a";
 
 fn meta_from_row(row: &Row<'_>) -> rusqlite::Result<ArtifactMeta> {
@@ -202,6 +250,7 @@ fn meta_from_row(row: &Row<'_>) -> rusqlite::Result<ArtifactMeta> {
         parent: row.get(4)?,
         metadata: serde_json::from_str(&metadata).map_err(|e| bad(5, e))?,
         tags: serde_json::from_str(&tags).map_err(|e| bad(6, e))?,
+        json: row.get::<_, i64>(7)? != 0,
     })
 }
 
@@ -259,6 +308,27 @@ impl Artifacts<'_> {
     /// `created_ms` stay those of the first put. Content over
     /// [`crate::StoreOptions::max_artifact_bytes`] is [`StoreError::TooLarge`].
     pub fn put(&self, input: ArtifactInput, now_ms: u64) -> Result<ArtifactMeta> {
+        self.put_as(input, false, now_ms)
+    }
+
+    /// [`Artifacts::put`] of a JSON value: stored as its [`canonical_json`], so the same value
+    /// gets the same id whatever its key order or whitespace, and read back as JSON
+    /// ([`ArtifactMeta::json`]). Bytes stored first as text keep `json: false` (first put wins,
+    /// like `kind`).
+    pub fn put_json(
+        &self,
+        input: ArtifactInput,
+        value: &serde_json::Value,
+        now_ms: u64,
+    ) -> Result<ArtifactMeta> {
+        let input = ArtifactInput {
+            content: canonical_json(value),
+            ..input
+        };
+        self.put_as(input, true, now_ms)
+    }
+
+    fn put_as(&self, input: ArtifactInput, json: bool, now_ms: u64) -> Result<ArtifactMeta> {
         let limit = self.store.options().max_artifact_bytes;
         let size = input.content.len() as u64;
         if size > limit {
@@ -304,9 +374,17 @@ impl Artifacts<'_> {
             .db("storing artifact metadata")?;
         let inserted = tx
             .execute(
-                "INSERT INTO artifacts (id, kind, size, created_ms, parent, metadata) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-                params![id, input.kind.as_str(), size_i, now, parent, metadata_text],
+                "INSERT INTO artifacts (id, kind, size, created_ms, parent, metadata, json) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                params![
+                    id,
+                    input.kind.as_str(),
+                    size_i,
+                    now,
+                    parent,
+                    metadata_text,
+                    i64::from(json)
+                ],
             )
             .db("storing artifact metadata")?;
         for tag in &tags {
@@ -327,6 +405,7 @@ impl Artifacts<'_> {
                 tags,
                 parent,
                 metadata,
+                json,
             }
         } else {
             tx.query_row(
@@ -559,4 +638,24 @@ pub(crate) fn sweep(root: &Path, has_row: impl Fn(&str) -> Result<bool>) -> Resu
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_json;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_sorts_keys_and_drops_whitespace() {
+        let a: serde_json::Value = serde_json::from_str(
+            "{ \"b\": [1, {\"z\": null, \"é\": \"\\u00e9\\n\"}], \"a\": 1.5 }",
+        )
+        .unwrap();
+        let b = json!({"a": 1.5, "b": [1, {"é": "é\n", "z": null}]});
+        let text = r#"{"a":1.5,"b":[1,{"z":null,"é":"é\n"}]}"#;
+        assert_eq!(String::from_utf8(canonical_json(&a)).unwrap(), text);
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(canonical_json(&json!("x")), b"\"x\"");
+        assert_ne!(canonical_json(&json!(1)), canonical_json(&json!(1.0)));
+    }
 }

@@ -75,6 +75,11 @@ pub struct NewModel {
     pub signature: Option<String>,
     /// Software bill of materials (opaque text, e.g. SPDX or CycloneDX JSON), if any.
     pub sbom: Option<String>,
+    /// Size of the model in bytes (all parts of a split model), when known.
+    pub size: Option<u64>,
+    /// Where the model was downloaded from (`hf:ORG/REPO/FILE`, a URL with secrets redacted),
+    /// for pulled models.
+    pub source: Option<String>,
 }
 
 /// Result of the most recent [`Catalog::verify`] run, persisted with the model.
@@ -109,6 +114,10 @@ pub struct CatalogModel {
     pub updated_ms: u64,
     /// The last verification, if any ran.
     pub last_verified: Option<VerifyOutcome>,
+    /// Size in bytes (all parts of a split model), when known.
+    pub size: Option<u64>,
+    /// Where a pulled model was downloaded from.
+    pub source: Option<String>,
 }
 
 impl CatalogModel {
@@ -142,7 +151,7 @@ pub struct Catalog<'a> {
 }
 
 const SELECT_MODEL: &str = "SELECT id, reference, digest, signature, sbom, state, created_ms, \
-     updated_ms, verified_ms, verified_ok, verified_digest FROM models";
+     updated_ms, verified_ms, verified_ok, verified_digest, size, source FROM models";
 
 fn model_from_row(row: &Row<'_>) -> rusqlite::Result<CatalogModel> {
     let state: String = row.get(5)?;
@@ -160,6 +169,7 @@ fn model_from_row(row: &Row<'_>) -> rusqlite::Result<CatalogModel> {
         }),
         _ => None,
     };
+    let size: Option<i64> = row.get(11)?;
     Ok(CatalogModel {
         id: row.get(0)?,
         reference: row.get(1)?,
@@ -170,6 +180,8 @@ fn model_from_row(row: &Row<'_>) -> rusqlite::Result<CatalogModel> {
         created_ms: to_u64(row.get(6)?),
         updated_ms: to_u64(row.get(7)?),
         last_verified,
+        size: size.map(to_u64),
+        source: row.get(12)?,
     })
 }
 
@@ -264,12 +276,16 @@ impl Catalog<'_> {
             .transpose()?;
         validate_attestation("signature", &model.signature)?;
         validate_attestation("sbom", &model.sbom)?;
+        if let Some(src) = &model.source {
+            validate_text("model source", src, MAX_REFERENCE_LEN)?;
+        }
+        let size = model.size.map(|s| to_i64(s, "model size")).transpose()?;
         let now = to_i64(now_ms, "now_ms")?;
         let conn = self.store.conn();
         let inserted = conn
             .execute(
                 "INSERT INTO models (id, reference, digest, signature, sbom, state, created_ms, \
-                 updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'Active', ?6, ?6) \
+                 updated_ms, size, source) VALUES (?1, ?2, ?3, ?4, ?5, 'Active', ?6, ?6, ?7, ?8) \
                  ON CONFLICT (id) DO NOTHING",
                 params![
                     model.id,
@@ -277,7 +293,9 @@ impl Catalog<'_> {
                     digest,
                     model.signature,
                     model.sbom,
-                    now
+                    now,
+                    size,
+                    model.source
                 ],
             )
             .db("registering a model")?;
@@ -297,6 +315,8 @@ impl Catalog<'_> {
             created_ms: now_ms,
             updated_ms: now_ms,
             last_verified: None,
+            size: model.size,
+            source: model.source,
         })
     }
 

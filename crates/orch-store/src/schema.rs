@@ -68,6 +68,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX artifact_tags_tag ON artifact_tags (tag);
     "#,
+    // v2: where a pulled model came from and how large it is (`llorch pull`).
+    r#"
+    ALTER TABLE models ADD COLUMN size INTEGER;
+    ALTER TABLE models ADD COLUMN source TEXT;
+    "#,
+    // v3: artifacts stored as canonical JSON values (`POST /v1/artifacts` with JSON `content`).
+    r#"
+    ALTER TABLE artifacts ADD COLUMN json INTEGER NOT NULL DEFAULT 0 CHECK (json IN (0, 1));
+    "#,
 ];
 
 /// The schema version this build writes.

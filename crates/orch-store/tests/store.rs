@@ -25,6 +25,8 @@ fn model(id: &str, reference: &str) -> NewModel {
         digest: None,
         signature: None,
         sbom: None,
+        size: None,
+        source: None,
     }
 }
 
@@ -57,7 +59,7 @@ fn open_creates_layout_and_wal() {
     assert!(dir.join("state.db").is_file());
     assert!(dir.join("artifacts/sha256").is_dir());
     assert!(dir.join("audit.jsonl").is_file());
-    assert_eq!(store.open_report().schema_version, 1);
+    assert_eq!(store.open_report().schema_version, 3);
     drop(store);
     let conn = rusqlite::Connection::open(dir.join("state.db")).unwrap();
     let mode: String = conn
@@ -67,7 +69,29 @@ fn open_creates_layout_and_wal() {
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, 3);
+}
+
+#[test]
+fn pulled_models_keep_size_and_source_across_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = open(tmp.path());
+        let mut m = model("pulled", "/data/models/hf/org/repo/m.gguf");
+        m.size = Some(17_000_000);
+        m.source = Some("hf:org/repo/m.gguf".into());
+        let got = store.catalog().register(m, T0).unwrap();
+        assert_eq!(got.size, Some(17_000_000));
+    }
+    let store = open(tmp.path());
+    let got = store.catalog().get("pulled").unwrap();
+    assert_eq!(got.size, Some(17_000_000));
+    assert_eq!(got.source.as_deref(), Some("hf:org/repo/m.gguf"));
+    let plain = store
+        .catalog()
+        .register(model("plain", "/models/p.gguf"), T0)
+        .unwrap();
+    assert_eq!((plain.size, plain.source), (None, None));
 }
 
 #[test]

@@ -6,19 +6,26 @@
 //! deterministic and testable without GPUs or engines.
 //!
 //! - [`queue`]: admission, full policies (`reject`, `drop-lru`), dispatch order.
-//! - [`estimate`]: `queue_position`, `predicted_start_ms`, `backoff_ms` and
-//!   `on_time_probability` from measured service statistics.
+//! - [`eta`]: the start-time model ("queue truth"): measured prefill and per-slot decode
+//!   rates, expected lengths, an event simulation of the pool giving each task's predicted start
+//!   and end, and calibrated on-time probabilities.
+//! - [`estimate`]: the earlier, simpler estimates (`predict_start` by slot openings, service
+//!   statistics, the normal-spread `on_time_probability` of running tasks).
 //! - [`routing`]: the least-loaded pool for a task and replica for the next dispatch.
 //! - [`placement`]: which GPU a replica goes on, with a reservation ledger and headroom
 //!   (docs/PLACEMENT.md).
+//! - [`vram`]: making room when no single GPU has it: splits across GPUs and the choice of
+//!   idle `on_demand` models to evict (least recently used first).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod estimate;
+pub mod eta;
 pub mod placement;
 pub mod queue;
 pub mod routing;
+pub mod vram;
 
 pub use estimate::{on_time_probability, predict_start, ServiceStats, StartEstimate};
 pub use placement::{

@@ -21,6 +21,7 @@ use crate::dispatch::{DispatchCtx, Dispatcher};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
+use crate::pull::{PullService, PullSetup};
 use crate::sessions::SessionAccounts;
 use crate::task::TaskTable;
 use crate::transcripts::Transcripts;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub transcripts: Arc<Transcripts>,
     /// Background loops and per-task follow-ups, stopped together at shutdown.
     pub background: Arc<Background>,
+    /// Model pulls (`POST /v1/catalog/models` with a hub reference).
+    pub pulls: Arc<PullService>,
 }
 
 /// The store-backed services, opened before the pool manager starts: they resolve catalog ids
@@ -68,6 +71,7 @@ pub struct Services {
     outbound: Arc<Outbound>,
     transcripts: Arc<Transcripts>,
     retention: Retention,
+    pulls: PullSetup,
 }
 
 impl Services {
@@ -96,6 +100,7 @@ impl Services {
         let catalog = Arc::new(Catalog::open(store.clone()).await?);
         let outbound = Arc::new(Outbound::new(cfg, store.clone())?);
         outbound.prepare_config(cfg, &catalog).await?;
+        let pulls = PullSetup::from_env(&dir, outbound.clone())?;
         let day_ms = 86_400_000u64;
         Ok(Self {
             sessions: Arc::new(SessionAccounts::new(cfg, store.clone())),
@@ -108,6 +113,7 @@ impl Services {
             store,
             catalog,
             outbound,
+            pulls,
         })
     }
 }
@@ -139,6 +145,12 @@ impl AppState {
                 )
             })
             .collect();
+        let background = Arc::new(Background::default());
+        let pulls = Arc::new(PullService::new(
+            services.pulls,
+            services.catalog.clone(),
+            background.clone(),
+        ));
         let me = Self {
             config: Arc::new(config),
             pools,
@@ -153,7 +165,8 @@ impl AppState {
             sessions: services.sessions,
             outbound: services.outbound,
             transcripts: services.transcripts,
-            background: Arc::new(Background::default()),
+            background,
+            pulls,
         };
         me.background.spawn_loops(LoopDeps {
             sessions: me.sessions.clone(),
@@ -185,6 +198,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pools/{id}/health", get(pools::health))
         .route("/v1/pools/{id}/drain", post(pools::drain))
         .route("/v1/pools/{id}/reload", post(pools::reload))
+        .route("/v1/pools/{id}/load", post(pools::load))
+        .route("/v1/pools/{id}/unload", post(pools::unload))
         .route("/v1/tasks", post(tasks::create))
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/tasks/{id}/stream", get(tasks::stream))
@@ -219,6 +234,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
+        // `http.max_body_bytes` (the OpenAI door reads its body itself, with the same limit).
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(state.config.http.max_body_bytes).unwrap_or(usize::MAX),
+        ))
         .with_state(state.clone())
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
@@ -229,11 +248,17 @@ pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/", get(web::index))
         .route("/ui/{file}", get(web::asset));
-    api.merge(public)
+    let app = api
+        .merge(public)
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             crate::auth::redact_errors,
         ))
-        .layer(CatchPanicLayer::custom(system::panic_response))
-        .layer(axum::middleware::from_fn(correlate))
+        .layer(CatchPanicLayer::custom(system::panic_response));
+    // CORS outside auth: preflights are answered without a token.
+    let app = match http::cors::layer(&state.config) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(axum::middleware::from_fn(correlate))
 }

@@ -115,7 +115,12 @@ pub async fn require_token(
         }
         Err(e) => {
             tracing::warn!(code = e.body.code.as_str(), peer = %peer.ip(), "request refused");
-            e.into_response()
+            // OpenAI clients read only OpenAI's error shape.
+            if crate::http::openai::is_openai_path(req.uri().path()) {
+                crate::http::openai::refuse(e.into(), req.into_body()).await
+            } else {
+                e.into_response()
+            }
         }
     }
 }

@@ -5,33 +5,34 @@
 //! it has slots.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_types::{
     EndEvent, ErrorCode, ErrorEnvelope, MetricsEvent, Priority, StartedEvent, StreamEvent,
-    TokenEvent, Workload,
 };
 use futures::StreamExt;
 use orch_config::FullPolicy;
-use orchestrator_core::estimate::{on_time_probability, predict_start, ServiceStats};
+use orchestrator_core::estimate::{on_time_probability, ServiceStats};
 use orchestrator_core::queue::{self, Queue, Rejected};
 use orchestrator_core::{choose_replica, ReplicaCandidate};
 use pool_manager::{Pool, ReplicaState, ReplicaView};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
-use worker_adapters::{AdapterError, ChatTurn, EngineEvent, GenerateRequest, Prompt};
+use worker_adapters::{AdapterError, EngineEvent};
 
 use crate::metrics::{
     Metrics, PoolPriority, Replica as ReplicaLabels, ReplicaPriority, ReplicaReason,
 };
+use crate::forecast::{Forecaster, WAIT_FRAME_EVERY};
 use crate::task::{Task, TaskTable};
+
+mod on_demand;
+pub use on_demand::admission_note;
 
 /// How often a running task emits a `metrics` frame.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
-/// Assumed time per task before any task on the pool has finished.
-const PRIOR_TASK_MS: f64 = 2_000.0;
 
 fn core_priority(p: Priority) -> queue::Priority {
     match p {
@@ -54,6 +55,10 @@ pub struct Admission {
     pub queue_position: usize,
     /// Estimated wait.
     pub predicted_start_ms: u64,
+    /// Estimated time until the task ends.
+    pub predicted_end_ms: u64,
+    /// Chance of ending within the task's `deadline_ms`, when it has one.
+    pub on_time_probability: Option<f64>,
 }
 
 /// Why the queue refused.
@@ -94,6 +99,7 @@ pub struct Dispatcher {
     running: Arc<AtomicUsize>,
     pool: Arc<Pool>,
     policy: FullPolicy,
+    load_ms: Arc<AtomicU64>,
 }
 
 /// Shared pieces a dispatcher needs.
@@ -115,6 +121,7 @@ impl Dispatcher {
             running: Arc::new(AtomicUsize::new(0)),
             pool: pool.clone(),
             policy,
+            load_ms: Arc::new(AtomicU64::new(0)),
         };
         let actor = Actor {
             queue: Queue::new(capacity, core_policy(policy)),
@@ -127,6 +134,8 @@ impl Dispatcher {
             depth: d.depth.clone(),
             running_count: d.running.clone(),
             ctx,
+            eta: Forecaster::new(d.load_ms.clone()),
+            od: on_demand::OnDemandWatch::new(d.load_ms.clone(), &d.pool),
         };
         tokio::spawn(actor.run());
         d
@@ -150,6 +159,12 @@ impl Dispatcher {
     /// Tasks running.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// Sets the expected time (ms from now) until a replica of this pool that is not ready yet
+    /// (an unloaded or loading `on_demand` pool) takes work; predictions add it. 0 by default.
+    pub fn set_expected_load_ms(&self, ms: u64) {
+        self.load_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Queues a task.
@@ -210,12 +225,22 @@ struct Actor {
     depth: Arc<AtomicUsize>,
     running_count: Arc<AtomicUsize>,
     ctx: DispatchCtx,
+    /// The start-time model: measurements, predictions, waiting tasks' `metrics` frames.
+    eta: Forecaster,
+    /// What an on_demand pool's load life means for the queue (`dispatch/on_demand.rs`).
+    od: on_demand::OnDemandWatch,
 }
 
 impl Actor {
     async fn run(mut self) {
         let mut changed = self.pool.subscribe();
+        // Waiting tasks hear from the queue at least this often; decode rates are cut as often.
+        let mut tick = tokio::time::interval(WAIT_FRAME_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut ticked = false;
+            let refresh_at = self.eta.refresh_due().map(tokio::time::Instant::from_std);
+            let wants_tick = self.eta.wants_tick(self.queue.is_empty());
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
@@ -226,39 +251,32 @@ impl Actor {
                         return;
                     }
                 }
+                _ = tick.tick(), if wants_tick => {
+                    ticked = true;
+                    self.eta.tick();
+                }
+                _ = tokio::time::sleep_until(refresh_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if refresh_at.is_some() => {}
             }
             self.dispatch();
             self.publish_depth();
+            self.watch_on_demand();
+            self.eta.refresh(&self.pool, &self.queue, ticked);
         }
     }
 
     fn est_task_ms(&self, task: &Task) -> f64 {
-        let expected = u64::from(task.req.expected_tokens.unwrap_or(task.req.max_tokens));
-        self.stats
-            .estimate_task_ms(expected)
-            .unwrap_or(PRIOR_TASK_MS)
+        self.eta.task_ms(&self.pool, task)
     }
 
     fn total_slots(&self) -> usize {
         self.pool.ready_slots()
     }
 
-    fn predicted_start(&self, position: usize, task_ms: f64) -> u64 {
-        let total = self.total_slots();
-        let busy: usize = self.inflight.values().sum();
-        let free = total.saturating_sub(busy);
-        let remaining: Vec<f64> = self
-            .running
-            .values()
-            .map(|(at, est)| (est - at.elapsed().as_secs_f64() * 1000.0).max(0.0))
-            .collect();
-        predict_start(position, free, total.max(1), &remaining, task_ms)
-    }
-
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Enqueue { task, reply } => {
-                let est = self.est_task_ms(&task);
+                self.od.publish_load(&self.pool);
                 let id = task.id.clone();
                 let prio = core_priority(task.priority());
                 match self.queue.push(id, prio, task.clone()) {
@@ -266,7 +284,8 @@ impl Actor {
                         if let Some(dropped) = adm.dropped {
                             self.drop_lru(dropped.item);
                         }
-                        let predicted = self.predicted_start(adm.position, est);
+                        let p = self.eta.admit(&self.pool, &self.queue, &task, adm.position);
+                        let predicted = p.start_ms;
                         task.set_admission(adm.position, predicted);
                         self.ctx
                             .metrics
@@ -282,6 +301,8 @@ impl Actor {
                         let _ = reply.send(Ok(Admission {
                             queue_position: adm.position,
                             predicted_start_ms: predicted,
+                            predicted_end_ms: p.end_ms,
+                            on_time_probability: p.on_time_probability,
                         }));
                     }
                     Err(Rejected::Full {
@@ -321,6 +342,7 @@ impl Actor {
                 self.running.remove(&task_id);
                 self.running_count
                     .store(self.running.len(), Ordering::Relaxed);
+                self.eta.finished(&task_id, &replica_id, sample);
                 if let Some((tokens, decode_ms, first_ms)) = sample {
                     self.stats.record(tokens, decode_ms, first_ms);
                 }
@@ -355,6 +377,7 @@ impl Actor {
 
     fn publish_depth(&self) {
         self.depth.store(self.queue.len(), Ordering::Relaxed);
+        self.pool.set_queued(self.queue.len());
         let version = self.pool.engine_version();
         for p in [queue::Priority::Interactive, queue::Priority::Batch] {
             self.ctx.metrics.set_queue_depth(
@@ -376,6 +399,10 @@ impl Actor {
     /// The least-loaded ready replica with a free slot; `prefer` (the replica holding the next
     /// task's session KV) wins whenever it has a free slot.
     fn pick_replica(&self, prefer: Option<&str>) -> Option<ReplicaView> {
+        // Yielding its GPU to a pool that waited max_swap_wait_ms: start nothing new.
+        if self.pool.is_yielding() {
+            return None;
+        }
         let ready: Vec<ReplicaView> = self
             .pool
             .replicas()
@@ -419,6 +446,8 @@ impl Actor {
             *self.inflight.entry(rid.clone()).or_insert(0) += 1;
             let est = self.est_task_ms(&task);
             self.running.insert(task.id.clone(), (Instant::now(), est));
+            let rate_prior = self.eta.tokens_per_s(&self.pool, &rid);
+            self.eta.started(&self.pool, &task, &rid);
             self.running_count
                 .store(self.running.len(), Ordering::Relaxed);
             let run = TaskRun {
@@ -429,7 +458,7 @@ impl Actor {
                 metrics: self.ctx.metrics.clone(),
                 depth: self.depth.clone(),
                 est_task_ms: est,
-                tokens_per_s_prior: self.stats.tokens_per_s(),
+                tokens_per_s_prior: rate_prior.or(self.stats.tokens_per_s()),
             };
             let done = self.tx.clone();
             let span = tracing::info_span!("task", correlation_id = %task.correlation_id, task_id = %task.id);
@@ -510,7 +539,9 @@ impl TaskRun {
             .filter(|s| *s > 0.0 && tokens > 1)
             .map(|s| (tokens - 1) as f64 / s)
             .unwrap_or(0.0);
-        let left = u64::from(self.task.req.max_tokens).saturating_sub(tokens) as f64;
+        let req = &self.task.req;
+        let expected = req.expected_tokens.map_or(req.max_tokens, |e| e.min(req.max_tokens));
+        let left = u64::from(expected).saturating_sub(tokens) as f64;
         let rate_for_eta = if rate > 0.0 {
             Some(rate)
         } else {
@@ -535,6 +566,11 @@ impl TaskRun {
             tokens_budget_remaining: extra.tokens,
             time_budget_remaining_ms: extra.time_ms,
             cost_budget_remaining: extra.cost,
+            queue_position: None,
+            predicted_start_ms: None,
+            predicted_end_ms: Some(remaining_ms.max(0.0).ceil() as u64),
+            queued_ms: None,
+            waiting_for: None,
         })
     }
 
@@ -590,31 +626,10 @@ impl TaskRun {
             })
             .inc();
         tracing::info!(replica_id = %self.replica.status.id, queued_ms, "task started");
-        let req = &task.req;
-        let prompt = match req.workload {
-            Workload::Chat => Prompt::Chat(
-                req.messages
-                    .iter()
-                    .flatten()
-                    .map(|m| ChatTurn {
-                        role: m.role.clone(),
-                        content: m.content.clone(),
-                    })
-                    .collect(),
-            ),
-            Workload::Completion => Prompt::Text(req.prompt.clone().unwrap_or_default()),
-        };
-        let gen = GenerateRequest {
-            prompt,
-            max_tokens: req.max_tokens,
-            seed: req.seed,
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            stop: req.stop.clone().unwrap_or_default(),
-            slot: task.ext.slot_for(&self.replica.status.id),
-            cache_prompt: !matches!(req.kv_hint, Some(api_types::KvHint::Cold)),
-        };
+        let gen = crate::engine_io::generate_request(
+            &task.req,
+            task.ext.slot_for(&self.replica.status.id),
+        );
         let pp = PoolPriority {
             engine: task.engine.into(),
             engine_version: version.clone(),
@@ -659,16 +674,18 @@ impl TaskRun {
                 item = stream.next() => item,
             };
             match item {
-                Some(Ok(EngineEvent::Token(t))) => {
+                Some(Ok(ev @ (EngineEvent::Token(_) | EngineEvent::Chunk(_)))) => {
                     if first.is_none() {
                         first = Some(Instant::now());
-                        let ttft = task.submitted.elapsed().as_secs_f64() * 1000.0;
+                        let ttft = task.submitted.elapsed().as_secs_f64();
                         self.metrics
-                            .latency_first_token_ms
+                            .latency_first_token
                             .get_or_create(&pp)
                             .observe(ttft);
                     }
-                    task.push(StreamEvent::Token(TokenEvent { t, i }));
+                    if let Some(tok) = crate::engine_io::token_event_of(ev, i) {
+                        task.push(StreamEvent::Token(tok));
+                    }
                     i += 1;
                     if last_metrics.elapsed() >= METRICS_EVERY {
                         last_metrics = Instant::now();
@@ -690,9 +707,9 @@ impl TaskRun {
                         finish_reason: c.finish_reason.map(|f| f.as_str()).unwrap_or("stop").into(),
                     }));
                     self.metrics
-                        .latency_decode_ms
+                        .latency_decode
                         .get_or_create(&pp)
-                        .observe(decode_ms as f64);
+                        .observe(first.map_or(0.0, |f| f.elapsed().as_secs_f64()));
                     let labels = self.labels(&version);
                     self.metrics
                         .tokens_out

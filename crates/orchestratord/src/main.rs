@@ -64,7 +64,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    orchestratord::logging::init(&cfg.log, token.iter().cloned().collect());
+    // The hub token (pulls) is a secret too: redacted from every line like the API token.
+    let hf_token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let secrets = token.iter().cloned().chain(hf_token).collect();
+    orchestratord::logging::init(&cfg.log, secrets);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

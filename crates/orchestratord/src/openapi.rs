@@ -5,6 +5,9 @@ use utoipa::OpenApi;
 
 use crate::http;
 
+#[path = "openapi_rules.rs"]
+pub mod rules;
+
 /// The daemon's API.
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +27,8 @@ use crate::http;
         http::pools::health,
         http::pools::drain,
         http::pools::reload,
+        http::pools::load,
+        http::pools::unload,
         http::catalog::register,
         http::catalog::list,
         http::catalog::get_model,
@@ -50,13 +55,23 @@ use crate::http;
         api_types::EndEvent,
         api_types::BudgetSpec,
         api_types::BudgetRemaining,
+        api_types::PullJob,
+        api_types::PullFile,
+        api_types::PullState,
     ))
 )]
 pub struct ApiDoc;
 
+/// The document served at `/openapi.json`: the derived one with [`rules::apply`].
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    rules::apply(&mut doc);
+    doc
+}
+
 /// The document as pretty JSON with a trailing newline (the committed form).
 pub fn openapi_json() -> String {
-    let mut s = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(&document()).unwrap_or_default();
     s.push('\n');
     s
 }

@@ -1,5 +1,6 @@
-//! The pool control plane: drain (stop admitting, finish or cancel by a deadline), resume and
-//! reload (a new model beside the serving one, or roll back). Handlers in `http/pools.rs`.
+//! The pool control plane: drain (stop admitting, finish or cancel by a deadline), resume,
+//! reload (a new model beside the serving one, or roll back), and load / unload of on_demand
+//! pools. Handlers in `http/pools.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ pub const DEFAULT_DRAIN_MS: u64 = 30_000;
 pub const MAX_DRAIN_MS: u64 = 86_400_000;
 /// Default time retiring replicas get to finish their tasks after a reload.
 pub const DEFAULT_RELOAD_GRACE_MS: u64 = 60_000;
+/// Longest `grace_ms` of a reload (a day, like a drain's deadline).
+pub const MAX_RELOAD_GRACE_MS: u64 = MAX_DRAIN_MS;
 /// After canceling at the deadline, how long runners get to end their tasks themselves.
 const CANCEL_SETTLE: Duration = Duration::from_secs(3);
 
@@ -141,8 +144,13 @@ pub fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ServiceErr
         return Ok(r.to_owned());
     }
     let Some(m) = state.catalog.cached(r) else {
-        // Not a catalog id either: let the pool manager's file check say what is wrong.
-        return Ok(r.to_owned());
+        // Neither a file nor a catalog id: 404, like a task naming an unknown model.
+        return Err(ServiceError::new(
+            ErrorCode::ModelNotFound,
+            format!(
+                "model file `{r}` cannot be read (it does not exist) and no catalog model has that id; give the path of a .gguf model or a catalog id"
+            ),
+        ));
     };
     if m.state == orch_store::ModelState::Retired {
         return Err(ServiceError::new(
@@ -181,6 +189,11 @@ pub async fn reload(
 ) -> Result<ReloadReport, ServiceError> {
     let pool = find_pool(state, id)?;
     refuse_while_shutting_down(state)?;
+    if let Some(g) = grace_ms.filter(|g| *g > MAX_RELOAD_GRACE_MS) {
+        return Err(ServiceError::invalid(format!(
+            "grace_ms {g} is too large; at most {MAX_RELOAD_GRACE_MS} (a day)"
+        )));
+    }
     let model = match model_ref.map(str::trim) {
         Some("") => return Err(ServiceError::invalid("new_model_ref is empty; give a model file path or catalog id, or omit it to restart on the serving model")),
         Some(r) => Some(resolve_model_ref(state, r)?),
@@ -217,4 +230,97 @@ pub async fn reload(
             Err(ServiceError::from_envelope(env))
         }
     }
+}
+
+/// The envelope of a refused or failed load or unload.
+fn load_error(pool: Option<&Pool>, e: pool_manager::LoadError) -> ServiceError {
+    use pool_manager::LoadErrorKind as K;
+    let (code, retry) = match e.kind {
+        K::UnknownPool => (ErrorCode::NotFound, None),
+        K::NotOnDemand | K::NoRoom => (ErrorCode::Conflict, None),
+        K::Busy => (ErrorCode::Conflict, Some(2000)),
+        K::Failed => (ErrorCode::EngineError, None),
+        K::ShuttingDown => (ErrorCode::ShuttingDown, Some(5000)),
+    };
+    let mut env = ErrorEnvelope::new(code, e.message);
+    if let Some(p) = pool {
+        env = env.with_engine(p.engine());
+    }
+    if let Some(ms) = retry {
+        env = env.retry_after(ms);
+    }
+    ServiceError::from_envelope(env)
+}
+
+/// Loads on_demand pool `id` now (`POST /v1/pools/{id}/load`).
+pub async fn load(state: &AppState, id: &str) -> Result<pool_manager::LoadReport, ServiceError> {
+    let pool = find_pool(state, id)?;
+    refuse_while_shutting_down(state)?;
+    state
+        .pools
+        .load(id)
+        .await
+        .map_err(|e| load_error(Some(&pool), e))
+}
+
+/// Unloads on_demand pool `id` (`POST /v1/pools/{id}/unload`). A busy pool is refused unless
+/// `force`: then its queued tasks end with `CANCELED` at once and its running ones are asked
+/// to stop (the replicas show `draining` meanwhile), and the engine stops once they ended.
+/// Returns the report and how many tasks were canceled.
+pub async fn unload(
+    state: &AppState,
+    id: &str,
+    force: bool,
+) -> Result<(pool_manager::LoadReport, usize), ServiceError> {
+    let pool = find_pool(state, id)?;
+    refuse_while_shutting_down(state)?;
+    let first = state.pools.unload(id).await;
+    let busy = matches!(&first, Err(e) if e.kind == pool_manager::LoadErrorKind::Busy);
+    if !(force && busy) {
+        return first.map(|r| (r, 0)).map_err(|e| load_error(Some(&pool), e));
+    }
+    pool.hold_for_unload(true);
+    let reason = || {
+        ErrorEnvelope::new(
+            ErrorCode::Canceled,
+            format!("pool '{id}' was unloaded by request (force); resubmit to load it again"),
+        )
+        .with_engine(pool.engine())
+    };
+    let mut canceled = 0usize;
+    if let Some(d) = state.dispatchers.get(id) {
+        for t in d.drain_queue().await {
+            if t.fail(reason()) {
+                canceled += 1;
+                state.tasks.note_finished(&t.id);
+            }
+        }
+    }
+    let running = active_in(state, id);
+    for t in &running {
+        t.request_cancel(reason());
+    }
+    canceled += running.len();
+    if tokio::time::timeout(CANCEL_SETTLE, all_ended(&running))
+        .await
+        .is_err()
+    {
+        for t in &running {
+            t.fail(reason());
+        }
+    }
+    tracing::info!(pool_id = %id, canceled, "forced unload: tasks canceled, stopping the engine");
+    // The runners give their slots back as they end; a slot may still be held for a moment.
+    let mut result = state.pools.unload(id).await;
+    let t0 = std::time::Instant::now();
+    while matches!(&result, Err(e) if e.kind == pool_manager::LoadErrorKind::Busy)
+        && t0.elapsed() < CANCEL_SETTLE
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        result = state.pools.unload(id).await;
+    }
+    pool.hold_for_unload(false);
+    result
+        .map(|r| (r, canceled))
+        .map_err(|e| load_error(Some(&pool), e))
 }

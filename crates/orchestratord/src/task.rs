@@ -42,6 +42,8 @@ struct Inner {
     cancel_reason: Option<ErrorEnvelope>,
     /// Queue position and predicted start given at admission.
     admission: (usize, u64),
+    /// The dispatcher's latest prediction: start (while queued) and end instants.
+    prediction: Option<(Option<Instant>, Instant)>,
 }
 
 /// An admitted task.
@@ -219,6 +221,7 @@ impl Task {
                 frames: Vec::new(),
                 cancel_reason: None,
                 admission: (0, 0),
+                prediction: None,
             }),
             len: watch::channel(0).0,
         }
@@ -253,6 +256,12 @@ impl Task {
     /// Queue position and predicted start given at admission.
     pub fn admission(&self) -> (usize, u64) {
         self.lock().admission
+    }
+
+    /// Records the dispatcher's latest prediction: when the task starts (`None` once it runs)
+    /// and ends. `GET /v1/tasks/{id}` shows them as milliseconds from the request.
+    pub fn set_prediction(&self, start: Option<Instant>, end: Instant) {
+        self.lock().prediction = Some((start, end));
     }
 
     /// Marks the task running on `replica_id`. False if it already ended.
@@ -348,6 +357,9 @@ impl Task {
     /// `GET /v1/tasks/{id}` body.
     pub fn status(&self) -> TaskStatus {
         let g = self.lock();
+        let now = Instant::now();
+        let until = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+        let live = g.prediction.filter(|_| !g.state.is_terminal());
         TaskStatus {
             task_id: self.id.clone(),
             state: g.state,
@@ -356,6 +368,11 @@ impl Task {
             priority: self.req.priority,
             model_ref: self.req.model_ref.clone(),
             queue_position: g.queue_position,
+            predicted_start_ms: live
+                .and_then(|(start, _)| start)
+                .filter(|_| g.state == TaskState::Queued)
+                .map(until),
+            predicted_end_ms: live.map(|(_, end)| until(end)),
             tokens_out: g.tokens_out,
             submitted_ms: self.submitted_ms,
             started_ms: g.started_ms,

@@ -54,3 +54,42 @@ fn openapi_documents_every_data_plane_route() {
         );
     }
 }
+
+#[test]
+fn openapi_has_unique_operation_ids_and_the_bearer_scheme() {
+    let doc = orchestratord::openapi::document();
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or("");
+            assert!(
+                ids.insert(id.to_owned()),
+                "duplicate operationId `{id}` ({method} {path})"
+            );
+            assert!(
+                op["responses"].get("401").is_some(),
+                "{method} {path}: no 401"
+            );
+        }
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"], serde_json::json!([{"bearer": []}]));
+    // Loopback callers read /health and /metrics without a token.
+    for p in ["/health", "/metrics"] {
+        assert_eq!(
+            doc["paths"][p]["get"]["security"],
+            serde_json::json!([{}, {"bearer": []}]),
+            "{p}"
+        );
+    }
+    let task = &doc["components"]["schemas"]["TaskRequest"]["properties"];
+    assert_eq!(task["task_id"]["pattern"], "^[A-Za-z0-9._:-]{1,128}$");
+    assert_eq!(task["max_tokens"]["minimum"], 1);
+    assert_eq!(
+        doc["paths"]["/v1/status"]["get"]["parameters"][0]["schema"]["maximum"],
+        200
+    );
+}

@@ -1,7 +1,8 @@
-//! The OpenAI-compatible door driven by the official `openai` Python SDK
-//! (test-harness/openai-sdk/test_openai_sdk.py) against a real daemon and llama-server.
-//! The SDK's virtualenv comes from `bash test-harness/openai-sdk/setup.sh` (cached under the
-//! provisioning cache); without it this test fails with that command.
+//! The OpenAI-compatible door driven by the official `openai` SDKs against a real daemon and
+//! llama-server: Python (test-harness/openai-sdk/test_openai_sdk.py, virtualenv from
+//! `bash test-harness/openai-sdk/setup.sh`, cached under the provisioning cache) and Node
+//! (test-harness/openai-node/test_openai_node.mjs, `bash test-harness/openai-node/setup.sh`).
+//! Without its setup a test fails naming that command.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,34 +23,48 @@ fn cache_dir() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llama-orch")
 }
 
-#[test]
-fn openai_python_sdk() {
-    let python = cache_dir().join("venv-openai/bin/python");
-    assert!(
-        python.is_file(),
-        "no OpenAI SDK virtualenv at {}: run `bash test-harness/openai-sdk/setup.sh` first",
-        python.display()
-    );
+/// `http.max_body_bytes` of the test daemon: small, so the 413 case sends little.
+const MAX_BODY_BYTES: u32 = 65536;
+/// The origin the test daemon allows (CORS).
+const CORS_ORIGIN: &str = "http://localhost:5173";
+
+/// A daemon with pool `tiny` (one slot, queue of 1) and pool `tiny-tools`: the same model with
+/// a chat template that renders tools (test-harness/openai-sdk/tool-template.jinja).
+fn daemon(token: &str) -> Daemon {
     let e = engine();
+    let template = repo_root().join("test-harness/openai-sdk/tool-template.jinja");
+    let tools_pool = llama_pool("tiny-tools", &e, 1, 1, 8192).replace(
+        "flags: [\"-t\", \"1\"]",
+        &format!(
+            "flags: [\"-t\", \"1\", \"--chat-template-file\", \"{}\"]",
+            template.display()
+        ),
+    );
     let config = format!(
-        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\nqueue: {{ capacity: 1 }}\npools:\n{}",
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\nqueue: {{ capacity: 1 }}\n\
+         http: {{ max_body_bytes: {MAX_BODY_BYTES}, cors: {{ allow_origins: [\"{CORS_ORIGIN}\"] }} }}\n\
+         pools:\n{}{tools_pool}",
         llama_pool("tiny", &e, 1, 1, 32768)
     );
-    let token = "sdk-test-token";
-    let d = Daemon::start(
+    Daemon::start(
         &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
         DaemonOptions {
             config,
             token: Some(token.into()),
             ..Default::default()
         },
-    );
-    let script = repo_root().join("test-harness/openai-sdk/test_openai_sdk.py");
-    let out = Command::new(&python)
-        .arg(&script)
+    )
+}
+
+/// Runs an SDK script against `d` and asserts it printed `ok`.
+fn run_script(mut cmd: Command, d: &Daemon, token: &str, ok: &str) {
+    let out = cmd
         .env("LLORCH_URL", &d.base)
         .env("LLORCH_TOKEN", token)
         .env("MODEL", "tiny")
+        .env("TOOLS_MODEL", "tiny-tools")
+        .env("MAX_BODY_BYTES", MAX_BODY_BYTES.to_string())
+        .env("CORS_ORIGIN", CORS_ORIGIN)
         .env_remove("OPENAI_BASE_URL")
         .env_remove("OPENAI_API_KEY")
         .output()
@@ -58,9 +73,38 @@ fn openai_python_sdk() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("--- script stdout:\n{stdout}\n--- script stderr:\n{stderr}");
     assert!(
-        out.status.success() && stdout.contains("OPENAI SDK OK"),
+        out.status.success() && stdout.contains(ok),
         "the OpenAI SDK script failed ({:?}); daemon log:\n{}",
         out.status.code(),
         d.logs()
     );
+}
+
+#[test]
+fn openai_python_sdk() {
+    let python = cache_dir().join("venv-openai/bin/python");
+    assert!(
+        python.is_file(),
+        "no OpenAI SDK virtualenv at {}: run `bash test-harness/openai-sdk/setup.sh` first",
+        python.display()
+    );
+    let token = "sdk-test-token";
+    let d = daemon(token);
+    let mut cmd = Command::new(&python);
+    cmd.arg(repo_root().join("test-harness/openai-sdk/test_openai_sdk.py"));
+    run_script(cmd, &d, token, "OPENAI SDK OK");
+}
+
+#[test]
+fn openai_node_sdk() {
+    let dir = repo_root().join("test-harness/openai-node");
+    assert!(
+        dir.join("node_modules/openai/package.json").is_file(),
+        "the openai Node SDK is missing: run `bash test-harness/openai-node/setup.sh` first"
+    );
+    let token = "node-sdk-test-token";
+    let d = daemon(token);
+    let mut cmd = Command::new("node");
+    cmd.arg("test_openai_node.mjs").current_dir(&dir);
+    run_script(cmd, &d, token, "OPENAI NODE SDK OK");
 }

@@ -90,9 +90,11 @@ async fn placement_across_mixed_gpus_respects_masks_and_reports_unplaceable() {
     // After the 512 MiB headroom: gpu0 2088 MiB, gpu1 1688 MiB available. Footprints of the
     // 17 MB tiny model (file + ctx·slots·file/32768 KV + 768 MiB compute): big 851 MiB,
     // mid 793, pinned 786, huge ~2.9 GiB.
+    // `huge` would fit both cards together; `split: never` keeps it unplaceable here (splits
+    // are tested in tests/on_demand.rs).
     let pools = [
         pool("pinned", 1, 1, 4096) + "    devices: [1]\n",
-        pool("huge", 128, 1, 32768),
+        pool("huge", 128, 1, 32768) + "    split: never\n",
         pool("mid", 2, 1, 8192),
         pool("big", 4, 1, 32768),
     ]
@@ -496,7 +498,7 @@ async fn reload_to_a_corrupt_or_missing_model_rolls_back_and_the_old_keeps_servi
             &json!({"new_model_ref": "/nonexistent/m.gguf"}),
         )
         .await;
-    assert_eq!(s, 400, "{env}");
+    assert_eq!(s, 404, "{env}");
     assert!(
         env["message"].as_str().unwrap().contains("cannot be read"),
         "{env}"

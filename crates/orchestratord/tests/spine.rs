@@ -651,8 +651,8 @@ async fn metrics_series_have_spec_names_and_labels() {
         format!("tasks_started_total{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",replica_id=\"tiny-r0\",priority=\"interactive\"}} 1"),
         format!("tokens_out_total{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",replica_id=\"tiny-r0\"}} 8"),
         format!("tokens_in_total{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",replica_id=\"tiny-r0\"}}"),
-        format!("latency_first_token_ms_count{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",priority=\"interactive\"}} 1"),
-        format!("latency_decode_ms_count{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",priority=\"interactive\"}} 1"),
+        format!("latency_first_token_seconds_count{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",priority=\"interactive\"}} 1"),
+        format!("latency_decode_seconds_count{{engine=\"llamacpp\",engine_version=\"{v}\",pool_id=\"tiny\",priority=\"interactive\"}} 1"),
         "tasks_rejected_total{engine=\"\",reason=\"INVALID_PARAMS\"} 1".to_owned(),
         "placement_decisions_total{outcome=\"cpu\",pinned=\"false\",fallback=\"cpu_dev\"} 1".to_owned(),
     ] {

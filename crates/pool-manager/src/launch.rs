@@ -29,8 +29,11 @@ pub struct LaunchPlan {
     pub slots: u32,
     /// Layers to offload (`-ngl`); 0 runs on the CPU.
     pub gpu_layers: u32,
-    /// `CUDA_VISIBLE_DEVICES` value (a GPU UUID), `Some("")` hides every GPU.
+    /// `CUDA_VISIBLE_DEVICES` value (GPU UUIDs, comma-separated), `Some("")` hides every GPU.
     pub cuda_visible_devices: Option<String>,
+    /// A replica split across several GPUs: each one's share of the model, in
+    /// `CUDA_VISIBLE_DEVICES` order (llama.cpp `--tensor-split`).
+    pub tensor_split: Option<Vec<f64>>,
     /// Extra flags from the pool config.
     pub flags: Vec<String>,
 }
@@ -104,6 +107,15 @@ impl LaunchPlan {
             "-ngl".into(),
             self.gpu_layers.to_string(),
         ];
+        if let Some(shares) = &self.tensor_split {
+            let list: Vec<String> = shares.iter().map(|x| format!("{x:.3}")).collect();
+            a.extend([
+                "--split-mode".into(),
+                "layer".into(),
+                "--tensor-split".into(),
+                list.join(","),
+            ]);
+        }
         a.extend(self.flags.iter().cloned());
         a
     }
@@ -317,8 +329,20 @@ mod recipe_tests {
             slots: 3,
             gpu_layers: 999,
             cuda_visible_devices: None,
+            tensor_split: None,
             flags: vec!["--extra".into()],
         }
+    }
+
+    #[test]
+    fn a_split_replica_gets_its_proportions() {
+        let mut p = plan(EngineKind::Llamacpp);
+        p.tensor_split = Some(vec![2.0 / 3.0, 1.0 / 3.0]);
+        assert_eq!(
+            p.args(9000).join(" "),
+            "-m /m/model --host 127.0.0.1 --port 9000 -c 12288 -np 3 -ngl 999 \
+             --split-mode layer --tensor-split 0.667,0.333 --extra"
+        );
     }
 
     #[test]

@@ -24,16 +24,20 @@ use worker_adapters::EngineAdapter;
 
 pub mod gguf;
 pub mod launch;
+mod load_times;
 mod metrics;
+mod ondemand;
 mod placement;
 mod pool;
 mod reload;
 mod replica;
 mod supervisor;
 
+pub use load_times::ENGINE_START_MS;
 pub use metrics::{PoolMetrics, ReplicaLabels};
+pub use ondemand::{LoadError, LoadErrorKind, LoadReport};
 pub use placement::{GpuMode, HEADROOM_BYTES};
-pub use pool::{Pool, PoolHealth};
+pub use pool::{LoadPhase, OnDemandHealth, Pool, PoolHealth};
 pub use reload::{ReloadError, ReloadErrorKind, ReloadOptions, ReloadReport};
 pub use replica::{Lease, Replica, ReplicaState, ReplicaStatus, ReplicaView};
 pub use supervisor::{CIRCUIT_CRASHES, CIRCUIT_WINDOW};
@@ -83,8 +87,11 @@ pub struct PoolManager {
     ledger: Arc<Ledger>,
     cancel: CancellationToken,
     adapters: Option<AdapterFactory>,
-    /// Background tasks besides the supervisors (the metrics sampler).
+    /// Background tasks besides the supervisors (the metrics sampler, the on-demand
+    /// controller and its loads).
     tasks: TaskTracker,
+    /// Models on demand: the controller's wake-up, load times, the plan lock.
+    od: ondemand::OnDemand,
 }
 
 impl PoolManager {
@@ -102,8 +109,13 @@ impl PoolManager {
         let launches = cfg.pools.iter().any(|p| p.endpoint.is_none());
         let gpu = GpuMode::resolve(cfg, opts.inventory, launches)?;
         let metrics = PoolMetrics::default();
-        let ledger = Arc::new(Ledger::new(&gpu));
+        let ledger = Arc::new(Ledger::with_limits(&gpu, cfg.placement.devices.clone()));
+        // on_demand pools start unloaded: nothing placed, nothing launched.
         let plans = placement::place_all(cfg, &gpu, &metrics, &ledger);
+        let any_on_demand = cfg.pools.iter().any(PoolConfig::on_demand);
+        let times = load_times::LoadTimes::open(
+            any_on_demand.then(|| cfg.data_dir().join("model_load_times.json")),
+        );
         let mut mgr = Self {
             pools: Vec::new(),
             gpu,
@@ -112,10 +124,20 @@ impl PoolManager {
             cancel: CancellationToken::new(),
             adapters: opts.adapters,
             tasks: TaskTracker::new(),
+            od: ondemand::OnDemand::new(
+                times,
+                std::time::Duration::from_millis(cfg.placement.max_swap_wait_ms),
+            ),
         };
         for (pcfg, replica_plans) in cfg.pools.iter().zip(plans) {
-            let generation = mgr.new_generation(0, Arc::new(pcfg.clone()), &replica_plans);
+            let pcfg = Arc::new(pcfg.clone());
+            let generation = if pcfg.on_demand() {
+                mgr.placeholder(0, pcfg, None)
+            } else {
+                mgr.new_generation(0, pcfg, &replica_plans)
+            };
             let pool = Arc::new(Pool::new(generation.clone()));
+            pool.set_wake(mgr.od.wake.clone());
             mgr.spawn_supervisors(&pool, &generation, replica_plans);
             mgr.pools.push(pool);
         }
@@ -127,6 +149,15 @@ impl PoolManager {
             &mgr.tasks,
             mgr.cancel.clone(),
         );
+        if any_on_demand {
+            ondemand::spawn_estimates(&mgr);
+            ondemand::spawn_controller(
+                Arc::downgrade(&mgr),
+                mgr.od.wake.clone(),
+                &mgr.tasks,
+                mgr.cancel.clone(),
+            );
+        }
         Ok(mgr)
     }
 
@@ -140,12 +171,14 @@ impl PoolManager {
         let replicas = (0u32..)
             .zip(plans)
             .map(|(i, p)| {
-                Arc::new(Replica::new(
+                let r = Replica::new(
                     placement::replica_id(&cfg.id, number, i),
                     p.device.clone(),
                     cfg.slots,
                     number,
-                ))
+                );
+                r.set_wake(self.od.wake.clone());
+                Arc::new(r)
             })
             .collect();
         Arc::new(Generation {

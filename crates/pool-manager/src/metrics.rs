@@ -19,6 +19,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -74,15 +75,50 @@ pub struct PoolLabels {
     pub pool_id: String,
 }
 
+/// `model_loads_total` / `model_evictions_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelEventLabels {
+    /// Pool.
+    pub pool_id: String,
+    /// Loads: `demand` (a queued task), `request` (`POST …/load`), `retry` (after a failed
+    /// load). Evictions: `make_room` (another model needed the VRAM), `idle`
+    /// (`idle_unload_s`), `request` (`POST …/unload`).
+    pub reason: String,
+}
+
+fn load_histogram() -> Histogram {
+    // 50 ms .. ~7 min.
+    Histogram::new(exponential_buckets(0.05, 2.0, 14))
+}
+
 /// The pool manager's series.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PoolMetrics {
     /// `placement_decisions_total{outcome,pinned,fallback}`.
     pub placement_decisions: Family<PlacementLabels, Counter>,
     /// `engine_restarts_total{pool_id}`.
     pub engine_restarts: Family<PoolLabels, Counter>,
+    /// `model_loads_total{pool_id,reason}`: on_demand loads that finished (engine ready).
+    pub model_loads: Family<ModelEventLabels, Counter>,
+    /// `model_evictions_total{pool_id,reason}`: on_demand engines stopped to free VRAM.
+    pub model_evictions: Family<ModelEventLabels, Counter>,
+    /// `model_load_seconds{pool_id}`: from launch to the first good health check.
+    pub model_load_seconds: Family<PoolLabels, Histogram, fn() -> Histogram>,
     /// What the scrape-time gauges are built from.
     live: Arc<Live>,
+}
+
+impl Default for PoolMetrics {
+    fn default() -> Self {
+        Self {
+            placement_decisions: Family::default(),
+            engine_restarts: Family::default(),
+            model_loads: Family::default(),
+            model_evictions: Family::default(),
+            model_load_seconds: Family::new_with_constructor(load_histogram),
+            live: Arc::default(),
+        }
+    }
 }
 
 /// The pools (set once they exist) and the last samples of the values without events.
@@ -113,6 +149,21 @@ impl PoolMetrics {
             "engine_restarts",
             "Engine restarts after crashes",
             self.engine_restarts.clone(),
+        );
+        reg.register(
+            "model_loads",
+            "on_demand model loads that finished, by why the model was loaded",
+            self.model_loads.clone(),
+        );
+        reg.register(
+            "model_evictions",
+            "on_demand engines stopped to free VRAM, by why",
+            self.model_evictions.clone(),
+        );
+        reg.register(
+            "model_load_seconds",
+            "Time from launching an on_demand engine to its first good health check",
+            self.model_load_seconds.clone(),
         );
         reg.register_collector(Box::new(LiveGauges(self.live.clone())));
     }

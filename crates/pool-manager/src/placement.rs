@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use gpu_inventory::{GpuDevice, GpuInventory, NvmlInventory, StaticInventory};
-use orch_config::EngineKind;
-use orch_config::{Config, PoolConfig};
+use orch_config::{Config, DeviceLimit, EngineKind, PoolConfig, SplitPolicy};
 use orchestrator_core::placement::{
-    estimate_footprint, place, GpuSnapshot, PlacementRequest, Reservation,
+    estimate_footprint, place, CandidateVerdict, GpuSnapshot, PlacementDecision, PlacementRequest,
+    Reservation, COMPUTE_OVERHEAD_BYTES,
 };
+use orchestrator_core::vram::{plan_split, Card, Layout, Need};
 
 use crate::launch::{resolve_binary, LaunchPlan};
 use crate::metrics::{PlacementLabels, PoolMetrics};
@@ -145,20 +146,60 @@ struct Entry {
 /// already shows the memory. With an injected (fake) inventory the free figure never changes, so
 /// an entry counts for as long as its replica exists; that is what makes a reload place the new
 /// replicas *beside* the old ones in tests just as it would on real cards.
+///
+/// A replica split across GPUs has one entry per GPU. The ledger also knows the configured
+/// per-GPU limits (`placement.devices`), so that "what a new replica may use" is computed in
+/// one place.
 pub(crate) struct Ledger {
     fake: bool,
     entries: Mutex<Vec<Entry>>,
+    limits: Vec<DeviceLimit>,
 }
 
 impl Ledger {
+    #[cfg(test)]
     pub(crate) fn new(gpu: &GpuMode) -> Self {
+        Self::with_limits(gpu, Vec::new())
+    }
+
+    /// A ledger that applies `limits` (usable caps and reserves per GPU).
+    pub(crate) fn with_limits(gpu: &GpuMode, limits: Vec<DeviceLimit>) -> Self {
         Self {
             fake: matches!(gpu, GpuMode::Gpus { fake: true, .. }),
             entries: Mutex::new(Vec::new()),
+            limits,
         }
     }
 
-    fn reservations(&self) -> Vec<Reservation> {
+    /// The inventory's devices with `free_bytes` cut to what the configured limits let
+    /// placement use.
+    pub(crate) fn usable(&self, mut devices: Vec<GpuDevice>) -> Vec<GpuDevice> {
+        for d in &mut devices {
+            if let Some(l) = self.limits.iter().find(|l| l.index == d.index) {
+                d.free_bytes = l.usable_free(d.total_bytes, d.free_bytes);
+            }
+        }
+        devices
+    }
+
+    /// Every entry as `(replica id, device, bytes)`, counting or not: what each live replica
+    /// holds, which is what evicting it frees.
+    pub(crate) fn holdings(&self) -> Vec<(String, u32, u64)> {
+        lock(&self.entries)
+            .iter()
+            .map(|e| (e.replica_id.clone(), e.device, e.bytes))
+            .collect()
+    }
+
+    /// Whether `replica_id` holds anything.
+    #[cfg(test)]
+    pub(crate) fn holds(&self, replica_id: &str) -> bool {
+        lock(&self.entries)
+            .iter()
+            .any(|e| e.replica_id == replica_id)
+    }
+
+    pub(crate) fn reservations(&self) -> Vec<Reservation> {
         lock(&self.entries)
             .iter()
             .filter(|e| self.fake || e.loading)
@@ -169,7 +210,7 @@ impl Ledger {
             .collect()
     }
 
-    fn reserve(&self, replica_id: &str, device: u32, bytes: u64, free_before: u64) {
+    pub(crate) fn reserve(&self, replica_id: &str, device: u32, bytes: u64, free_before: u64) {
         lock(&self.entries).push(Entry {
             replica_id: replica_id.to_owned(),
             device,
@@ -181,9 +222,9 @@ impl Ledger {
 
     /// The replica (re)starts loading: its memory is not in NVML's figure yet.
     pub(crate) fn loading(&self, replica_id: &str) {
-        if let Some(e) = lock(&self.entries)
+        for e in lock(&self.entries)
             .iter_mut()
-            .find(|e| e.replica_id == replica_id)
+            .filter(|e| e.replica_id == replica_id)
         {
             e.loading = true;
         }
@@ -191,12 +232,19 @@ impl Ledger {
 
     /// The replica finished loading. Returns `(device, estimate, free before placement)` for the
     /// estimate-versus-NVML check, or `None` when there is nothing to compare (fake GPUs, CPU).
+    /// A split replica's parts are compared one by one (the first is returned; each part's
+    /// device shows only its own share).
     pub(crate) fn loaded(&self, replica_id: &str) -> Option<(u32, u64, u64)> {
         let mut g = lock(&self.entries);
-        let e = g.iter_mut().find(|e| e.replica_id == replica_id)?;
-        let first = e.loading;
-        e.loading = false;
-        (first && !self.fake).then_some((e.device, e.bytes, e.free_before))
+        let mut out = None;
+        for e in g.iter_mut().filter(|e| e.replica_id == replica_id) {
+            let first = e.loading;
+            e.loading = false;
+            if out.is_none() && first && !self.fake {
+                out = Some((e.device, e.bytes, e.free_before));
+            }
+        }
+        out
     }
 
     /// The replica is gone: its memory is no longer promised.
@@ -250,7 +298,7 @@ pub(crate) fn place_batch(
     ledger: &Ledger,
     free_slots: &HashMap<u32, u32>,
 ) -> Vec<ReplicaPlan> {
-    let devices = gpu.snapshot();
+    let devices = ledger.usable(gpu.snapshot());
     let snapshots: Vec<GpuSnapshot> = devices
         .iter()
         .map(|d| GpuSnapshot {
@@ -303,6 +351,131 @@ pub(crate) fn footprint(p: &PoolConfig) -> u64 {
     estimate_footprint(size, u64::from(p.ctx), p.slots, kv_per_token)
 }
 
+/// The engine binary `p` launches, or why it cannot launch at all (no binary, no model).
+pub(crate) fn launch_basics(p: &PoolConfig) -> Result<std::path::PathBuf, String> {
+    let (default_binary, install_hint) = match p.engine {
+        EngineKind::Vllm => ("vllm", "install vLLM (`pip install vllm`)"),
+        EngineKind::Tgi => (
+            "text-generation-launcher",
+            "install HuggingFace text-generation-inference",
+        ),
+        _ => (
+            "llama-server",
+            "install llama.cpp's llama-server (`cargo xtask provision-engine` builds one)",
+        ),
+    };
+    let binary = p
+        .engine_binary
+        .clone()
+        .unwrap_or_else(|| default_binary.into());
+    let resolved = resolve_binary(&binary).ok_or_else(|| {
+        format!(
+            "engine binary `{binary}` not found; {install_hint} or set engine_binary to its path"
+        )
+    })?;
+    let model = p.model.clone().unwrap_or_default();
+    // llama.cpp loads one file; vLLM and TGI take a directory or a hub id, which they check
+    // themselves (a bad one shows up as a failed start with the engine's own message).
+    let model_missing = match p.engine {
+        EngineKind::Llamacpp => !std::path::Path::new(&model).is_file(),
+        _ => model.starts_with('/') && !std::path::Path::new(&model).exists(),
+    };
+    if model_missing {
+        return Err(format!(
+            "model `{model}` not found; check the pool's `model` path"
+        ));
+    }
+    Ok(resolved)
+}
+
+/// What a split of `p` needs: its footprint, the per-card overhead, and whether it may be split
+/// at all (`split: auto`, and only llama.cpp takes proportional splits).
+pub(crate) fn split_need(p: &PoolConfig, need: u64) -> Need {
+    Need {
+        bytes: need,
+        per_card_overhead: COMPUTE_OVERHEAD_BYTES.min(need),
+        split: p.split == SplitPolicy::Auto && p.engine == EngineKind::Llamacpp,
+    }
+}
+
+/// The planner's view of the GPUs in a placement decision: available bytes and the mask.
+pub(crate) fn cards_of(decision: &PlacementDecision) -> Vec<Card> {
+    decision
+        .candidates
+        .iter()
+        .map(|c| Card {
+            index: c.index,
+            name: c.name.clone(),
+            available: c.available_bytes,
+            allowed: c.verdict != CandidateVerdict::Masked,
+        })
+        .collect()
+}
+
+/// `gpu0`, or `gpu0+gpu1` for a split.
+pub(crate) fn layout_device(layout: &Layout) -> String {
+    layout
+        .devices()
+        .iter()
+        .map(|d| format!("gpu{d}"))
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// Reserves `layout` for `replica_id` in the ledger.
+pub(crate) fn reserve_layout(
+    ledger: &Ledger,
+    replica_id: &str,
+    layout: &Layout,
+    need: &Need,
+    devices: &[GpuDevice],
+) {
+    for (d, bytes) in layout.reservations(need) {
+        let free = devices
+            .iter()
+            .find(|x| x.index == d)
+            .map_or(0, |x| x.free_bytes);
+        ledger.reserve(replica_id, d, bytes, free);
+    }
+}
+
+/// The launch recipe of `p` on `layout`: `CUDA_VISIBLE_DEVICES` lists the chosen GPUs' UUIDs,
+/// and a split passes its proportions as `--tensor-split`. Fake GPUs run on the CPU (`-ngl 0`).
+pub(crate) fn launch_on(
+    p: &PoolConfig,
+    binary: std::path::PathBuf,
+    layout: &Layout,
+    devices: &[GpuDevice],
+    fake: bool,
+) -> LaunchPlan {
+    let uuids: Vec<String> = layout
+        .devices()
+        .iter()
+        .map(|d| {
+            devices
+                .iter()
+                .find(|x| x.index == *d)
+                .map(|x| x.uuid.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let tensor_split = match layout {
+        Layout::Split(parts) => Some(parts.iter().map(|x| x.share).collect()),
+        Layout::Single(_) => None,
+    };
+    LaunchPlan {
+        engine: p.engine,
+        binary,
+        model: p.model.clone().unwrap_or_default().into(),
+        ctx: p.ctx,
+        slots: p.slots,
+        gpu_layers: if fake { 0 } else { 999 },
+        cuda_visible_devices: Some(uuids.join(",")),
+        tensor_split,
+        flags: p.flags.clone(),
+    }
+}
+
 fn place_one(
     item: &PlaceItem<'_>,
     need: u64,
@@ -323,41 +496,8 @@ fn place_one(
         };
     }
     let pinned = p.devices.indices().is_some();
-    let (default_binary, install_hint) = match p.engine {
-        EngineKind::Vllm => ("vllm", "install vLLM (`pip install vllm`)"),
-        EngineKind::Tgi => (
-            "text-generation-launcher",
-            "install HuggingFace text-generation-inference",
-        ),
-        _ => (
-            "llama-server",
-            "install llama.cpp's llama-server (`cargo xtask provision-engine` builds one)",
-        ),
-    };
-    let binary = p
-        .engine_binary
-        .clone()
-        .unwrap_or_else(|| default_binary.into());
-    let mut blocked = None;
-    let resolved = resolve_binary(&binary);
-    if resolved.is_none() {
-        blocked = Some(format!(
-            "engine binary `{binary}` not found; {install_hint} or set engine_binary to its path"
-        ));
-    }
-    let model = p.model.clone().unwrap_or_default();
-    // llama.cpp loads one file; vLLM and TGI take a directory or a hub id, which they check
-    // themselves (a bad one shows up as a failed start with the engine's own message).
-    let model_missing = match p.engine {
-        EngineKind::Llamacpp => !std::path::Path::new(&model).is_file(),
-        _ => model.starts_with('/') && !std::path::Path::new(&model).exists(),
-    };
-    if blocked.is_none() && model_missing {
-        blocked = Some(format!(
-            "model `{model}` not found; check the pool's `model` path"
-        ));
-    }
-    let (device, gpu_layers, cuda, outcome, fallback) = match gpu {
+    let basics = launch_basics(p);
+    let (plan, outcome, fallback) = match gpu {
         GpuMode::Gpus { fake, .. } => {
             let req = PlacementRequest {
                 need_bytes: need,
@@ -365,38 +505,86 @@ fn place_one(
                 mask: p.devices.indices().map(<[u32]>::to_vec),
             };
             let decision = place(snapshots, &ledger.reservations(), &req);
-            tracing::info!(
-                pool_id = %p.id,
-                replica_id = %replica_id,
-                need_bytes = need,
-                headroom_bytes = HEADROOM_BYTES,
-                chosen = %decision.chosen.map_or_else(|| "none".to_owned(), |i| format!("gpu{i}")),
-                candidates = %serde_json::to_string(&decision.candidates).unwrap_or_default(),
-                reason = %decision.reason,
-                "placement decision"
-            );
-            match decision.chosen {
+            let split = split_need(p, need);
+            // No single GPU has room: several together may (`split: auto`).
+            let (layout, reason) = match decision.chosen {
+                Some(idx) => (Some(Layout::Single(idx)), decision.reason.clone()),
+                None if split.split => match plan_split(&cards_of(&decision), &split) {
+                    Some(parts) => {
+                        let layout = Layout::Split(parts);
+                        let why = split_reason(&layout, &split);
+                        (Some(layout), why)
+                    }
+                    None => (None, decision.reason.clone()),
+                },
+                None => (None, decision.reason.clone()),
+            };
+            log_decision(p, replica_id, need, layout.as_ref(), &decision, &reason);
+            match (layout, basics) {
                 // A replica that cannot launch anyway (no binary, no model) reserves nothing.
-                Some(idx) if blocked.is_none() => {
-                    let dev = devices.iter().find(|d| d.index == idx);
-                    ledger.reserve(
-                        replica_id,
-                        idx,
-                        need,
-                        dev.map(|d| d.free_bytes).unwrap_or(0),
-                    );
-                    let uuid = dev.map(|d| d.uuid.clone()).unwrap_or_default();
-                    let layers = if *fake { 0 } else { 999 };
-                    (format!("gpu{idx}"), layers, Some(uuid), "placed", "none")
+                (Some(layout), Ok(bin)) => {
+                    reserve_layout(ledger, replica_id, &layout, &split, devices);
+                    let launch = launch_on(p, bin, &layout, devices, *fake);
+                    (
+                        ReplicaPlan {
+                            device: layout_device(&layout),
+                            launch: Some(launch),
+                            endpoint: None,
+                            blocked: None,
+                        },
+                        "placed",
+                        "none",
+                    )
                 }
-                Some(idx) => (format!("gpu{idx}"), 0, None, "placed", "none"),
-                None => {
-                    blocked.get_or_insert(decision.reason.clone());
-                    ("none".into(), 0, None, "unplaceable", "none")
-                }
+                (Some(layout), Err(why)) => (
+                    ReplicaPlan {
+                        device: layout_device(&layout),
+                        launch: None,
+                        endpoint: None,
+                        blocked: Some(why),
+                    },
+                    "placed",
+                    "none",
+                ),
+                (None, basics) => (
+                    ReplicaPlan {
+                        device: "none".into(),
+                        launch: None,
+                        endpoint: None,
+                        blocked: Some(basics.err().unwrap_or(reason)),
+                    },
+                    "unplaceable",
+                    "none",
+                ),
             }
         }
-        _ => ("cpu".into(), 0, Some(String::new()), "cpu", "cpu_dev"),
+        _ => {
+            let plan = match basics {
+                Ok(bin) => ReplicaPlan {
+                    device: "cpu".into(),
+                    launch: Some(LaunchPlan {
+                        engine: p.engine,
+                        binary: bin,
+                        model: p.model.clone().unwrap_or_default().into(),
+                        ctx: p.ctx,
+                        slots: p.slots,
+                        gpu_layers: 0,
+                        cuda_visible_devices: Some(String::new()),
+                        tensor_split: None,
+                        flags: p.flags.clone(),
+                    }),
+                    endpoint: None,
+                    blocked: None,
+                },
+                Err(why) => ReplicaPlan {
+                    device: "cpu".into(),
+                    launch: None,
+                    endpoint: None,
+                    blocked: Some(why),
+                },
+            };
+            (plan, "cpu", "cpu_dev")
+        }
     };
     metrics
         .placement_decisions
@@ -406,25 +594,61 @@ fn place_one(
             fallback: fallback.into(),
         })
         .inc();
-    let launch = match (&blocked, resolved) {
-        (None, Some(bin)) => Some(LaunchPlan {
-            engine: p.engine,
-            binary: bin,
-            model: model.into(),
-            ctx: p.ctx,
-            slots: p.slots,
-            gpu_layers,
-            cuda_visible_devices: cuda,
-            flags: p.flags.clone(),
-        }),
-        _ => None,
+    plan
+}
+
+/// The sentence for a split placement: shares, bytes per card and the overhead counted on each.
+pub(crate) fn split_reason(layout: &Layout, need: &Need) -> String {
+    let Layout::Split(parts) = layout else {
+        return String::new();
     };
-    ReplicaPlan {
-        device,
-        launch,
-        endpoint: None,
-        blocked,
-    }
+    let shares: Vec<String> = parts
+        .iter()
+        .map(|x| {
+            format!(
+                "GPU {} {:.0} % ({} MiB)",
+                x.device,
+                x.share * 100.0,
+                x.bytes >> 20
+            )
+        })
+        .collect();
+    format!(
+        "no single GPU has room for {} MiB; split across {} GPUs in proportion to their free VRAM: {} ({} MiB per-card overhead counted on each)",
+        need.bytes >> 20,
+        parts.len(),
+        shares.join(", "),
+        need.per_card_overhead >> 20
+    )
+}
+
+/// One `placement decision` log line: every candidate GPU and the outcome.
+pub(crate) fn log_decision(
+    p: &PoolConfig,
+    replica_id: &str,
+    need: u64,
+    layout: Option<&Layout>,
+    decision: &PlacementDecision,
+    reason: &str,
+) {
+    tracing::info!(
+        pool_id = %p.id,
+        replica_id = %replica_id,
+        need_bytes = need,
+        headroom_bytes = HEADROOM_BYTES,
+        chosen = %layout.map_or_else(|| "none".to_owned(), layout_device),
+        tensor_split = %match layout {
+            Some(Layout::Split(parts)) => parts
+                .iter()
+                .map(|x| format!("{:.3}", x.share))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => "none".to_owned(),
+        },
+        candidates = %serde_json::to_string(&decision.candidates).unwrap_or_default(),
+        reason = %reason,
+        "placement decision"
+    );
 }
 
 /// Places every replica of every pool at start. Returns, per pool, its plans in replica order.
@@ -435,7 +659,7 @@ pub(crate) fn place_all(
     ledger: &Ledger,
 ) -> Vec<Vec<ReplicaPlan>> {
     let mut items = Vec::new();
-    for p in &cfg.pools {
+    for p in cfg.pools.iter().filter(|p| !p.on_demand()) {
         for ri in 0..p.replicas {
             items.push(PlaceItem {
                 pool: p,
@@ -447,7 +671,13 @@ pub(crate) fn place_all(
     let mut plans = place_batch(&items, gpu, metrics, ledger, &HashMap::new()).into_iter();
     cfg.pools
         .iter()
-        .map(|p| plans.by_ref().take(p.replicas as usize).collect())
+        .map(|p| {
+            if p.on_demand() {
+                Vec::new()
+            } else {
+                plans.by_ref().take(p.replicas as usize).collect()
+            }
+        })
         .collect()
 }
 
@@ -491,10 +721,13 @@ mod tests {
         // Available after 512 MiB headroom: gpu0 2088 MiB, gpu1 1688 MiB. 1 MiB model: 32 B per
         // token of KV. Footprints: big 768+1+64 = 833 MiB, mid 768+1+16 = 785, small 769.
         let gpu = fake("2600MiB:Big,2200MiB:Small");
+        // Split across both cards, huge would fit (see the split test); here it may not.
+        let mut huge = pool("huge", m, 65536, 1024, None);
+        huge.split = orch_config::SplitPolicy::Never;
         let cfg = Config {
             pools: vec![
                 pool("small", m, 1024, 1, Some(vec![1])),
-                pool("huge", m, 65536, 1024, None),
+                huge,
                 pool("mid", m, 65536, 8, None),
                 pool("big", m, 65536, 32, None),
             ],
@@ -534,6 +767,52 @@ mod tests {
             None,
             "nothing to compare on fake GPUs"
         );
+    }
+
+    #[test]
+    fn a_pool_no_card_holds_alone_is_split_across_cards_in_proportion() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        std::fs::write(&model, vec![0u8; 1 << 20]).unwrap();
+        let m = model.to_str().unwrap();
+        // huge: 2049 MiB divisible + 768 MiB per card; gpu0 2088, gpu1 1688 available.
+        let gpu = fake("2600MiB:Big,2200MiB:Small");
+        let cfg = Config {
+            pools: vec![pool("huge", m, 65536, 1024, None)],
+            ..Config::default()
+        };
+        let ledger = Ledger::new(&gpu);
+        let plans = place_all(&cfg, &gpu, &PoolMetrics::default(), &ledger);
+        let plan = &plans[0][0];
+        assert_eq!(plan.device, "gpu0+gpu1");
+        let launch = plan.launch.as_ref().unwrap();
+        assert_eq!(
+            launch.cuda_visible_devices.as_deref(),
+            Some("GPU-fake-0,GPU-fake-1")
+        );
+        let shares = launch.tensor_split.clone().unwrap();
+        // (2088 − 768) : (1688 − 768) of what is free beyond the overhead.
+        assert!((shares[0] - 1320.0 / 2240.0).abs() < 1e-9, "{shares:?}");
+        assert!(launch.args(1).join(" ").contains("--tensor-split 0.589,0.411"));
+        let held: Vec<(String, u32, u64)> = ledger.holdings();
+        assert_eq!(held.len(), 2, "one ledger entry per card: {held:?}");
+        for (_, d, b) in &held {
+            let avail: u64 = if *d == 0 { 2088 << 20 } else { 1688 << 20 };
+            assert!(*b <= avail, "gpu{d}: {b} > {avail}");
+        }
+        ledger.release("huge-r0");
+        assert!(ledger.holdings().is_empty());
+        // A cap on a card counts like a smaller card: no split fits any more.
+        let capped = Ledger::with_limits(
+            &gpu,
+            vec![orch_config::DeviceLimit {
+                index: 1,
+                usable_mib: Some(1200),
+                reserve_mib: None,
+            }],
+        );
+        let plans = place_all(&cfg, &gpu, &PoolMetrics::default(), &capped);
+        assert_eq!(plans[0][0].device, "none");
     }
 
     #[test]

@@ -7,12 +7,13 @@
 //! configuration (model), replicas, cancellation token and task tracker, so stopping one never
 //! touches another.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use orch_config::PoolConfig;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -88,6 +89,111 @@ pub struct PoolHealth {
     /// The most recent problem: a failed reload (`reload ... rolled back: ...`), an open
     /// circuit, a placement failure, or a replica's last error.
     pub last_error: Option<String>,
+    /// `load: on_demand` pools only: where the pool is in its load life.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemandHealth>,
+}
+
+/// Where an `on_demand` pool is in its load life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadPhase {
+    /// No engine, no VRAM.
+    Unloaded,
+    /// Placed; the engine starts and loads the model.
+    Loading,
+    /// The engine serves (or restarts after a crash, like any replica).
+    Loaded,
+    /// The engine is being stopped.
+    Unloading,
+    /// The last load failed; the next task (or `POST /v1/pools/{id}/load`) tries again.
+    Failed,
+}
+
+impl LoadPhase {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unloaded => "unloaded",
+            Self::Loading => "loading",
+            Self::Loaded => "loaded",
+            Self::Unloading => "unloading",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The `on_demand` part of a pool's health.
+#[derive(Clone, Debug, Serialize)]
+pub struct OnDemandHealth {
+    /// What a load of this pool's model is expected to take (measured, else estimated from
+    /// the file size and the disk's read rate).
+    pub expected_load_ms: u64,
+    /// Since the loaded engine last served, while it is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// Seconds without work before an unload (0: never).
+    pub idle_unload_s: u64,
+    /// Tasks waiting in the pool's queue.
+    pub queued: usize,
+    /// The load life.
+    pub state: LoadPhase,
+    /// Why tasks wait and the load has not started (no room, and what holds the VRAM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+/// The load life of an `on_demand` pool, changed only under the manager's plan lock.
+#[derive(Clone, Debug)]
+pub(crate) struct LoadStatus {
+    pub phase: LoadPhase,
+    /// When `phase` began.
+    pub since: Instant,
+    /// Why a wanted load cannot start yet.
+    pub waiting: Option<String>,
+    /// Since when it waits (for `max_swap_wait_ms`).
+    pub waiting_since: Option<Instant>,
+    /// The last failure.
+    pub failure: Option<String>,
+    /// Bumped at each failure; the dispatcher fails the waiting tasks once per epoch.
+    pub failure_epoch: u64,
+    /// The epoch whose waiting tasks the dispatcher has ended; until then a failed pool's
+    /// queue does not start another load.
+    pub failure_handled: u64,
+    /// `POST /v1/pools/{id}/load` asked for a load.
+    pub requested: bool,
+    /// Attempts of the load in progress (one retry on another placement).
+    pub attempt: u32,
+    /// Devices of the attempt that failed, avoided by the retry.
+    pub avoid: Vec<u32>,
+    /// Why the load in progress was started (`demand`, `request`), for metrics.
+    pub reason: &'static str,
+}
+
+impl LoadStatus {
+    fn new() -> Self {
+        Self {
+            phase: LoadPhase::Unloaded,
+            since: Instant::now(),
+            waiting: None,
+            waiting_since: None,
+            failure: None,
+            failure_epoch: 0,
+            failure_handled: 0,
+            requested: false,
+            attempt: 0,
+            avoid: Vec::new(),
+            reason: "demand",
+        }
+    }
+
+    /// Moves to `phase` (and clears the wait).
+    pub(crate) fn enter(&mut self, phase: LoadPhase) {
+        self.phase = phase;
+        self.since = Instant::now();
+        self.waiting = None;
+        self.waiting_since = None;
+    }
 }
 
 /// Replicas of one engine serving one model.
@@ -102,12 +208,30 @@ pub struct Pool {
     next_generation: AtomicU64,
     /// One reload at a time.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// `on_demand` pools: the load life.
+    load: Option<Mutex<LoadStatus>>,
+    /// Tasks waiting in the dispatcher's queue (published by the dispatcher).
+    queued: AtomicUsize,
+    /// Another pool waited `max_swap_wait_ms` for this one's VRAM: start no new task here.
+    yielding: AtomicBool,
+    /// A forced unload is under way (see [`Pool::hold_for_unload`]).
+    held: AtomicBool,
+    /// What a load of the model is expected to take.
+    expected_load_ms: AtomicU64,
+    /// Wakes the manager's on-demand controller (demand, work finished).
+    wake: OnceLock<Arc<Notify>>,
 }
 
 impl Pool {
     pub(crate) fn new(current: Arc<Generation>) -> Self {
         let cfg = current.cfg.clone();
         Self {
+            load: cfg.on_demand().then(|| Mutex::new(LoadStatus::new())),
+            queued: AtomicUsize::new(0),
+            yielding: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            expected_load_ms: AtomicU64::new(0),
+            wake: OnceLock::new(),
             id: cfg.id.clone(),
             engine: cfg.engine.as_str(),
             gens: Mutex::new(Generations {
@@ -168,6 +292,145 @@ impl Pool {
         };
         self.notify();
         old
+    }
+
+    /// Replaces the serving generation without retiring it: an on_demand pool's placeholder
+    /// (no engine) and its loaded generation take turns.
+    pub(crate) fn set_current(&self, g: Arc<Generation>) {
+        lock(&self.gens).current = g;
+        self.notify();
+    }
+
+    /// Whether the pool is `load: on_demand`.
+    pub fn on_demand(&self) -> bool {
+        self.load.is_some()
+    }
+
+    /// The load life of an on_demand pool (`None` for `always` pools).
+    pub fn load_phase(&self) -> Option<LoadPhase> {
+        self.load.as_ref().map(|l| lock(l).phase)
+    }
+
+    pub(crate) fn load_status(&self) -> Option<LoadStatus> {
+        self.load.as_ref().map(|l| lock(l).clone())
+    }
+
+    /// Changes the load life (on_demand pools; nothing for `always` ones) and tells watchers.
+    pub(crate) fn with_load<R>(&self, f: impl FnOnce(&mut LoadStatus) -> R) -> Option<R> {
+        let r = self.load.as_ref().map(|l| f(&mut lock(l)));
+        self.notify();
+        r
+    }
+
+    pub(crate) fn set_wake(&self, wake: Arc<Notify>) {
+        let _ = self.wake.set(wake);
+    }
+
+    pub(crate) fn wake_controller(&self) {
+        if let Some(w) = self.wake.get() {
+            w.notify_one();
+        }
+    }
+
+    /// The dispatcher publishes how many tasks wait in its queue: for an on_demand pool,
+    /// queued work with no ready replica is what starts a load, and queued work keeps a
+    /// loaded model from being evicted.
+    pub fn set_queued(&self, n: usize) {
+        let before = self.queued.swap(n, Ordering::SeqCst);
+        if self.on_demand() && (before != n || (n > 0 && !self.is_ready())) {
+            self.wake_controller();
+        }
+    }
+
+    /// Tasks waiting in the pool's queue, as last published by its dispatcher.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Whether the pool must start no new task: another pool has waited `max_swap_wait_ms`
+    /// for its VRAM, so it finishes its running tasks and is then evicted; or a forced
+    /// unload is under way.
+    pub fn is_yielding(&self) -> bool {
+        self.yielding.load(Ordering::SeqCst) || self.held.load(Ordering::SeqCst)
+    }
+
+    /// A forced unload (`POST …/unload {"force": true}`) holds the pool while its canceled
+    /// tasks end: no new task starts, and the serving replicas show `draining`. `false` ends
+    /// the hold (after the unload, or when it was called off).
+    pub fn hold_for_unload(&self, on: bool) {
+        self.held.store(on, Ordering::SeqCst);
+        for r in &self.current().replicas {
+            r.update(|s| match (on, s.state) {
+                (true, ReplicaState::Ready) => s.state = ReplicaState::Draining,
+                (false, ReplicaState::Draining) => s.state = ReplicaState::Ready,
+                _ => {}
+            });
+        }
+        self.notify();
+    }
+
+    pub(crate) fn set_yielding(&self, on: bool) {
+        if self.yielding.swap(on, Ordering::SeqCst) != on {
+            if on {
+                tracing::info!(pool_id = %self.id, "pool yields: another pool waited max_swap_wait_ms for its VRAM; no new task starts here until it is evicted");
+            }
+            self.notify();
+        }
+    }
+
+    /// What loading this pool's model is expected to take, in ms: measured on earlier loads
+    /// (remembered across restarts), else estimated from the file size and the disk's read
+    /// rate. 0 for `always` pools.
+    pub fn expected_load_ms(&self) -> u64 {
+        self.expected_load_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_expected_load_ms(&self, ms: u64) {
+        self.expected_load_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The part of a task's predicted start that is the pool's load: 0 once a replica is
+    /// ready (and for `always` pools), what is left of the expected load time while loading,
+    /// the whole expected time while unloaded.
+    pub fn pending_load_ms(&self) -> u64 {
+        let Some(st) = self.load_status() else {
+            return 0;
+        };
+        if self.is_ready() {
+            return 0;
+        }
+        let expected = self.expected_load_ms();
+        match st.phase {
+            LoadPhase::Loading => expected
+                .saturating_sub(u64::try_from(st.since.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            _ => expected,
+        }
+    }
+
+    /// An on_demand pool's failed load: `(epoch, reason)` while the pool is `failed`.
+    pub fn load_failure(&self) -> Option<(u64, String)> {
+        let st = self.load_status()?;
+        if st.phase != LoadPhase::Failed {
+            return None;
+        }
+        Some((st.failure_epoch, st.failure.unwrap_or_default()))
+    }
+
+    /// The dispatcher ended the tasks waiting on failure `epoch`; new tasks may load again.
+    pub fn failure_handled(&self, epoch: u64) {
+        self.with_load(|st| st.failure_handled = st.failure_handled.max(epoch));
+        self.wake_controller();
+    }
+
+    /// Why an on_demand pool's tasks wait without a load in progress (no room on any GPU, and
+    /// what holds the memory).
+    pub fn load_waiting(&self) -> Option<String> {
+        self.load_status()?.waiting
+    }
+
+    /// When a task last ran on the serving replicas (their creation before that).
+    pub(crate) fn last_used(&self) -> Option<Instant> {
+        self.current().replicas.iter().map(|r| r.last_used()).max()
     }
 
     pub(crate) fn forget_retired(&self, number: u64) {
@@ -331,7 +594,7 @@ impl Pool {
         let live = replicas
             .iter()
             .chain(&retiring)
-            .any(|r| !matches!(r.state, ReplicaState::Stopped | ReplicaState::CircuitOpen));
+            .any(|r| r.state.has_engine());
         let last_error = lock(&self.last_error)
             .clone()
             .or_else(|| replicas.iter().find_map(|r| r.last_error.clone()));
@@ -346,6 +609,24 @@ impl Pool {
             incoming,
             retiring,
             last_error,
+            on_demand: self.on_demand_health(&current),
         }
+    }
+
+    fn on_demand_health(&self, current: &Generation) -> Option<OnDemandHealth> {
+        let st = self.load_status()?;
+        let idle = current.in_flight() == 0 && self.queued() == 0;
+        let idle_ms = (st.phase == LoadPhase::Loaded && idle)
+            .then(|| self.last_used())
+            .flatten()
+            .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        Some(OnDemandHealth {
+            expected_load_ms: self.expected_load_ms(),
+            idle_ms,
+            idle_unload_s: current.cfg.idle_unload_s,
+            queued: self.queued(),
+            state: st.phase,
+            waiting: st.waiting,
+        })
     }
 }

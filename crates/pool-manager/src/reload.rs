@@ -151,6 +151,9 @@ impl PoolManager {
             .clone()
             .or_else(|| old.cfg.model.clone())
             .unwrap_or_default();
+        if pool.on_demand() && pool.load_phase() != Some(crate::LoadPhase::Loaded) {
+            return self.reload_unloaded(&pool, &old, model, t0);
+        }
         tracing::info!(pool_id, from = ?old.cfg.model, to = %model, from_generation = old.number, "reload: starting new replicas beside the serving ones");
         match self.start_candidate(&pool, &old, &model).await {
             Ok(generation) => {
@@ -183,6 +186,42 @@ impl PoolManager {
                 Err(ReloadError::new(e.kind, message))
             }
         }
+    }
+
+    /// An on_demand pool without an engine: the new model is checked and becomes the one the
+    /// next load starts; nothing is launched now.
+    fn reload_unloaded(
+        &self,
+        pool: &Arc<Pool>,
+        old: &Generation,
+        model: String,
+        t0: Instant,
+    ) -> Result<ReloadReport, ReloadError> {
+        if old.cfg.engine == orch_config::EngineKind::Llamacpp {
+            check_gguf(&model)?;
+        }
+        let mut cfg = (*old.cfg).clone();
+        cfg.model = Some(model.clone());
+        let number = pool.next_generation();
+        let generation = self.placeholder(number, Arc::new(cfg), None);
+        pool.set_current(generation.clone());
+        pool.set_last_error(None);
+        pool.with_load(|s| {
+            if s.phase == crate::LoadPhase::Failed {
+                s.enter(crate::LoadPhase::Unloaded);
+            }
+        });
+        pool.set_expected_load_ms(self.od.times.expected_ms(&model));
+        tracing::info!(pool_id = %pool.id(), model = %model, "reload of an unloaded on_demand pool: the next load uses the new model");
+        Ok(ReloadReport {
+            pool_id: pool.id().to_owned(),
+            generation: number,
+            model,
+            previous_generation: old.number,
+            previous_model: old.cfg.model.clone(),
+            took_ms: t0.elapsed().as_millis() as u64,
+            replicas: generation.replicas.iter().map(|r| r.status()).collect(),
+        })
     }
 
     /// Places, launches and health-checks a new generation; on failure stops it again.
@@ -244,7 +283,7 @@ impl PoolManager {
 }
 
 /// Fails fast on a model llama.cpp cannot load at all, before anything is launched.
-fn check_gguf(model: &str) -> Result<(), ReloadError> {
+pub(crate) fn check_gguf(model: &str) -> Result<(), ReloadError> {
     let bad = |m: String| ReloadError::new(ReloadErrorKind::BadModel, m);
     let meta = std::fs::metadata(model).map_err(|e| {
         bad(format!(
@@ -288,6 +327,7 @@ async fn wait_healthy(
                     | ReplicaState::CircuitOpen
                     | ReplicaState::Unready
                     | ReplicaState::Stopped
+                    | ReplicaState::Failed
             )
         }) {
             let why = bad.last_error.as_deref().unwrap_or("stopped");

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -28,6 +29,27 @@ pub enum ReplicaState {
     Retiring,
     /// Stopped (shutdown, reload, rollback).
     Stopped,
+    /// `on_demand` pools: no engine, no VRAM; the next task loads it.
+    Unloaded,
+    /// `on_demand` pools: the engine is starting and loading the model.
+    Loading,
+    /// `on_demand` pools: a forced unload waits for its canceled tasks to end.
+    Draining,
+    /// `on_demand` pools: the engine is being stopped (evicted, idle or by request).
+    Unloading,
+    /// `on_demand` pools: the last load failed (`last_error` says why); the next task or
+    /// `POST /v1/pools/{id}/load` tries again.
+    Failed,
+}
+
+impl ReplicaState {
+    /// Whether a replica in this state holds an engine process (or is about to).
+    pub fn has_engine(self) -> bool {
+        !matches!(
+            self,
+            Self::Stopped | Self::Unloaded | Self::Failed | Self::CircuitOpen
+        )
+    }
 }
 
 /// What the outside sees of a replica.
@@ -63,12 +85,26 @@ pub struct ReplicaStatus {
 #[derive(Default)]
 pub(crate) struct Gate {
     inner: Mutex<GateState>,
+    /// Told when a slot is given back: a pool waiting for VRAM may now evict this replica.
+    wake: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
-#[derive(Default)]
 struct GateState {
     leases: usize,
     closed: bool,
+    /// When a task last took or gave back a slot: the LRU clock of eviction and the idle
+    /// timer of `idle_unload_s`.
+    last_used: Instant,
+}
+
+impl Default for GateState {
+    fn default() -> Self {
+        Self {
+            leases: 0,
+            closed: false,
+            last_used: Instant::now(),
+        }
+    }
 }
 
 impl Gate {
@@ -78,7 +114,23 @@ impl Gate {
             return None;
         }
         g.leases += 1;
+        g.last_used = Instant::now();
         Some(Lease { gate: self.clone() })
+    }
+
+    /// Closes the gate only if no task holds a slot (atomic with `try_lease`): an eviction
+    /// can then never take an engine from under a task that just started.
+    fn close_if_idle(&self) -> bool {
+        let mut g = lock(&self.inner);
+        if g.leases > 0 {
+            return false;
+        }
+        g.closed = true;
+        true
+    }
+
+    fn reopen(&self) {
+        lock(&self.inner).closed = false;
     }
 
     fn leases(&self) -> usize {
@@ -98,8 +150,14 @@ pub struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut g = lock(&self.gate.inner);
-        g.leases = g.leases.saturating_sub(1);
+        {
+            let mut g = lock(&self.gate.inner);
+            g.leases = g.leases.saturating_sub(1);
+            g.last_used = Instant::now();
+        }
+        if let Some(w) = self.gate.wake.get() {
+            w.notify_one();
+        }
     }
 }
 
@@ -173,10 +231,21 @@ impl ReplicaView {
 
 impl Replica {
     pub(crate) fn new(id: String, device: String, slots: u32, generation: u64) -> Self {
+        Self::with_state(id, device, slots, generation, ReplicaState::Starting)
+    }
+
+    /// A replica that starts in `state` (`Unloaded` for an on_demand pool's placeholder).
+    pub(crate) fn with_state(
+        id: String,
+        device: String,
+        slots: u32,
+        generation: u64,
+        state: ReplicaState,
+    ) -> Self {
         Self {
             status: Mutex::new(ReplicaStatus {
                 id,
-                state: ReplicaState::Starting,
+                state,
                 endpoint: None,
                 device,
                 pid: None,
@@ -244,6 +313,31 @@ impl Replica {
         lock(&self.gate.inner).closed
     }
 
+    /// When a task last took or gave back a slot here (its creation before that).
+    pub(crate) fn last_used(&self) -> Instant {
+        lock(&self.gate.inner).last_used
+    }
+
+    /// Closes the replica to new tasks if none runs (see [`Gate::close_if_idle`]).
+    pub(crate) fn close_if_idle(&self) -> bool {
+        self.gate.close_if_idle()
+    }
+
+    /// Counts as used now: a freshly loaded engine's idle time starts when it serves.
+    pub(crate) fn touch(&self) {
+        lock(&self.gate.inner).last_used = Instant::now();
+    }
+
+    /// Who to tell when a task gives its slot back (the on-demand controller).
+    pub(crate) fn set_wake(&self, wake: Arc<tokio::sync::Notify>) {
+        let _ = self.gate.wake.set(wake);
+    }
+
+    /// Undoes [`Replica::close_if_idle`] when an eviction is called off.
+    pub(crate) fn reopen(&self) {
+        self.gate.reopen();
+    }
+
     /// No new tasks from now on; marks the replica `Retiring`.
     pub(crate) fn retire(&self) {
         self.gate.close();
@@ -293,6 +387,21 @@ mod tests {
         assert_eq!(r.state(), ReplicaState::Retiring);
         drop(b);
         assert_eq!(r.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_idle_replica_closes_atomically_and_a_busy_one_does_not() {
+        let r = Arc::new(Replica::new("p-r0".into(), "gpu0".into(), 2, 0));
+        let before = r.last_used();
+        let lease = r.view().try_lease().unwrap();
+        assert!(r.last_used() >= before, "taking a slot counts as use");
+        assert!(!r.close_if_idle(), "a running task keeps it open");
+        drop(lease);
+        assert!(r.close_if_idle());
+        assert!(r.view().try_lease().is_none(), "closed: no new task");
+        r.reopen();
+        assert!(r.view().try_lease().is_some());
+        assert!(ReplicaState::Loading.has_engine() && !ReplicaState::Unloaded.has_engine());
     }
 
     #[test]

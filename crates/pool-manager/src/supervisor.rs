@@ -48,12 +48,26 @@ pub(crate) struct Supervised {
     pub adapters: Option<AdapterFactory>,
 }
 
+impl Supervised {
+    /// An on_demand pool's load that fails is not retried here: the replica turns `Failed`
+    /// and the on-demand loader decides (one retry on another placement, then the waiting
+    /// tasks fail). Crashes after the engine served are restarted like any replica's.
+    fn on_demand(&self) -> bool {
+        self.cfg.on_demand()
+    }
+}
+
 pub(crate) async fn supervise(s: Supervised, plan: ReplicaPlan) {
     let rid = s.rep.id();
     if let Some(reason) = plan.blocked {
         tracing::error!(pool_id = %s.pool.id(), replica_id = %rid, %reason, "replica cannot start");
+        let state = if s.on_demand() {
+            ReplicaState::Failed
+        } else {
+            ReplicaState::Unready
+        };
         s.rep.update(|st| {
-            st.state = ReplicaState::Unready;
+            st.state = state;
             st.last_error = Some(reason.clone());
         });
         s.pool.note_error(s.generation, reason);
@@ -68,7 +82,10 @@ pub(crate) async fn supervise(s: Supervised, plan: ReplicaPlan) {
     s.ledger.release(&rid);
     s.rep.set_adapter(None);
     s.rep.update(|st| {
-        st.state = ReplicaState::Stopped;
+        // An unload shows as such until the pool's placeholder replaces the replica.
+        if st.state != ReplicaState::Unloading {
+            st.state = ReplicaState::Stopped;
+        }
         st.pid = None;
     });
     s.pool.notify();
@@ -168,19 +185,37 @@ async fn supervise_launched(s: &Supervised, plan: &LaunchPlan) {
     let startup = Duration::from_secs(s.cfg.startup_timeout_s.max(1));
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     let mut attempt: u32 = 0;
+    let mut served = false;
     loop {
         if s.cancel.is_cancelled() {
             return;
         }
-        rep.update(|st| st.state = ReplicaState::Starting);
+        let starting = if s.on_demand() && !served {
+            ReplicaState::Loading
+        } else {
+            ReplicaState::Starting
+        };
+        rep.update(|st| st.state = starting);
         s.ledger.loading(&rid);
         pool.notify();
         let started = Instant::now();
-        let outcome = run_once(s, plan, startup).await;
+        let outcome = run_once(s, plan, startup, &mut served).await;
         let reason = match outcome {
             RunOutcome::Canceled => return,
             RunOutcome::Exited(reason) => reason,
         };
+        if s.on_demand() && !served {
+            tracing::warn!(pool_id = %pool.id(), replica_id = %rid, %reason, "on-demand load failed");
+            rep.set_adapter(None);
+            rep.update(|st| {
+                st.state = ReplicaState::Failed;
+                st.pid = None;
+                st.last_error = Some(reason.clone());
+            });
+            pool.notify();
+            s.cancel.cancelled().await;
+            return;
+        }
         // A crash (or a failed start).
         let now = Instant::now();
         crashes.push_back(now);
@@ -255,7 +290,14 @@ enum RunOutcome {
 }
 
 /// Launches the engine once and watches it until it exits or we are canceled.
-async fn run_once(s: &Supervised, plan: &LaunchPlan, startup: Duration) -> RunOutcome {
+/// `served` turns true once the engine answered its health check (it stays true across
+/// restarts).
+async fn run_once(
+    s: &Supervised,
+    plan: &LaunchPlan,
+    startup: Duration,
+    served: &mut bool,
+) -> RunOutcome {
     let (pool, rep, cancel) = (&s.pool, &s.rep, &s.cancel);
     let rid = rep.id();
     let port = match free_port() {
@@ -304,8 +346,13 @@ async fn run_once(s: &Supervised, plan: &LaunchPlan, startup: Duration) -> RunOu
         if adapter.health().await.is_ok() {
             // Only our engine's answer counts: the port was free when chosen, but another
             // server may have bound it first (ours then fails to bind, exits and is restarted
-            // on a new port).
-            match pid.and_then(|p| listener_owned_by(p, port)) {
+            // on a new port). An injected adapter (tests) does not use the port at all.
+            let owner = if s.adapters.is_some() {
+                None
+            } else {
+                pid.and_then(|p| listener_owned_by(p, port))
+            };
+            match owner {
                 Some(false) => {
                     if !foreign_warned {
                         foreign_warned = true;
@@ -329,10 +376,11 @@ async fn run_once(s: &Supervised, plan: &LaunchPlan, startup: Duration) -> RunOu
     if let Some(check) = s.ledger.loaded(&rid) {
         log_estimate_check(&s.gpu, pool.id(), &rid, check);
     }
+    *served = true;
     rep.set_adapter(Some(adapter.clone()));
     rep.update(|st| {
-        // A replica retired while it was starting stays retired.
-        if st.state != ReplicaState::Retiring {
+        // A replica retired (or being unloaded) while it was starting stays so.
+        if !matches!(st.state, ReplicaState::Retiring | ReplicaState::Unloading) {
             st.state = ReplicaState::Ready;
         }
         st.info = info;
@@ -344,7 +392,7 @@ async fn run_once(s: &Supervised, plan: &LaunchPlan, startup: Duration) -> RunOu
         tokio::select! {
             _ = cancel.cancelled() => {
                 rep.set_adapter(None);
-                rep.update(|st| st.state = ReplicaState::Stopped);
+                rep.update(|st| if st.state != ReplicaState::Unloading { st.state = ReplicaState::Stopped });
                 pool.notify();
                 stop_engine(&mut child, STOP_GRACE).await;
                 tracing::info!(pool_id = %pool.id(), replica_id = %rid, ?pid, "engine stopped");

@@ -42,6 +42,126 @@ pub struct GenerateRequest {
     pub slot: Option<u32>,
     /// Let the engine reuse a cached prompt prefix.
     pub cache_prompt: bool,
+    /// Penalty by how often a token appeared so far.
+    pub frequency_penalty: Option<f32>,
+    /// Penalty for tokens that appeared at all so far.
+    pub presence_penalty: Option<f32>,
+    /// Token id (as a string; llama-server also takes token text) → logit bias.
+    pub logit_bias: Vec<(String, f32)>,
+    /// Report each token's log probability and this many most likely alternatives.
+    pub logprobs: Option<u32>,
+    /// Chat: OpenAI tool definitions, as the client sent them.
+    pub tools: Vec<serde_json::Value>,
+    /// Chat: OpenAI `tool_choice` (`"none"`, `"auto"`, `"required"`, or a named function).
+    pub tool_choice: Option<serde_json::Value>,
+    /// Chat: whether several tool calls may come in one reply.
+    pub parallel_tool_calls: Option<bool>,
+    /// Constrain the output to JSON.
+    pub response_format: Option<ResponseFormat>,
+}
+
+impl GenerateRequest {
+    /// Whether the reply may hold tool calls: a chat with tools and a `tool_choice` other than
+    /// `none`.
+    pub fn wants_tool_calls(&self) -> bool {
+        matches!(self.prompt, Prompt::Chat(_))
+            && !self.tools.is_empty()
+            && self.tool_choice.as_ref().and_then(|c| c.as_str()) != Some("none")
+    }
+
+    /// What this request asks for beyond text generation, by name (for engines that cannot
+    /// do it).
+    pub fn extras(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if !self.tools.is_empty() {
+            v.push("tools");
+        }
+        if let Prompt::Chat(turns) = &self.prompt {
+            if turns
+                .iter()
+                .any(|t| t.tool_calls.is_some() || t.role == "tool")
+            {
+                v.push("tool messages");
+            }
+        }
+        if self.response_format.is_some() {
+            v.push("response_format");
+        }
+        if self.logprobs.is_some() {
+            v.push("logprobs");
+        }
+        if !self.logit_bias.is_empty() {
+            v.push("logit_bias");
+        }
+        v
+    }
+}
+
+/// Refuses a request that asks `engine` for something its adapter cannot do (tools,
+/// structured output, log probabilities, logit bias), naming the engine: a clear 400 instead
+/// of an answer that silently ignores it. The daemon refuses these at admission already; this
+/// guards direct users of the adapter.
+pub(crate) fn refuse_extras(engine: &str, req: &GenerateRequest) -> Result<(), AdapterError> {
+    match req.extras().as_slice() {
+        [] => Ok(()),
+        what => Err(AdapterError::Rejected {
+            status: 400,
+            message: format!(
+                "{} not supported by the {engine} adapter; use a llamacpp or openai pool",
+                what.join(", ") + if what.len() == 1 { " is" } else { " are" }
+            ),
+        }),
+    }
+}
+
+/// Structured output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResponseFormat {
+    /// One JSON object, any keys (OpenAI `json_object`).
+    JsonObject,
+    /// JSON matching `schema` (OpenAI `json_schema`).
+    JsonSchema {
+        /// The schema's name (OpenAI requires one).
+        name: String,
+        /// The schema; `None` means any JSON object.
+        schema: Option<serde_json::Value>,
+        /// OpenAI's `strict`.
+        strict: Option<bool>,
+    },
+}
+
+impl ResponseFormat {
+    /// The JSON schema the output must match (`{"type": "object"}` for any object).
+    pub fn schema(&self) -> serde_json::Value {
+        match self {
+            Self::JsonSchema {
+                schema: Some(s), ..
+            } => s.clone(),
+            _ => serde_json::json!({ "type": "object" }),
+        }
+    }
+
+    /// OpenAI's `response_format` object.
+    pub fn to_openai(&self) -> serde_json::Value {
+        match self {
+            Self::JsonObject => serde_json::json!({ "type": "json_object" }),
+            Self::JsonSchema {
+                name,
+                schema,
+                strict,
+            } => {
+                let mut js = serde_json::Map::new();
+                js.insert("name".into(), serde_json::json!(name));
+                if let Some(s) = schema {
+                    js.insert("schema".into(), s.clone());
+                }
+                if let Some(st) = strict {
+                    js.insert("strict".into(), serde_json::json!(st));
+                }
+                serde_json::json!({ "type": "json_schema", "json_schema": js })
+            }
+        }
+    }
 }
 
 /// Prompt forms.
@@ -59,13 +179,34 @@ impl Default for Prompt {
     }
 }
 
-/// One chat message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One chat message, serialised as OpenAI's message object (what `/apply-template` and
+/// `/v1/chat/completions` take).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatTurn {
-    /// `system`, `user`, `assistant`.
+    /// `system`, `user`, `assistant`, `tool`.
     pub role: String,
     /// Text.
     pub content: String,
+    /// An assistant turn's tool calls (OpenAI's `{id, type, function: {name, arguments}}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` turn: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` turn: the function's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatTurn {
+    /// A plain text turn.
+    pub fn text(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
 }
 
 /// Why generation stopped.
@@ -75,6 +216,8 @@ pub enum FinishReason {
     Length,
     /// End of sequence or a stop string.
     Stop,
+    /// The model called tools.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -83,6 +226,7 @@ impl FinishReason {
         match self {
             Self::Length => "length",
             Self::Stop => "stop",
+            Self::ToolCalls => "tool_calls",
         }
     }
 }
@@ -112,8 +256,71 @@ pub struct Completion {
 pub enum EngineEvent {
     /// Text exactly as the engine sent it (may be empty when the engine holds back incomplete UTF-8).
     Token(String),
+    /// A chunk carrying more than text: log probabilities or pieces of tool calls (the common
+    /// text-only chunk is [`EngineEvent::Token`]).
+    Chunk(Chunk),
     /// The engine finished normally; nothing follows.
     Done(Completion),
+}
+
+/// An engine chunk with text, the log probabilities of its tokens, and tool-call pieces.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Chunk {
+    /// Text exactly as the engine sent it (often empty next to tool-call pieces).
+    pub text: String,
+    /// Each engine token of this chunk, with its log probability.
+    pub logprobs: Vec<TokenLogprob>,
+    /// Pieces of tool calls.
+    pub tool_calls: Vec<ToolCallDelta>,
+}
+
+impl Chunk {
+    /// The event for this chunk: a plain [`EngineEvent::Token`] when it holds only text.
+    pub fn into_event(self) -> EngineEvent {
+        if self.logprobs.is_empty() && self.tool_calls.is_empty() {
+            EngineEvent::Token(self.text)
+        } else {
+            EngineEvent::Chunk(self)
+        }
+    }
+}
+
+/// One generated token's log probability and the most likely alternatives at its position.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenLogprob {
+    /// Token text (incomplete UTF-8 cut off).
+    pub token: String,
+    /// Natural-log probability.
+    pub logprob: f64,
+    /// The token's bytes, where the engine says.
+    pub bytes: Option<Vec<u8>>,
+    /// Alternatives, most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+/// One alternative token.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopLogprob {
+    /// Token text.
+    pub token: String,
+    /// Natural-log probability.
+    pub logprob: f64,
+    /// The token's bytes, where the engine says.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// A piece of a tool call (OpenAI's `delta.tool_calls[]`): the first piece of a call has its
+/// id and name, later ones append argument text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// Which call of the reply (0, 1, …).
+    pub index: u32,
+    /// The call's id.
+    pub id: Option<String>,
+    /// The function's name.
+    pub name: Option<String>,
+    /// Argument text to append, exactly as the engine sent it.
+    pub arguments: Option<String>,
 }
 
 /// A stream of engine events. Dropping it aborts the request.
@@ -245,6 +452,7 @@ pub async fn collect(mut s: EngineStream) -> Result<(Vec<String>, Completion), A
     while let Some(ev) = s.next().await {
         match ev? {
             EngineEvent::Token(t) => toks.push(t),
+            EngineEvent::Chunk(c) => toks.push(c.text),
             EngineEvent::Done(c) => return Ok((toks, c)),
         }
     }
@@ -283,7 +491,7 @@ pub(crate) mod fuzz {
         evs.iter()
             .rev()
             .skip(1)
-            .all(|e| matches!(e, Ok(EngineEvent::Token(_))))
+            .all(|e| matches!(e, Ok(EngineEvent::Token(_) | EngineEvent::Chunk(_))))
     }
 
     /// Arbitrary JSON, biased towards the keys engines use so the parsers' branches are hit.

@@ -4,7 +4,13 @@
 //! Stream format (one SSE `data:` line per chunk):
 //! `{"content":"…","stop":false,"id_slot":0,"tokens":[…]}` …, then a last chunk with
 //! `"stop":true`, `"stop_type":"limit"|"eos"|"word"` and `"timings":{prompt_n, predicted_n,
-//! predicted_ms, …}`. An error inside the stream arrives as `{"error":{"message":…}}`.
+//! predicted_ms, …}`. An error inside the stream arrives as `{"error":{"message":…}}`. With
+//! `n_probs`, each chunk has `completion_probabilities: [{token, bytes, logprob,
+//! top_logprobs: [{token, bytes, logprob}]}]`, one entry per token of the chunk.
+//!
+//! A chat whose reply may hold tool calls goes to llama-server's OpenAI-compatible
+//! `/v1/chat/completions` instead: only there does llama-server build the chat template's
+//! tool-call grammar and parse the calls out of the output (docs/DECISIONS.md, "Tool calls").
 
 use std::time::Duration;
 
@@ -13,9 +19,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{self, Decoder};
+use crate::openai::OpenAiDecoder;
 use crate::{
-    AdapterError, Completion, EngineAdapter, EngineEvent, EngineInfo, EngineStream, FinishReason,
-    GenerateRequest, Prompt, SlotState,
+    AdapterError, Chunk, Completion, EngineAdapter, EngineEvent, EngineInfo, EngineStream,
+    FinishReason, GenerateRequest, Prompt, SlotState, TokenLogprob, TopLogprob,
 };
 
 /// Adapter for one `llama-server` process.
@@ -55,12 +62,15 @@ impl LlamaCppAdapter {
         })
     }
 
-    async fn apply_template(&self, turns: &[crate::ChatTurn]) -> Result<String, AdapterError> {
+    async fn apply_template(&self, req: &GenerateRequest) -> Result<String, AdapterError> {
+        let Prompt::Chat(turns) = &req.prompt else {
+            return Err(AdapterError::Unsupported("templating a text prompt"));
+        };
         let resp = self
             .http
             .post(self.url("/apply-template"))
             .timeout(Duration::from_secs(10))
-            .json(&json!({ "messages": turns }))
+            .json(&template_body(req, turns))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -79,6 +89,72 @@ impl LlamaCppAdapter {
                 message: "/apply-template returned no `prompt`".into(),
             })
     }
+}
+
+/// The JSON body of an `/apply-template` request: the messages, and the tools (with
+/// `tool_choice`) so that the template describes them to the model.
+pub fn template_body(req: &GenerateRequest, turns: &[crate::ChatTurn]) -> Value {
+    let mut b = json!({ "messages": turns });
+    if !req.tools.is_empty() {
+        b["tools"] = json!(req.tools);
+        if let Some(c) = tool_choice_for_llama(req).1 {
+            b["tool_choice"] = c;
+        }
+    }
+    b
+}
+
+/// `tools` and `tool_choice` as llama-server takes them. It knows only the modes `none`,
+/// `auto` and `required` (it ignores a named function with a warning), so a named function
+/// becomes `required` over that one tool: the same constraint.
+pub fn tool_choice_for_llama(req: &GenerateRequest) -> (Vec<Value>, Option<Value>) {
+    let named = req
+        .tool_choice
+        .as_ref()
+        .and_then(|c| c.get("function"))
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str);
+    match named {
+        Some(name) => (
+            req.tools
+                .iter()
+                .filter(|t| {
+                    t.get("function")
+                        .and_then(|f| f.get("name"))
+                        .and_then(Value::as_str)
+                        == Some(name)
+                })
+                .cloned()
+                .collect(),
+            Some(json!("required")),
+        ),
+        None => (req.tools.clone(), req.tool_choice.clone()),
+    }
+}
+
+/// The JSON body of a streaming `/v1/chat/completions` request (a chat that may call tools).
+pub fn chat_body(req: &GenerateRequest, turns: &[crate::ChatTurn]) -> Value {
+    let mut b = crate::openai::chat_body(req, turns, None, true);
+    let (tools, choice) = tool_choice_for_llama(req);
+    b["tools"] = json!(tools);
+    match choice {
+        Some(c) => b["tool_choice"] = c,
+        None => {
+            if let Some(o) = b.as_object_mut() {
+                o.remove("tool_choice");
+            }
+        }
+    }
+    // llama-server returns no probabilities at all for `top_logprobs: 0`; ask for one and
+    // drop it (the decoder keeps as many as the task asked for).
+    if let Some(n) = req.logprobs {
+        b["top_logprobs"] = json!(n.max(1));
+    }
+    b["cache_prompt"] = json!(req.cache_prompt);
+    if let Some(s) = req.slot {
+        b["id_slot"] = json!(s);
+    }
+    b
 }
 
 /// The JSON body of a `/completion` request.
@@ -108,11 +184,37 @@ pub fn completion_body(req: &GenerateRequest, prompt: &str) -> Value {
     if let Some(s) = req.slot {
         o.insert("id_slot".into(), json!(s));
     }
+    if let Some(p) = req.frequency_penalty {
+        o.insert("frequency_penalty".into(), json!(p));
+    }
+    if let Some(p) = req.presence_penalty {
+        o.insert("presence_penalty".into(), json!(p));
+    }
+    if !req.logit_bias.is_empty() {
+        // OpenAI's object form, which llama-server accepts (keys: token ids, or token text).
+        let m: serde_json::Map<String, Value> = req
+            .logit_bias
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        o.insert("logit_bias".into(), Value::Object(m));
+    }
+    // `n_probs: 0` means none at all: ask for one alternative and drop it in the decoder.
+    if let Some(n) = req.logprobs {
+        o.insert("n_probs".into(), json!(n.max(1)));
+    }
+    // Grammar-constrained JSON. llama-server's `/v1/chat/completions` would build the same
+    // grammar from `response_format`, but prefixed with the template's generation prompt,
+    // which fails for models whose tokenizer splits that prompt differently ("Failed to
+    // initialize samplers"); `/completion` constrains only what is generated.
+    if let Some(f) = &req.response_format {
+        o.insert("json_schema".into(), f.schema());
+    }
     b
 }
 
 #[derive(Deserialize)]
-struct Chunk {
+struct RawChunk {
     #[serde(default)]
     content: String,
     #[serde(default)]
@@ -131,6 +233,52 @@ struct Chunk {
     timings: Option<Timings>,
     #[serde(default)]
     error: Option<Value>,
+    /// With `n_probs`: each token of this chunk.
+    #[serde(default)]
+    completion_probabilities: Option<Vec<RawProb>>,
+}
+
+#[derive(Deserialize)]
+struct RawProb {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    logprob: Option<f64>,
+    #[serde(default)]
+    bytes: Option<Vec<u8>>,
+    #[serde(default)]
+    top_logprobs: Vec<RawTop>,
+}
+
+#[derive(Deserialize)]
+struct RawTop {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    logprob: Option<f64>,
+    #[serde(default)]
+    bytes: Option<Vec<u8>>,
+}
+
+impl RawProb {
+    fn into_logprob(self) -> TokenLogprob {
+        TokenLogprob {
+            token: self.token,
+            // llama-server writes -inf (probability 0) as the lowest float; a missing value
+            // means the same.
+            logprob: self.logprob.unwrap_or(f64::from(f32::MIN)),
+            bytes: self.bytes,
+            top: self
+                .top_logprobs
+                .into_iter()
+                .map(|t| TopLogprob {
+                    token: t.token,
+                    logprob: t.logprob.unwrap_or(f64::from(f32::MIN)),
+                    bytes: t.bytes,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -146,7 +294,7 @@ struct Timings {
 /// Parses one `data:` payload of the `/completion` stream into zero, one or two events.
 /// Never panics, whatever the engine sends.
 pub fn parse_chunk(data: &str) -> Result<Vec<EngineEvent>, AdapterError> {
-    let c: Chunk = serde_json::from_str(data).map_err(|e| AdapterError::Protocol {
+    let c: RawChunk = serde_json::from_str(data).map_err(|e| AdapterError::Protocol {
         message: format!("bad stream chunk ({e}): {}", http::truncate(data, 200)),
     })?;
     if let Some(e) = c.error {
@@ -158,8 +306,21 @@ pub fn parse_chunk(data: &str) -> Result<Vec<EngineEvent>, AdapterError> {
         return Err(AdapterError::Engine { message });
     }
     let mut out = Vec::with_capacity(2);
-    if !c.stop || !c.content.is_empty() {
-        out.push(EngineEvent::Token(c.content));
+    let logprobs: Vec<TokenLogprob> = c
+        .completion_probabilities
+        .unwrap_or_default()
+        .into_iter()
+        .map(RawProb::into_logprob)
+        .collect();
+    if !c.stop || !c.content.is_empty() || !logprobs.is_empty() {
+        out.push(
+            Chunk {
+                text: c.content,
+                logprobs,
+                tool_calls: Vec::new(),
+            }
+            .into_event(),
+        );
     }
     if c.stop {
         let finish_reason = match c.stop_type.as_deref() {
@@ -198,12 +359,24 @@ pub fn kv_usage_from_slots(slots: &Value) -> Option<f64> {
     (ctx > 0).then(|| (held as f64 / ctx as f64).min(1.0))
 }
 
-/// `/completion` ends with the chunk that has `"stop":true`.
-pub(crate) struct LlamaCppDecoder;
+/// `/completion` ends with the chunk that has `"stop":true`. Keeps `top` alternatives per
+/// token (what the task asked for; llama-server may send more).
+#[derive(Default)]
+pub(crate) struct LlamaCppDecoder {
+    top: usize,
+}
 
 impl Decoder for LlamaCppDecoder {
     fn feed(&mut self, data: &str) -> Result<Vec<EngineEvent>, AdapterError> {
-        parse_chunk(data)
+        let mut evs = parse_chunk(data)?;
+        for e in &mut evs {
+            if let EngineEvent::Chunk(c) = e {
+                for l in &mut c.logprobs {
+                    l.top.truncate(self.top);
+                }
+            }
+        }
+        Ok(evs)
     }
 
     fn eof(&mut self) -> Result<EngineEvent, AdapterError> {
@@ -255,9 +428,26 @@ impl EngineAdapter for LlamaCppAdapter {
     }
 
     async fn generate(&self, req: GenerateRequest) -> Result<EngineStream, AdapterError> {
+        let top = req.logprobs.map_or(0, |n| n as usize);
+        if let (true, Prompt::Chat(turns)) = (req.wants_tool_calls(), &req.prompt) {
+            let resp = self
+                .http
+                .post(self.url("/v1/chat/completions"))
+                // A fresh connection per stream (see below).
+                .header(reqwest::header::CONNECTION, "close")
+                .json(&chat_body(&req, turns))
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            let resp = http::check_status(resp).await?;
+            return Ok(http::sse_stream(
+                resp.bytes_stream(),
+                OpenAiDecoder::keeping_top(top),
+            ));
+        }
         let prompt = match &req.prompt {
             Prompt::Text(t) => t.clone(),
-            Prompt::Chat(turns) => self.apply_template(turns).await?,
+            Prompt::Chat(_) => self.apply_template(&req).await?,
         };
         let resp = self
             .http
@@ -272,7 +462,10 @@ impl EngineAdapter for LlamaCppAdapter {
             .await
             .map_err(|e| self.unreachable(e))?;
         let resp = http::check_status(resp).await?;
-        Ok(http::sse_stream(resp.bytes_stream(), LlamaCppDecoder))
+        Ok(http::sse_stream(
+            resp.bytes_stream(),
+            LlamaCppDecoder { top },
+        ))
     }
 
     async fn slots(&self) -> Result<Vec<SlotState>, AdapterError> {
@@ -386,6 +579,121 @@ mod tests {
         assert_eq!(b["stream"], true);
     }
 
+    fn tool_req() -> GenerateRequest {
+        GenerateRequest {
+            prompt: Prompt::Chat(vec![
+                crate::ChatTurn::text("user", "weather?"),
+                crate::ChatTurn {
+                    role: "assistant".into(),
+                    tool_calls: Some(vec![json!({"id": "c1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{}"}})]),
+                    ..Default::default()
+                },
+                crate::ChatTurn {
+                    role: "tool".into(),
+                    content: "sunny".into(),
+                    tool_call_id: Some("c1".into()),
+                    ..Default::default()
+                },
+            ]),
+            max_tokens: 16,
+            tools: vec![
+                json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}),
+                json!({"type": "function", "function": {"name": "get_time"}}),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn completion_body_asks_for_probs_schema_and_bias() {
+        let req = GenerateRequest {
+            prompt: Prompt::Text("hi".into()),
+            max_tokens: 4,
+            logprobs: Some(0),
+            logit_bias: vec![("25380".into(), 100.0)],
+            frequency_penalty: Some(0.5),
+            response_format: Some(crate::ResponseFormat::JsonSchema {
+                name: "w".into(),
+                schema: Some(json!({"type": "object", "required": ["a"]})),
+                strict: None,
+            }),
+            ..Default::default()
+        };
+        let b = completion_body(&req, "hi");
+        // 0 alternatives still needs n_probs 1, else llama-server sends no probabilities.
+        assert_eq!(b["n_probs"], 1);
+        assert_eq!(b["logit_bias"], json!({"25380": 100.0}));
+        assert_eq!(b["frequency_penalty"], 0.5);
+        assert_eq!(b["json_schema"]["required"][0], "a");
+        let any = GenerateRequest {
+            response_format: Some(crate::ResponseFormat::JsonObject),
+            ..req.clone()
+        };
+        assert_eq!(completion_body(&any, "x")["json_schema"], json!({"type": "object"}));
+        let plain = completion_body(&GenerateRequest::default(), "x");
+        for k in ["n_probs", "json_schema", "logit_bias", "frequency_penalty"] {
+            assert!(plain.get(k).is_none(), "{k}");
+        }
+    }
+
+    #[test]
+    fn tools_choose_the_chat_endpoint_and_named_choice_becomes_required() {
+        let mut req = tool_req();
+        assert!(req.wants_tool_calls());
+        req.tool_choice = Some(json!({"type": "function", "function": {"name": "get_time"}}));
+        req.parallel_tool_calls = Some(false);
+        req.logprobs = Some(0);
+        req.slot = Some(2);
+        let b = chat_body(&req, match &req.prompt {
+            Prompt::Chat(t) => t,
+            Prompt::Text(_) => unreachable!(),
+        });
+        assert_eq!(b["tool_choice"], "required");
+        assert_eq!(b["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(b["tools"][0]["function"]["name"], "get_time");
+        assert_eq!(b["parallel_tool_calls"], false);
+        assert_eq!(b["logprobs"], true);
+        assert_eq!(b["top_logprobs"], 1);
+        assert_eq!(b["id_slot"], 2);
+        assert_eq!(b["stream"], true);
+        assert_eq!(b["messages"][1]["tool_calls"][0]["id"], "c1");
+        assert!(b["messages"][1].get("tool_call_id").is_none());
+        assert_eq!(b["messages"][2]["tool_call_id"], "c1");
+        // `none`: the template still describes the tools, through /apply-template.
+        req.tool_choice = Some(json!("none"));
+        assert!(!req.wants_tool_calls());
+        let t = template_body(&req, match &req.prompt {
+            Prompt::Chat(t) => t,
+            Prompt::Text(_) => unreachable!(),
+        });
+        assert_eq!(t["tool_choice"], "none");
+        assert_eq!(t["tools"].as_array().unwrap().len(), 2);
+        assert_eq!(t["messages"][2]["role"], "tool");
+        let plain = template_body(&GenerateRequest::default(), &[crate::ChatTurn::text("user", "x")]);
+        assert_eq!(plain, json!({"messages": [{"role": "user", "content": "x"}]}));
+    }
+
+    #[test]
+    fn probabilities_become_logprob_chunks() {
+        let data = r#"{"content":" Ши","stop":false,"completion_probabilities":[{"id":25445,"token":" Ши","bytes":[32,208,168,208,184],"logprob":-7.86,"top_logprobs":[{"id":29183,"token":" Colors","bytes":[32,67],"logprob":-7.04},{"id":6306,"token":" eq","logprob":-7.07}]}]}"#;
+        let evs = parse_chunk(data).unwrap();
+        let [EngineEvent::Chunk(c)] = &evs[..] else {
+            panic!("{evs:?}")
+        };
+        assert_eq!(c.text, " Ши");
+        assert_eq!(c.logprobs[0].logprob, -7.86);
+        assert_eq!(c.logprobs[0].bytes.as_deref(), Some(&[32u8, 208, 168, 208, 184][..]));
+        assert_eq!(c.logprobs[0].top.len(), 2);
+        assert_eq!(c.logprobs[0].top[1].token, " eq");
+        let mut d = LlamaCppDecoder { top: 1 };
+        let evs = d.feed(data).unwrap();
+        let [EngineEvent::Chunk(c)] = &evs[..] else {
+            panic!("{evs:?}")
+        };
+        assert_eq!(c.logprobs[0].top.len(), 1);
+    }
+
     proptest! {
         #[test]
         fn parse_chunk_never_panics(s in ".*") {
@@ -395,7 +703,7 @@ mod tests {
         #[test]
         fn sse_soup_terminates(chunks in crate::fuzz::sse_soup()) {
             let n: usize = chunks.iter().map(Vec::len).sum();
-            let evs = crate::http::run_chunks(chunks, LlamaCppDecoder);
+            let evs = crate::http::run_chunks(chunks, LlamaCppDecoder::default());
             prop_assert!(evs.len() <= n + 1);
             prop_assert!(crate::fuzz::ends_cleanly(&evs));
         }

@@ -11,6 +11,10 @@
 //!   again without it (remembered per adapter).
 //! - Errors: `{"error":{"message":…}}` (or vLLM's older `{"object":"error","message":…}`), as
 //!   the HTTP body or as a chunk inside the stream.
+//! - Tools, `tool_choice`, `parallel_tool_calls`, `response_format`, `logprobs`, `logit_bias`
+//!   and the penalties pass through as OpenAI names them; tool calls come back as
+//!   `choices[0].delta.tool_calls` pieces, log probabilities as `choices[0].logprobs`
+//!   (`{content: [...]}` for chat, the legacy parallel arrays for completions).
 //! - Health and info: `GET /v1/models` (`data[].id`, vLLM's `max_model_len`, llama-server's
 //!   `meta.n_ctx`); version from vLLM's `GET /version` where it exists.
 //! - KV usage: vLLM's Prometheus `/metrics`, `vllm:kv_cache_usage_perc` (V1 engine) or
@@ -25,8 +29,8 @@ use serde_json::{json, Map, Value};
 
 use crate::http::{self, Decoder};
 use crate::{
-    AdapterError, Completion, EngineAdapter, EngineEvent, EngineInfo, EngineStream, FinishReason,
-    GenerateRequest, Prompt,
+    AdapterError, Chunk, Completion, EngineAdapter, EngineEvent, EngineInfo, EngineStream,
+    FinishReason, GenerateRequest, Prompt, TokenLogprob, ToolCallDelta, TopLogprob,
 };
 
 /// Adapter for one OpenAI-compatible server.
@@ -199,6 +203,23 @@ fn common_fields(
     if !req.stop.is_empty() {
         o.insert("stop".into(), json!(req.stop));
     }
+    if let Some(p) = req.frequency_penalty {
+        o.insert("frequency_penalty".into(), json!(p));
+    }
+    if let Some(p) = req.presence_penalty {
+        o.insert("presence_penalty".into(), json!(p));
+    }
+    if !req.logit_bias.is_empty() {
+        let m: Map<String, Value> = req
+            .logit_bias
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        o.insert("logit_bias".into(), Value::Object(m));
+    }
+    if let Some(f) = &req.response_format {
+        o.insert("response_format".into(), f.to_openai());
+    }
 }
 
 /// The JSON body of a streaming `/v1/completions` request.
@@ -211,6 +232,9 @@ pub fn completions_body(
     let mut o = Map::new();
     o.insert("prompt".into(), json!(prompt));
     common_fields(&mut o, req, model, include_usage);
+    if let Some(n) = req.logprobs {
+        o.insert("logprobs".into(), json!(n));
+    }
     Value::Object(o)
 }
 
@@ -224,6 +248,19 @@ pub fn chat_body(
     let mut o = Map::new();
     o.insert("messages".into(), json!(turns));
     common_fields(&mut o, req, model, include_usage);
+    if !req.tools.is_empty() {
+        o.insert("tools".into(), json!(req.tools));
+    }
+    if let Some(c) = &req.tool_choice {
+        o.insert("tool_choice".into(), c.clone());
+    }
+    if let Some(p) = req.parallel_tool_calls {
+        o.insert("parallel_tool_calls".into(), json!(p));
+    }
+    if let Some(n) = req.logprobs {
+        o.insert("logprobs".into(), json!(true));
+        o.insert("top_logprobs".into(), json!(n));
+    }
     Value::Object(o)
 }
 
@@ -238,6 +275,8 @@ pub struct Usage {
     pub cached_tokens: Option<u64>,
     /// llama-server's `timings.predicted_ms`.
     pub decode_ms: Option<f64>,
+    /// llama-server's `timings.prompt_n`: prompt tokens not reused from cache.
+    pub prompt_n: Option<u64>,
 }
 
 /// What one chunk of an OpenAI stream says.
@@ -245,6 +284,10 @@ pub struct Usage {
 pub enum Part {
     /// Generated text (never empty).
     Text(String),
+    /// Log probabilities of this chunk's tokens.
+    Logprobs(Vec<TokenLogprob>),
+    /// Pieces of tool calls.
+    ToolCalls(Vec<ToolCallDelta>),
     /// The choice finished; `None` for a reason we do not model (`tool_calls`, …).
     Finish(Option<FinishReason>),
     /// Token accounting.
@@ -287,11 +330,20 @@ pub fn parse_chunk(data: &str) -> Result<Vec<Part>, AdapterError> {
         if let Some(t) = text.filter(|t| !t.is_empty()) {
             out.push(Part::Text(t.to_owned()));
         }
+        let calls = tool_call_deltas(c.get("delta").and_then(|d| d.get("tool_calls")));
+        if !calls.is_empty() {
+            out.push(Part::ToolCalls(calls));
+        }
+        let lps = logprobs_in(c.get("logprobs"));
+        if !lps.is_empty() {
+            out.push(Part::Logprobs(lps));
+        }
         if let Some(r) = c.get("finish_reason").and_then(Value::as_str) {
             out.push(Part::Finish(match r {
                 "length" => Some(FinishReason::Length),
                 // TGI's Messages API reports its own names.
                 "stop" | "eos" | "eos_token" | "stop_sequence" => Some(FinishReason::Stop),
+                "tool_calls" => Some(FinishReason::ToolCalls),
                 _ => None,
             }));
         }
@@ -310,9 +362,108 @@ pub fn parse_chunk(data: &str) -> Result<Vec<Part>, AdapterError> {
             decode_ms: t
                 .and_then(|t| t.get("predicted_ms"))
                 .and_then(Value::as_f64),
+            prompt_n: num(t, "prompt_n"),
         }));
     }
     Ok(out)
+}
+
+/// The tool-call pieces of a chunk's `delta.tool_calls`. Pure.
+fn tool_call_deltas(v: Option<&Value>) -> Vec<ToolCallDelta> {
+    let Some(arr) = v.and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    arr.iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let f = c.get("function");
+            let s = |x: Option<&Value>| x.and_then(Value::as_str).map(str::to_owned);
+            let d = ToolCallDelta {
+                index: c
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(u32::try_from(i).unwrap_or(u32::MAX)),
+                id: s(c.get("id")),
+                name: s(f.and_then(|f| f.get("name"))),
+                arguments: s(f.and_then(|f| f.get("arguments"))),
+            };
+            (d.id.is_some() || d.name.is_some() || d.arguments.is_some()).then_some(d)
+        })
+        .collect()
+}
+
+/// A choice's `logprobs`: chat's `{content: [{token, logprob, bytes, top_logprobs}]}` or the
+/// legacy completions arrays `{tokens, token_logprobs, top_logprobs: [{text: logprob}]}`.
+/// Pure.
+pub fn logprobs_in(v: Option<&Value>) -> Vec<TokenLogprob> {
+    let Some(v) = v.filter(|v| v.is_object()) else {
+        return Vec::new();
+    };
+    let f = |x: Option<&Value>| x.and_then(Value::as_f64).unwrap_or(f64::from(f32::MIN));
+    let bytes = |x: Option<&Value>| {
+        x.and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Vec<u8>>()
+        })
+    };
+    let text = |x: Option<&Value>| x.and_then(Value::as_str).unwrap_or_default().to_owned();
+    if let Some(content) = v.get("content").and_then(Value::as_array) {
+        return content
+            .iter()
+            .map(|e| TokenLogprob {
+                token: text(e.get("token")),
+                logprob: f(e.get("logprob")),
+                bytes: bytes(e.get("bytes")),
+                top: e
+                    .get("top_logprobs")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .map(|t| TopLogprob {
+                                token: text(t.get("token")),
+                                logprob: f(t.get("logprob")),
+                                bytes: bytes(t.get("bytes")),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+    }
+    let Some(tokens) = v.get("tokens").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let lps = v.get("token_logprobs").and_then(Value::as_array);
+    let tops = v.get("top_logprobs").and_then(Value::as_array);
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut top: Vec<TopLogprob> = tops
+                .and_then(|a| a.get(i))
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, lp)| TopLogprob {
+                            token: k.clone(),
+                            logprob: f(Some(lp)),
+                            bytes: None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // A JSON object has no order: most likely first.
+            top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+            TokenLogprob {
+                token: text(Some(t)),
+                logprob: f(lps.and_then(|a| a.get(i))),
+                bytes: None,
+                top,
+            }
+        })
+        .collect()
 }
 
 /// Accumulates finish reason and usage until `[DONE]`.
@@ -320,20 +471,50 @@ pub fn parse_chunk(data: &str) -> Result<Vec<Part>, AdapterError> {
 pub(crate) struct OpenAiDecoder {
     finished: bool,
     completion: Completion,
+    /// llama-server's `timings.prompt_n`, preferred over `usage.prompt_tokens` for `tokens_in`.
+    prompt_n: Option<u64>,
+    /// Alternatives kept per token (the server may send more than the task asked for).
+    top: usize,
 }
 
 impl OpenAiDecoder {
+    /// A decoder keeping `top` alternatives per token's log probability.
+    pub(crate) fn keeping_top(top: usize) -> Self {
+        Self {
+            top,
+            ..Self::default()
+        }
+    }
+
     fn done(&mut self) -> EngineEvent {
-        EngineEvent::Done(std::mem::take(&mut self.completion))
+        let mut c = std::mem::take(&mut self.completion);
+        c.tokens_in = self.prompt_n.or(c.tokens_in);
+        EngineEvent::Done(c)
     }
 }
 
 impl Decoder for OpenAiDecoder {
     fn feed(&mut self, data: &str) -> Result<Vec<EngineEvent>, AdapterError> {
         let mut out = Vec::new();
+        let mut chunk = Chunk::default();
+        let mut any = false;
         for p in parse_chunk(data)? {
             match p {
-                Part::Text(t) => out.push(EngineEvent::Token(t)),
+                Part::Text(t) => {
+                    chunk.text.push_str(&t);
+                    any = true;
+                }
+                Part::Logprobs(mut l) => {
+                    for t in &mut l {
+                        t.top.truncate(self.top);
+                    }
+                    chunk.logprobs.extend(l);
+                    any = true;
+                }
+                Part::ToolCalls(c) => {
+                    chunk.tool_calls.extend(c);
+                    any = true;
+                }
                 Part::Finish(r) => {
                     self.finished = true;
                     self.completion.finish_reason = r;
@@ -345,12 +526,17 @@ impl Decoder for OpenAiDecoder {
                     c.tokens_out = u.completion_tokens.or(c.tokens_out);
                     c.tokens_cached = u.cached_tokens.or(c.tokens_cached);
                     c.decode_ms = u.decode_ms.or(c.decode_ms);
+                    self.prompt_n = u.prompt_n.or(self.prompt_n);
                 }
                 Part::Done => {
                     out.push(self.done());
                     break;
                 }
             }
+        }
+        if any {
+            // The chunk's content comes before its end.
+            out.insert(0, std::mem::take(&mut chunk).into_event());
         }
         Ok(out)
     }
@@ -539,7 +725,8 @@ mod tests {
                     prompt_tokens: Some(3),
                     completion_tokens: Some(4),
                     cached_tokens: Some(1),
-                    decode_ms: Some(9.5)
+                    decode_ms: Some(9.5),
+                    prompt_n: None,
                 })
             ]
         );
@@ -552,7 +739,7 @@ mod tests {
         assert_eq!(
             parse_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#)
                 .unwrap(),
-            vec![Part::Finish(None)]
+            vec![Part::Finish(Some(FinishReason::ToolCalls))]
         );
     }
 
@@ -570,6 +757,103 @@ mod tests {
             parse_chunk("[1,2]"),
             Err(AdapterError::Protocol { .. })
         ));
+    }
+
+    #[test]
+    fn tool_call_pieces_and_logprobs() {
+        let first = r#"{"choices":[{"finish_reason":null,"index":0,"delta":{"tool_calls":[{"index":0,"id":"B6Z","type":"function","function":{"name":"get_weather","arguments":"{"}}]}}]}"#;
+        assert_eq!(
+            parse_chunk(first).unwrap(),
+            vec![Part::ToolCalls(vec![ToolCallDelta {
+                index: 0,
+                id: Some("B6Z".into()),
+                name: Some("get_weather".into()),
+                arguments: Some("{".into()),
+            }])]
+        );
+        let mut d = OpenAiDecoder::keeping_top(1);
+        let evs = d
+            .feed(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\n\""}}]}}]}"#)
+            .unwrap();
+        let [EngineEvent::Chunk(c)] = &evs[..] else {
+            panic!("{evs:?}")
+        };
+        assert_eq!(c.text, "");
+        assert_eq!(c.tool_calls[0].arguments.as_deref(), Some("\n\""));
+        assert_eq!(c.tool_calls[0].id, None);
+        // Chat log probabilities, cut to what the task asked for.
+        let evs = d
+            .feed(r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"id":5,"token":"a","bytes":[97],"logprob":-0.25,"top_logprobs":[{"token":"a","logprob":-0.25},{"token":"b","logprob":-2.0}]}]}}]}"#)
+            .unwrap();
+        let [EngineEvent::Chunk(c)] = &evs[..] else {
+            panic!("{evs:?}")
+        };
+        assert_eq!(c.text, "a");
+        assert_eq!(c.logprobs[0].logprob, -0.25);
+        assert_eq!(c.logprobs[0].bytes.as_deref(), Some(&b"a"[..]));
+        assert_eq!(c.logprobs[0].top.len(), 1);
+        // The legacy completions arrays.
+        let l = logprobs_in(Some(&json!({"tokens": [" x", "y"], "token_logprobs": [-1.0, -0.5],
+            "top_logprobs": [{" z": -3.0, " x": -1.0}, {"y": -0.5}], "text_offset": [0, 2]})));
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].token, " x");
+        assert_eq!(l[0].top[0].token, " x", "most likely first");
+        assert_eq!(l[1].logprob, -0.5);
+        assert!(logprobs_in(Some(&Value::Null)).is_empty());
+        let evs = d
+            .feed(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}],"timings":{"prompt_n":3,"predicted_ms":1.5}}"#)
+            .unwrap();
+        assert!(evs.is_empty());
+        let evs = d
+            .feed(r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}"#)
+            .unwrap();
+        assert!(evs.is_empty());
+        let evs = d.feed("[DONE]").unwrap();
+        let [EngineEvent::Done(c)] = &evs[..] else {
+            panic!("{evs:?}")
+        };
+        assert_eq!(c.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(c.tokens_in, Some(3), "llama-server's prompt_n wins");
+        assert_eq!(c.prompt_tokens, Some(9));
+    }
+
+    #[test]
+    fn extras_pass_through_by_their_openai_names() {
+        let req = GenerateRequest {
+            prompt: Prompt::Chat(vec![crate::ChatTurn::text("user", "hi")]),
+            max_tokens: 7,
+            tools: vec![json!({"type": "function", "function": {"name": "f"}})],
+            tool_choice: Some(json!({"type": "function", "function": {"name": "f"}})),
+            parallel_tool_calls: Some(true),
+            logprobs: Some(3),
+            logit_bias: vec![("1".into(), -100.0)],
+            presence_penalty: Some(1.0),
+            response_format: Some(crate::ResponseFormat::JsonSchema {
+                name: "n".into(),
+                schema: Some(json!({"type": "object"})),
+                strict: Some(true),
+            }),
+            ..Default::default()
+        };
+        let Prompt::Chat(turns) = &req.prompt else {
+            unreachable!()
+        };
+        let b = chat_body(&req, turns, Some("m"), true);
+        assert_eq!(b["tools"][0]["function"]["name"], "f");
+        assert_eq!(b["tool_choice"]["function"]["name"], "f");
+        assert_eq!(b["parallel_tool_calls"], true);
+        assert_eq!(b["logprobs"], true);
+        assert_eq!(b["top_logprobs"], 3);
+        assert_eq!(b["logit_bias"], json!({"1": -100.0}));
+        assert_eq!(b["presence_penalty"], 1.0);
+        assert_eq!(
+            b["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": true}})
+        );
+        let t = completions_body(&GenerateRequest { logprobs: Some(2), ..req.clone() }, "p", None, true);
+        assert_eq!(t["logprobs"], 2);
+        assert!(t.get("tools").is_none());
+        assert!(t.get("top_logprobs").is_none());
     }
 
     #[test]
@@ -598,10 +882,7 @@ mod tests {
         assert_eq!(b["stream_options"]["include_usage"], true);
         assert_eq!(b["stop"][0], "\n");
         assert!(b.get("top_k").is_none());
-        let turns = vec![crate::ChatTurn {
-            role: "user".into(),
-            content: "hi".into(),
-        }];
+        let turns = vec![crate::ChatTurn::text("user", "hi")];
         let b = chat_body(&req, &turns, None, false);
         assert_eq!(b["messages"][0]["role"], "user");
         assert!(b.get("model").is_none());
@@ -692,6 +973,7 @@ mod tests {
             for e in evs {
                 match e.unwrap() {
                     EngineEvent::Token(t) => got.push(t),
+                    EngineEvent::Chunk(c) => got.push(c.text),
                     EngineEvent::Done(c) => done = Some(c),
                 }
             }

@@ -79,6 +79,9 @@ pub fn generate_body(req: &GenerateRequest, prompt: &str) -> Value {
     if !req.stop.is_empty() {
         p.insert("stop".into(), json!(req.stop));
     }
+    if let Some(f) = req.frequency_penalty {
+        p.insert("frequency_penalty".into(), json!(f));
+    }
     json!({ "inputs": prompt, "parameters": p })
 }
 
@@ -198,6 +201,14 @@ impl EngineAdapter for TgiAdapter {
     }
 
     async fn generate(&self, req: GenerateRequest) -> Result<EngineStream, AdapterError> {
+        crate::refuse_extras("tgi", &req)?;
+        // TGI's generate parameters have no presence penalty.
+        if req.presence_penalty.is_some_and(|p| p != 0.0) {
+            return Err(AdapterError::Rejected {
+                status: 400,
+                message: "presence_penalty is not supported by the tgi adapter (TGI has frequency_penalty only)".into(),
+            });
+        }
         let prompt = match &req.prompt {
             Prompt::Text(t) => t.clone(),
             Prompt::Chat(_) => return self.chat.generate(req).await,
@@ -219,6 +230,24 @@ impl EngineAdapter for TgiAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extras_are_refused_naming_the_engine() {
+        let req = GenerateRequest {
+            prompt: Prompt::Text("hi".into()),
+            max_tokens: 1,
+            logprobs: Some(1),
+            tools: vec![serde_json::json!({"type": "function"})],
+            ..Default::default()
+        };
+        let e = crate::refuse_extras("tgi", &req).unwrap_err();
+        assert!(
+            matches!(&e, AdapterError::Rejected { status: 400, message }
+                if message == "tools, logprobs are not supported by the tgi adapter; use a llamacpp or openai pool"),
+            "{e}"
+        );
+        assert!(crate::refuse_extras("tgi", &GenerateRequest::default()).is_ok());
+    }
     use crate::http::{run_chunks, split_at};
     use proptest::prelude::*;
 
@@ -323,6 +352,7 @@ mod tests {
             for e in evs {
                 match e.unwrap() {
                     EngineEvent::Token(t) => got.push(t),
+                    EngineEvent::Chunk(c) => got.push(c.text),
                     EngineEvent::Done(c) => done = Some(c),
                 }
             }

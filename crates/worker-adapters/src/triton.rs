@@ -113,6 +113,13 @@ pub fn generate_body(req: &GenerateRequest) -> Result<Value, AdapterError> {
     if let Some(s) = req.seed {
         p.insert("seed".into(), json!(s));
     }
+    // vLLM's SamplingParams names.
+    if let Some(f) = req.frequency_penalty {
+        p.insert("frequency_penalty".into(), json!(f));
+    }
+    if let Some(f) = req.presence_penalty {
+        p.insert("presence_penalty".into(), json!(f));
+    }
     match req.stop.as_slice() {
         [] => {}
         [one] => {
@@ -274,6 +281,7 @@ impl EngineAdapter for TritonAdapter {
     }
 
     async fn generate(&self, req: GenerateRequest) -> Result<EngineStream, AdapterError> {
+        crate::refuse_extras("triton", &req)?;
         let body = generate_body(&req)?;
         let resp = self
             .http
@@ -296,6 +304,24 @@ impl EngineAdapter for TritonAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extras_are_refused_naming_the_engine() {
+        let req = GenerateRequest {
+            prompt: Prompt::Text("hi".into()),
+            max_tokens: 1,
+            logprobs: Some(1),
+            tools: vec![serde_json::json!({"type": "function"})],
+            ..Default::default()
+        };
+        let e = crate::refuse_extras("triton", &req).unwrap_err();
+        assert!(
+            matches!(&e, AdapterError::Rejected { status: 400, message }
+                if message == "tools, logprobs are not supported by the triton adapter; use a llamacpp or openai pool"),
+            "{e}"
+        );
+        assert!(crate::refuse_extras("triton", &GenerateRequest::default()).is_ok());
+    }
     use crate::http::{run_chunks, split_at};
     use proptest::prelude::*;
 
@@ -389,6 +415,7 @@ mod tests {
             for e in evs {
                 match e.unwrap() {
                     EngineEvent::Token(t) => got.push(t),
+                    EngineEvent::Chunk(c) => got.push(c.text),
                     EngineEvent::Done(_) => done = true,
                 }
             }

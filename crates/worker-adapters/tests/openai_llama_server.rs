@@ -27,14 +27,8 @@ fn text_req(max_tokens: u32, seed: u64) -> GenerateRequest {
 fn chat_req(max_tokens: u32, seed: u64) -> GenerateRequest {
     GenerateRequest {
         prompt: Prompt::Chat(vec![
-            ChatTurn {
-                role: "system".into(),
-                content: "You are terse.".into(),
-            },
-            ChatTurn {
-                role: "user".into(),
-                content: "Say something.".into(),
-            },
+            ChatTurn::text("system", "You are terse."),
+            ChatTurn::text("user", "Say something."),
         ]),
         ..text_req(max_tokens, seed)
     }

@@ -103,10 +103,7 @@ async fn tgi_fixture_chat_uses_the_messages_api() {
     let f = server(Reply::Json(500, Vec::new())).await;
     let a = adapter_for("tgi", &f.base, None).unwrap();
     let chat = GenerateRequest {
-        prompt: Prompt::Chat(vec![ChatTurn {
-            role: "user".into(),
-            content: "What is deep learning?".into(),
-        }]),
+        prompt: Prompt::Chat(vec![ChatTurn::text("user", "What is deep learning?")]),
         ..req(3)
     };
     let (toks, done) = collect(a.generate(chat).await.unwrap()).await.unwrap();

@@ -80,10 +80,7 @@ async fn vllm_fixture_chat_stream() {
     let f = server(Reply::Json(500, Vec::new())).await;
     let a = adapter_for("vllm", &f.base, Some(MODEL)).unwrap();
     let chat = GenerateRequest {
-        prompt: Prompt::Chat(vec![ChatTurn {
-            role: "user".into(),
-            content: "Hi".into(),
-        }]),
+        prompt: Prompt::Chat(vec![ChatTurn::text("user", "Hi")]),
         ..req()
     };
     let (toks, done) = collect(a.generate(chat).await.unwrap()).await.unwrap();

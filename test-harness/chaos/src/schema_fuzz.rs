@@ -1,8 +1,11 @@
 //! Schema fuzzing: schemathesis against the daemon's own OpenAPI document (`GET /openapi.json`).
 //!
-//! Targets: 0 responses 5xx (`not_a_server_error`), 0 responses that break the document
-//! (`status_code_conformance`, `content_type_conformance`, `response_schema_conformance`,
-//! `response_headers_conformance`), no panic in the daemon log. schemathesis comes from
+//! Targets: every schemathesis check (`--checks all`) with 0 failures: no 5xx, no response
+//! that breaks the document, no schema-valid request refused (`positive_data_acceptance`), no
+//! schema-invalid one accepted (`negative_data_rejection`), 401 without the token
+//! (`ignored_auth`), 405 with `Allow` for other methods; no panic in the daemon log. Values a
+//! static document cannot bound (a pool's context for `max_tokens`/`ctx`, whether a model
+//! path is a GGUF file) are pinned per operation in every pass (`PINS`). schemathesis comes from
 //! `test-harness/chaos/setup-schemathesis.sh` (a pinned venv in the cache directory); a missing
 //! venv is a failure naming that command, never a skip.
 
@@ -18,7 +21,12 @@ use serde_json::json;
 use crate::{task, Api, Ctx, Outcome};
 
 /// The checks schemathesis runs.
-pub const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance";
+pub const CHECKS: &str = "all";
+
+/// Operation parameters pinned in every pass: what depends on the daemon's state rather than
+/// on the document (`max_tokens` and `ctx` within the pool's context, model paths that name a
+/// file; `{model}` is the pool's model file).
+const PINS: &str = "[[operations]]\ninclude-path = \"/v1/tasks\"\ninclude-method = \"POST\"\nparameters = { \"body.max_tokens\" = 4, \"body.ctx\" = 64 }\n\n[[operations]]\ninclude-path = \"/v1/catalog/models\"\ninclude-method = \"POST\"\nparameters = { \"body.ref\" = \"/nonexistent/fuzz.gguf\" }\n\n[[operations]]\ninclude-path-regex = \"/reload$\"\nparameters = { \"body.new_model_ref\" = \"{model}\" }\n\n";
 
 /// `…/venv-schemathesis/bin/st` in the llama-orch cache directory.
 pub fn st_path() -> PathBuf {
@@ -249,12 +257,23 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
         base: &api.base,
         schema: &schema,
     };
+    let pins = PINS.replace("{model}", &ctx.engine.model.display().to_string());
+    let pins_config = dir.path().join("schemathesis-pins.toml");
+    std::fs::write(&pins_config, &pins).expect("write schemathesis-pins.toml");
     // Pass 1: every parameter fuzzed (ids are mostly unknown: 404 paths).
-    run_st(&mut o, &ctx, &target, None, &[], "pass 1 (ids fuzzed)").await;
+    run_st(
+        &mut o,
+        &ctx,
+        &target,
+        Some(&pins_config),
+        &[],
+        "pass 1 (ids fuzzed)",
+    )
+    .await;
     // Pass 2: path ids of live objects, so handlers past the lookup are fuzzed too.
     let ids = seed(&mut o, &api).await;
     let config = dir.path().join("schemathesis.toml");
-    let mut toml = String::new();
+    let mut toml = pins.clone();
     for (regex, id) in [
         ("^/v1/tasks/", "fuzz-seed-task"),
         ("^/v1/catalog/models/", "fuzz-model"),
@@ -287,7 +306,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
     std::fs::write(
         &raw_config,
         format!(
-            "[[operations]]\ninclude-path = \"/v1/artifacts/{{id}}\"\nparameters = {{ \"path.id\" = \"{ids}\", \"query.raw\" = \"1\" }}\n"
+            "{pins}[[operations]]\ninclude-path = \"/v1/artifacts/{{id}}\"\nparameters = {{ \"path.id\" = \"{ids}\", \"query.raw\" = \"1\" }}\n"
         ),
     )
     .expect("write schemathesis-raw.toml");

@@ -14,6 +14,8 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::Value;
 
+pub mod hub;
+
 /// The test engine: llama-server and the tiny model.
 #[derive(Clone, Debug)]
 pub struct Engine {

@@ -71,13 +71,19 @@ pub async fn run(client: &Client, cmd: ArtifactsCmd, json_out: bool) -> Result<(
                 return Ok(());
             }
             let a: Artifact = parse(&v, &path)?;
-            let bytes = match a.encoding {
-                ContentEncoding::Base64 => base64::engine::general_purpose::STANDARD
-                    .decode(&a.content)
-                    .map_err(|e| {
-                        CliError::usage(format!("the artifact's base64 content is invalid: {e}"))
-                    })?,
-                ContentEncoding::Utf8 => a.content.into_bytes(),
+            let bytes = match (a.encoding, a.content) {
+                (ContentEncoding::Base64, serde_json::Value::String(s)) => {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(&s)
+                        .map_err(|e| {
+                            CliError::usage(format!(
+                                "the artifact's base64 content is invalid: {e}"
+                            ))
+                        })?
+                }
+                (ContentEncoding::Utf8, serde_json::Value::String(s)) => s.into_bytes(),
+                // A JSON artifact (or an unexpected shape): its JSON text.
+                (_, v) => serde_json::to_vec(&v).unwrap_or_default(),
             };
             match output {
                 Some(p) => {

@@ -20,8 +20,17 @@ pub async fn run(client: &Client, cmd: CatalogCmd, json_out: bool) -> Result<(),
             let v = client.get_json(path).await?;
             if !json_out {
                 let list: CatalogList = parse(&v, path)?;
-                if list.models.is_empty() {
-                    println!("(no models registered; `llorch catalog register ID PATH`)");
+                if list.models.is_empty() && list.pulls.is_empty() {
+                    println!("(no models registered; `llorch pull hf:ORG/REPO:QUANT` or `llorch catalog register ID PATH`)");
+                }
+                for j in &list.pulls {
+                    println!(
+                        "{:<24} {:<8} {}  ({})",
+                        j.id,
+                        "pulling",
+                        j.reference,
+                        super::pull::progress_line(j)
+                    );
                 }
                 for m in list.models {
                     println!(

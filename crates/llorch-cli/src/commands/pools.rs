@@ -1,8 +1,10 @@
-//! `llorch pools list|health|drain|reload`.
+//! `llorch pools list|health|drain|reload|load|unload`, `llorch load`, `llorch unload`.
 
 use std::time::{Duration, Instant};
 
-use api_types::pools::{DrainRequest, PoolHealth, PoolList, ReloadRequest};
+use api_types::pools::{
+    DrainRequest, LoadResponse, PoolHealth, PoolList, ReloadRequest, UnloadRequest,
+};
 use api_types::StatusSnapshot;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
@@ -14,10 +16,14 @@ use crate::error::CliError;
 
 /// One line per pool: id, engine, state, replicas (`id:state@device`), then its last error.
 fn pool_line(id: &str, engine: &str, h: &PoolHealth) -> String {
+    // on_demand pools: their load state (`unloaded` is a normal state, not "down").
+    let on_demand = h.on_demand.as_ref().map(|o| o.state.as_str());
     let state = if h.draining {
         "draining"
     } else if h.ready {
         "ready"
+    } else if let Some(s) = on_demand {
+        s
     } else if h.live {
         "starting/unready"
     } else {
@@ -29,6 +35,15 @@ fn pool_line(id: &str, engine: &str, h: &PoolHealth) -> String {
         .map(|r| format!("{}:{}@{}", r.id, r.state.as_str(), r.device))
         .collect();
     let mut s = format!("{id:<16} {engine:<9} {state:<16} {}", replicas.join(" "));
+    if let Some(o) = &h.on_demand {
+        s.push_str(&format!(
+            "  (on_demand, load ~{:.1} s)",
+            o.expected_load_ms as f64 / 1000.0
+        ));
+        if let Some(w) = &o.waiting {
+            s.push_str(&format!("\n    waiting: {w}"));
+        }
+    }
     if let Some(e) = &h.last_error {
         s.push_str(&format!("\n    last error: {e}"));
     }
@@ -101,6 +116,8 @@ pub async fn run(client: &Client, cmd: PoolsCmd, json_out: bool) -> Result<(), C
             no_wait,
             ..
         } => drain(client, &pool_id, deadline_ms, no_wait, json_out).await?,
+        PoolsCmd::Load { pool_id } => load(client, &pool_id, json_out).await?,
+        PoolsCmd::Unload { pool_id, force } => unload(client, &pool_id, force, json_out).await?,
         PoolsCmd::Reload {
             pool_id,
             new_model_ref,
@@ -136,6 +153,63 @@ pub async fn run(client: &Client, cmd: PoolsCmd, json_out: bool) -> Result<(), C
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `llorch load POOL`: loads an on_demand pool and waits until it serves.
+pub async fn load(client: &Client, pool_id: &str, json_out: bool) -> Result<(), CliError> {
+    let pb = client.spinner();
+    pb.set_message(format!(
+        "loading pool {pool_id}: placing it (evicting idle models if needed), starting the engine"
+    ));
+    let path = format!("/v1/pools/{}/load", seg(pool_id));
+    let r = client
+        .call_json(Method::POST, &path, Some(&serde_json::json!({})), Some(LONG))
+        .await;
+    pb.finish_and_clear();
+    let v = r?;
+    if json_out {
+        print_json(&v, true);
+        return Ok(());
+    }
+    let r: LoadResponse = parse(&v, &path)?;
+    if r.changed {
+        println!(
+            "pool {pool_id} loaded on {} in {:.1} s",
+            r.devices.join(", "),
+            r.took_ms as f64 / 1000.0
+        );
+    } else {
+        println!("pool {pool_id} was already loaded ({})", r.devices.join(", "));
+    }
+    if !r.evicted.is_empty() {
+        println!("evicted to make room: {}", r.evicted.join(", "));
+    }
+    Ok(())
+}
+
+/// `llorch unload POOL [--force]`: stops an on_demand pool's engine.
+pub async fn unload(
+    client: &Client,
+    pool_id: &str,
+    force: bool,
+    json_out: bool,
+) -> Result<(), CliError> {
+    let path = format!("/v1/pools/{}/unload", seg(pool_id));
+    let req = UnloadRequest { force };
+    let v = client
+        .call_json(Method::POST, &path, Some(&body(&req)?), Some(LONG))
+        .await?;
+    if json_out {
+        print_json(&v, true);
+        return Ok(());
+    }
+    let r: LoadResponse = parse(&v, &path)?;
+    match (r.changed, r.canceled) {
+        (false, _) => println!("pool {pool_id} was not loaded"),
+        (true, 0) => println!("pool {pool_id} unloaded in {:.1} s", r.took_ms as f64 / 1000.0),
+        (true, n) => println!("pool {pool_id} unloaded; {n} task(s) canceled"),
     }
     Ok(())
 }
@@ -234,6 +308,7 @@ mod tests {
                 slots: 1,
                 state: ReplicaState::Ready,
             }],
+            on_demand: None,
             retiring: vec![],
         };
         assert_eq!(
@@ -252,5 +327,19 @@ mod tests {
             "{s}"
         );
         assert!(s.ends_with("\n    last error: circuit open"), "{s}");
+        // An unloaded on_demand pool says so, with its expected load time and why it waits.
+        h.last_error = None;
+        h.replicas[0].state = ReplicaState::Unloaded;
+        h.on_demand = Some(api_types::pools::OnDemandInfo {
+            expected_load_ms: 2500,
+            idle_ms: None,
+            idle_unload_s: 600,
+            queued: 1,
+            state: api_types::pools::LoadState::Unloaded,
+            waiting: Some("no room for 5.0 GiB".into()),
+        });
+        let s = pool_line("coder", "llamacpp", &h);
+        assert!(s.contains("unloaded") && s.contains("load ~2.5 s"), "{s}");
+        assert!(s.ends_with("\n    waiting: no room for 5.0 GiB"), "{s}");
     }
 }

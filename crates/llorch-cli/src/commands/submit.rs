@@ -80,6 +80,11 @@ pub async fn run(
     opt(&mut body, "top_p", a.top_p.map(|v| json!(v)));
     opt(&mut body, "top_k", a.top_k.map(|v| json!(v)));
     opt(&mut body, "deadline_ms", a.deadline_ms.map(|v| json!(v)));
+    opt(
+        &mut body,
+        "expected_tokens",
+        a.expected_tokens.map(|v| json!(v)),
+    );
     if !a.stop.is_empty() {
         body["stop"] = json!(a.stop);
     }
@@ -98,10 +103,7 @@ pub async fn run(
     if json_out {
         stream::ndjson("admitted", &v);
     } else {
-        eprintln!(
-            "[task {} admitted to pool {}: queue position {}, predicted start in ~{} ms]",
-            adm.task_id, adm.pool_id, adm.queue_position, adm.predicted_start_ms
-        );
+        eprintln!("{}", admission_line(&adm));
     }
     if a.no_stream {
         if !json_out {
@@ -110,6 +112,25 @@ pub async fn run(
         return Ok(());
     }
     stream::follow_interruptible(client, &adm.task_id, json_out, !a.detach_on_interrupt).await
+}
+
+/// `[task t admitted to pool p: queue position 2, start in ~1.2 s, end in ~3.4 s, on time 80 %]`.
+fn admission_line(adm: &AdmissionResponse) -> String {
+    let mut s = format!(
+        "[task {} admitted to pool {}: queue position {}, predicted start in ~{}",
+        adm.task_id,
+        adm.pool_id,
+        adm.queue_position,
+        stream::human_ms(adm.predicted_start_ms)
+    );
+    if let Some(end) = adm.predicted_end_ms {
+        s.push_str(&format!(", end in ~{}", stream::human_ms(end)));
+    }
+    if let Some(p) = adm.on_time_probability {
+        s.push_str(&format!(", on time {:.0} %", p * 100.0));
+    }
+    s.push(']');
+    s
 }
 
 /// The daemon's only pool, for `submit` without `--model`.

@@ -97,7 +97,8 @@ fn route<'a>(
     let ready: Vec<&Dispatcher> = candidates
         .iter()
         .copied()
-        .filter(|d| d.pool().is_ready() && !d.pool().is_draining())
+        // An on_demand pool takes tasks while unloaded: they queue while it loads.
+        .filter(|d| (d.pool().is_ready() || d.pool().on_demand()) && !d.pool().is_draining())
         .collect();
     if ready.is_empty() {
         let why: Vec<String> = candidates
@@ -255,10 +256,15 @@ async fn admit_to_end(
     };
     match admitted {
         Ok(adm) => {
+            if pool.on_demand() && !pool.is_ready() {
+                // Start the load (or learn why it waits) before the 202 says so.
+                state.pools.demand(pool.id());
+            }
             tracing::info!(
                 task_id = %task.id,
                 queue_position = adm.queue_position,
                 predicted_start_ms = adm.predicted_start_ms,
+                predicted_end_ms = adm.predicted_end_ms,
                 engine = pool.engine(),
                 engine_version = %pool.engine_version(),
                 pool_id = %pool.id(),
@@ -271,11 +277,14 @@ async fn admit_to_end(
                 task_id: task.id.clone(),
                 queue_position: adm.queue_position,
                 predicted_start_ms: adm.predicted_start_ms,
+                predicted_end_ms: Some(adm.predicted_end_ms),
+                on_time_probability: adm.on_time_probability,
                 backoff_ms,
                 pool_id: pool.id().to_owned(),
                 streams: StreamLinks {
                     sse: task.stream_path(),
                 },
+                pool_load: crate::dispatch::admission_note(&pool),
             };
             // Charges the session and writes the transcript once the task ends.
             state.background.after_end(

@@ -1,7 +1,8 @@
 //! `/v1/artifacts*`: content-addressed artifacts (docs/STATE.md, "Artifacts").
 //!
 //! - `POST /v1/artifacts` `{kind, content, encoding?, tags?, parent?, metadata?}` → 201 with the
-//!   description and a download `url`.
+//!   description and a download `url`. `content` is text, base64, or any JSON value (stored as
+//!   canonical JSON, `orch_store::canonical_json`).
 //! - `GET /v1/artifacts/{id}` → JSON: the description plus `content` (UTF-8 text, or base64 with
 //!   `encoding: "base64"` when the bytes are not UTF-8). `?raw=1` answers the bytes instead.
 //! - `GET /v1/artifacts/{id}/raw` → the bytes (what `url` points to).
@@ -107,7 +108,7 @@ fn too_large(message: String) -> ServiceError {
 }
 
 /// Store an artifact; the same content always gets the same id.
-#[utoipa::path(post, path = "/v1/artifacts", tag = "artifacts", request_body = ArtifactCreate,
+#[utoipa::path(post, path = "/v1/artifacts", tag = "artifacts", operation_id = "create_artifact", request_body = ArtifactCreate,
     responses(
         (status = 201, description = "Stored (or already stored: tags are merged)", body = ArtifactMeta),
         (status = 400, description = "Invalid JSON, kind, tag, parent, metadata or base64", body = ErrorEnvelope),
@@ -129,20 +130,11 @@ pub async fn create(
             ServiceError::invalid(format!("cannot read the request body: {}", e.body_text()))
         }
     })?;
+    crate::http::object_only(&body)?;
     let req: ArtifactCreate = serde_json::from_slice(&body)
         .map_err(|e| ServiceError::invalid(format!("invalid JSON body: {e}")))?;
     drop(body);
-    let content = match req.encoding {
-        ContentEncoding::Utf8 => req.content.into_bytes(),
-        ContentEncoding::Base64 => base64::engine::general_purpose::STANDARD
-            .decode(req.content.as_bytes())
-            .map_err(|e| {
-                ServiceError::invalid(format!(
-                    "`content` is not valid base64 ({e}); send standard base64 with padding, or \
-                     set encoding: utf8 for text"
-                ))
-            })?,
-    };
+    let (content, json) = content_of(req.content, req.encoding)?;
     if content.len() as u64 > limit {
         return Err(too_large(format!(
             "artifact content is {} bytes; the limit is {limit} bytes \
@@ -152,13 +144,21 @@ pub async fn create(
     }
     let input = orch_store::ArtifactInput {
         kind: to_store_kind(req.kind),
-        content,
+        content: Vec::new(),
         tags: req.tags,
         parent: req.parent,
         metadata: req.metadata,
     };
     let store = state.store.clone();
-    let meta = blocking(move || store.artifacts().put(input, now_ms()).map_err(store_err)).await?;
+    let meta = blocking(move || {
+        let a = store.artifacts();
+        match json {
+            Some(v) => a.put_json(input, &v, now_ms()),
+            None => a.put(orch_store::ArtifactInput { content, ..input }, now_ms()),
+        }
+        .map_err(store_err)
+    })
+    .await?;
     state.background.poke_gc();
     tracing::info!(artifact_id = %meta.id, kind = %meta.kind, size = meta.size, "artifact stored");
     let meta = to_api_meta(meta, &base_url(&headers, &state.config.bind));
@@ -167,6 +167,39 @@ pub async fn create(
         out.insert(header::LOCATION, v);
     }
     Ok((StatusCode::CREATED, out, Json(meta)))
+}
+
+/// The bytes to store, and the JSON value when the artifact is one: a string `content` is
+/// text (`utf8`, its default) or base64; `json` (the default for any other value) stores the
+/// value as canonical JSON.
+fn content_of(
+    content: serde_json::Value,
+    encoding: Option<ContentEncoding>,
+) -> Result<(Vec<u8>, Option<serde_json::Value>), ServiceError> {
+    match (content, encoding) {
+        (serde_json::Value::String(s), None | Some(ContentEncoding::Utf8)) => {
+            Ok((s.into_bytes(), None))
+        }
+        (serde_json::Value::String(s), Some(ContentEncoding::Base64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(s.as_bytes())
+                .map_err(|e| {
+                    ServiceError::invalid(format!(
+                        "`content` is not valid base64 ({e}); send standard base64 with \
+                         padding, or set encoding: utf8 for text"
+                    ))
+                })?;
+            Ok((bytes, None))
+        }
+        (v, None | Some(ContentEncoding::Json)) => Ok((orch_store::canonical_json(&v), Some(v))),
+        (_, Some(e)) => {
+            Err(ServiceError::invalid(format!(
+            "encoding `{}` needs a string `content`; omit `encoding` (or send `json`) to store \
+             a JSON value",
+            if e == ContentEncoding::Base64 { "base64" } else { "utf8" }
+        )))
+        }
+    }
 }
 
 /// Query of `GET /v1/artifacts/{id}`.
@@ -180,8 +213,9 @@ pub struct GetQuery {
 fn raw_response(meta: &orch_store::ArtifactMeta, bytes: Vec<u8>) -> Response {
     // `application/json` only for what is one (a `transcript` uploaded by a client may hold
     // anything; found by the chaos schema fuzzing).
-    let ctype = if meta.kind == orch_store::ArtifactKind::Transcript
-        && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).is_ok()
+    let ctype = if meta.json
+        || meta.kind == orch_store::ArtifactKind::Transcript
+            && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).is_ok()
     {
         "application/json"
     } else if std::str::from_utf8(&bytes).is_ok() {
@@ -239,12 +273,21 @@ pub async fn get_artifact(
     {
         return Ok(raw_response(&meta, bytes));
     }
-    let (encoding, content) = match String::from_utf8(bytes) {
-        Ok(s) => (ContentEncoding::Utf8, s),
-        Err(e) => (
-            ContentEncoding::Base64,
-            base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
-        ),
+    let value = meta
+        .json
+        .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .flatten();
+    let (encoding, content) = match value {
+        Some(v) => (ContentEncoding::Json, v),
+        None => match String::from_utf8(bytes) {
+            Ok(s) => (ContentEncoding::Utf8, s.into()),
+            Err(e) => (
+                ContentEncoding::Base64,
+                base64::engine::general_purpose::STANDARD
+                    .encode(e.into_bytes())
+                    .into(),
+            ),
+        },
     };
     let meta = to_api_meta(meta, &base_url(&headers, &state.config.bind));
     Ok(Json(Artifact {
@@ -259,8 +302,8 @@ pub async fn get_artifact(
 #[utoipa::path(get, path = "/v1/artifacts/{id}/raw", tag = "artifacts",
     params(("id" = String, Path, description = "artifact id, `sha256:<hex>`")),
     responses(
-        (status = 200, description = "The content; `ETag` is the id. `application/json` for transcripts, `text/plain; charset=utf-8` for other UTF-8 content, else `application/octet-stream`",
-            content((Vec<u8> = "application/octet-stream"), (String = "text/plain"), (Object = "application/json"))),
+        (status = 200, description = "The content; `ETag` is the id. `application/json` for JSON artifacts and transcripts, `text/plain; charset=utf-8` for other UTF-8 content, else `application/octet-stream`",
+            content((Vec<u8> = "application/octet-stream"), (String = "text/plain"), (Value = "application/json"))),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
     ))]
@@ -271,6 +314,9 @@ pub async fn get_raw(
     let (meta, bytes) = load(&state, id).await?;
     Ok(raw_response(&meta, bytes))
 }
+
+/// Most artifacts one `GET /v1/artifacts` lists; a larger `limit` is a 400.
+pub const MAX_LIST_LIMIT: usize = 10_000;
 
 /// Query of `GET /v1/artifacts`.
 #[derive(Debug, Default, Deserialize)]
@@ -287,9 +333,9 @@ pub struct ListQuery {
 }
 
 /// Artifacts, newest first, filtered by tag and/or kind.
-#[utoipa::path(get, path = "/v1/artifacts", tag = "artifacts",
+#[utoipa::path(get, path = "/v1/artifacts", tag = "artifacts", operation_id = "list_artifacts",
     params(("tag" = Option<String>, Query, description = "only artifacts with this tag"),
-        ("kind" = Option<String>, Query, description = "only this kind: plan, summary, diff, trace, transcript, other"),
+        ("kind" = Option<ArtifactKind>, Query, description = "only this kind"),
         ("limit" = Option<usize>, Query, description = "at most this many (default 100, max 10000)")),
     responses((status = 200, body = ArtifactList), (status = 400, body = ErrorEnvelope)))]
 pub async fn list(
@@ -301,11 +347,24 @@ pub async fn list(
     let kind = q
         .kind
         .filter(|k| !k.is_empty())
-        .map(|k| k.parse::<orch_store::ArtifactKind>())
-        .transpose()
-        .map_err(store_err)?;
+        .map(|k| {
+            orch_store::ArtifactKind::ALL
+                .into_iter()
+                .find(|x| x.as_str() == k)
+                .ok_or_else(|| {
+                    ServiceError::invalid(
+                        "kind must be one of plan, summary, diff, trace, transcript, other",
+                    )
+                })
+        })
+        .transpose()?;
     let tag = q.tag.filter(|t| !t.is_empty());
     let limit = q.limit.unwrap_or(100);
+    if limit > MAX_LIST_LIMIT {
+        return Err(ServiceError::invalid(format!(
+            "limit={limit} is too large; at most {MAX_LIST_LIMIT}"
+        )));
+    }
     let store = state.store.clone();
     let metas = blocking(move || {
         store

@@ -3,11 +3,12 @@
 //! and the `model_state` gauge.
 
 use api_types::{
-    CatalogList, CatalogModel, ErrorCode, ErrorEnvelope, ModelState, RegisterModelRequest,
+    CatalogList, CatalogModel, ErrorCode, ErrorEnvelope, ModelState, PullJob, RegisterModelRequest,
     SetModelStateRequest, VerifyOutcome, VerifyResponse,
 };
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orch_store::policy::ACTION_MODEL_DOWNLOAD;
 use orch_store::{redact_url, NewModel};
@@ -53,23 +54,87 @@ pub fn to_api(m: &orch_store::CatalogModel, pools: &PoolManager) -> CatalogModel
             computed_digest: v.computed_digest.clone(),
         }),
         served_by: Catalog::served_by(pools, &m.reference),
+        size: m.size,
+        source: m.source.clone(),
     }
 }
 
-/// Register a model (state `Active`). A URL reference passes the outbound policy first.
+fn location(id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/catalog/models/{id}")) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers
+}
+
+/// A pull job answer: 202 with the job, `Location` of its model.
+fn pull_answer(job: PullJob) -> Response {
+    (StatusCode::ACCEPTED, location(&job.id), Json(job)).into_response()
+}
+
+/// Whether the request is a pull (`hf:` references always; URLs with `pull: true`).
+fn wants_pull(req: &RegisterModelRequest) -> Result<bool, ServiceError> {
+    let hub = crate::pull::hub::is_hub_ref(&req.reference);
+    match (hub, is_remote(&req.reference), req.pull) {
+        (true, _, Some(false)) => Err(ServiceError::invalid(
+            "an hf: reference can only be pulled; leave out `pull` or set it true",
+        )),
+        (true, _, _) | (false, true, Some(true)) => Ok(true),
+        (false, false, Some(true)) => Err(ServiceError::invalid(
+            "only hf: references and http(s):// URLs can be pulled; register a local file \
+             without `pull`",
+        )),
+        _ => Ok(false),
+    }
+}
+
+/// Register a model (state `Active`), or pull one. A local file is registered at once (201); a
+/// URL reference passes the outbound policy first. A hub reference (`hf:ORG/REPO/FILE.gguf`,
+/// `hf:ORG/REPO:QUANT`) or a URL with `pull: true` is downloaded into `data_dir/models`,
+/// verified and then registered: the answer is 202 with the pull job, whose progress
+/// `GET /v1/catalog/models/{id}` shows (SPEC §11).
 #[utoipa::path(post, path = "/v1/catalog/models", tag = "catalog", request_body = RegisterModelRequest,
     responses(
         (status = 201, description = "Registered", body = CatalogModel),
-        (status = 400, description = "Invalid id, reference or digest", body = ErrorEnvelope),
-        (status = 403, description = "A URL reference refused by the outbound policy (`POLICY_DENIED`)", body = ErrorEnvelope),
-        (status = 409, description = "The id is already registered (`CONFLICT`)", body = ErrorEnvelope),
-        (status = 413, description = "Signature or SBOM too large", body = ErrorEnvelope),
+        (status = 202, description = "A pull started (or the same pull was running already under this id)", body = PullJob),
+        (status = 400, description = "Invalid id, reference or digest; a quantization that matches no file or several (the message lists the repo's GGUF files)", body = ErrorEnvelope),
+        (status = 403, description = "Refused by the outbound policy, e.g. `no_downloads` (`POLICY_DENIED`)", body = ErrorEnvelope),
+        (status = 404, description = "The hub has no such repository or file (`NOT_FOUND`)", body = ErrorEnvelope),
+        (status = 409, description = "The id is already registered, or another pull runs under it (`CONFLICT`)", body = ErrorEnvelope),
+        (status = 413, description = "Signature or SBOM too large; or too little free disk for the pull: its size plus 5% (`PAYLOAD_TOO_LARGE`)", body = ErrorEnvelope),
+        (status = 502, description = "The hub cannot be reached or answered an error (`ENGINE_ERROR`, retriable)", body = ErrorEnvelope),
+        (status = 503, description = "A pull while the daemon shuts down (`SHUTTING_DOWN`)", body = ErrorEnvelope),
     ))]
 pub async fn register(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<RegisterModelRequest>,
-) -> Result<(StatusCode, HeaderMap, Json<CatalogModel>), ServiceError> {
-    orch_store::validate_id("model id", &req.id).map_err(store_err)?;
+) -> Result<Response, ServiceError> {
+    if wants_pull(&req)? {
+        if state.is_shutting_down() {
+            return Err(ServiceError::from_envelope(
+                ErrorEnvelope::new(
+                    ErrorCode::ShuttingDown,
+                    "the daemon is shutting down; pull again once it is back (the download resumes)",
+                )
+                .retry_after(5000),
+            ));
+        }
+        let job = state
+            .pulls
+            .start(crate::pull::PullRequest {
+                id: req.id,
+                reference: req.reference,
+                digest: req.digest,
+            })
+            .await?;
+        return Ok(pull_answer(job));
+    }
+    let Some(id) = req.id else {
+        return Err(ServiceError::invalid(
+            "`id` is required to register a model (only pulls derive one from the file name)",
+        ));
+    };
+    orch_store::validate_id("model id", &id).map_err(store_err)?;
     if is_remote(&req.reference) {
         let d = state
             .outbound
@@ -80,54 +145,79 @@ pub async fn register(
         }
     }
     let new = NewModel {
-        id: req.id,
+        id,
         reference: req.reference,
         digest: req.digest,
         signature: req.signature,
         sbom: req.sbom,
+        size: None,
+        source: None,
     };
     let m = state.catalog.register(new).await?;
     tracing::info!(model_id = %m.id, reference = %redact_url(&m.reference), "catalog model registered");
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/catalog/models/{}", m.id)) {
-        headers.insert(header::LOCATION, v);
-    }
-    Ok((StatusCode::CREATED, headers, Json(to_api(&m, &state.pools))))
+    Ok((
+        StatusCode::CREATED,
+        location(&m.id),
+        Json(to_api(&m, &state.pools)),
+    )
+        .into_response())
 }
 
-/// Every catalog model, ordered by id.
+/// Every catalog model, ordered by id, and the pulls not registered yet.
 #[utoipa::path(get, path = "/v1/catalog/models", tag = "catalog",
     responses((status = 200, body = CatalogList)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<CatalogList>, ServiceError> {
     let models = state.catalog.list();
     Ok(Json(CatalogList {
         models: models.iter().map(|m| to_api(m, &state.pools)).collect(),
+        pulls: state.pulls.list(),
     }))
 }
 
-/// One catalog model.
+/// One catalog model (200), or the pull that will register it (202: downloading or
+/// verifying with bytes done, rate and ETA; or failed or canceled, with the reason).
 #[utoipa::path(get, path = "/v1/catalog/models/{id}", tag = "catalog",
     params(("id" = String, Path, description = "catalog id")),
-    responses((status = 200, body = CatalogModel), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+    responses(
+        (status = 200, description = "The registered model", body = CatalogModel),
+        (status = 202, description = "Not registered (yet): the pull under this id", body = PullJob),
+        (status = 400, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope)))]
 pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<CatalogModel>, ServiceError> {
-    let m = state.catalog.get(&id)?;
-    Ok(Json(to_api(&m, &state.pools)))
+) -> Result<Response, ServiceError> {
+    match state.catalog.get(&id) {
+        Ok(m) => Ok(Json(to_api(&m, &state.pools)).into_response()),
+        Err(e) if e.code() == ErrorCode::NotFound => match state.pulls.job(&id) {
+            Some(job) => Ok(pull_answer(job)),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
 }
 
-/// Remove a model from the catalog (its file and any pool serving it are untouched).
+/// Remove a model from the catalog (204; its file and any pool serving it are untouched), or
+/// cancel the pull under this id (202 with the job, `canceled`; its partial files are deleted).
 #[utoipa::path(delete, path = "/v1/catalog/models/{id}", tag = "catalog",
     params(("id" = String, Path, description = "catalog id")),
-    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 202, description = "The pull under this id was canceled (or, ended already, forgotten)", body = PullJob),
+        (status = 400, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope)))]
 pub async fn delete_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ServiceError> {
+) -> Result<Response, ServiceError> {
+    if state.catalog.cached(&id).is_none() {
+        if let Some(job) = state.pulls.cancel(&id).await {
+            return Ok(pull_answer(job));
+        }
+    }
     state.catalog.delete(&id).await?;
     tracing::info!(model_id = %id, "catalog model deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Hash the model file and compare it with the registered digest. A missing signature, SBOM

@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod catalog;
+pub mod cors;
 pub mod error;
 pub mod openai;
 pub mod pools;
@@ -22,15 +23,57 @@ use crate::error::ServiceError;
 /// rejection.
 pub struct JsonBody<T>(pub T);
 
+/// Whole numbers written as floats (`4.0`: JSON Schema calls them integers, and Python
+/// clients send them) become integers, so that integer fields take them.
+pub fn integral_floats(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0) {
+                // Exact conversions only: integral floats in the i64 / u64 ranges.
+                if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
+                    *v = Value::from(f as i64);
+                } else if (0.0..1.844_674_407_370_955_2e19).contains(&f) {
+                    *v = Value::from(f as u64);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats),
+        Value::Object(o) => o.values_mut().for_each(integral_floats),
+        _ => {}
+    }
+}
+
+/// Request bodies are JSON objects: serde would also fill a struct from an array
+/// (`[null, null]`), which no client means (found by schemathesis).
+pub fn object_only(bytes: &[u8]) -> Result<(), ServiceError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => Ok(()),
+        Some(_) => Err(ServiceError::invalid(
+            "invalid JSON body: the body must be a JSON object",
+        )),
+    }
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ServiceError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            ServiceError::invalid(format!("cannot read the request body: {}", e.body_text()))
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ServiceError::new(
+                    api_types::ErrorCode::PayloadTooLarge,
+                    "the request body is larger than http.max_body_bytes allows",
+                )
+            } else {
+                ServiceError::invalid(format!("cannot read the request body: {}", e.body_text()))
+            }
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
+        object_only(&bytes)?;
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ServiceError::invalid(format!("invalid JSON body: {e}")))?;
+        integral_floats(&mut value);
+        serde_path_to_error::deserialize(value)
             .map(JsonBody)
             .map_err(|e| {
                 let path = e.path().to_string();

@@ -8,26 +8,37 @@
 //! - priority from the body field `priority`, else the header `X-Llorch-Priority`
 //!   (`interactive` | `batch`), default `interactive`;
 //! - session from the body field `session_id`, else the header `X-Llorch-Session`;
-//! - `seed`, `temperature`, `top_p`, `top_k`, `stop` pass through; `max_tokens` (or
-//!   `max_completion_tokens`) defaults to [`DEFAULT_MAX_TOKENS`] capped by the pool's context;
+//! - `seed`, `temperature`, `top_p`, `top_k`, `stop`, the penalties and `logit_bias` pass
+//!   through; `max_tokens` (or `max_completion_tokens`) defaults to [`DEFAULT_MAX_TOKENS`]
+//!   capped by the pool's context;
+//! - `tools`, `tool_choice`, `parallel_tool_calls`, tool messages and assistant messages with
+//!   `tool_calls`, `response_format` and `logprobs` become the task's own fields; tool calls
+//!   and log probabilities come back in the task's `token` events and are relayed in OpenAI's
+//!   shapes (`message.tool_calls` / `delta.tool_calls`, `finish_reason: "tool_calls"`);
 //! - chat templating is the engine's (llama-server `/apply-template`);
 //! - the task id is generated (`chatcmpl-…` / `cmpl-…`) and returned as the response `id` and
 //!   in the `X-Llorch-Task-Id` header, so `/v1/tasks/{id}` and `llorch` work on it;
 //! - a client that disconnects before the end cancels its task.
 //!
 //! Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with the same
-//! HTTP status as the native API; 429 and 503 carry `Retry-After` and `X-Backoff-Ms`.
+//! HTTP status as the native API; 429 and 503 carry `Retry-After` and `X-Backoff-Ms`. The
+//! same shape answers 401, 404 and 405 on OpenAI's paths ([`is_openai_path`]) and 413 for a
+//! body over `http.max_body_bytes`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use api_types::openai::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, ChunkDelta,
-    CompletionUsage, OaiErrorBody, OaiErrorDetail, OaiModel, OaiModelList, TextChoice,
-    TextCompletion,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatLogprobs, ChunkChoice,
+    ChunkDelta, CompletionUsage, OaiErrorBody, OaiErrorDetail, OaiModel, OaiModelList, TextChoice,
+    TextCompletion, TextLogprobs,
 };
-use api_types::{EndEvent, ErrorCode, StreamEvent, TaskRequest};
-use axum::body::Bytes;
+use api_types::{
+    EndEvent, ErrorCode, FunctionCall, LogitBias, ResponseFormat, StreamEvent, TaskRequest,
+    TokenEvent, TokenLogprob, Tool, ToolCall, ToolCallDelta, ToolChoice,
+};
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -51,6 +62,41 @@ pub const SESSION_HEADER: &str = "x-llorch-session";
 /// `max_tokens` when the request gives none (capped by the pool's context per slot).
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 
+/// Bodies over the limit are still read (and dropped) up to this size, so that a client that
+/// is still sending reads the 413 instead of a reset connection (which SDKs retry).
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// The first path segments after `/v1/` that belong to OpenAI's API (ours and those we do not
+/// serve): errors there are in OpenAI's shape, elsewhere in the daemon's envelope.
+const OPENAI_RESOURCES: &[&str] = &[
+    "models",
+    "chat",
+    "completions",
+    "embeddings",
+    "responses",
+    "audio",
+    "images",
+    "moderations",
+    "files",
+    "uploads",
+    "batches",
+    "fine_tuning",
+    "assistants",
+    "threads",
+    "vector_stores",
+    "realtime",
+    "conversations",
+    "containers",
+    "evals",
+];
+
+/// Whether `path` is one of OpenAI's API paths.
+pub fn is_openai_path(path: &str) -> bool {
+    path.strip_prefix("/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|seg| OPENAI_RESOURCES.contains(&seg))
+}
+
 /// An error in OpenAI's shape.
 #[derive(Debug)]
 pub struct OaiError {
@@ -58,6 +104,8 @@ pub struct OaiError {
     message: String,
     code: String,
     retry_after_ms: Option<u64>,
+    /// Close the connection after answering (the body was not read to its end).
+    close: bool,
 }
 
 impl OaiError {
@@ -67,6 +115,28 @@ impl OaiError {
             message: message.into(),
             code: "invalid_params".into(),
             retry_after_ms: None,
+            close: false,
+        }
+    }
+
+    /// 413: the body is over `http.max_body_bytes`.
+    fn too_large(limit: u64, close: bool) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large".into(),
+            close,
+            ..Self::invalid(format!(
+                "the request body is over {limit} bytes (http.max_body_bytes); send less, or raise the limit in the daemon's config"
+            ))
+        }
+    }
+
+    /// 405 on an OpenAI path.
+    pub fn method_not_allowed() -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "method_not_allowed".into(),
+            ..Self::invalid("method not allowed on this route; see /openapi.json")
         }
     }
 }
@@ -78,6 +148,7 @@ impl From<ServiceError> for OaiError {
             message: e.body.message,
             code: e.body.code.as_str().to_ascii_lowercase(),
             retry_after_ms: e.body.retry_after_ms,
+            close: false,
         }
     }
 }
@@ -85,7 +156,7 @@ impl From<ServiceError> for OaiError {
 /// OpenAI's `type` for a status.
 fn error_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 409 | 413 => "invalid_request_error",
+        400 | 405 | 409 | 413 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
@@ -111,6 +182,12 @@ impl IntoResponse for OaiError {
     fn into_response(self) -> Response {
         let body = error_body(self.status, &self.message, &self.code);
         let mut resp = (self.status, Json(body)).into_response();
+        if self.close {
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
         if let Some(ms) = self.retry_after_ms {
             let h = resp.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
@@ -127,12 +204,21 @@ impl IntoResponse for OaiError {
 /// A chat message. `content` is a string or an array of `{type: "text", text}` parts.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct OaiMessage {
-    /// `system`, `developer` (treated as `system`), `user`, `assistant`.
+    /// `system`, `developer` (treated as `system`), `user`, `assistant`, `tool`.
     pub role: String,
-    /// Text, or text parts.
+    /// Text, or text parts (`null` for an assistant message that only calls tools).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub content: Option<Value>,
+    /// An assistant message's tool calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// A participant's or function's name.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// `stream_options`.
@@ -144,8 +230,9 @@ pub struct StreamOptions {
 }
 
 /// Body of `POST /v1/chat/completions` and `POST /v1/completions`. Fields OpenAI defines
-/// that are not listed are accepted and ignored; `n` > 1, `tools` and non-text
-/// `response_format` are refused with 400.
+/// that are not listed are accepted and ignored (docs/OPENAI.md lists each); `n` > 1 and the
+/// features llama-orch does not serve (audio, predicted outputs, `echo`, `suffix`, …) are
+/// refused with 400.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct OaiRequest {
     /// Model: a pool id, a catalog id, or a model file name (see `GET /v1/models`).
@@ -192,14 +279,67 @@ pub struct OaiRequest {
     /// llama-orch: session for KV reuse and budgets; overrides `X-Llorch-Session`.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// Tools are not supported (400 when non-empty).
+    /// Tools the model may call (chat).
+    #[serde(default)]
+    pub tools: Option<Vec<Tool>>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name"}}` (chat).
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the model may call several tools in one reply (chat).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// `text`, `json_object` or `json_schema`.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    /// Chat: `true` for each token's log probability. Completions: an integer, the number of
+    /// most likely alternatives per token (0-5).
     #[serde(default)]
     #[schema(value_type = Object)]
-    pub tools: Option<Value>,
-    /// Only `{"type": "text"}` is supported.
+    pub logprobs: Option<Value>,
+    /// Chat: alternatives per token (0-20), with `logprobs: true`.
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    /// Token id → bias (-100 ..= 100).
+    #[serde(default)]
+    pub logit_bias: Option<LogitBias>,
+    /// Penalty by how often a token appeared (-2 ..= 2).
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// Penalty for tokens that appeared at all (-2 ..= 2).
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// Refused: OpenAI's deprecated function calling (use `tools`).
     #[serde(default)]
     #[schema(value_type = Object)]
-    pub response_format: Option<Value>,
+    pub functions: Option<Value>,
+    /// Refused: OpenAI's deprecated function calling (use `tool_choice`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub function_call: Option<Value>,
+    /// Refused: audio output.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub audio: Option<Value>,
+    /// Only `["text"]`.
+    #[serde(default)]
+    pub modalities: Option<Vec<String>>,
+    /// Refused: predicted outputs.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub prediction: Option<Value>,
+    /// Refused: web search.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub web_search_options: Option<Value>,
+    /// Completions: only `false` (the prompt is not echoed).
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Completions: refused when not empty (no insertion).
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Completions: only 1.
+    #[serde(default)]
+    pub best_of: Option<u32>,
 }
 
 fn parse_body(bytes: &Bytes) -> Result<OaiRequest, OaiError> {
@@ -285,7 +425,121 @@ fn ctx_for(state: &AppState, model: &str) -> Option<u32> {
         .max()
 }
 
-/// Maps an OpenAI request to a task request.
+/// Refuses the OpenAI fields llama-orch does not serve, each with why.
+fn refuse_unserved(kind: Kind, r: &OaiRequest) -> Result<(), OaiError> {
+    let present = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    if present(&r.functions) || present(&r.function_call) {
+        return Err(OaiError::invalid("`functions`/`function_call` are OpenAI's deprecated function calling; send `tools` and `tool_choice`",
+        ));
+    }
+    if present(&r.audio)
+        || r.modalities
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|x| x != "text"))
+    {
+        return Err(OaiError::invalid(
+            "only text output is supported (no `audio`)",
+        ));
+    }
+    if present(&r.prediction) {
+        return Err(OaiError::invalid("predicted outputs are not supported"));
+    }
+    if present(&r.web_search_options) {
+        return Err(OaiError::invalid(
+            "web search is not supported: the daemon runs local models only",
+        ));
+    }
+    if r.echo == Some(true) {
+        return Err(OaiError::invalid(
+            "`echo` is not supported; the reply holds only the generated text",
+        ));
+    }
+    if r.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(OaiError::invalid(
+            "`suffix` (text insertion) is not supported",
+        ));
+    }
+    if r.best_of.is_some_and(|n| n != 1) {
+        return Err(OaiError::invalid("only best_of = 1 is supported"));
+    }
+    if kind == Kind::Completion
+        && (r.tools.as_ref().is_some_and(|t| !t.is_empty()) || r.tool_choice.is_some())
+    {
+        return Err(OaiError::invalid("`tools` belong to /v1/chat/completions"));
+    }
+    Ok(())
+}
+
+/// The task's `logprobs` (alternatives per token) from the request's `logprobs` and
+/// `top_logprobs`: chat takes `logprobs: true` and `top_logprobs` 0-20, completions take
+/// `logprobs` as an integer 0-5.
+fn logprobs_of(kind: Kind, r: &OaiRequest) -> Result<Option<u32>, OaiError> {
+    let lp = r.logprobs.as_ref().filter(|v| !v.is_null());
+    match kind {
+        Kind::Chat => {
+            let on = match lp {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(OaiError::invalid("`logprobs` is true or false for chat (the number of alternatives is `top_logprobs`)",
+                    ))
+                }
+            };
+            match (on, r.top_logprobs) {
+                (false, Some(_)) => Err(OaiError::invalid("`top_logprobs` needs `logprobs: true`")),
+                (true, Some(n)) if n > 20 => {
+                    Err(OaiError::invalid("`top_logprobs` must be between 0 and 20"))
+                }
+                (true, n) => Ok(Some(n.unwrap_or(0))),
+                (false, None) => Ok(None),
+            }
+        }
+        Kind::Completion => match lp {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= 5 => Ok(u32::try_from(n).ok()),
+                _ => Err(OaiError::invalid(
+                    "`logprobs` is an integer between 0 and 5 for completions",
+                )),
+            },
+        },
+    }
+}
+
+/// One OpenAI message as a task message: `developer` is `system`; content parts are joined;
+/// tool calls and tool results carried as they are. Other roles are refused.
+fn task_message(i: usize, m: &OaiMessage) -> Result<Value, OaiError> {
+    let role = match m.role.as_str() {
+        "developer" => "system",
+        r @ ("system" | "user" | "assistant" | "tool") => r,
+        "function" => {
+            return Err(OaiError::invalid("role `function` is OpenAI's deprecated function calling; answer a tool call with a `tool` message and its `tool_call_id`",
+            ))
+        }
+        other => {
+            return Err(OaiError::invalid(format!(
+                    "messages[{i}] has role `{other}`; use system, developer, user, assistant or tool"
+                ),
+            ))
+        }
+    };
+    let mut out = json!({ "role": role, "content": text_of(&m.content)? });
+    if let Some(calls) = &m.tool_calls {
+        out["tool_calls"] = json!(calls);
+    }
+    if let Some(id) = &m.tool_call_id {
+        out["tool_call_id"] = json!(id);
+    }
+    if role == "tool" {
+        if let Some(n) = &m.name {
+            out["name"] = json!(n);
+        }
+    }
+    Ok(out)
+}
+
+/// Maps an OpenAI request to a task request. The rules the native API shares (roles, tools,
+/// bounds) are checked again by admission.
 fn to_task(
     state: &AppState,
     kind: Kind,
@@ -299,19 +553,8 @@ fn to_task(
     if r.n.is_some_and(|n| n != 1) {
         return Err(OaiError::invalid("only n = 1 is supported"));
     }
-    if r.tools
-        .as_ref()
-        .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        return Err(OaiError::invalid("tools are not supported by llama-orch"));
-    }
-    if let Some(rf) = &r.response_format {
-        if rf.get("type").and_then(Value::as_str).unwrap_or("text") != "text" {
-            return Err(OaiError::invalid(
-                "only response_format {\"type\": \"text\"} is supported",
-            ));
-        }
-    }
+    refuse_unserved(kind, r)?;
+    let logprobs = logprobs_of(kind, r)?;
     let priority = r
         .priority
         .clone()
@@ -344,15 +587,11 @@ fn to_task(
                 .as_ref()
                 .filter(|m| !m.is_empty())
                 .ok_or_else(|| OaiError::invalid("`messages` is required and must not be empty"))?;
-            let mut out = Vec::with_capacity(msgs.len());
-            for m in msgs {
-                let role = if m.role == "developer" {
-                    "system"
-                } else {
-                    m.role.as_str()
-                };
-                out.push(json!({ "role": role, "content": text_of(&m.content)? }));
-            }
+            let out = msgs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| task_message(i, m))
+                .collect::<Result<Vec<_>, _>>()?;
             body["workload"] = json!("chat");
             body["messages"] = json!(out);
         }
@@ -384,6 +623,49 @@ fn to_task(
     put(&mut body, "top_k", r.top_k.map(|v| json!(v)));
     put(&mut body, "session_id", session.map(|v| json!(v)));
     put(&mut body, "stop", stop_list(&r.stop)?.map(|v| json!(v)));
+    put(
+        &mut body,
+        "frequency_penalty",
+        r.frequency_penalty.map(|v| json!(v)),
+    );
+    put(
+        &mut body,
+        "presence_penalty",
+        r.presence_penalty.map(|v| json!(v)),
+    );
+    put(
+        &mut body,
+        "logit_bias",
+        r.logit_bias
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|v| json!(v)),
+    );
+    put(&mut body, "logprobs", logprobs.map(|v| json!(v)));
+    // Some clients always send `tools: []`: no tools.
+    put(
+        &mut body,
+        "tools",
+        r.tools.as_ref().filter(|t| !t.is_empty()).map(|v| json!(v)),
+    );
+    put(
+        &mut body,
+        "tool_choice",
+        r.tool_choice.as_ref().map(|v| json!(v)),
+    );
+    put(
+        &mut body,
+        "parallel_tool_calls",
+        r.parallel_tool_calls.map(|v| json!(v)),
+    );
+    put(
+        &mut body,
+        "response_format",
+        r.response_format
+            .as_ref()
+            .filter(|f| !matches!(f, ResponseFormat::Text))
+            .map(|v| json!(v)),
+    );
     // Built through serde so that fields added to TaskRequest later keep their defaults.
     serde_json::from_value(body).map_err(|e| OaiError::invalid(format!("invalid request: {e}")))
 }
@@ -471,6 +753,82 @@ fn compact<T: Serialize>(v: &T) -> String {
     }
 }
 
+/// Chat `logprobs` for some tokens.
+fn chat_logprobs(content: Vec<TokenLogprob>) -> ChatLogprobs {
+    ChatLogprobs {
+        content,
+        refusal: None,
+    }
+}
+
+/// The legacy completions `logprobs` for some tokens; `offset` is the character offset of the
+/// first one in the generated text, advanced past them. Each `top_logprobs` entry includes the
+/// chosen token, as OpenAI's does ("up to logprobs+1 elements").
+fn text_logprobs(tokens: Vec<TokenLogprob>, offset: &mut u64) -> TextLogprobs {
+    let mut out = TextLogprobs::default();
+    for t in tokens {
+        out.text_offset.push(*offset);
+        *offset = offset.saturating_add(t.token.chars().count() as u64);
+        let mut top: BTreeMap<String, f64> = BTreeMap::new();
+        for a in t.top_logprobs {
+            top.entry(a.token).or_insert(a.logprob);
+        }
+        top.entry(t.token.clone()).or_insert(t.logprob);
+        out.top_logprobs.push(top);
+        out.token_logprobs.push(t.logprob);
+        out.tokens.push(t.token);
+    }
+    out
+}
+
+/// Tool-call pieces merged into whole calls, by index (a non-streamed reply).
+#[derive(Default)]
+struct CallsSoFar(Vec<(u32, Option<String>, Option<String>, String)>);
+
+impl CallsSoFar {
+    fn add(&mut self, d: ToolCallDelta) {
+        let i = match self.0.iter().position(|c| c.0 == d.index) {
+            Some(i) => i,
+            None => {
+                self.0.push((d.index, None, None, String::new()));
+                self.0.len() - 1
+            }
+        };
+        let c = &mut self.0[i];
+        // Servers send the id and name once, on a call's first piece.
+        if c.1.is_none() {
+            c.1 = d.id;
+        }
+        if c.2.is_none() {
+            c.2 = d.function.name;
+        }
+        if let Some(a) = d.function.arguments {
+            c.3.push_str(&a);
+        }
+    }
+
+    fn into_calls(mut self) -> Option<Vec<ToolCall>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.sort_by_key(|c| c.0);
+        Some(
+            self.0
+                .into_iter()
+                .map(|(_, id, name, arguments)| ToolCall {
+                    // A client answers a call by its id: make one if the engine gave none.
+                    id: id.unwrap_or_else(|| format!("call_{}", uuid::Uuid::new_v4().simple())),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: name.unwrap_or_default(),
+                        arguments,
+                    },
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Builds the `data:` chunks of one streamed response.
 struct Chunks {
     kind: Kind,
@@ -487,6 +845,31 @@ impl Chunks {
 
     /// The JSON of [`Self::content`].
     fn content_json(&self, delta: ChunkDelta, finish: Option<&str>) -> String {
+        self.chunk_json(delta, finish, None, &mut 0)
+    }
+
+    /// The chunk for one `token` event; `None` when it adds nothing. `offset` is the
+    /// character offset of the event's text in the whole reply (completions' `text_offset`).
+    fn token(&self, t: TokenEvent, offset: &mut u64) -> Option<Event> {
+        if t.t.is_empty() && t.tool_calls.is_none() && t.logprobs.is_none() {
+            return None;
+        }
+        let delta = ChunkDelta {
+            // A piece of a tool call carries no content, like OpenAI's.
+            content: (!t.t.is_empty() || t.tool_calls.is_none()).then_some(t.t),
+            role: None,
+            tool_calls: t.tool_calls,
+        };
+        Some(Event::default().data(self.chunk_json(delta, None, t.logprobs, offset)))
+    }
+
+    fn chunk_json(
+        &self,
+        delta: ChunkDelta,
+        finish: Option<&str>,
+        logprobs: Option<Vec<TokenLogprob>>,
+        offset: &mut u64,
+    ) -> String {
         let finish_reason = finish.map(str::to_owned);
         match self.kind {
             Kind::Chat => compact(&ChatCompletionChunk {
@@ -494,7 +877,7 @@ impl Chunks {
                     delta,
                     finish_reason,
                     index: 0,
-                    logprobs: None,
+                    logprobs: logprobs.map(chat_logprobs),
                 }],
                 ..self.chat(None)
             }),
@@ -502,7 +885,7 @@ impl Chunks {
                 choices: vec![TextChoice {
                     finish_reason,
                     index: 0,
-                    logprobs: None,
+                    logprobs: logprobs.map(|l| text_logprobs(l, offset)),
                     text: delta.content.unwrap_or_default(),
                 }],
                 ..self.text(None)
@@ -546,13 +929,80 @@ impl Chunks {
     }
 }
 
+/// Answers `e` on an OpenAI path before the handler read the body (401, 404, 405): the body
+/// is read and dropped first (up to [`DRAIN_LIMIT`]). A server that answers without reading
+/// the body closes the connection after the answer, and an SDK that already sent its next
+/// request on that pooled connection sees "server disconnected" instead of an answer.
+pub async fn refuse(e: OaiError, body: Body) -> Response {
+    use axum::body::HttpBody;
+    if body.size_hint().lower() > DRAIN_LIMIT {
+        return OaiError { close: true, ..e }.into_response();
+    }
+    let mut data = body.into_data_stream();
+    let mut total: u64 = 0;
+    let mut complete = true;
+    while let Some(chunk) = data.next().await {
+        match chunk {
+            Ok(c) => total = total.saturating_add(c.len() as u64),
+            Err(_) => {
+                complete = false;
+                break;
+            }
+        }
+        if total > DRAIN_LIMIT {
+            complete = false;
+            break;
+        }
+    }
+    OaiError {
+        close: !complete,
+        ..e
+    }
+    .into_response()
+}
+
+/// Reads the request body up to `limit` bytes; a larger one is drained (up to
+/// [`DRAIN_LIMIT`]) and answered with 413, so the client reads the answer.
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, OaiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(OaiError::too_large(limit, true));
+    }
+    let mut data = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = data.next().await {
+        let chunk =
+            chunk.map_err(|e| OaiError::invalid(format!("cannot read the request body: {e}")))?;
+        total = total.saturating_add(chunk.len() as u64);
+        if total > DRAIN_LIMIT {
+            return Err(OaiError::too_large(limit, true));
+        }
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if total > limit {
+        return Err(OaiError::too_large(limit, false));
+    }
+    Ok(Bytes::from(buf))
+}
+
 async fn handle(
     state: AppState,
     cid: CorrelationId,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
     kind: Kind,
 ) -> Result<Response, OaiError> {
+    let body = read_body(&headers, body, state.config.http.max_body_bytes)
+        .await
+        .inspect_err(|e| {
+            state.metrics.rejected("", &e.code.to_ascii_uppercase());
+        })?;
     let r = parse_body(&body).inspect_err(|e| {
         state.metrics.rejected("", &e.code.to_ascii_uppercase());
     })?;
@@ -589,22 +1039,18 @@ async fn handle(
                 ChunkDelta {
                     content: Some(String::new()),
                     role: Some("assistant".into()),
+                    tool_calls: None,
                 },
                 None,
             ));
         }
         let frames = adm.task.clone().follow();
+        let mut offset = 0u64;
         let body_events = frames.flat_map(move |f| {
             // The guard lives as long as the stream: a client that goes away cancels.
             let _keep = &guard;
             let out: Vec<Event> = match StreamEvent::parse(f.name, &f.data) {
-                Ok(StreamEvent::Token(t)) if !t.t.is_empty() => {
-                    let delta = ChunkDelta {
-                        content: Some(t.t),
-                        role: None,
-                    };
-                    vec![chunks.content(delta, None)]
-                }
+                Ok(StreamEvent::Token(t)) => chunks.token(t, &mut offset).into_iter().collect(),
                 Ok(StreamEvent::End(e)) => {
                     let mut v = vec![chunks.content(ChunkDelta::default(), Some(&e.finish_reason))];
                     if include_usage {
@@ -626,11 +1072,21 @@ async fn handle(
         return Ok((hdrs, Sse::new(events).keep_alive(KeepAlive::default())).into_response());
     }
     let mut text = String::new();
+    let mut logprobs: Option<Vec<TokenLogprob>> = None;
+    let mut calls = CallsSoFar::default();
     let mut frames = Box::pin(adm.task.clone().follow());
     let mut end = None;
     while let Some(f) = frames.next().await {
         match StreamEvent::parse(f.name, &f.data) {
-            Ok(StreamEvent::Token(t)) => text.push_str(&t.t),
+            Ok(StreamEvent::Token(t)) => {
+                text.push_str(&t.t);
+                if let Some(l) = t.logprobs {
+                    logprobs.get_or_insert_with(Vec::new).extend(l);
+                }
+                for d in t.tool_calls.into_iter().flatten() {
+                    calls.add(d);
+                }
+            }
             Ok(StreamEvent::End(e)) => {
                 end = Some(e);
                 break;
@@ -647,33 +1103,38 @@ async fn handle(
     };
     let usage = usage(&e);
     Ok(match kind {
-        Kind::Chat => (
-            hdrs,
-            Json(ChatCompletion {
-                choices: vec![ChatChoice {
-                    finish_reason: e.finish_reason,
-                    index: 0,
-                    logprobs: None,
-                    message: AssistantMessage {
-                        content: text,
-                        role: "assistant".into(),
-                    },
-                }],
-                created,
-                id: adm.task.id.clone(),
-                model: r.model,
-                object: "chat.completion".into(),
-                usage,
-            }),
-        )
-            .into_response(),
+        Kind::Chat => {
+            let tool_calls = calls.into_calls();
+            (
+                hdrs,
+                Json(ChatCompletion {
+                    choices: vec![ChatChoice {
+                        finish_reason: e.finish_reason,
+                        index: 0,
+                        logprobs: logprobs.map(chat_logprobs),
+                        message: AssistantMessage {
+                            // OpenAI answers a reply of only tool calls with `content: null`.
+                            content: (!text.is_empty() || tool_calls.is_none()).then_some(text),
+                            role: "assistant".into(),
+                            tool_calls,
+                        },
+                    }],
+                    created,
+                    id: adm.task.id.clone(),
+                    model: r.model,
+                    object: "chat.completion".into(),
+                    usage,
+                }),
+            )
+                .into_response()
+        }
         Kind::Completion => (
             hdrs,
             Json(TextCompletion {
                 choices: vec![TextChoice {
                     finish_reason: Some(e.finish_reason),
                     index: 0,
-                    logprobs: None,
+                    logprobs: logprobs.map(|l| text_logprobs(l, &mut 0)),
                     text,
                 }],
                 created,
@@ -708,7 +1169,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, OaiError> {
     handle(state, cid, headers, body, Kind::Chat).await
 }
@@ -733,7 +1194,7 @@ pub async fn completions(
     State(state): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, OaiError> {
     handle(state, cid, headers, body, Kind::Completion).await
 }
@@ -836,10 +1297,12 @@ mod tests {
         let head = ChunkDelta {
             content: Some(String::new()),
             role: Some("assistant".into()),
+            tool_calls: None,
         };
         let tok = ChunkDelta {
             content: Some("a\u{2028}b".into()),
             role: None,
+            tool_calls: None,
         };
         let old_chat = |delta: Value, finish: Option<&str>| {
             json!({

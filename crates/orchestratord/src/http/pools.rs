@@ -12,8 +12,8 @@
 //! check, swap, retire the old after their in-flight tasks; any failure rolls back.
 
 use api_types::pools::{
-    DrainRequest, DrainResponse, EngineInfo, PoolHealth, PoolInfo, PoolList, ReloadRequest,
-    ReloadResponse, ReplicaInfo, ReplicaState,
+    DrainRequest, DrainResponse, EngineInfo, LoadResponse, LoadState, OnDemandInfo, PoolHealth,
+    PoolInfo, PoolList, ReloadRequest, ReloadResponse, ReplicaInfo, ReplicaState, UnloadRequest,
 };
 use api_types::ErrorEnvelope;
 use axum::extract::{Path, State};
@@ -36,6 +36,46 @@ fn replica_state(s: pool_manager::ReplicaState) -> ReplicaState {
         S::CircuitOpen => ReplicaState::CircuitOpen,
         S::Retiring => ReplicaState::Retiring,
         S::Stopped => ReplicaState::Stopped,
+        S::Unloaded => ReplicaState::Unloaded,
+        S::Loading => ReplicaState::Loading,
+        S::Draining => ReplicaState::Draining,
+        S::Unloading => ReplicaState::Unloading,
+        S::Failed => ReplicaState::Failed,
+    }
+}
+
+/// The wire form of an on_demand pool's load state.
+pub(crate) fn load_state(s: pool_manager::LoadPhase) -> LoadState {
+    use pool_manager::LoadPhase as P;
+    match s {
+        P::Unloaded => LoadState::Unloaded,
+        P::Loading => LoadState::Loading,
+        P::Loaded => LoadState::Loaded,
+        P::Unloading => LoadState::Unloading,
+        P::Failed => LoadState::Failed,
+    }
+}
+
+fn on_demand_info(o: pool_manager::OnDemandHealth) -> OnDemandInfo {
+    OnDemandInfo {
+        expected_load_ms: o.expected_load_ms,
+        idle_ms: o.idle_ms,
+        idle_unload_s: o.idle_unload_s,
+        queued: o.queued,
+        state: load_state(o.state),
+        waiting: o.waiting,
+    }
+}
+
+fn load_response(r: pool_manager::LoadReport, canceled: usize) -> LoadResponse {
+    LoadResponse {
+        pool_id: r.pool_id,
+        state: load_state(r.state),
+        changed: r.changed,
+        took_ms: r.took_ms,
+        devices: r.devices,
+        evicted: r.evicted,
+        canceled,
     }
 }
 
@@ -77,6 +117,7 @@ pub(crate) fn pool_health(h: pool_manager::PoolHealth) -> PoolHealth {
         last_error: h.last_error,
         live: h.live,
         model: h.model,
+        on_demand: h.on_demand.map(on_demand_info),
         ready: h.ready,
         replicas: list(h.replicas),
         retiring: list(h.retiring),
@@ -196,6 +237,48 @@ pub async fn reload(
     }))
 }
 
+/// Load an `on_demand` pool now (evicting idle on_demand models if it must); answers once it
+/// serves.
+#[utoipa::path(post, path = "/v1/pools/{id}/load", params(("id" = String, Path, description = "pool id")),
+    responses(
+        (status = 200, description = "The pool serves (`changed: false` when it already did)", body = LoadResponse),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "A `load: always` pool, or no GPU has room and nothing idle can be evicted (the message says what holds the VRAM)", body = ErrorEnvelope),
+        (status = 502, description = "The load failed: bad model file, or the engine exited or missed its health check (twice)", body = ErrorEnvelope),
+    ))]
+pub async fn load(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<LoadResponse>, ServiceError> {
+    let rep = pool_control::load(&state, &id).await?;
+    Ok(Json(load_response(rep, 0)))
+}
+
+/// Unload an `on_demand` pool: stop its engine and free its VRAM. Refused (409) while tasks
+/// run or wait, unless `force` (they end with `CANCELED` first).
+#[utoipa::path(post, path = "/v1/pools/{id}/unload", params(("id" = String, Path, description = "pool id")),
+    request_body = UnloadRequest,
+    responses(
+        (status = 200, description = "The engine is stopped (`changed: false` when there was none)", body = LoadResponse),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "A `load: always` pool, or a busy pool without `force` (nothing was stopped)", body = ErrorEnvelope),
+    ))]
+pub async fn unload(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<LoadResponse>, ServiceError> {
+    // An empty body means the defaults (`llorch unload` and `curl -X POST` send none).
+    let req: UnloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        UnloadRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ServiceError::invalid(format!("invalid JSON body: {e}")))?
+    };
+    let (rep, canceled) = pool_control::unload(&state, &id, req.force).await?;
+    Ok(Json(load_response(rep, canceled)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,9 +320,40 @@ mod tests {
             S::CircuitOpen,
             S::Retiring,
             S::Stopped,
+            S::Unloaded,
+            S::Loading,
+            S::Draining,
+            S::Unloading,
+            S::Failed,
         ] {
             assert_eq!(legacy(&s), legacy(&replica_state(s)));
         }
+        use pool_manager::LoadPhase as P;
+        for p in [P::Unloaded, P::Loading, P::Loaded, P::Unloading, P::Failed] {
+            assert_eq!(legacy(&p), legacy(&load_state(p)));
+            assert_eq!(load_state(p).as_str(), p.as_str());
+        }
+    }
+
+    #[test]
+    fn on_demand_health_is_byte_compatible() {
+        let mut o = pool_manager::OnDemandHealth {
+            expected_load_ms: 1200,
+            idle_ms: Some(5),
+            idle_unload_s: 600,
+            queued: 2,
+            state: pool_manager::LoadPhase::Loaded,
+            waiting: Some("no room".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&on_demand_info(o.clone())).unwrap(),
+            legacy(&o)
+        );
+        o.idle_ms = None;
+        o.waiting = None;
+        let wire = serde_json::to_string(&on_demand_info(o.clone())).unwrap();
+        assert_eq!(wire, legacy(&o));
+        assert!(!wire.contains("waiting") && !wire.contains("idle_ms"), "{wire}");
     }
 
     #[test]
@@ -286,6 +400,7 @@ mod tests {
             incoming: vec![status("tiny-g2-r0", pool_manager::ReplicaState::Starting)],
             retiring: vec![status("tiny-r0", pool_manager::ReplicaState::Retiring)],
             last_error: Some("reload rolled back".into()),
+            on_demand: None,
         };
         assert_eq!(
             serde_json::to_string(&pool_health(h.clone())).unwrap(),
@@ -315,6 +430,7 @@ mod tests {
             incoming: vec![],
             retiring: vec![],
             last_error: None,
+            on_demand: None,
         };
         let today = serde_json::json!({ "id": "tiny", "engine": "llamacpp", "health": h });
         let typed = PoolInfo {

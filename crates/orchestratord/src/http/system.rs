@@ -6,16 +6,16 @@ use std::any::Any;
 use api_types::{Capabilities, ErrorCode, ErrorEnvelope, HealthResponse, PoolCapabilities};
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use utoipa::OpenApi;
 
 use crate::app::AppState;
 use crate::error::ServiceError;
 
 /// Liveness.
-#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse)))]
+#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse)),
+    security((), ("bearer" = [])))]
 pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
     let pools = state.pools.pools();
     Json(HealthResponse {
@@ -26,21 +26,31 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
         }
         .into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        pools_ready: pools.iter().filter(|p| p.is_ready()).count(),
+        pools_ready: pools
+            .iter()
+            .filter(|p| {
+                p.is_ready()
+                    || p.load_phase()
+                        .is_some_and(|l| l != pool_manager::LoadPhase::Failed)
+            })
+            .count(),
         pools_total: pools.len(),
     })
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &state.prom) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
+/// Prometheus exposition: OpenMetrics text when `Accept` asks for it (Prometheus does), else
+/// the Prometheus text format 0.0.4 (promtool, curl).
+#[utoipa::path(get, path = "/metrics",
+    params(("Accept" = Option<String>, Header, description = "`application/openmetrics-text` (preferred over `text/plain`) selects OpenMetrics")),
+    responses((status = 200, description = "Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), or OpenMetrics 1.0.0 when `Accept` asks for it",
+        content((String = "text/plain"), (String = "application/openmetrics-text")))),
+    security((), ("bearer" = [])))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let openmetrics = crate::metrics::wants_openmetrics(accept);
+    match crate::metrics::exposition(&state.prom, openmetrics) {
+        Ok((ctype, out)) => (
+            [(header::CONTENT_TYPE, ctype), (header::VARY, "accept")],
             out,
         )
             .into_response(),
@@ -50,8 +60,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// The OpenAPI document of this daemon.
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi::ApiDoc::openapi())
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
 }
 
 /// What the pools can do, from their live engines.
@@ -98,12 +108,22 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Capabilities> {
 }
 
 /// Unknown route.
-pub async fn not_found(uri: axum::http::Uri) -> ServiceError {
-    ServiceError::not_found(format!("no route {}; see /openapi.json", uri.path()))
+pub async fn not_found(req: axum::extract::Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let e = ServiceError::not_found(format!("no route {path}; see /openapi.json"));
+    // OpenAI's paths answer in OpenAI's error shape (the SDKs read only that).
+    if crate::http::openai::is_openai_path(&path) {
+        return crate::http::openai::refuse(e.into(), req.into_body()).await;
+    }
+    e.into_response()
 }
 
 /// Known route, wrong method.
-pub async fn method_not_allowed() -> Response {
+pub async fn method_not_allowed(req: axum::extract::Request) -> Response {
+    if crate::http::openai::is_openai_path(req.uri().path()) {
+        let e = crate::http::openai::OaiError::method_not_allowed();
+        return crate::http::openai::refuse(e, req.into_body()).await;
+    }
     crate::http::error::respond(
         StatusCode::METHOD_NOT_ALLOWED,
         ErrorEnvelope::new(

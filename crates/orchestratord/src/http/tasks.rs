@@ -50,7 +50,7 @@ pub fn admitted_headers(adm: &Admitted) -> HeaderMap {
 }
 
 /// Admit a task.
-#[utoipa::path(post, path = "/v1/tasks", request_body = TaskRequest,
+#[utoipa::path(post, path = "/v1/tasks", operation_id = "create_task", request_body = TaskRequest,
     responses(
         (status = 202, description = "Admitted", body = AdmissionResponse,
             headers(("X-Budget-Tokens-Remaining" = u64, description = "session tokens left (sessions with a token budget)"),

@@ -31,6 +31,18 @@ const STYLE_CSS: &str = include_str!("../ui/style.css");
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Recent tasks in a snapshot unless `?recent=` says otherwise (at most 200).
 pub const DEFAULT_RECENT: usize = 20;
+/// Most recent tasks a snapshot may ask for; more is a 400.
+pub const MAX_RECENT: usize = 200;
+
+/// `recent` of a status query, within its bounds.
+fn recent_of(q: &StatusQuery) -> Result<usize, ServiceError> {
+    match q.recent {
+        Some(n) if n > MAX_RECENT => Err(ServiceError::invalid(format!(
+            "recent={n} is too large; at most {MAX_RECENT}"
+        ))),
+        n => Ok(n.unwrap_or(DEFAULT_RECENT)),
+    }
+}
 
 /// The status page.
 pub async fn index() -> Response {
@@ -109,6 +121,7 @@ pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
                     .queue_capacity
                     .unwrap_or(state.config.queue.capacity),
                 slots_ready: p.ready_slots(),
+                load_state: p.load_phase().map(|l| l.as_str().to_owned()),
                 last_error: h.last_error,
                 replicas: h
                     .replicas
@@ -170,7 +183,7 @@ pub async fn status(
     q: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Json<StatusSnapshot>, ServiceError> {
     let Query(q) = q.map_err(bad_query)?;
-    let recent = q.recent.unwrap_or(DEFAULT_RECENT);
+    let recent = recent_of(&q)?;
     tokio::task::spawn_blocking(move || snapshot(&state, recent))
         .await
         .map(Json)
@@ -192,7 +205,7 @@ pub async fn status_stream(
     q: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServiceError> {
     let Query(q) = q.map_err(bad_query)?;
-    let recent = q.recent.unwrap_or(DEFAULT_RECENT);
+    let recent = recent_of(&q)?;
     let s = futures::stream::unfold((state, true), move |(state, first)| async move {
         if !first {
             tokio::time::sleep(STATUS_EVERY).await;

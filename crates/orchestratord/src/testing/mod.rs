@@ -34,9 +34,12 @@ use crate::auth::Auth;
 pub mod fake_engine;
 
 mod admission_tests;
+mod artifacts_tests;
 mod budget_tests;
 mod control_tests;
+mod on_demand_tests;
 mod openai_tests;
+mod queue_truth_tests;
 mod routing_tests;
 mod sessions_tests;
 mod stream_tests;
@@ -315,14 +318,19 @@ impl TestApp {
         app
     }
 
-    /// Waits until each pool is ready or its replica reported why not.
+    /// Waits until each pool is ready or its replica reported why not (`on_demand` pools
+    /// start unloaded: they are settled at once).
     async fn wait_pools_settled(&self) {
         eventually("pools ready or failed", || async {
             let r = self.get("/v1/pools").await;
             let pools = r.body["pools"].as_array()?.clone();
             pools
                 .iter()
-                .all(|p| p["health"]["ready"] == true || !p["health"]["last_error"].is_null())
+                .all(|p| {
+                    p["health"]["ready"] == true
+                        || !p["health"]["last_error"].is_null()
+                        || p["health"]["on_demand"].is_object()
+                })
                 .then_some(())
         })
         .await;

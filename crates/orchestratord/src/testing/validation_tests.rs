@@ -167,20 +167,20 @@ async fn sampling_numbers_must_be_finite_and_not_negative() {
     invalid(
         &app,
         with(task("t1"), json!({"temperature": -0.1})),
-        "temperature must be a finite number ≥ 0",
+        "temperature must be a number from 0 to 100",
     )
     .await;
     invalid(
         &app,
         with(task("t1"), json!({"top_p": -1})),
-        "top_p must be a finite number ≥ 0",
+        "top_p must be a number from 0 to 1",
     )
     .await;
     // Beyond f32: infinite once parsed.
     invalid(
         &app,
         with(task("t1"), json!({"temperature": 1e39})),
-        "temperature must be a finite number ≥ 0",
+        "temperature must be a number from 0 to 100",
     )
     .await;
     // NaN is not JSON at all.

@@ -70,7 +70,8 @@ function render(s) {
   $("no-gpus").textContent = "No GPUs in use (" + s.gpu_mode + ").";
 
   $("pools").querySelector("tbody").innerHTML = s.pools.map((p) => {
-    const state = p.draining ? "draining" : p.ready ? "ready" : "unready";
+    // on_demand pools show their load state: unloaded is normal for them, not "unready".
+    const state = p.draining ? "draining" : p.ready ? "ready" : p.load_state || "unready";
     const reps = p.replicas.map((r) =>
       '<span class="replica" title="' + esc(r.endpoint || "") + (r.last_error ? " — " + esc(r.last_error) : "") + '">' +
       esc(r.id) + " " + badge(r.state) + ' <span class="muted">' + esc(r.device) + "</span></span>").join("");

@@ -1,0 +1,115 @@
+//! End-to-end queue truth: a real orchestratord launching a real llama-server on the tiny test
+//! model. A task queued behind a busy slot hears its position and predicted start and end in
+//! `metrics` frames before `started`, and the task's JSON carries the same predictions.
+
+use std::path::PathBuf;
+
+use orch_harness::{engine, last_event, llama_pool, Daemon, DaemonOptions, SseEvent};
+use serde_json::{json, Value};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_orchestratord"))
+}
+
+fn task(id: &str, max_tokens: u32) -> Value {
+    json!({
+        "task_id": id, "model_ref": "tiny", "priority": "interactive",
+        "prompt": "Once upon a time", "max_tokens": max_tokens, "seed": 3, "temperature": 0.8,
+    })
+}
+
+/// The waiting frames (`metrics` with `queue_position`) before `started`, and `started`.
+fn before_started(ev: &[SseEvent]) -> (Vec<Value>, Option<Value>) {
+    let mut waiting = Vec::new();
+    for e in ev {
+        match e.event.as_str() {
+            "started" => return (waiting, Some(e.json())),
+            "metrics" => waiting.push(e.json()),
+            _ => {}
+        }
+    }
+    (waiting, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_task_streams_live_predictions_before_it_starts() {
+    let e = engine();
+    let config = format!(
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{}",
+        llama_pool("tiny", &e, 1, 1, 4096)
+    );
+    let d = Daemon::start(
+        &bin(),
+        DaemonOptions {
+            config,
+            ..Default::default()
+        },
+    );
+
+    // A first task measures the engine; two long ones keep the only slot busy (two, so that
+    // one ending early at an end-of-sequence token still leaves the slot busy).
+    let r = d.submit(&task("warm", 64)).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(last_event(&d.stream("warm").await).event, "end");
+    for id in ["long1", "long2"] {
+        let r = d.submit(&task(id, 1500)).await;
+        assert_eq!(r.status(), 202);
+    }
+    d.wait_tokens("long1", 1).await;
+
+    let r = d
+        .submit(&json!({
+            "task_id": "waiter", "model_ref": "tiny", "priority": "interactive",
+            "prompt": "Hello", "max_tokens": 32, "deadline_ms": 120_000,
+        }))
+        .await;
+    assert_eq!(r.status(), 202);
+    let adm: Value = r.json().await.unwrap();
+    assert!(adm["queue_position"].as_u64() <= Some(1), "{adm}");
+    let predicted = adm["predicted_start_ms"].as_u64().unwrap();
+    assert!(predicted > 0, "a busy slot means a wait: {adm}");
+    assert!(
+        adm["predicted_end_ms"].as_u64().unwrap() >= predicted,
+        "{adm}"
+    );
+    assert!(adm["on_time_probability"].is_f64(), "{adm}");
+    let (_, status) = d.get("/v1/tasks/waiter").await;
+    if status["state"] == "queued" {
+        assert!(status["predicted_start_ms"].is_u64(), "{status}");
+        assert!(status["predicted_end_ms"].is_u64(), "{status}");
+    }
+
+    let ev = d.stream("waiter").await;
+    assert_eq!(last_event(&ev).event, "end", "{ev:?}");
+    let (waiting, started) = before_started(&ev);
+    let started = started.expect("a started event");
+    let waited = started["queued_ms"].as_u64().unwrap();
+    eprintln!(
+        "waited {waited} ms (202 predicted {predicted} ms); {} waiting frames; queued_ms of each: {:?}; predicted starts: {:?}",
+        waiting.len(),
+        waiting.iter().map(|m| m["queued_ms"].as_u64()).collect::<Vec<_>>(),
+        waiting.iter().map(|m| m["predicted_start_ms"].as_u64()).collect::<Vec<_>>(),
+    );
+    let first = waiting.first().expect("a metrics frame before started");
+    assert_eq!(first["queue_position"], adm["queue_position"], "{first}");
+    assert!(first["queue_depth"].as_u64() >= Some(1), "{first}");
+    // Frames come at least every second while waiting; only a very long wait is checked, so a
+    // loaded machine cannot make this flaky.
+    if waited >= 5_000 {
+        assert!(
+            waiting.len() >= 2,
+            "{} frames in {waited} ms",
+            waiting.len()
+        );
+    }
+    for m in &waiting {
+        assert!(m["queue_position"].is_u64(), "{m}");
+        assert!(m["predicted_start_ms"].is_u64(), "{m}");
+        assert!(m["predicted_end_ms"].is_u64(), "{m}");
+        let p = m["on_time_probability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{m}");
+    }
+    let (_, status) = d.get("/v1/tasks/waiter").await;
+    assert_eq!(status["state"], "completed");
+    assert!(status["predicted_start_ms"].is_null(), "{status}");
+}

@@ -1,0 +1,756 @@
+//! `cargo xtask bench eta`: how true the queue's predictions are, end to end through a real
+//! orchestratord running a real llama-server (CPU, the tiny test model, dev setting).
+//!
+//! Rounds of 16 tasks of mixed length (`max_tokens` 32, 128 or 512) are submitted at once to a
+//! pool of one replica with 2 slots, in two workloads: **fifo** (one priority) and **mixed**
+//! (about half interactive, half batch, interleaved). For every task it records what the 202
+//! predicted (`predicted_start_ms`, `predicted_end_ms`, `on_time_probability`), the waiting
+//! task's `metrics` frames before `started`, the real wait (`started.queued_ms`) and the real
+//! end (`finished_ms − submitted_ms` of `GET /v1/tasks/{id}`), all measured by the daemon.
+//!
+//! It reports, for tasks that waited over 300 ms, the median and p90 relative error
+//! `|predicted − actual| / actual` of the start and the end: as the 202 predicted them, and as
+//! the last `metrics` frame before `started` did (its `queued_ms + predicted_*_ms`, the
+//! prediction from admission as last revised). With mixed priorities the 202 of a batch task
+//! cannot know of the interactive tasks admitted after it; the last frame can. Each task gets
+//! a deadline spread around a rough guess of its end (0.5–2×), and the calibration table
+//! compares `on_time_probability` with how often the deadline was met.
+//!
+//! A warm-up round (not counted) lets the daemon measure the engine first: predictions before
+//! any measurement rest on priors and say so in docs/DECISIONS.md.
+//!
+//! It builds nothing; it runs `target/release/orchestratord` when it exists, else the debug
+//! build.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+/// Arguments of `cargo xtask bench eta`.
+#[derive(clap::Args)]
+pub struct EtaArgs {
+    /// orchestratord binary [default: <target>/release/orchestratord, else <target>/debug/orchestratord].
+    #[arg(long)]
+    pub orchestratord: Option<PathBuf>,
+    /// llama-server binary (from `cargo xtask provision-engine`).
+    #[arg(long, env = "LLAMA_SERVER")]
+    pub llama_server: Option<PathBuf>,
+    /// GGUF model (from `cargo xtask provision-engine`).
+    #[arg(long, env = "TEST_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Measured rounds per workload.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Tasks submitted at once per round.
+    #[arg(long, default_value_t = 16)]
+    pub tasks: usize,
+    /// Slots of the pool's one replica.
+    #[arg(long, default_value_t = 2)]
+    pub slots: u32,
+    /// llama-server's compute threads (`-t`). One by default: with a thread per core on a
+    /// small box, the engine's threads spin on each other whenever the client or the daemon
+    /// takes a core, and its speed swings several-fold from one round to the next.
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// Only waits longer than this count for the error statistics, ms.
+    #[arg(long, default_value_t = 300)]
+    pub min_wait_ms: u64,
+    /// Also print every task: what it was told and what happened.
+    #[arg(long)]
+    pub dump: bool,
+    /// Run against this engine-double binary instead of llama-server (a BENCHMARK DOUBLE with
+    /// exact, load-independent timing: checks the model itself, without the CPU's noise).
+    #[arg(long)]
+    pub engine_double: Option<PathBuf>,
+    /// The double's inter-token delay, µs.
+    #[arg(long, default_value_t = 5000)]
+    pub double_token_us: u64,
+    /// The double's delay before the first token, µs.
+    #[arg(long, default_value_t = 20_000)]
+    pub double_ttft_us: u64,
+}
+
+/// The engine the pool runs: llama-server launched by the daemon, or a double it points at.
+enum Engine<'a> {
+    Llama {
+        server: &'a Path,
+        model: &'a Path,
+        threads: u32,
+    },
+    Endpoint(&'a str),
+}
+
+/// Kills the engine double on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the engine double with `slots`; returns it and its base URL.
+fn start_double(
+    bin: &Path,
+    slots: u32,
+    token_us: u64,
+    ttft_us: u64,
+) -> Result<(ChildGuard, String)> {
+    let mut child = Command::new(bin)
+        .args(["--port", "0", "--ctx", "4096"])
+        .arg("--slots")
+        .arg(slots.to_string())
+        .arg("--token-interval-us")
+        .arg(token_us.to_string())
+        .arg("--ttft-us")
+        .arg(ttft_us.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow!("unexpected first line from engine-double: {line}"))?;
+    Ok((guard, format!("http://{addr}")))
+}
+
+/// Output lengths of a round, cycled (six of 32, five of 128, five of 512 per 16).
+const LENGTHS: [u32; 16] = [
+    512, 32, 128, 32, 512, 128, 128, 32, 512, 32, 128, 512, 32, 128, 32, 512,
+];
+
+/// Kills the daemon (and so, by process group and parent-death signal, its engine) on drop.
+struct DaemonGuard {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        // SIGTERM lets the daemon stop its engine; SIGKILL after a grace period.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn need_file(p: Option<PathBuf>, what: &str) -> Result<PathBuf> {
+    match p {
+        Some(p) if p.is_file() => Ok(p),
+        Some(p) => bail!("{what} `{}` does not exist", p.display()),
+        None => bail!(
+            "no {what}: run `eval \"$(cargo xtask provision-engine)\"` (sets LLAMA_SERVER and TEST_MODEL)"
+        ),
+    }
+}
+
+fn start_daemon(bin: &Path, engine: Engine<'_>, slots: u32) -> Result<DaemonGuard> {
+    let dir = tempfile::tempdir().context("tempdir")?;
+    let source = match engine {
+        Engine::Llama {
+            server,
+            model,
+            threads,
+        } => format!(
+            "    model: \"{}\"\n    engine_binary: \"{}\"\n    flags: [\"-t\", \"{threads}\"]\n",
+            model.display(),
+            server.display()
+        ),
+        Engine::Endpoint(url) => format!("    endpoint: \"{url}\"\n    engine: llamacpp\n"),
+    };
+    let cfg = format!(
+        "bind: \"127.0.0.1:0\"\ndata_dir: \"{}\"\ndev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: bench\n{source}    slots: {slots}\n    ctx: 1024\n    startup_timeout_s: 60\n",
+        dir.path().join("data").display(),
+    );
+    let cfg_path = dir.path().join("config.yaml");
+    std::fs::write(&cfg_path, cfg).context("write config")?;
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&cfg_path)
+        .env("RUST_LOG", "warn,orchestratord=info")
+        .env("AUTH_OPTIONAL", "true")
+        .env_remove("AUTH_TOKEN")
+        .env_remove("LLORCH_ADDR")
+        .env_remove("LLORCH_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keeps reading (the daemon must never block on a full pipe).
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("\"listening\"") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("orchestratord did not start listening within 60 s");
+    };
+    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    let addr = v["fields"]["addr"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no addr in the listening line: {line}"))?;
+    Ok(DaemonGuard {
+        child,
+        base: format!("http://{addr}"),
+        _dir: dir,
+    })
+}
+
+async fn wait_ready(c: &reqwest::Client, base: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let h: Value = c
+            .get(format!("{base}/v1/pools/bench/health"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if h["replicas"][0]["state"] == "ready" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pool not ready in 90 s: {h}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A deterministic generator (xorshift64*), so runs are repeatable without a crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What one task was told and what happened.
+#[derive(Debug, Default)]
+struct Outcome {
+    id: String,
+    max_tokens: u32,
+    tokens: u64,
+    interactive: bool,
+    deadline_ms: u64,
+    adm_start: u64,
+    adm_end: u64,
+    adm_p: Option<f64>,
+    /// The last waiting frame: `(queued_ms, predicted_start_ms, predicted_end_ms, p)`.
+    last_frame: Option<(u64, u64, u64, f64)>,
+    frames: usize,
+    waited: u64,
+    ended: u64,
+}
+
+impl Outcome {
+    fn on_time(&self) -> bool {
+        self.ended <= self.deadline_ms
+    }
+}
+
+/// Reads a task's stream to its end; then its JSON for the end time.
+async fn follow(c: &reqwest::Client, base: &str, id: &str, mut o: Outcome) -> Result<Outcome> {
+    let r = c.get(format!("{base}/v1/tasks/{id}/stream")).send().await?;
+    if !r.status().is_success() {
+        bail!("GET stream of {id}: HTTP {}", r.status());
+    }
+    let mut events = r.bytes_stream().eventsource();
+    let mut started = false;
+    let mut ended = false;
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+        match ev.event.as_str() {
+            "metrics" if !started => {
+                if let (Some(q), Some(s), Some(e)) = (
+                    v["queued_ms"].as_u64(),
+                    v["predicted_start_ms"].as_u64(),
+                    v["predicted_end_ms"].as_u64(),
+                ) {
+                    let p = v["on_time_probability"].as_f64().unwrap_or(1.0);
+                    o.last_frame = Some((q, s, e, p));
+                    o.frames += 1;
+                }
+            }
+            "started" => {
+                started = true;
+                o.waited = v["queued_ms"].as_u64().unwrap_or(0);
+            }
+            "end" => {
+                ended = true;
+                o.tokens = v["tokens_out"].as_u64().unwrap_or(0);
+                break;
+            }
+            "error" => bail!("task {id} failed: {}", ev.data),
+            _ => {}
+        }
+    }
+    if !ended {
+        bail!("the stream of {id} ended without `end`");
+    }
+    let st: Value = c
+        .get(format!("{base}/v1/tasks/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let (sub, fin) = (st["submitted_ms"].as_u64(), st["finished_ms"].as_u64());
+    o.ended = match (sub, fin) {
+        (Some(s), Some(f)) => f.saturating_sub(s),
+        _ => bail!("task {id} has no submitted/finished time: {st}"),
+    };
+    Ok(o)
+}
+
+/// One round: `n` tasks submitted back to back, then all streams read. `guess_ms_per_token`
+/// (aggregate, from the warm-up) only places the deadlines around a plausible end.
+async fn round(
+    c: &reqwest::Client,
+    base: &str,
+    label: &str,
+    n: usize,
+    mixed: bool,
+    rng: &mut Rng,
+    guess_ms_per_token: f64,
+) -> Result<Vec<Outcome>> {
+    let mut readers = Vec::new();
+    let mut cum_tokens = 0.0;
+    for i in 0..n {
+        let id = format!("{label}-{i}");
+        let max_tokens = LENGTHS[i % LENGTHS.len()];
+        let interactive = !mixed || rng.next() < 0.5;
+        cum_tokens += f64::from(max_tokens);
+        // Log-uniform in [0.5, 2] around a rough guess of this task's end.
+        let factor = (0.5f64.ln() + rng.next() * 4.0f64.ln()).exp();
+        let deadline_ms = ((cum_tokens * guess_ms_per_token * factor).ceil() as u64).max(1);
+        let body = json!({
+            "task_id": id,
+            "model_ref": "bench",
+            "priority": if interactive { "interactive" } else { "batch" },
+            "prompt": "Once upon a time",
+            "max_tokens": max_tokens,
+            "seed": i,
+            "temperature": 0.8,
+            "deadline_ms": deadline_ms,
+        });
+        let r = c
+            .post(format!("{base}/v1/tasks"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if status != reqwest::StatusCode::ACCEPTED {
+            bail!("POST /v1/tasks {id}: HTTP {status}: {v}");
+        }
+        let o = Outcome {
+            id: id.clone(),
+            max_tokens,
+            interactive,
+            deadline_ms,
+            adm_start: v["predicted_start_ms"].as_u64().unwrap_or(0),
+            adm_end: v["predicted_end_ms"].as_u64().unwrap_or(0),
+            adm_p: v["on_time_probability"].as_f64(),
+            ..Outcome::default()
+        };
+        let (c, base) = (c.clone(), base.to_owned());
+        readers.push(tokio::spawn(async move { follow(&c, &base, &id, o).await }));
+    }
+    let mut out = Vec::new();
+    for r in readers {
+        out.push(r.await.map_err(|e| anyhow!("reader panicked: {e}"))??);
+    }
+    Ok(out)
+}
+
+/// Nearest-rank percentile of sorted values (NaN when empty).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Median and p90 of the relative errors `|p − a| / a`, and the median signed error.
+fn errors(pairs: &[(f64, f64)]) -> (f64, f64, f64, usize) {
+    let mut abs: Vec<f64> = pairs.iter().map(|(p, a)| (p - a).abs() / a).collect();
+    let mut signed: Vec<f64> = pairs.iter().map(|(p, a)| (p - a) / a).collect();
+    abs.sort_by(f64::total_cmp);
+    signed.sort_by(f64::total_cmp);
+    (
+        percentile(&abs, 0.5),
+        percentile(&abs, 0.9),
+        percentile(&signed, 0.5),
+        pairs.len(),
+    )
+}
+
+/// One row of the error table.
+struct Row {
+    name: String,
+    waited: usize,
+    all: usize,
+    start_202: (f64, f64, f64, usize),
+    end_202: (f64, f64, f64, usize),
+    start_last: (f64, f64, f64, usize),
+    end_last: (f64, f64, f64, usize),
+}
+
+fn row(name: &str, tasks: &[&Outcome], min_wait: u64) -> Row {
+    let waited: Vec<&&Outcome> = tasks.iter().filter(|o| o.waited > min_wait).collect();
+    let pairs = |f: &dyn Fn(&Outcome) -> Option<(f64, f64)>| -> Vec<(f64, f64)> {
+        waited.iter().filter_map(|o| f(o)).collect()
+    };
+    Row {
+        name: name.to_owned(),
+        waited: waited.len(),
+        all: tasks.len(),
+        start_202: errors(&pairs(&|o| Some((o.adm_start as f64, o.waited as f64)))),
+        end_202: errors(&pairs(&|o| Some((o.adm_end as f64, o.ended as f64)))),
+        start_last: errors(&pairs(&|o| {
+            o.last_frame
+                .map(|(q, s, _, _)| ((q + s) as f64, o.waited as f64))
+        })),
+        end_last: errors(&pairs(&|o| {
+            o.last_frame
+                .map(|(q, _, e, _)| ((q + e) as f64, o.ended as f64))
+        })),
+    }
+}
+
+fn fmt_err(e: (f64, f64, f64, usize)) -> String {
+    format!("{:.3} {:.3} {:+.3}", e.0, e.1, e.2)
+}
+
+/// Calibration bins of `(p, met)`.
+fn calibration(out: &mut String, title: &str, samples: &[(f64, bool)]) {
+    let _ = writeln!(out, "{title}");
+    let _ = writeln!(
+        out,
+        "{:>9} | {:>5} | {:>6} | {:>7}",
+        "p range", "tasks", "mean p", "on time"
+    );
+    let bins = [
+        (0.0, 0.2),
+        (0.2, 0.4),
+        (0.4, 0.6),
+        (0.6, 0.8),
+        (0.8, 1.0001),
+    ];
+    for (lo, hi) in bins {
+        let b: Vec<&(f64, bool)> = samples
+            .iter()
+            .filter(|(p, _)| *p >= lo && *p < hi)
+            .collect();
+        if b.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:>4.1}–{:<4.1} | {:>5} | {:>6} | {:>7}",
+                lo,
+                hi.min(1.0),
+                0,
+                "-",
+                "-"
+            );
+            continue;
+        }
+        let mean = b.iter().map(|(p, _)| p).sum::<f64>() / b.len() as f64;
+        let rate = b.iter().filter(|(_, m)| *m).count() as f64 / b.len() as f64;
+        let _ = writeln!(
+            out,
+            "{:>4.1}–{:<4.1} | {:>5} | {:>6.3} | {:>7.3}",
+            lo,
+            hi.min(1.0),
+            b.len(),
+            mean,
+            rate
+        );
+    }
+    let near: Vec<&(f64, bool)> = samples
+        .iter()
+        .filter(|(p, _)| (0.7..0.9).contains(p))
+        .collect();
+    if !near.is_empty() {
+        let rate = near.iter().filter(|(_, m)| *m).count() as f64 / near.len() as f64;
+        let _ = writeln!(
+            out,
+            "tasks given 0.7–0.9 (about 0.8): {} of them, {:.0} % met their deadline",
+            near.len(),
+            rate * 100.0
+        );
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+/// Runs the benchmark and prints the results.
+pub async fn run(a: EtaArgs) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let bin = a.orchestratord.clone().unwrap_or_else(|| {
+        let release = root.join("target/release/orchestratord");
+        if release.is_file() {
+            release
+        } else {
+            root.join("target/debug/orchestratord")
+        }
+    });
+    let bin = need_file(
+        Some(bin),
+        "orchestratord binary (cargo build -p orchestratord)",
+    )?;
+    if a.tasks == 0 || a.slots == 0 {
+        bail!("--tasks and --slots must be at least 1");
+    }
+    let load_before = load_average();
+    eprintln!(
+        "[bench eta] daemon {} · {} rounds × {} tasks per workload",
+        bin.display(),
+        a.rounds,
+        a.tasks
+    );
+    let (engine_name, _double, d) = match &a.engine_double {
+        Some(double) => {
+            let double = need_file(Some(double.clone()), "engine-double binary")?;
+            let (g, url) = start_double(&double, a.slots, a.double_token_us, a.double_ttft_us)?;
+            let d = start_daemon(&bin, Engine::Endpoint(&url), a.slots)?;
+            let name = format!(
+                "engine-double (BENCHMARK DOUBLE: {} µs/token, TTFT {} µs, at any concurrency)",
+                a.double_token_us, a.double_ttft_us
+            );
+            (name, Some(g), d)
+        }
+        None => {
+            let server = need_file(a.llama_server.clone(), "llama-server")?;
+            let model = need_file(a.model.clone(), "test model")?;
+            let d = start_daemon(
+                &bin,
+                Engine::Llama {
+                    server: &server,
+                    model: &model,
+                    threads: a.threads,
+                },
+                a.slots,
+            )?;
+            let name = format!("llama-server (CPU, tiny test model, -t {})", a.threads);
+            (name, None, d)
+        }
+    };
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    wait_ready(&c, &d.base).await?;
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+
+    // Warm-up: the daemon measures the engine; the bench takes a rough aggregate rate for the
+    // deadlines it sets.
+    eprintln!("[bench eta] warm-up round");
+    let t0 = Instant::now();
+    let warm = round(&c, &d.base, "warm", a.tasks, false, &mut rng, 1.0).await?;
+    let warm_tokens: f64 = (0..warm.len())
+        .map(|i| f64::from(LENGTHS[i % LENGTHS.len()]))
+        .sum();
+    let guess = t0.elapsed().as_secs_f64() * 1000.0 / warm_tokens.max(1.0);
+
+    let mut fifo = Vec::new();
+    let mut mixed = Vec::new();
+    for r in 0..a.rounds {
+        eprintln!("[bench eta] round {}/{}", r + 1, a.rounds);
+        fifo.extend(
+            round(
+                &c,
+                &d.base,
+                &format!("fifo{r}"),
+                a.tasks,
+                false,
+                &mut rng,
+                guess,
+            )
+            .await?,
+        );
+        mixed.extend(
+            round(
+                &c,
+                &d.base,
+                &format!("mixed{r}"),
+                a.tasks,
+                true,
+                &mut rng,
+                guess,
+            )
+            .await?,
+        );
+    }
+    drop(d);
+
+    let all_fifo: Vec<&Outcome> = fifo.iter().collect();
+    let all_mixed: Vec<&Outcome> = mixed.iter().collect();
+    let inter: Vec<&Outcome> = mixed.iter().filter(|o| o.interactive).collect();
+    let batch: Vec<&Outcome> = mixed.iter().filter(|o| !o.interactive).collect();
+    let rows = [
+        row("fifo", &all_fifo, a.min_wait_ms),
+        row("mixed", &all_mixed, a.min_wait_ms),
+        row("mixed: interactive", &inter, a.min_wait_ms),
+        row("mixed: batch", &batch, a.min_wait_ms),
+    ];
+
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bench eta: {cores} CPU core(s), load average before {load_before}, after {}; 1 replica × {} slots of {engine_name}; {} tasks at once per round (max_tokens 32/128/512), {} rounds per workload after 1 warm-up round; temperature 0.8",
+        load_average(),
+        a.slots,
+        a.tasks,
+        a.rounds
+    );
+    let _ = writeln!(
+        out,
+        "relative error |predicted − actual| / actual over tasks that waited > {} ms: median, p90, median signed (+ = predicted late)",
+        a.min_wait_ms
+    );
+    let _ = writeln!(
+        out,
+        "{:<18} | {:>7} | {:>20} | {:>20} | {:>20} | {:>20}",
+        "workload", "waited", "start (202)", "end (202)", "start (last frame)", "end (last frame)"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "{:<18} | {:>3}/{:<3} | {:>20} | {:>20} | {:>20} | {:>20}",
+            r.name,
+            r.waited,
+            r.all,
+            fmt_err(r.start_202),
+            fmt_err(r.end_202),
+            fmt_err(r.start_last),
+            fmt_err(r.end_last)
+        );
+    }
+    let frames: usize = fifo.iter().chain(&mixed).map(|o| o.frames).sum();
+    let waiting = fifo.iter().chain(&mixed).filter(|o| o.frames > 0).count();
+    let _ = writeln!(
+        out,
+        "waiting frames: {frames} over {waiting} tasks that waited (metrics frames before `started`)"
+    );
+    let (f90, m90) = (rows[0].start_202.1, rows[1].start_last.1);
+    let _ = writeln!(
+        out,
+        "targets: fifo p90 start error (202) {f90:.3} (≤ 0.2) {}; mixed p90 start error (last frame before start) {m90:.3} (≤ 0.3) {}",
+        verdict(f90 <= 0.2),
+        verdict(m90 <= 0.3)
+    );
+    let adm: Vec<(f64, bool)> = fifo
+        .iter()
+        .chain(&mixed)
+        .filter_map(|o| o.adm_p.map(|p| (p, o.on_time())))
+        .collect();
+    calibration(
+        &mut out,
+        "calibration, on_time_probability in the 202 against deadline met (all measured tasks):",
+        &adm,
+    );
+    let last: Vec<(f64, bool)> = fifo
+        .iter()
+        .chain(&mixed)
+        .filter_map(|o| o.last_frame.map(|(_, _, _, p)| (p, o.on_time())))
+        .collect();
+    calibration(
+        &mut out,
+        "calibration, on_time_probability in the last waiting frame (tasks that waited):",
+        &last,
+    );
+    if a.dump {
+        let _ = writeln!(
+            out,
+            "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3} {:>5}",
+            "task",
+            "max",
+            "out",
+            "pri",
+            "wait",
+            "202",
+            "last",
+            "end",
+            "202",
+            "last",
+            "frames",
+            "p",
+            "dl"
+        );
+        for o in fifo.iter().chain(&mixed) {
+            let (ls, le, lp) = o
+                .last_frame
+                .map_or((0, 0, f64::NAN), |(q, s, e, p)| (q + s, q + e, p));
+            let _ = writeln!(
+                out,
+                "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3.2}/{:.2} {:>5}",
+                o.id,
+                o.max_tokens,
+                o.tokens,
+                if o.interactive { "int" } else { "bat" },
+                o.waited,
+                o.adm_start,
+                ls,
+                o.ended,
+                o.adm_end,
+                le,
+                o.frames,
+                o.adm_p.unwrap_or(f64::NAN),
+                lp,
+                o.deadline_ms
+            );
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
