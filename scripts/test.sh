@@ -10,9 +10,10 @@ echo "[test] provisioning llama-server and the tiny models (cached after the fir
 eval "$(cargo xtask provision-engine)"
 TEST_MODEL_2="$(cargo xtask gen-model --seed 43)"
 export LLAMA_SERVER TEST_MODEL TEST_MODEL_2
-# The official OpenAI Python SDK (PyPI) and headless Chromium + playwright-core (Debian, npm)
-# for the OpenAI-door and status-page tests.
+# The official OpenAI Python and Node SDKs (PyPI, npm) and headless Chromium + playwright-core
+# (Debian, npm) for the OpenAI-door and status-page tests.
 bash test-harness/openai-sdk/setup.sh
+bash test-harness/openai-node/setup.sh
 bash test-harness/web/setup.sh
 # schemathesis (PyPI, pinned venv) for the chaos harness's schema fuzzing.
 bash test-harness/chaos/setup-schemathesis.sh

@@ -86,6 +86,11 @@ assert.deepEqual([...pieces.keys()], [0]);
 assert.equal(pieces.get(0).name, "get_weather");
 assert.ok(pieces.get(0).id);
 assert.equal(pieces.get(0).args, call.function.arguments);
+// A named tool_choice: llama-server knows only none/auto/required, so the adapter asks for
+// `required` over that one tool.
+const named = await client.chat.completions.create({ ...callArgs, tool_choice: { type: "function", function: { name: "get_weather" } } });
+assert.equal(named.choices[0].finish_reason, "tool_calls");
+assert.equal(named.choices[0].message.tool_calls[0].function.name, "get_weather");
 // The tool-result turn: the call and its result go back; the prompt grows by them.
 const turn = [
   ...ask,

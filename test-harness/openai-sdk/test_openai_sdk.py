@@ -250,6 +250,13 @@ assert content == "", content
 assert list(pieces) == [0] and pieces[0]["id"], pieces
 assert pieces[0]["name"] == "get_weather", pieces
 assert pieces[0]["arguments"] == call.function.arguments, (pieces, call.function.arguments)
+# A named tool_choice: llama-server knows only none/auto/required, so the adapter asks for
+# `required` over that one tool.
+named = client.chat.completions.create(
+    **call_args, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+)
+assert named.choices[0].finish_reason == "tool_calls", named
+assert named.choices[0].message.tool_calls[0].function.name == "get_weather", named
 # The tool-result turn: the call and its result go back; the template renders both (the
 # prompt grows by them) and the model answers.
 turn = ASK + [

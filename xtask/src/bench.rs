@@ -23,7 +23,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 /// The command that builds what the benchmarks run.
-const BUILD_CMD: &str = "cargo build --release -p orchestratord -p engine-double";
+const BUILD_CMD: &str = "cargo build --release -p orchestratord -p engine-double -p loadgen";
 
 /// Benchmarks, one subcommand each.
 #[derive(clap::Subcommand)]
@@ -36,6 +36,9 @@ pub enum Bench {
     /// How true `predicted_start_ms`, `predicted_end_ms` and `on_time_probability` are: FIFO
     /// and mixed-priority rounds of mixed-length tasks on the real llama-server.
     Eta(crate::bench_eta::EtaArgs),
+    /// Models on demand: cold load, swap (evict one, load another) and the first token of a
+    /// task at an unloaded pool, against the engine's load time alone.
+    Swap(crate::bench_swap::SwapArgs),
 }
 
 /// Runs a benchmark on a multi-threaded tokio runtime; Ctrl-C stops it (and its processes).
@@ -52,6 +55,7 @@ pub fn run(cmd: Bench) -> Result<()> {
                     Bench::Overhead(a) => overhead(a).await,
                     Bench::Pools(a) => crate::bench_pools::run(a).await,
                     Bench::Eta(a) => crate::bench_eta::run(a).await,
+                    Bench::Swap(a) => crate::bench_swap::run(a).await,
                 }
             } => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
@@ -68,6 +72,12 @@ pub struct OverheadArgs {
     /// engine-double binary [default: <target>/release/engine-double].
     #[arg(long)]
     pub double: Option<PathBuf>,
+    /// loadgen binary, the load generator [default: <target>/release/loadgen].
+    #[arg(long)]
+    pub loadgen: Option<PathBuf>,
+    /// Skip the engine double (measure only the real llama-server).
+    #[arg(long)]
+    pub skip_double: bool,
     /// llama-server binary for the real-engine part (`cargo xtask provision-engine` prints it).
     #[arg(long, env = "LLAMA_SERVER")]
     pub llama_server: Option<PathBuf>,
@@ -78,7 +88,7 @@ pub struct OverheadArgs {
     #[arg(long)]
     pub skip_real_engine: bool,
     /// Concurrent streams against the double, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 64])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 64, 256])]
     pub concurrency: Vec<usize>,
     /// Tokens per request against the double.
     #[arg(long, default_value_t = 64)]
@@ -113,6 +123,10 @@ pub struct OverheadArgs {
     /// llama-server's compute threads (`-t`) [default: llama-server's own choice].
     #[arg(long)]
     pub real_threads: Option<usize>,
+    /// llama-server's `-ngl` (layers on the GPU): 0 runs on the CPU, 999 puts every layer on
+    /// the GPU of a CUDA build.
+    #[arg(long, default_value_t = 0)]
+    pub real_ngl: u32,
     /// orchestratord's log filter (`RUST_LOG`) during the run; `info` is its default.
     #[arg(long, default_value = "info")]
     pub daemon_log: String,
@@ -317,6 +331,7 @@ async fn start_llama_server(
     slots: usize,
     ctx: u32,
     threads: Option<usize>,
+    ngl: u32,
 ) -> Result<(Proc, String)> {
     let port = free_port()?;
     let mut cmd = Command::new(bin);
@@ -328,7 +343,7 @@ async fn start_llama_server(
         .arg(model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["-c", &(ctx as usize * slots).to_string()])
-        .args(["-np", &slots.to_string(), "-ngl", "0"]);
+        .args(["-np", &slots.to_string(), "-ngl", &ngl.to_string()]);
     let mut p = Proc::spawn("llama-server", cmd, dir.join("llama-server.log"))?;
     let base = format!("http://127.0.0.1:{port}");
     p.wait_http(
@@ -414,117 +429,20 @@ struct Sample {
     /// Request sent to last event.
     total: Duration,
     tokens: u64,
-    /// The text streamed; identical requests must stream identical text on both paths.
+    /// A hash of the text streamed; identical requests must stream identical text on both
+    /// paths.
     text: String,
 }
 
 /// Seed and greedy sampling: identical requests give identical (equally long) outputs.
 const SEED: u64 = 42;
 
-async fn direct(http: &reqwest::Client, base: &str, close: bool, spec: &Spec) -> Result<Sample> {
-    let body = json!({
-        "prompt": spec.prompt,
-        "n_predict": spec.tokens,
-        "stream": true,
-        "cache_prompt": true,
-        "seed": SEED,
-        "temperature": 0.0,
-    });
-    let mut req = http.post(format!("{base}/completion")).json(&body);
-    if close {
-        req = req.header(reqwest::header::CONNECTION, "close");
+impl Sample {
+    /// This request's decode rate: tokens after the first over the time after the first.
+    fn stream_tokens_per_s(&self) -> Option<f64> {
+        let decode = self.total.saturating_sub(self.ttft).as_secs_f64();
+        (self.tokens > 1 && decode > 0.0).then(|| (self.tokens - 1) as f64 / decode)
     }
-    let t0 = Instant::now();
-    let r = req.send().await?;
-    if !r.status().is_success() {
-        bail!("/completion: HTTP {}: {}", r.status(), r.text().await?);
-    }
-    let mut events = r.bytes_stream().eventsource();
-    let mut ttft = None;
-    let mut tokens = 0;
-    let mut text = String::new();
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        let v: Value = serde_json::from_str(&ev.data)?;
-        if let Some(e) = v.get("error") {
-            bail!("engine error: {e}");
-        }
-        let stop = v["stop"].as_bool().unwrap_or(false);
-        // Count chunks as the adapter does: every non-final chunk is one token event.
-        if !stop || v["content"].as_str().is_some_and(|c| !c.is_empty()) {
-            tokens += 1;
-            ttft.get_or_insert_with(|| t0.elapsed());
-            text.push_str(v["content"].as_str().unwrap_or_default());
-        }
-        if stop {
-            let ttft = ttft.ok_or_else(|| anyhow!("the engine produced no token"))?;
-            return Ok(Sample {
-                ttft,
-                total: t0.elapsed(),
-                tokens,
-                text,
-            });
-        }
-    }
-    bail!("the /completion stream ended without its final chunk")
-}
-
-async fn relayed(http: &reqwest::Client, base: &str, id: &str, spec: &Spec) -> Result<Sample> {
-    let body = json!({
-        "task_id": id,
-        "model_ref": "bench",
-        "priority": "interactive",
-        "prompt": spec.prompt,
-        "max_tokens": spec.tokens,
-        "seed": SEED,
-        "temperature": 0.0,
-    });
-    let t0 = Instant::now();
-    let r = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&body)
-        .send()
-        .await?;
-    let status = r.status();
-    // Read the body either way so the connection can be reused.
-    let text = r.text().await?;
-    if status != reqwest::StatusCode::ACCEPTED {
-        bail!("POST /v1/tasks: HTTP {status}: {text}");
-    }
-    let r = http
-        .get(format!("{base}/v1/tasks/{id}/stream"))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("GET stream: HTTP {}: {}", r.status(), r.text().await?);
-    }
-    let mut events = r.bytes_stream().eventsource();
-    let mut ttft = None;
-    let mut tokens = 0;
-    let mut text = String::new();
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        match ev.event.as_str() {
-            "token" => {
-                let v: Value = serde_json::from_str(&ev.data)?;
-                tokens += 1;
-                ttft.get_or_insert_with(|| t0.elapsed());
-                text.push_str(v["t"].as_str().unwrap_or_default());
-            }
-            "end" => {
-                let ttft = ttft.ok_or_else(|| anyhow!("the task produced no token"))?;
-                return Ok(Sample {
-                    ttft,
-                    total: t0.elapsed(),
-                    tokens,
-                    text,
-                });
-            }
-            "error" => bail!("task error: {}", ev.data),
-            _ => {}
-        }
-    }
-    bail!("the task stream ended without `end`")
 }
 
 /// One phase: `total` requests, `conc` at a time (closed loop).
@@ -583,6 +501,17 @@ impl Phase {
         })
     }
 
+    /// Quantile `q` of the requests' own decode rates (tokens/s after the first token).
+    fn stream_tokens_per_s(&self, q: f64) -> f64 {
+        let mut v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter_map(Sample::stream_tokens_per_s)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, q)
+    }
+
     fn tokens_per_request(&self) -> f64 {
         let n: u64 = self.samples.iter().map(|s| s.tokens).sum();
         n as f64 / self.samples.len().max(1) as f64
@@ -598,13 +527,30 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// One phase: `total` requests, `conc` at a time (closed loop). Worker `j` starts after
+/// What loadgen prints for one phase.
+#[derive(serde::Deserialize)]
+struct LoadgenReport {
+    wall_us: u64,
+    cpu_us: Option<u64>,
+    streams: Vec<LoadgenStream>,
+    errors: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct LoadgenStream {
+    busy_us: u64,
+    /// `[ttft_us, total_us, tokens, text_hash]` per request.
+    samples: Vec<(u64, u64, u64, String)>,
+}
+
+/// One phase: `total` requests, `conc` at a time (closed loop), run by the load generator (its
+/// own release-built process; see `test-harness/loadgen`). Worker `j` starts after
 /// `j × stagger`: with equally long requests, streams that all started together would stay in
 /// lockstep and every request would arrive in a burst of `conc`; staggered, they arrive at a
 /// steady rate, as independent clients do. Task ids must be unique within one daemon, so every
-/// phase has its own label.
+/// phase has its own label. The phase's `cpu.client` is the load generator's own CPU time.
 async fn phase(
-    http: &reqwest::Client,
+    loadgen: &Path,
     target: &Target,
     label: &str,
     conc: usize,
@@ -612,64 +558,84 @@ async fn phase(
     stagger: Duration,
     spec: &Spec,
 ) -> Phase {
-    let next = Arc::new(AtomicUsize::new(0));
-    let t0 = Instant::now();
-    let workers: Vec<_> = (0..conc)
-        .map(|j| {
-            let (http, target, spec, next) =
-                (http.clone(), target.clone(), spec.clone(), next.clone());
-            let label = label.to_owned();
-            tokio::spawn(async move {
-                tokio::time::sleep(stagger * j as u32).await;
-                let start = Instant::now();
-                let mut out = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return (out, start.elapsed());
-                    }
-                    let one = async {
-                        match &target {
-                            Target::Direct { base, close } => {
-                                direct(&http, base, *close, &spec).await
-                            }
-                            Target::Relayed(b) => {
-                                relayed(&http, b, &format!("bench-{label}-{i}"), &spec).await
-                            }
-                        }
-                    };
-                    let r = tokio::time::timeout(Duration::from_secs(120), one)
-                        .await
-                        .unwrap_or_else(|_| Err(anyhow!("no answer within 120 s")));
-                    out.push(r);
-                }
-            })
-        })
-        .collect();
-    let mut samples = Vec::new();
-    let mut errors = Vec::new();
-    let mut busy = Duration::ZERO;
-    for w in workers {
-        match w.await {
-            Ok((rs, b)) => {
-                busy += b;
-                for r in rs {
-                    match r {
-                        Ok(s) => samples.push(s),
-                        Err(e) => errors.push(format!("{label}: {e:#}")),
-                    }
-                }
+    let mut cmd = tokio::process::Command::new(loadgen);
+    match target {
+        Target::Direct { base, close } => {
+            cmd.args(["--target", "direct", "--base", base]);
+            if *close {
+                cmd.arg("--close");
             }
-            Err(e) => errors.push(format!("worker panicked: {e}")),
+        }
+        Target::Relayed(base) => {
+            cmd.args(["--target", "relayed", "--base", base]);
         }
     }
+    cmd.arg("--concurrency")
+        .arg(conc.to_string())
+        .arg("--requests")
+        .arg(total.to_string())
+        .arg("--stagger-us")
+        .arg(stagger.as_micros().to_string())
+        .arg("--tokens")
+        .arg(spec.tokens.to_string())
+        .arg("--prompt")
+        .arg(spec.prompt)
+        .arg("--label")
+        .arg(format!("bench-{label}"))
+        .arg("--seed")
+        .arg(SEED.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let failed = |why: String| Phase {
+        samples: Vec::new(),
+        errors: vec![format!("{label}: {why}")],
+        wall: Duration::ZERO,
+        conc,
+        busy: Duration::ZERO,
+        cpu: None,
+    };
+    let out = match cmd.output().await {
+        Ok(o) => o,
+        Err(e) => return failed(format!("cannot run {}: {e}", loadgen.display())),
+    };
+    if !out.status.success() {
+        return failed(format!(
+            "loadgen failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let r: LoadgenReport = match serde_json::from_slice(&out.stdout) {
+        Ok(r) => r,
+        Err(e) => return failed(format!("unreadable loadgen report: {e}")),
+    };
+    let micros = Duration::from_micros;
+    let samples = r
+        .streams
+        .iter()
+        .flat_map(|st| &st.samples)
+        .map(|(ttft, total, tokens, text)| Sample {
+            ttft: micros(*ttft),
+            total: micros(*total),
+            tokens: *tokens,
+            text: text.clone(),
+        })
+        .collect();
     Phase {
         samples,
-        errors,
-        wall: t0.elapsed(),
+        errors: r
+            .errors
+            .into_iter()
+            .map(|e| format!("{label}: {e}"))
+            .collect(),
+        wall: micros(r.wall_us),
         conc,
-        busy,
-        cpu: None,
+        busy: r.streams.iter().map(|st| micros(st.busy_us)).sum(),
+        cpu: r.cpu_us.map(|c| Cpu {
+            client: micros(c),
+            engine: Duration::ZERO,
+            daemon: Duration::ZERO,
+        }),
     }
 }
 
@@ -701,7 +667,8 @@ impl Row {
 
 /// One engine and the daemon in front of it.
 struct Setup<'a> {
-    http: &'a reqwest::Client,
+    /// The load generator binary.
+    loadgen: &'a Path,
     /// Name in progress lines and task ids.
     name: &'a str,
     /// Engine base URL and pid.
@@ -713,9 +680,11 @@ struct Setup<'a> {
 }
 
 impl Setup<'_> {
+    /// CPU used so far by the engine and the daemon (the client's is the load generator's
+    /// own, reported per phase).
     fn cpu(&self) -> Option<Cpu> {
         Some(Cpu {
-            client: cpu_time(std::process::id())?,
+            client: Duration::ZERO,
             engine: cpu_time(self.engine.1)?,
             daemon: cpu_time(self.daemon.1)?,
         })
@@ -732,12 +701,17 @@ impl Setup<'_> {
         spec: &Spec,
     ) -> Phase {
         let before = self.cpu();
-        let mut p = phase(self.http, t, label, conc, total, stagger, spec).await;
-        p.cpu = self.cpu().zip(before).map(|(b, a)| Cpu {
-            client: b.client.saturating_sub(a.client),
-            engine: b.engine.saturating_sub(a.engine),
-            daemon: b.daemon.saturating_sub(a.daemon),
-        });
+        let mut p = phase(self.loadgen, t, label, conc, total, stagger, spec).await;
+        let client = p.cpu.map(|c| c.client);
+        p.cpu = self
+            .cpu()
+            .zip(before)
+            .zip(client)
+            .map(|((b, a), client)| Cpu {
+                client,
+                engine: b.engine.saturating_sub(a.engine),
+                daemon: b.daemon.saturating_sub(a.daemon),
+            });
         p
     }
 }
@@ -770,7 +744,7 @@ async fn measure(s: &Setup<'_>, concs: &[usize], plan: Plan, spec: &Spec) -> Res
     let mut request_time = Duration::ZERO;
     for (t, label) in [(&d, "warm-d"), (&r, "warm-r")] {
         let p = phase(
-            s.http,
+            s.loadgen,
             t,
             &format!("{name}-{label}"),
             warm,
@@ -873,6 +847,22 @@ fn table(rows: &[Row]) -> String {
     }
     let _ = writeln!(
         s,
+        "per-stream decode tokens/s (each request's tokens after its first, over that time): {:>5} | {:>17} | {:>17}",
+        "conc", "p50 dir/rel", "p10 dir/rel"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:>89} | {:>8.0} {:>8.0} | {:>8.0} {:>8.0}",
+            r.conc,
+            r.direct.stream_tokens_per_s(0.5),
+            r.relayed.stream_tokens_per_s(0.5),
+            r.direct.stream_tokens_per_s(0.1),
+            r.relayed.stream_tokens_per_s(0.1)
+        );
+    }
+    let _ = writeln!(
+        s,
         "CPU busy, in cores (10 ms resolution): {:>5} | {:>19} | {:>26} | {:>13}",
         "conc", "direct client+engine", "relayed client+engine+daemon", "daemon µs/tok"
     );
@@ -943,6 +933,7 @@ const PROMPT: &str = "The quick brown fox jumps over the lazy dog. Once upon a t
 async fn overhead(a: OverheadArgs) -> Result<()> {
     let daemon_bin = release_binary(a.orchestratord.clone(), "orchestratord", "--orchestratord")?;
     let double_bin = release_binary(a.double.clone(), "engine-double", "--double")?;
+    let loadgen = release_binary(a.loadgen.clone(), "loadgen", "--loadgen")?;
     let real = if a.skip_real_engine {
         None
     } else {
@@ -975,7 +966,9 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
         prompt: PROMPT,
         tokens: a.tokens,
     };
-    let double_rows = {
+    let double_rows = if a.skip_double {
+        Vec::new()
+    } else {
         let sub = dir.path().join("double");
         std::fs::create_dir_all(&sub)?;
         let (double_proc, engine) = start_double(&double_bin, &sub, &a, slots).await?;
@@ -990,7 +983,7 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
         )
         .await?;
         let setup = Setup {
-            http: &http,
+            loadgen: &loadgen,
             name: "double",
             engine: (engine, double_proc.child.id()),
             close: false,
@@ -1014,8 +1007,17 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
             let slots = a.real_concurrency.iter().copied().max().unwrap_or(1);
             let ctx = 512.max(a.real_tokens + 64);
             progress(format!("llama-server: starting with {slots} slots"));
-            let (server_proc, engine) =
-                start_llama_server(&http, server, model, &sub, slots, ctx, a.real_threads).await?;
+            let (server_proc, engine) = start_llama_server(
+                &http,
+                server,
+                model,
+                &sub,
+                slots,
+                ctx,
+                a.real_threads,
+                a.real_ngl,
+            )
+            .await?;
             let (daemon_proc, daemon) =
                 start_daemon(&http, &daemon_bin, &sub, &engine, slots, ctx, &a.daemon_log).await?;
             let spec = Spec {
@@ -1023,7 +1025,7 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
                 tokens: a.real_tokens,
             };
             let setup = Setup {
-                http: &http,
+                loadgen: &loadgen,
                 name: "llama-server",
                 engine: (engine, server_proc.child.id()),
                 close: true,
@@ -1046,17 +1048,22 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
         a.daemon_log
     );
     out.push_str("TTFT: client-side, from sending the request (relayed: the POST /v1/tasks) to the first token; added = relayed − direct\n");
-    let _ = writeln!(
-        out,
-        "\nengine double (BENCHMARK DOUBLE): {} tokens/request, {} µs/token, TTFT {} µs, {slots} slots",
-        a.tokens, a.token_interval_us, a.ttft_us
-    );
-    out.push_str(&table(&double_rows));
-    if let Some(r) = double_rows.iter().find(|r| r.conc == 64) {
+    if a.skip_double {
+        out.push_str("\nengine double: skipped (--skip-double)\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "\nengine double (BENCHMARK DOUBLE): {} tokens/request, {} µs/token, TTFT {} µs, {slots} slots",
+            a.tokens, a.token_interval_us, a.ttft_us
+        );
+        out.push_str(&table(&double_rows));
+    }
+    for r in double_rows.iter().filter(|r| r.conc >= 64) {
         let (p50, p99, ratio) = (r.added_ms(0.5), r.added_ms(0.99), r.ratio());
         let _ = writeln!(
             out,
-            "targets at 64 streams: added TTFT p50 {p50:+.2} ms (≤ 1 ms) {}; added TTFT p99 {p99:+.2} ms (≤ 5 ms) {}; relayed/direct tokens/s {ratio:.3} (≥ 0.95) {}",
+            "targets at {} streams: added TTFT p50 {p50:+.2} ms (≤ 1 ms) {}; added TTFT p99 {p99:+.2} ms (≤ 5 ms) {}; relayed/direct tokens/s {ratio:.3} (≥ 0.95) {}",
+            r.conc,
             verdict(p50 <= 1.0),
             verdict(p99 <= 5.0),
             verdict(ratio >= 0.95)
@@ -1070,9 +1077,14 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
     match &real_rows {
         None => out.push_str("\nreal llama-server: skipped (--skip-real-engine)\n"),
         Some(rows) => {
+            let model = real
+                .as_ref()
+                .and_then(|(_, m)| m.file_name())
+                .map_or("?".into(), |f| f.to_string_lossy().into_owned());
             let _ = writeln!(
                 out,
-                "\nreal llama-server (CPU, tiny test model): {} tokens/request, greedy, {} slots, {} compute threads",
+                "\nreal llama-server ({model}, -ngl {}): {} tokens/request, greedy, {} slots, {} compute threads",
+                a.real_ngl,
                 a.real_tokens,
                 a.real_concurrency.iter().copied().max().unwrap_or(1),
                 a.real_threads.map_or("default".into(), |t| t.to_string())

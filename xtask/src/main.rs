@@ -6,6 +6,7 @@
 mod bench;
 mod bench_eta;
 mod bench_pools;
+mod bench_swap;
 mod chaos;
 mod contracts;
 mod provision;

@@ -30,7 +30,10 @@ pub use state::{
     SessionEvicted, SessionInfo, SessionSpend, SetModelStateRequest, VerifyOutcome, VerifyResponse,
 };
 pub use pull::{PullFile, PullJob, PullState};
-pub use status::{GpuStatus, PoolStatus, QueueDepths, ReplicaSummary, StatusSnapshot};
+pub use status::{
+    GpuPoolUse, GpuStatus, PoolSample, PoolStatus, QueueDepths, ReplicaSummary, StatusSample,
+    StatusSnapshot, WaitingTask,
+};
 pub use tasks::{
     AdmissionResponse, ChatMessage, Determinism, KvHint, PlacementHint, Priority, StreamLinks,
     TaskRequest, TaskState, TaskStatus, Workload,

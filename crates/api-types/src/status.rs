@@ -35,6 +35,65 @@ pub struct GpuStatus {
     pub vram_used_bytes: u64,
     /// VRAM free.
     pub vram_free_bytes: u64,
+    /// What each pool's replicas hold on this GPU, largest first.
+    #[serde(default)]
+    pub pools: Vec<GpuPoolUse>,
+}
+
+/// VRAM one replica of a pool holds on one GPU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GpuPoolUse {
+    /// Pool id.
+    pub pool_id: String,
+    /// Replica id.
+    pub replica_id: String,
+    /// Bytes held.
+    pub vram_bytes: u64,
+    /// `measured`: the engine process's memory as NVML lists it; `reserved`: what placement
+    /// set aside for the replica (its estimate), when NVML lists no such process (loading,
+    /// process list unsupported, injected `dev.fake_gpus` cards).
+    pub source: String,
+}
+
+/// A task waiting in a queue, with when it is predicted to start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WaitingTask {
+    /// The task's id.
+    pub task_id: String,
+    /// Pool whose queue it waits in.
+    pub pool_id: String,
+    /// Its priority.
+    pub priority: crate::Priority,
+    /// Position in the pool's queue (0 starts next).
+    pub queue_position: Option<usize>,
+    /// The dispatcher's latest prediction of its start, in milliseconds from `time_ms`.
+    pub predicted_start_ms: Option<u64>,
+    /// Admission time, milliseconds since the Unix epoch.
+    pub submitted_ms: u64,
+}
+
+/// Throughput and queue of one pool in one [`StatusSample`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolSample {
+    /// Pool id.
+    pub pool_id: String,
+    /// Tokens generated per second since the previous sample.
+    pub tokens_per_s: f64,
+    /// Tasks waiting and running when the sample was taken.
+    pub queue: QueueDepths,
+}
+
+/// One point of the recent history the status page charts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatusSample {
+    /// When it was taken, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Tokens generated per second over all pools since the previous sample.
+    pub tokens_per_s: f64,
+    /// Tasks waiting per priority and running, over all pools.
+    pub queue: QueueDepths,
+    /// The same per pool, in configuration order.
+    pub pools: Vec<PoolSample>,
 }
 
 /// One replica of a pool.
@@ -107,4 +166,12 @@ pub struct StatusSnapshot {
     pub pools: Vec<PoolStatus>,
     /// The most recent tasks, newest first (at most `recent`, default 20).
     pub tasks: Vec<TaskStatus>,
+    /// Every waiting task (at most 100), the soonest predicted start first.
+    #[serde(default)]
+    pub waiting: Vec<WaitingTask>,
+    /// Recent history, oldest first, one sample every 2 s for the last 10 minutes:
+    /// `GET /v1/status` carries all of it; on `GET /v1/status/stream` the first event carries
+    /// all of it and each later event only the samples taken since the previous one.
+    #[serde(default)]
+    pub history: Vec<StatusSample>,
 }

@@ -61,11 +61,12 @@ pub struct PlacementHint {
 
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawChatMessage")]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` or `tool` (the result of a tool call).
+    #[schema(pattern = "^(system|user|assistant|tool)$")]
     pub role: String,
-    /// The message text (empty for an assistant message that only calls tools).
+    /// The message text; only an assistant message with `tool_calls` may leave it out.
     #[serde(default)]
     pub content: String,
     /// An assistant message's tool calls.
@@ -77,6 +78,44 @@ pub struct ChatMessage {
     /// A `tool` message: the function's name (some chat templates show it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// [`ChatMessage`] as sent: `content` may be missing only next to `tool_calls`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl TryFrom<RawChatMessage> for ChatMessage {
+    type Error = &'static str;
+
+    fn try_from(r: RawChatMessage) -> Result<Self, Self::Error> {
+        let content = match (r.content, &r.tool_calls) {
+            (Some(c), _) => c,
+            (None, Some(_)) => String::new(),
+            (None, None) => {
+                return Err(
+                    "missing field `content` (only an assistant message with `tool_calls` may leave it out)",
+                )
+            }
+        };
+        Ok(Self {
+            role: r.role,
+            content,
+            tool_calls: r.tool_calls,
+            tool_call_id: r.tool_call_id,
+            name: r.name,
+        })
+    }
 }
 
 /// Body of `POST /v1/tasks`. Unknown fields are rejected, so a typo is an error, not a default.
@@ -132,9 +171,11 @@ pub struct TaskRequest {
     pub stop: Option<Vec<String>>,
     /// Penalty for tokens by how often they appeared so far (-2 ..= 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
     /// Penalty for tokens that appeared at all so far (-2 ..= 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
     /// Token id (as a string) → bias added to its logit (-100 ..= 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,6 +183,7 @@ pub struct TaskRequest {
     /// Report each generated token's log probability and this many most likely alternatives
     /// (0 ..= 20) in the `token` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 20)]
     pub logprobs: Option<u32>,
     /// `chat`: tools the model may call; calls arrive in `token` events' `tool_calls` and the
     /// task ends with `finish_reason` `tool_calls`.

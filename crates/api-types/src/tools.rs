@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 pub struct Tool {
     /// Always `function`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^function$")]
     pub kind: String,
     /// The function.
     pub function: FunctionDef,
@@ -22,7 +23,8 @@ pub struct Tool {
 /// A function the model may call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FunctionDef {
-    /// Its name (what the model's call names).
+    /// Its name (what the model's call names): 1-64 of `a-z A-Z 0-9 _ -`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     /// What it does, for the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,3 +184,66 @@ pub struct TopLogprob {
 
 /// `logit_bias`: token id (as a string) → bias added to its logit, -100 ..= 100.
 pub type LogitBias = BTreeMap<String, f32>;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::ChatMessage;
+
+    #[test]
+    fn openai_shapes_round_trip() {
+        let c: ToolChoice = serde_json::from_value(json!("required")).unwrap();
+        assert_eq!(c, ToolChoice::Mode("required".into()));
+        assert!(c.allows_calls());
+        assert!(!ToolChoice::Mode("none".into()).allows_calls());
+        let named = json!({"type": "function", "function": {"name": "f"}});
+        let c: ToolChoice = serde_json::from_value(named.clone()).unwrap();
+        assert!(matches!(&c, ToolChoice::Named(n) if n.function.name == "f"));
+        assert_eq!(serde_json::to_value(&c).unwrap(), named);
+        let f: ResponseFormat = serde_json::from_value(json!({"type": "json_schema",
+            "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": true}}))
+        .unwrap();
+        assert!(
+            matches!(&f, ResponseFormat::JsonSchema { json_schema } if json_schema.strict == Some(true))
+        );
+        assert_eq!(
+            serde_json::to_value(ResponseFormat::JsonObject).unwrap(),
+            json!({"type": "json_object"})
+        );
+        assert!(serde_json::from_value::<ResponseFormat>(json!({"type": "yaml"})).is_err());
+        let d = ToolCallDelta {
+            index: 1,
+            function: FunctionCallDelta {
+                arguments: Some("}".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"index":1,"function":{"arguments":"}"}}"#
+        );
+    }
+
+    #[test]
+    fn messages_need_content_unless_they_call_tools() {
+        let call =
+            json!([{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+        let m: ChatMessage =
+            serde_json::from_value(json!({"role": "assistant", "tool_calls": call})).unwrap();
+        assert_eq!(m.content, "");
+        assert!(serde_json::from_value::<ChatMessage>(json!({"role": "user"})).is_err());
+        assert!(serde_json::from_value::<ChatMessage>(
+            json!({"role": "user", "content": "x", "typo": 1})
+        )
+        .is_err());
+        let plain: ChatMessage =
+            serde_json::from_value(json!({"role": "user", "content": "x"})).unwrap();
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"role":"user","content":"x"}"#
+        );
+    }
+}

@@ -226,8 +226,9 @@ impl RunningDaemon {
     /// SIGTERM, then the exit status (the daemon drains and exits 0).
     fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
+        // bash's builtin kill: no procps needed.
+        let _ = Command::new("bash")
+            .args(["-c", "kill -TERM \"$0\""])
             .arg(child.id().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -596,6 +596,9 @@ mod tests {
         }
     }
 
+    /// A loaded pool in the ledger model: (parts, busy, last used).
+    type Loaded = (Vec<(u32, u64)>, bool, u64);
+
     /// One step of a random life of the ledger.
     #[derive(Clone, Debug)]
     enum Op {
@@ -628,8 +631,7 @@ mod tests {
             ops in prop::collection::vec(op(), 1..40),
         ) {
             let caps: Vec<u64> = caps.into_iter().map(|c| c * MIB).collect();
-            // pool -> (parts, busy, last_used)
-            let mut loaded: Vec<Option<(Vec<(u32, u64)>, bool, u64)>> = vec![None; 5];
+            let mut loaded: Vec<Option<Loaded>> = vec![None; 5];
             for (clock, op) in ops.into_iter().enumerate() {
                 let clock = clock as u64;
                 match op {

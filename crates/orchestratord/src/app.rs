@@ -60,6 +60,8 @@ pub struct AppState {
     pub background: Arc<Background>,
     /// Model pulls (`POST /v1/catalog/models` with a hub reference).
     pub pulls: Arc<PullService>,
+    /// What the status page charts: recent throughput and queue samples.
+    pub history: Arc<crate::status_history::StatusHistory>,
 }
 
 /// The store-backed services, opened before the pool manager starts: they resolve catalog ids
@@ -167,6 +169,7 @@ impl AppState {
             transcripts: services.transcripts,
             background,
             pulls,
+            history: Arc::default(),
         };
         me.background.spawn_loops(LoopDeps {
             sessions: me.sessions.clone(),
@@ -175,6 +178,11 @@ impl AppState {
             tasks: me.tasks.clone(),
             retention: services.retention,
         });
+        me.background.spawn(crate::status_history::run(
+            me.history.clone(),
+            me.pools.clone(),
+            me.tasks.clone(),
+        ));
         me
     }
 

@@ -25,6 +25,7 @@ pub mod pull;
 pub mod serve;
 pub mod sessions;
 pub mod stall;
+pub mod status_history;
 pub mod storage;
 pub mod task;
 #[cfg(test)]

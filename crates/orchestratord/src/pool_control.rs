@@ -274,10 +274,20 @@ pub async fn unload(
 ) -> Result<(pool_manager::LoadReport, usize), ServiceError> {
     let pool = find_pool(state, id)?;
     refuse_while_shutting_down(state)?;
-    let first = state.pools.unload(id).await;
-    let busy = matches!(&first, Err(e) if e.kind == pool_manager::LoadErrorKind::Busy);
+    let is_busy = |r: &Result<_, pool_manager::LoadError>| matches!(r, Err(e) if e.kind == pool_manager::LoadErrorKind::Busy);
+    let mut first = state.pools.unload(id).await;
+    // A task that just ended gives its slot back a moment after its last event: when no task
+    // of the pool is left, that moment is not "busy".
+    let t0 = std::time::Instant::now();
+    while is_busy(&first) && active_in(state, id).is_empty() && t0.elapsed() < CANCEL_SETTLE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        first = state.pools.unload(id).await;
+    }
+    let busy = is_busy(&first);
     if !(force && busy) {
-        return first.map(|r| (r, 0)).map_err(|e| load_error(Some(&pool), e));
+        return first
+            .map(|r| (r, 0))
+            .map_err(|e| load_error(Some(&pool), e));
     }
     pool.hold_for_unload(true);
     let reason = || {
@@ -313,9 +323,7 @@ pub async fn unload(
     // The runners give their slots back as they end; a slot may still be held for a moment.
     let mut result = state.pools.unload(id).await;
     let t0 = std::time::Instant::now();
-    while matches!(&result, Err(e) if e.kind == pool_manager::LoadErrorKind::Busy)
-        && t0.elapsed() < CANCEL_SETTLE
-    {
+    while is_busy(&result) && t0.elapsed() < CANCEL_SETTLE {
         tokio::time::sleep(Duration::from_millis(20)).await;
         result = state.pools.unload(id).await;
     }

@@ -474,6 +474,11 @@ impl TaskTable {
             .collect()
     }
 
+    /// Every task the table holds, in no order.
+    pub fn all(&self) -> Vec<Arc<Task>> {
+        self.tasks().values().cloned().collect()
+    }
+
     /// The most recent tasks, newest first.
     pub fn recent(&self, n: usize) -> Vec<Arc<Task>> {
         let mut v: Vec<_> = self.tasks().values().cloned().collect();

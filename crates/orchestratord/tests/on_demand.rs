@@ -90,7 +90,12 @@ async fn run(d: &Daemon, id: &str, pool: &str) -> (Value, Vec<SseEvent>) {
     assert_eq!(r.status(), 202, "task {id} for {pool}");
     let adm: Value = r.json().await.unwrap_or(Value::Null);
     let ev = d.stream(id).await;
-    assert_eq!(last_event(&ev).event, "end", "{id}: {ev:?}\nlog:\n{}", d.logs());
+    assert_eq!(
+        last_event(&ev).event,
+        "end",
+        "{id}: {ev:?}\nlog:\n{}",
+        d.logs()
+    );
     (adm, ev)
 }
 
@@ -116,7 +121,10 @@ async fn three_on_demand_pools_take_turns_by_lru_on_two_cards() {
     );
     // Healthy with nothing loaded, and no engine running.
     let (_, h) = d.get("/health").await;
-    assert_eq!((h["pools_ready"].clone(), h["pools_total"].clone()), (json!(3), json!(3)));
+    assert_eq!(
+        (h["pools_ready"].clone(), h["pools_total"].clone()),
+        (json!(3), json!(3))
+    );
     assert!(child_pids(d.pid()).is_empty(), "no engine before a task");
     let (_, list) = d.get("/v1/pools").await;
     for p in list["pools"].as_array().cloned().unwrap_or_default() {
@@ -125,9 +133,15 @@ async fn three_on_demand_pools_take_turns_by_lru_on_two_cards() {
     // The first task of an unloaded pool is admitted, waits for the load, and runs.
     let t0 = Instant::now();
     let (adm, ev) = run(&d, "a1", "a").await;
-    eprintln!("cold start of a: {:?} to the end of an 8-token task", t0.elapsed());
+    eprintln!(
+        "cold start of a: {:?} to the end of an 8-token task",
+        t0.elapsed()
+    );
     assert_eq!(adm["pool_load"]["state"], "loading", "{adm}");
-    assert!(adm["predicted_start_ms"].as_u64() >= adm["pool_load"]["expected_load_ms"].as_u64(), "{adm}");
+    assert!(
+        adm["predicted_start_ms"].as_u64() >= adm["pool_load"]["expected_load_ms"].as_u64(),
+        "{adm}"
+    );
     let dev_a = started_device(&ev);
     let (_, ev) = run(&d, "b1", "b").await;
     let dev_b = started_device(&ev);
@@ -144,16 +158,30 @@ async fn three_on_demand_pools_take_turns_by_lru_on_two_cards() {
     assert_eq!(state(&health(&d, "b").await), "unloaded");
     assert_eq!(state(&health(&d, "c").await), "loaded");
     let m = d.metrics_text().await;
-    assert_eq!(metric(&m, "model_loads_total", &["pool_id=\"a\""]), 2.0, "{m}");
-    assert_eq!(metric(&m, "model_evictions_total", &["reason=\"make_room\""]), 2.0, "{m}");
-    assert!(m.contains("model_load_seconds_count{pool_id=\"c\"} 1"), "{m}");
+    assert_eq!(
+        metric(&m, "model_loads_total", &["pool_id=\"a\""]),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "model_evictions_total", &["reason=\"make_room\""]),
+        2.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("model_load_seconds_count{pool_id=\"c\"} 1"),
+        "{m}"
+    );
     let logs = d.logs();
     let evicted: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("evicting an idle on_demand model to make room"))
         .collect();
     assert_eq!(evicted.len(), 2, "{evicted:?}");
-    assert!(evicted[0].contains("\"pool_id\":\"a\"") && evicted[1].contains("\"pool_id\":\"b\""), "{evicted:?}");
+    assert!(
+        evicted[0].contains("\"pool_id\":\"a\"") && evicted[1].contains("\"pool_id\":\"b\""),
+        "{evicted:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,25 +189,40 @@ async fn a_busy_pool_survives_a_request_for_another_and_refuses_an_unload() {
     let e = engine();
     let d = daemon_with(
         "1400MiB:RTX 3060",
-        &[od_pool("a", &e.model, 4096, 1, ""), od_pool("b", &e.model, 1024, 1, "")],
+        &[
+            od_pool("a", &e.model, 4096, 1, ""),
+            od_pool("b", &e.model, 1024, 1, ""),
+        ],
         None,
     );
     assert_eq!(d.submit(&task("long", "a", 1500)).await.status(), 202);
     d.wait_tokens("long", 3).await;
-    let a_pid = health(&d, "a").await["replicas"][0]["pid"].as_u64().unwrap_or(0) as u32;
+    let a_pid = health(&d, "a").await["replicas"][0]["pid"]
+        .as_u64()
+        .unwrap_or(0) as u32;
     // b needs the only card; a is busy: b's task waits and says why.
     let r = d.submit(&task("b1", "b", 8)).await;
     assert_eq!(r.status(), 202);
     let adm: Value = r.json().await.unwrap_or(Value::Null);
-    let why = adm["pool_load"]["waiting_for"].as_str().unwrap_or("").to_owned();
-    assert!(why.contains("waits for VRAM") && why.contains("1 running"), "{adm}");
+    let why = adm["pool_load"]["waiting_for"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        why.contains("waits for VRAM") && why.contains("1 running"),
+        "{adm}"
+    );
     // An unload of the busy pool is refused and stops nothing.
     let (s, env) = d.post("/v1/pools/a/unload", &json!({})).await;
     assert_eq!((s, env["code"].clone()), (409, json!("CONFLICT")), "{env}");
     assert!(alive(a_pid));
     // a finishes its task completely; then b evicts it and runs.
     let ev = d.stream("long").await;
-    assert_eq!(last_event(&ev).event, "end", "the busy pool's task ended normally: {ev:?}");
+    assert_eq!(
+        last_event(&ev).event,
+        "end",
+        "the busy pool's task ended normally: {ev:?}"
+    );
     let ev = d.stream("b1").await;
     assert_eq!(last_event(&ev).event, "end", "{ev:?}");
     let waited: Vec<Value> = ev
@@ -189,13 +232,19 @@ async fn a_busy_pool_survives_a_request_for_another_and_refuses_an_unload() {
         .filter(|m| m["waiting_for"].is_string())
         .collect();
     assert!(
-        waited.iter().any(|m| m["waiting_for"].as_str().unwrap_or("").contains("1 running")),
+        waited.iter().any(|m| m["waiting_for"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1 running")),
         "b1's metrics frames said why it waited: {waited:?}"
     );
     assert_eq!(state(&health(&d, "a").await), "unloaded");
     let t0 = Instant::now();
     while alive(a_pid) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "a's engine still runs");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "a's engine still runs"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -217,15 +266,37 @@ async fn idle_pools_unload_and_explicit_load_unload_work() {
     assert_eq!(r["state"], "loaded");
     let (s, r) = d.post("/v1/pools/kept/load", &json!({})).await;
     assert_eq!(s, 200, "{r}");
-    let pid = health(&d, "idle").await["replicas"][0]["pid"].as_u64().unwrap_or(0) as u32;
+    let pid = health(&d, "idle").await["replicas"][0]["pid"]
+        .as_u64()
+        .unwrap_or(0) as u32;
     let h = wait_health(&d, "idle", "idle unload", |h| state(h) == "unloaded").await;
-    assert!(t0.elapsed() >= Duration::from_millis(900), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
     assert_eq!(h["replicas"][0]["state"], "unloaded");
     assert!(!alive(pid), "the idle engine stopped");
-    assert_eq!(state(&health(&d, "kept").await), "loaded", "idle_unload_s: 0 keeps it");
+    assert_eq!(
+        state(&health(&d, "kept").await),
+        "loaded",
+        "idle_unload_s: 0 keeps it"
+    );
     let m = d.metrics_text().await;
-    assert_eq!(metric(&m, "model_evictions_total", &["pool_id=\"idle\"", "reason=\"idle\""]), 1.0, "{m}");
-    assert_eq!(metric(&m, "model_loads_total", &["reason=\"request\""]), 2.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "model_evictions_total",
+            &["pool_id=\"idle\"", "reason=\"idle\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "model_loads_total", &["reason=\"request\""]),
+        2.0,
+        "{m}"
+    );
     let (s, r) = d.post("/v1/pools/kept/unload", &json!({})).await;
     assert_eq!((s, r["state"].clone()), (200, json!("unloaded")), "{r}");
     assert!(child_pids(d.pid()).is_empty());
@@ -251,11 +322,18 @@ async fn a_pool_that_fits_only_two_cards_together_is_split_and_serves() {
     eprintln!("{line}");
     let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
     assert_eq!(v["fields"]["chosen"], "gpu0+gpu1", "{line}");
-    let cands: Value =
-        serde_json::from_str(v["fields"]["candidates"].as_str().unwrap_or("[]")).unwrap_or(Value::Null);
-    assert_eq!(cands.as_array().map(Vec::len), Some(2), "every candidate: {line}");
+    let cands: Value = serde_json::from_str(v["fields"]["candidates"].as_str().unwrap_or("[]"))
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        cands.as_array().map(Vec::len),
+        Some(2),
+        "every candidate: {line}"
+    );
     assert!(
-        v["fields"]["reason"].as_str().unwrap_or("").contains("per-card overhead"),
+        v["fields"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("per-card overhead"),
         "{line}"
     );
     let launched = logs
@@ -274,7 +352,9 @@ async fn a_restart_with_pools_loaded_leaves_no_orphans_and_remembers_load_times(
     let pools = [od_pool("a", &e.model, 1024, 1, "")];
     let mut d = daemon_with("1400MiB:A", &pools, None);
     let data_dir = d.data_dir.clone();
-    let before = health(&d, "a").await["on_demand"]["expected_load_ms"].as_u64().unwrap_or(0);
+    let before = health(&d, "a").await["on_demand"]["expected_load_ms"]
+        .as_u64()
+        .unwrap_or(0);
     run(&d, "a1", "a").await;
     let h = health(&d, "a").await;
     let measured = h["on_demand"]["expected_load_ms"].as_u64().unwrap_or(0);
@@ -284,7 +364,10 @@ async fn a_restart_with_pools_loaded_leaves_no_orphans_and_remembers_load_times(
     d.kill9();
     let t0 = Instant::now();
     while alive(pid) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "orphan engine {pid}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "orphan engine {pid}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let d = daemon_with("1400MiB:A", &pools, Some(data_dir));
@@ -298,7 +381,10 @@ async fn a_restart_with_pools_loaded_leaves_no_orphans_and_remembers_load_times(
     );
     let r = d.submit(&task("a2", "a", 8)).await;
     let adm: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(adm["predicted_start_ms"].as_u64() >= Some(measured), "{adm}");
+    assert!(
+        adm["predicted_start_ms"].as_u64() >= Some(measured),
+        "{adm}"
+    );
     assert_eq!(last_event(&d.stream("a2").await).event, "end");
 }
 
@@ -312,7 +398,10 @@ async fn a_corrupt_model_fails_its_waiting_tasks_naming_the_file_and_spares_othe
     std::fs::write(&corrupt, bytes).unwrap_or_else(|e| panic!("write: {e}"));
     let d = daemon_with(
         "1400MiB:A,1400MiB:B",
-        &[od_pool("bad", &corrupt, 1024, 1, ""), od_pool("good", &e.model, 1024, 1, "")],
+        &[
+            od_pool("bad", &corrupt, 1024, 1, ""),
+            od_pool("good", &e.model, 1024, 1, ""),
+        ],
         None,
     );
     assert_eq!(d.submit(&task("x1", "bad", 8)).await.status(), 202);
@@ -322,13 +411,26 @@ async fn a_corrupt_model_fails_its_waiting_tasks_naming_the_file_and_spares_othe
         let end = last_event(&ev);
         assert_eq!(end.event, "error", "{ev:?}");
         let env = end.json();
-        assert_eq!((env["code"].clone(), env["retriable"].clone()), (json!("ENGINE_ERROR"), json!(false)), "{env}");
+        assert_eq!(
+            (env["code"].clone(), env["retriable"].clone()),
+            (json!("ENGINE_ERROR"), json!(false)),
+            "{env}"
+        );
         let msg = env["message"].as_str().unwrap_or("");
-        assert!(msg.contains("corrupt.gguf") && msg.contains("last output"), "{msg}");
+        assert!(
+            msg.contains("corrupt.gguf") && msg.contains("last output"),
+            "{msg}"
+        );
     }
     let h = health(&d, "bad").await;
     assert_eq!(state(&h), "failed", "{h}");
-    assert!(h["last_error"].as_str().unwrap_or("").contains("corrupt.gguf"), "{h}");
+    assert!(
+        h["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("corrupt.gguf"),
+        "{h}"
+    );
     assert!(child_pids(d.pid()).is_empty(), "nothing left running");
     run(&d, "g1", "good").await;
 }

@@ -254,6 +254,13 @@ impl PoolManager {
         self.gpu.snapshot()
     }
 
+    /// VRAM placement set aside for each live replica, as `(replica id, GPU index, bytes)`:
+    /// one entry per GPU a replica uses (a split has several). Estimates, not measurements;
+    /// the status page shows them where NVML lists no engine process.
+    pub fn vram_reservations(&self) -> Vec<(String, u32, u64)> {
+        self.ledger.holdings()
+    }
+
     /// Pool metrics, to register with the daemon's registry.
     pub fn metrics(&self) -> &PoolMetrics {
         &self.metrics

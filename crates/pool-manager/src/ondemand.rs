@@ -270,11 +270,45 @@ impl PoolManager {
                         s.waiting_since = None;
                     });
                 }
+                LoadPhase::Loaded
+                    if pool
+                        .current()
+                        .replicas
+                        .iter()
+                        .all(|r| r.state() == ReplicaState::CircuitOpen) =>
+                {
+                    self.fail_open_circuit(pool)
+                }
                 LoadPhase::Loaded => self.maybe_idle_unload(pool),
                 _ => {}
             }
         }
         self.update_yields();
+    }
+
+    /// A loaded engine that kept crashing (circuit open) will not serve again by itself: the
+    /// pool becomes `failed` so that its waiting tasks end, and the next task loads afresh.
+    fn fail_open_circuit(self: &Arc<Self>, pool: &Arc<Pool>) {
+        let generation = pool.current();
+        let why = generation
+            .replicas
+            .first()
+            .and_then(|r| r.status().last_error)
+            .unwrap_or_else(|| "the engine kept crashing".into());
+        {
+            let _plan = lock(&self.od.plan_lock);
+            if pool.load_phase() != Some(LoadPhase::Loaded) {
+                return;
+            }
+            self.begin_unload(pool, &generation);
+        }
+        let me = self.clone();
+        let pool = pool.clone();
+        self.tasks.spawn(async move {
+            generation.stop().await;
+            let _plan = lock(&me.od.plan_lock);
+            me.fail_load(&pool, why);
+        });
     }
 
     fn maybe_idle_unload(self: &Arc<Self>, pool: &Arc<Pool>) {
@@ -478,14 +512,15 @@ impl PoolManager {
         let target = match planned {
             Ok(t) => t,
             Err(why) => {
-                let changed = st.waiting.as_deref() != Some(why.as_str());
-                if changed {
+                // Only a new reason is news (a notification wakes the dispatcher, whose round
+                // would wake this controller again).
+                if st.waiting.as_deref() != Some(why.as_str()) {
                     tracing::info!(pool_id = %pool.id(), reason = %why, queued = pool.queued(), "on-demand load waits for VRAM");
+                    pool.with_load(|s| {
+                        s.waiting = Some(why);
+                        s.waiting_since.get_or_insert_with(Instant::now);
+                    });
                 }
-                pool.with_load(|s| {
-                    s.waiting = Some(why);
-                    s.waiting_since.get_or_insert_with(Instant::now);
-                });
                 return;
             }
         };
@@ -737,10 +772,23 @@ impl PoolManager {
                     });
                     self.try_load(&pool, "retry");
                 } else {
+                    let first = pool
+                        .load_status()
+                        .map(|s| {
+                            s.avoid
+                                .iter()
+                                .map(|d| format!("gpu{d}"))
+                                .collect::<Vec<_>>()
+                                .join("+")
+                        })
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or_else(|| devices.clone());
                     let _plan = lock(&self.od.plan_lock);
                     self.fail_load(
                         &pool,
-                        format!("loading `{model}` failed (tried twice): {why}"),
+                        format!(
+                            "loading `{model}` failed (tried twice: on {first}, then on {devices}): {why}"
+                        ),
                     );
                 }
             }
@@ -1354,6 +1402,10 @@ mod tests {
         assert!(
             why.contains("m.gguf") && why.contains("tried twice"),
             "{why}"
+        );
+        assert!(
+            why.contains("on gpu0, then on gpu1") || why.contains("on gpu1, then on gpu0"),
+            "the retry went to the other card: {why}"
         );
         assert!(
             why.contains("out of memory allocating 4242 MiB"),

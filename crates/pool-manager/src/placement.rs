@@ -793,7 +793,10 @@ mod tests {
         let shares = launch.tensor_split.clone().unwrap();
         // (2088 − 768) : (1688 − 768) of what is free beyond the overhead.
         assert!((shares[0] - 1320.0 / 2240.0).abs() < 1e-9, "{shares:?}");
-        assert!(launch.args(1).join(" ").contains("--tensor-split 0.589,0.411"));
+        assert!(launch
+            .args(1)
+            .join(" ")
+            .contains("--tensor-split 0.589,0.411"));
         let held: Vec<(String, u32, u64)> = ledger.holdings();
         assert_eq!(held.len(), 2, "one ledger entry per card: {held:?}");
         for (_, d, b) in &held {

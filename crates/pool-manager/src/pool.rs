@@ -337,7 +337,10 @@ impl Pool {
     /// loaded model from being evicted.
     pub fn set_queued(&self, n: usize) {
         let before = self.queued.swap(n, Ordering::SeqCst);
-        if self.on_demand() && (before != n || (n > 0 && !self.is_ready())) {
+        // Only a change: the controller's own wake-ups (a slot given back, an unload done,
+        // its tick) cover the rest, and waking it on every dispatcher round would make the
+        // two wake each other forever while a task waits for VRAM.
+        if self.on_demand() && before != n {
             self.wake_controller();
         }
     }

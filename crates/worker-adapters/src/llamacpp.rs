@@ -630,7 +630,10 @@ mod tests {
             response_format: Some(crate::ResponseFormat::JsonObject),
             ..req.clone()
         };
-        assert_eq!(completion_body(&any, "x")["json_schema"], json!({"type": "object"}));
+        assert_eq!(
+            completion_body(&any, "x")["json_schema"],
+            json!({"type": "object"})
+        );
         let plain = completion_body(&GenerateRequest::default(), "x");
         for k in ["n_probs", "json_schema", "logit_bias", "frequency_penalty"] {
             assert!(plain.get(k).is_none(), "{k}");
@@ -645,10 +648,13 @@ mod tests {
         req.parallel_tool_calls = Some(false);
         req.logprobs = Some(0);
         req.slot = Some(2);
-        let b = chat_body(&req, match &req.prompt {
-            Prompt::Chat(t) => t,
-            Prompt::Text(_) => unreachable!(),
-        });
+        let b = chat_body(
+            &req,
+            match &req.prompt {
+                Prompt::Chat(t) => t,
+                Prompt::Text(_) => unreachable!(),
+            },
+        );
         assert_eq!(b["tool_choice"], "required");
         assert_eq!(b["tools"].as_array().unwrap().len(), 1);
         assert_eq!(b["tools"][0]["function"]["name"], "get_time");
@@ -663,15 +669,24 @@ mod tests {
         // `none`: the template still describes the tools, through /apply-template.
         req.tool_choice = Some(json!("none"));
         assert!(!req.wants_tool_calls());
-        let t = template_body(&req, match &req.prompt {
-            Prompt::Chat(t) => t,
-            Prompt::Text(_) => unreachable!(),
-        });
+        let t = template_body(
+            &req,
+            match &req.prompt {
+                Prompt::Chat(t) => t,
+                Prompt::Text(_) => unreachable!(),
+            },
+        );
         assert_eq!(t["tool_choice"], "none");
         assert_eq!(t["tools"].as_array().unwrap().len(), 2);
         assert_eq!(t["messages"][2]["role"], "tool");
-        let plain = template_body(&GenerateRequest::default(), &[crate::ChatTurn::text("user", "x")]);
-        assert_eq!(plain, json!({"messages": [{"role": "user", "content": "x"}]}));
+        let plain = template_body(
+            &GenerateRequest::default(),
+            &[crate::ChatTurn::text("user", "x")],
+        );
+        assert_eq!(
+            plain,
+            json!({"messages": [{"role": "user", "content": "x"}]})
+        );
     }
 
     #[test]
@@ -683,7 +698,10 @@ mod tests {
         };
         assert_eq!(c.text, " Ши");
         assert_eq!(c.logprobs[0].logprob, -7.86);
-        assert_eq!(c.logprobs[0].bytes.as_deref(), Some(&[32u8, 208, 168, 208, 184][..]));
+        assert_eq!(
+            c.logprobs[0].bytes.as_deref(),
+            Some(&[32u8, 208, 168, 208, 184][..])
+        );
         assert_eq!(c.logprobs[0].top.len(), 2);
         assert_eq!(c.logprobs[0].top[1].token, " eq");
         let mut d = LlamaCppDecoder { top: 1 };

@@ -248,14 +248,16 @@ pub fn chat_body(
     let mut o = Map::new();
     o.insert("messages".into(), json!(turns));
     common_fields(&mut o, req, model, include_usage);
+    // OpenAI refuses `tool_choice` and `parallel_tool_calls` without tools (some clients send
+    // `tool_choice: "none"` always).
     if !req.tools.is_empty() {
         o.insert("tools".into(), json!(req.tools));
-    }
-    if let Some(c) = &req.tool_choice {
-        o.insert("tool_choice".into(), c.clone());
-    }
-    if let Some(p) = req.parallel_tool_calls {
-        o.insert("parallel_tool_calls".into(), json!(p));
+        if let Some(c) = &req.tool_choice {
+            o.insert("tool_choice".into(), c.clone());
+        }
+        if let Some(p) = req.parallel_tool_calls {
+            o.insert("parallel_tool_calls".into(), json!(p));
+        }
     }
     if let Some(n) = req.logprobs {
         o.insert("logprobs".into(), json!(true));
@@ -793,8 +795,10 @@ mod tests {
         assert_eq!(c.logprobs[0].bytes.as_deref(), Some(&b"a"[..]));
         assert_eq!(c.logprobs[0].top.len(), 1);
         // The legacy completions arrays.
-        let l = logprobs_in(Some(&json!({"tokens": [" x", "y"], "token_logprobs": [-1.0, -0.5],
-            "top_logprobs": [{" z": -3.0, " x": -1.0}, {"y": -0.5}], "text_offset": [0, 2]})));
+        let l = logprobs_in(Some(
+            &json!({"tokens": [" x", "y"], "token_logprobs": [-1.0, -0.5],
+            "top_logprobs": [{" z": -3.0, " x": -1.0}, {"y": -0.5}], "text_offset": [0, 2]}),
+        ));
         assert_eq!(l.len(), 2);
         assert_eq!(l[0].token, " x");
         assert_eq!(l[0].top[0].token, " x", "most likely first");
@@ -850,7 +854,15 @@ mod tests {
             b["response_format"],
             json!({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": true}})
         );
-        let t = completions_body(&GenerateRequest { logprobs: Some(2), ..req.clone() }, "p", None, true);
+        let t = completions_body(
+            &GenerateRequest {
+                logprobs: Some(2),
+                ..req.clone()
+            },
+            "p",
+            None,
+            true,
+        );
         assert_eq!(t["logprobs"], 2);
         assert!(t.get("tools").is_none());
         assert!(t.get("top_logprobs").is_none());

@@ -295,9 +295,15 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
             for (p, (status, body)) in probes.iter().zip(results) {
                 ctx.audit.scan("auth matrix response body", body.as_bytes());
                 c.requests += 1;
+                // OpenAI's paths answer in OpenAI's shape, the code in lower case.
                 let code = serde_json::from_str::<Value>(&body)
                     .ok()
-                    .and_then(|v| v["code"].as_str().map(str::to_owned))
+                    .and_then(|v| {
+                        v["code"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .or_else(|| v["error"]["code"].as_str().map(str::to_ascii_uppercase))
+                    })
                     .unwrap_or_default();
                 let trick = !routes
                     .iter()

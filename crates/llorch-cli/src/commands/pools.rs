@@ -165,7 +165,12 @@ pub async fn load(client: &Client, pool_id: &str, json_out: bool) -> Result<(), 
     ));
     let path = format!("/v1/pools/{}/load", seg(pool_id));
     let r = client
-        .call_json(Method::POST, &path, Some(&serde_json::json!({})), Some(LONG))
+        .call_json(
+            Method::POST,
+            &path,
+            Some(&serde_json::json!({})),
+            Some(LONG),
+        )
         .await;
     pb.finish_and_clear();
     let v = r?;
@@ -181,7 +186,10 @@ pub async fn load(client: &Client, pool_id: &str, json_out: bool) -> Result<(), 
             r.took_ms as f64 / 1000.0
         );
     } else {
-        println!("pool {pool_id} was already loaded ({})", r.devices.join(", "));
+        println!(
+            "pool {pool_id} was already loaded ({})",
+            r.devices.join(", ")
+        );
     }
     if !r.evicted.is_empty() {
         println!("evicted to make room: {}", r.evicted.join(", "));
@@ -208,7 +216,10 @@ pub async fn unload(
     let r: LoadResponse = parse(&v, &path)?;
     match (r.changed, r.canceled) {
         (false, _) => println!("pool {pool_id} was not loaded"),
-        (true, 0) => println!("pool {pool_id} unloaded in {:.1} s", r.took_ms as f64 / 1000.0),
+        (true, 0) => println!(
+            "pool {pool_id} unloaded in {:.1} s",
+            r.took_ms as f64 / 1000.0
+        ),
         (true, n) => println!("pool {pool_id} unloaded; {n} task(s) canceled"),
     }
     Ok(())

@@ -152,7 +152,11 @@ fn validate_extras(req: &TaskRequest) -> Result<(), ServiceError> {
                 "tools[{i}].function.name must be 1-64 characters of a-z A-Z 0-9 _ -"
             )));
         }
-        if t.function.parameters.as_ref().is_some_and(|p| !p.is_object()) {
+        if t.function
+            .parameters
+            .as_ref()
+            .is_some_and(|p| !p.is_object())
+        {
             return Err(ServiceError::invalid(format!(
                 "tools[{i}].function.parameters must be a JSON schema object"
             )));
@@ -174,14 +178,15 @@ fn validate_extras(req: &TaskRequest) -> Result<(), ServiceError> {
                 )))
             }
         },
-        Some(ToolChoice::Named(n)) => {
-            if n.kind != "function" || !tools.iter().any(|t| t.function.name == n.function.name) {
-                return Err(ServiceError::invalid(format!(
-                    "tool_choice names function `{}`, which is not among `tools`",
-                    n.function.name
-                )));
-            }
+        Some(ToolChoice::Named(n))
+            if n.kind != "function" || !tools.iter().any(|t| t.function.name == n.function.name) =>
+        {
+            return Err(ServiceError::invalid(format!(
+                "tool_choice names function `{}`, which is not among `tools`",
+                n.function.name
+            )));
         }
+        Some(ToolChoice::Named(_)) => {}
     }
     if req.logprobs.is_some_and(|n| n > 20) {
         return Err(ServiceError::invalid(
@@ -217,6 +222,20 @@ fn validate_extras(req: &TaskRequest) -> Result<(), ServiceError> {
 
 /// What the request asks for beyond text that an engine's adapter cannot do.
 fn unsupported_extras(engine: &str, req: &TaskRequest) -> Vec<&'static str> {
+    if engine == "llamacpp" {
+        // A chat that may call tools streams from llama-server's /v1/chat/completions, which
+        // refuses `logprobs` with tools when streaming.
+        let calls = req.tools.as_ref().is_some_and(|t| !t.is_empty())
+            && req
+                .tool_choice
+                .as_ref()
+                .is_none_or(ToolChoice::allows_calls);
+        return if calls && req.logprobs.is_some() {
+            vec!["logprobs together with tools"]
+        } else {
+            Vec::new()
+        };
+    }
     if !matches!(engine, "tgi" | "triton") {
         return Vec::new();
     }
@@ -281,4 +300,113 @@ pub fn check_limits(pool: &Pool, req: &TaskRequest) -> Result<(), ServiceError> 
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn chat(extra: Value) -> TaskRequest {
+        let mut b = json!({"task_id": "t", "model_ref": "m", "priority": "interactive",
+            "max_tokens": 4, "workload": "chat", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        serde_json::from_value(b).unwrap()
+    }
+
+    fn refused(extra: Value, want: &str) {
+        let e = validate(&chat(extra.clone())).unwrap_err();
+        assert!(e.body.message.contains(want), "{extra}: {}", e.body.message);
+    }
+
+    #[test]
+    fn roles_tools_and_bounds() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather"}}]);
+        validate(&chat(
+            json!({"tools": tools, "tool_choice": "auto", "parallel_tool_calls": true,
+            "logprobs": 20, "logit_bias": {"25380": 100.0}, "frequency_penalty": -2.0,
+            "response_format": {"type": "json_object"},
+            "messages": [{"role": "user", "content": "w?"},
+                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "sunny"}]}),
+        ))
+        .unwrap();
+        // Clients that always send these without tools.
+        validate(&chat(json!({"tool_choice": "none"}))).unwrap();
+        refused(
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages[0].role `wizard`",
+        );
+        refused(
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            "needs `tool_call_id`",
+        );
+        refused(
+            json!({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}),
+            "only assistant messages",
+        );
+        refused(json!({"tool_choice": "required"}), "needs `tools`");
+        refused(
+            json!({"tools": tools, "tool_choice": "always"}),
+            "tool_choice `always`",
+        );
+        refused(
+            json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "not among `tools`",
+        );
+        refused(
+            json!({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
+            "only `function` tools",
+        );
+        refused(
+            json!({"tools": [{"type": "function", "function": {"name": "a b"}}]}),
+            "tools[0].function.name",
+        );
+        refused(json!({"logprobs": 21}), "between 0 and 20");
+        refused(json!({"logit_bias": {"1": 101.0}}), "between -100 and 100");
+        refused(json!({"presence_penalty": 3.0}), "presence_penalty");
+        refused(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": 3}}}),
+            "schema object",
+        );
+        let text: TaskRequest = serde_json::from_value(json!({"task_id": "t", "model_ref": "m",
+            "priority": "interactive", "max_tokens": 4, "prompt": "x", "tools": tools}))
+        .unwrap();
+        assert!(validate(&text)
+            .unwrap_err()
+            .body
+            .message
+            .contains("belong to `chat`"));
+    }
+
+    #[test]
+    fn engines_without_the_features_are_named() {
+        let r = chat(json!({"logprobs": 1,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "response_format": {"type": "json_object"}, "presence_penalty": 0.5}));
+        assert_eq!(
+            unsupported_extras("tgi", &r),
+            ["tools", "response_format", "logprobs", "presence_penalty"]
+        );
+        assert_eq!(
+            unsupported_extras("triton", &r),
+            ["tools", "response_format", "logprobs"]
+        );
+        for ok in ["vllm", "openai"] {
+            assert!(unsupported_extras(ok, &r).is_empty(), "{ok}");
+        }
+        assert_eq!(
+            unsupported_extras("llamacpp", &r),
+            ["logprobs together with tools"]
+        );
+        let none = chat(json!({"logprobs": 1, "tool_choice": "none",
+            "tools": [{"type": "function", "function": {"name": "f"}}]}));
+        assert!(unsupported_extras("llamacpp", &none).is_empty());
+        let text = chat(json!({"response_format": {"type": "text"}}));
+        assert!(unsupported_extras("tgi", &text).is_empty());
+    }
 }

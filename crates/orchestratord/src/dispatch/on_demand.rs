@@ -110,7 +110,9 @@ impl Actor {
                 format!("pool '{}' could not be loaded: {why}", self.pool.id()),
             )
             .with_engine(t.engine);
-            self.ctx.metrics.rejected(t.engine, ErrorCode::EngineError.as_str());
+            self.ctx
+                .metrics
+                .rejected(t.engine, ErrorCode::EngineError.as_str());
             if t.fail(env) {
                 self.ctx.tasks.note_finished(&t.id);
             }
@@ -148,7 +150,9 @@ impl Actor {
                 format!("deadline_ms {deadline} passed while the task waited: {why}"),
             )
             .with_engine(t.engine);
-            self.ctx.metrics.rejected(t.engine, ErrorCode::DeadlineUnmet.as_str());
+            self.ctx
+                .metrics
+                .rejected(t.engine, ErrorCode::DeadlineUnmet.as_str());
             if t.fail(env) {
                 tracing::info!(task_id = %t.id, pool_id = %self.pool.id(), deadline_ms = deadline, "queued task passed its deadline waiting for an on-demand load");
                 self.ctx.tasks.note_finished(&t.id);

@@ -205,6 +205,7 @@ impl IntoResponse for OaiError {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct OaiMessage {
     /// `system`, `developer` (treated as `system`), `user`, `assistant`, `tool`.
+    #[schema(pattern = "^(system|developer|user|assistant|tool)$")]
     pub role: String,
     /// Text, or text parts (`null` for an assistant message that only calls tools).
     #[serde(default)]
@@ -298,6 +299,7 @@ pub struct OaiRequest {
     pub logprobs: Option<Value>,
     /// Chat: alternatives per token (0-20), with `logprobs: true`.
     #[serde(default)]
+    #[schema(maximum = 20)]
     pub top_logprobs: Option<u32>,
     /// Token id → bias (-100 ..= 100).
     #[serde(default)]
@@ -1366,6 +1368,279 @@ mod tests {
             )),
             old.to_string()
         );
+    }
+
+    fn req(v: Value) -> OaiRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn openai_paths() {
+        for p in [
+            "/v1/models",
+            "/v1/models/tiny",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/responses/x",
+        ] {
+            assert!(is_openai_path(p), "{p}");
+        }
+        for p in [
+            "/v1/tasks",
+            "/v1/modelsx",
+            "/health",
+            "/v1/catalog/models",
+            "/v2/models",
+        ] {
+            assert!(!is_openai_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn logprobs_forms_per_endpoint() {
+        let chat = |v: Value| logprobs_of(Kind::Chat, &req(v));
+        assert_eq!(chat(json!({"model": "m"})).unwrap(), None);
+        assert_eq!(
+            chat(json!({"model": "m", "logprobs": true})).unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            chat(json!({"model": "m", "logprobs": true, "top_logprobs": 5})).unwrap(),
+            Some(5)
+        );
+        assert_eq!(
+            chat(json!({"model": "m", "logprobs": false})).unwrap(),
+            None
+        );
+        assert!(chat(json!({"model": "m", "top_logprobs": 2})).is_err());
+        assert!(chat(json!({"model": "m", "logprobs": true, "top_logprobs": 21})).is_err());
+        assert!(chat(json!({"model": "m", "logprobs": 3})).is_err());
+        let text = |v: Value| logprobs_of(Kind::Completion, &req(v));
+        assert_eq!(text(json!({"model": "m", "logprobs": 2})).unwrap(), Some(2));
+        assert_eq!(text(json!({"model": "m", "logprobs": null})).unwrap(), None);
+        assert!(text(json!({"model": "m", "logprobs": 6})).is_err());
+        assert!(text(json!({"model": "m", "logprobs": true})).is_err());
+    }
+
+    #[test]
+    fn messages_roles_and_tool_turns() {
+        let m = |v: Value| -> OaiMessage { serde_json::from_value(v).unwrap() };
+        assert_eq!(
+            task_message(0, &m(json!({"role": "developer", "content": "be brief"}))).unwrap(),
+            json!({"role": "system", "content": "be brief"})
+        );
+        let call = json!({"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
+        assert_eq!(
+            task_message(
+                1,
+                &m(json!({"role": "assistant", "content": null, "tool_calls": [call]}))
+            )
+            .unwrap(),
+            json!({"role": "assistant", "content": "", "tool_calls": [call]})
+        );
+        assert_eq!(
+            task_message(
+                2,
+                &m(
+                    json!({"role": "tool", "tool_call_id": "c1", "name": "get_weather",
+                    "content": [{"type": "text", "text": "sunny"}]})
+                )
+            )
+            .unwrap(),
+            json!({"role": "tool", "content": "sunny", "tool_call_id": "c1", "name": "get_weather"})
+        );
+        let e = task_message(3, &m(json!({"role": "wizard", "content": "x"}))).unwrap_err();
+        assert!(
+            e.message.contains("messages[3] has role `wizard`"),
+            "{}",
+            e.message
+        );
+        assert!(task_message(0, &m(json!({"role": "function", "content": "x"}))).is_err());
+    }
+
+    #[test]
+    fn unserved_fields_are_refused_and_tools_are_chat_only() {
+        let bad = [
+            json!({"functions": [{"name": "f"}]}),
+            json!({"audio": {"voice": "alloy"}}),
+            json!({"modalities": ["text", "audio"]}),
+            json!({"prediction": {"type": "content", "content": "x"}}),
+            json!({"web_search_options": {}}),
+            json!({"echo": true}),
+            json!({"suffix": "end"}),
+            json!({"best_of": 2}),
+        ];
+        for mut b in bad {
+            b["model"] = json!("m");
+            assert!(refuse_unserved(Kind::Chat, &req(b.clone())).is_err(), "{b}");
+        }
+        let ok = json!({"model": "m", "modalities": ["text"], "echo": false, "suffix": "",
+            "best_of": 1, "functions": null, "user": "u", "store": false, "metadata": {"a": "b"}});
+        refuse_unserved(Kind::Chat, &req(ok)).unwrap();
+        let tools =
+            json!({"model": "m", "tools": [{"type": "function", "function": {"name": "f"}}]});
+        assert!(refuse_unserved(Kind::Completion, &req(tools.clone())).is_err());
+        refuse_unserved(Kind::Chat, &req(tools)).unwrap();
+        let r = req(
+            json!({"model": "m", "response_format": {"type": "json_schema",
+            "json_schema": {"name": "n", "schema": {"type": "object"}}}, "tool_choice": "required"}),
+        );
+        assert!(matches!(
+            r.response_format,
+            Some(ResponseFormat::JsonSchema { .. })
+        ));
+        assert_eq!(r.tool_choice, Some(ToolChoice::Mode("required".into())));
+        assert!(serde_json::from_value::<OaiRequest>(
+            json!({"model": "m", "response_format": {"type": "xml"}})
+        )
+        .is_err());
+    }
+
+    fn lp(token: &str, logprob: f64, top: &[(&str, f64)]) -> TokenLogprob {
+        TokenLogprob {
+            token: token.into(),
+            logprob,
+            bytes: Some(token.as_bytes().to_vec()),
+            top_logprobs: top
+                .iter()
+                .map(|(t, l)| api_types::TopLogprob {
+                    token: (*t).into(),
+                    logprob: *l,
+                    bytes: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn legacy_logprobs_offsets_and_top_dicts() {
+        let mut offset = 0;
+        let l = text_logprobs(
+            vec![lp("fö", -1.0, &[("a", -0.5)]), lp(" x", -2.0, &[])],
+            &mut offset,
+        );
+        assert_eq!(l.tokens, ["fö", " x"]);
+        assert_eq!(l.token_logprobs, [-1.0, -2.0]);
+        assert_eq!(l.text_offset, [0, 2], "characters, not bytes");
+        assert_eq!(offset, 4);
+        assert_eq!(l.top_logprobs[0].len(), 2, "the chosen token is included");
+        assert_eq!(l.top_logprobs[1][" x"], -2.0);
+        let more = text_logprobs(vec![lp("y", -0.1, &[])], &mut offset);
+        assert_eq!(
+            more.text_offset,
+            [4],
+            "offsets continue across stream chunks"
+        );
+    }
+
+    #[test]
+    fn tool_call_pieces_merge_into_calls() {
+        let piece =
+            |index, id: Option<&str>, name: Option<&str>, args: Option<&str>| ToolCallDelta {
+                index,
+                id: id.map(str::to_owned),
+                kind: id.map(|_| "function".to_owned()),
+                function: api_types::FunctionCallDelta {
+                    name: name.map(str::to_owned),
+                    arguments: args.map(str::to_owned),
+                },
+            };
+        let mut c = CallsSoFar::default();
+        c.add(piece(1, Some("b"), Some("g"), Some("{}")));
+        c.add(piece(0, Some("a"), Some("f"), Some("{\"x\"")));
+        c.add(piece(0, None, None, Some(": 1}")));
+        let calls = c.into_calls().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            (calls[0].id.as_str(), calls[0].function.name.as_str()),
+            ("a", "f")
+        );
+        assert_eq!(calls[0].function.arguments, "{\"x\": 1}");
+        assert_eq!(calls[1].function.arguments, "{}");
+        let mut anon = CallsSoFar::default();
+        anon.add(piece(0, None, Some("f"), None));
+        assert!(anon.into_calls().unwrap()[0].id.starts_with("call_"));
+        assert!(CallsSoFar::default().into_calls().is_none());
+    }
+
+    #[test]
+    fn token_events_become_chunks_with_tool_calls_and_logprobs() {
+        let c = Chunks {
+            kind: Kind::Chat,
+            id: "chatcmpl-1".into(),
+            model: "tiny".into(),
+            created: 7,
+        };
+        let ev =
+            |t: &str, calls: Option<Vec<ToolCallDelta>>, l: Option<Vec<TokenLogprob>>| TokenEvent {
+                t: t.into(),
+                i: 0,
+                logprobs: l,
+                tool_calls: calls,
+            };
+        let mut off = 0;
+        assert!(c.token(ev("", None, None), &mut off).is_none());
+        let call = ToolCallDelta {
+            index: 0,
+            id: Some("c1".into()),
+            kind: Some("function".into()),
+            function: api_types::FunctionCallDelta {
+                name: Some("f".into()),
+                arguments: Some("{".into()),
+            },
+        };
+        let d = |e: Event| format!("{e:?}");
+        let with_call = d(c.token(ev("", Some(vec![call]), None), &mut off).unwrap());
+        assert!(
+            with_call.contains(r#"{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\"}}]}"#),
+            "{with_call}"
+        );
+        let with_lp = d(c
+            .token(ev("a", None, Some(vec![lp("a", -0.5, &[])])), &mut off)
+            .unwrap());
+        assert!(
+            with_lp.contains(r#"\"logprobs\":{\"content\":[{\"token\":\"a\",\"logprob\":-0.5,\"bytes\":[97],\"top_logprobs\":[]}],\"refusal\":null}"#),
+            "{with_lp}"
+        );
+        let text = Chunks {
+            kind: Kind::Completion,
+            ..c
+        };
+        let t = d(text
+            .token(ev("a", None, Some(vec![lp("a", -0.5, &[])])), &mut off)
+            .unwrap());
+        assert!(
+            t.contains(r#"\"text_offset\":[0]"#) && t.contains(r#"\"text\":\"a\""#),
+            "{t}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_drained_and_refused() {
+        let h = HeaderMap::new();
+        let ok = read_body(&h, Body::from(vec![b'x'; 100]), 100)
+            .await
+            .unwrap();
+        assert_eq!(ok.len(), 100);
+        let e = read_body(&h, Body::from(vec![b'x'; 101]), 100)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!e.close, "read to its end: the connection stays usable");
+        let r = e.into_response();
+        let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["code"], "payload_too_large");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let mut big = HeaderMap::new();
+        big.insert("content-length", HeaderValue::from_static("999999999999"));
+        let e = read_body(&big, Body::empty(), 100).await.unwrap_err();
+        assert!(e.close, "too big to drain: answer and close");
+        let r = refuse(OaiError::method_not_allowed(), Body::from("ignored")).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(r.headers().get("connection").is_none());
     }
 
     #[test]

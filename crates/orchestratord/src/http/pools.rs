@@ -353,7 +353,10 @@ mod tests {
         o.waiting = None;
         let wire = serde_json::to_string(&on_demand_info(o.clone())).unwrap();
         assert_eq!(wire, legacy(&o));
-        assert!(!wire.contains("waiting") && !wire.contains("idle_ms"), "{wire}");
+        assert!(
+            !wire.contains("waiting") && !wire.contains("idle_ms"),
+            "{wire}"
+        );
     }
 
     #[test]

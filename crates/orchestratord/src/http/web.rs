@@ -8,7 +8,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use api_types::{
-    GpuStatus, PoolStatus, Priority, QueueDepths, ReplicaSummary, StatusSnapshot, TaskState,
+    GpuPoolUse, GpuStatus, PoolStatus, QueueDepths, ReplicaSummary, StatusSnapshot, TaskState,
+    WaitingTask,
 };
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -84,19 +85,117 @@ pub struct StatusQuery {
     pub recent: Option<usize>,
 }
 
-/// Builds a snapshot of the whole daemon.
-pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
-    // Queue depth per pool and priority, and running tasks, from the task registry.
-    let mut per_pool: HashMap<String, QueueDepths> = HashMap::new();
-    for t in state.tasks.active() {
-        let q = per_pool.entry(t.pool_id.clone()).or_default();
-        match (t.state(), t.priority()) {
-            (TaskState::Queued, Priority::Interactive) => q.interactive += 1,
-            (TaskState::Queued, Priority::Batch) => q.batch += 1,
-            (TaskState::Running, _) => q.running += 1,
-            _ => {}
+/// Waiting tasks a snapshot lists at most.
+pub const MAX_WAITING: usize = 100;
+
+/// What each pool's replicas hold per GPU index: the engine process's memory where NVML lists
+/// its pid on the card, else placement's reservation for the replica there. `gpus`: each GPU's
+/// index and the `(pid, bytes)` of the processes NVML lists on it.
+fn vram_by_pool(
+    state: &AppState,
+    gpus: &[(u32, Vec<(u32, u64)>)],
+) -> HashMap<u32, Vec<GpuPoolUse>> {
+    let pools = state.pools.pools();
+    // Replica id -> (pool id, engine pid), for the serving replicas.
+    let mut replicas: HashMap<String, (String, Option<u32>)> = HashMap::new();
+    for p in pools {
+        for r in p.replicas() {
+            replicas.insert(r.status.id.clone(), (p.id().to_owned(), r.status.pid));
         }
     }
+    // A replica not serving (a reload's incoming or retiring one) is `<pool>-…`.
+    let pool_of = |replica: &str| -> Option<String> {
+        if let Some((pool, _)) = replicas.get(replica) {
+            return Some(pool.clone());
+        }
+        pools
+            .iter()
+            .map(|p| p.id())
+            .filter(|id| {
+                replica.len() > id.len()
+                    && replica.starts_with(id)
+                    && replica.as_bytes().get(id.len()) == Some(&b'-')
+            })
+            .max_by_key(|id| id.len())
+            .map(str::to_owned)
+    };
+    let mut out: HashMap<u32, Vec<GpuPoolUse>> = HashMap::new();
+    for (index, processes) in gpus {
+        let uses = out.entry(*index).or_default();
+        for (replica, (pool, pid)) in &replicas {
+            let Some((_, bytes)) = pid.and_then(|pid| processes.iter().find(|(p, _)| *p == pid))
+            else {
+                continue;
+            };
+            uses.push(GpuPoolUse {
+                pool_id: pool.clone(),
+                replica_id: replica.clone(),
+                vram_bytes: *bytes,
+                source: "measured".into(),
+            });
+        }
+    }
+    for (replica, index, bytes) in state.pools.vram_reservations() {
+        let Some(uses) = out.get_mut(&index) else {
+            continue;
+        };
+        if uses.iter().any(|u| u.replica_id == replica) {
+            continue;
+        }
+        let Some(pool) = pool_of(&replica) else {
+            continue;
+        };
+        uses.push(GpuPoolUse {
+            pool_id: pool,
+            replica_id: replica,
+            vram_bytes: bytes,
+            source: "reserved".into(),
+        });
+    }
+    for uses in out.values_mut() {
+        uses.sort_by(|a, b| {
+            b.vram_bytes
+                .cmp(&a.vram_bytes)
+                .then_with(|| a.replica_id.cmp(&b.replica_id))
+        });
+    }
+    out
+}
+
+/// Every waiting task, the soonest predicted start first (unknown predictions last, by queue
+/// position), at most [`MAX_WAITING`].
+fn waiting(state: &AppState) -> Vec<WaitingTask> {
+    let mut w: Vec<WaitingTask> = state
+        .tasks
+        .active()
+        .iter()
+        .map(|t| t.status())
+        .filter(|t| t.state == TaskState::Queued)
+        .map(|t| WaitingTask {
+            task_id: t.task_id,
+            pool_id: t.pool_id,
+            priority: t.priority,
+            queue_position: t.queue_position,
+            predicted_start_ms: t.predicted_start_ms,
+            submitted_ms: t.submitted_ms,
+        })
+        .collect();
+    w.sort_by_key(|t| {
+        (
+            t.predicted_start_ms.unwrap_or(u64::MAX),
+            t.queue_position.unwrap_or(usize::MAX),
+            t.submitted_ms,
+        )
+    });
+    w.truncate(MAX_WAITING);
+    w
+}
+
+/// Builds a snapshot of the whole daemon (without `history`: the handlers add the part of it
+/// their reader has not seen).
+pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
+    // Queue depth per pool and priority, and running tasks, from the task registry.
+    let per_pool = crate::status_history::queue_by_pool(&state.tasks);
     let mut total = QueueDepths::default();
     let pools: Vec<PoolStatus> = state
         .pools
@@ -143,11 +242,19 @@ pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
             }
         })
         .collect();
-    let gpus = state
-        .pools
-        .gpus()
+    let devices = state.pools.gpus();
+    let processes: Vec<(u32, Vec<(u32, u64)>)> = devices
+        .iter()
+        .map(|d| {
+            let p = d.processes.iter().map(|p| (p.pid, p.used_bytes)).collect();
+            (d.index, p)
+        })
+        .collect();
+    let mut by_pool = vram_by_pool(state, &processes);
+    let gpus = devices
         .into_iter()
         .map(|g| GpuStatus {
+            pools: by_pool.remove(&g.index).unwrap_or_default(),
             index: g.index,
             name: g.name,
             uuid: g.uuid,
@@ -171,6 +278,8 @@ pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
             .iter()
             .map(|t| t.status())
             .collect(),
+        waiting: waiting(state),
+        history: Vec::new(),
     }
 }
 
@@ -184,15 +293,19 @@ pub async fn status(
 ) -> Result<Json<StatusSnapshot>, ServiceError> {
     let Query(q) = q.map_err(bad_query)?;
     let recent = recent_of(&q)?;
-    tokio::task::spawn_blocking(move || snapshot(&state, recent))
-        .await
-        .map(Json)
-        .map_err(|e| {
-            ServiceError::new(
-                api_types::ErrorCode::Internal,
-                format!("status snapshot failed: {e}"),
-            )
-        })
+    tokio::task::spawn_blocking(move || {
+        let mut snap = snapshot(&state, recent);
+        snap.history = state.history.since(0).0;
+        snap
+    })
+    .await
+    .map(Json)
+    .map_err(|e| {
+        ServiceError::new(
+            api_types::ErrorCode::Internal,
+            format!("status snapshot failed: {e}"),
+        )
+    })
 }
 
 /// The same snapshot as `GET /v1/status`, as one SSE `status` event per second.
@@ -206,20 +319,30 @@ pub async fn status_stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServiceError> {
     let Query(q) = q.map_err(bad_query)?;
     let recent = recent_of(&q)?;
-    let s = futures::stream::unfold((state, true), move |(state, first)| async move {
-        if !first {
-            tokio::time::sleep(STATUS_EVERY).await;
-        }
-        let st = state.clone();
-        let snap = tokio::task::spawn_blocking(move || snapshot(&st, recent))
+    // `seen`: the newest history sample this stream sent (0: none, so the first event carries
+    // all of it).
+    let s = futures::stream::unfold(
+        (state, true, 0u64),
+        move |(state, first, seen)| async move {
+            if !first {
+                tokio::time::sleep(STATUS_EVERY).await;
+            }
+            let st = state.clone();
+            let (snap, seen) = tokio::task::spawn_blocking(move || {
+                let mut snap = snapshot(&st, recent);
+                let (history, newest) = st.history.since(seen);
+                snap.history = history;
+                (snap, newest)
+            })
             .await
             .ok()?;
-        let data = serde_json::to_string(&snap).unwrap_or_else(|_| "{}".into());
-        Some((
-            Ok(Event::default().event("status").data(data)),
-            (state, false),
-        ))
-    });
+            let data = serde_json::to_string(&snap).unwrap_or_else(|_| "{}".into());
+            Some((
+                Ok(Event::default().event("status").data(data)),
+                (state, false, seen),
+            ))
+        },
+    );
     Ok(Sse::new(s).keep_alive(KeepAlive::default()))
 }
 

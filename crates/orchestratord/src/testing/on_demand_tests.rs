@@ -81,7 +81,10 @@ async fn an_unloaded_pool_admits_tasks_loads_once_and_serves_them_all() {
     let app = TestApp::start(&yaml(ONE_CARD, &[f.pool("a", "engine", &[])])).await;
     // Healthy with nothing loaded; the pool shows unloaded with its expected load time.
     let h = app.get("/health").await.body;
-    assert_eq!((h["status"].clone(), h["pools_ready"].clone()), (json!("ok"), json!(1)));
+    assert_eq!(
+        (h["status"].clone(), h["pools_ready"].clone()),
+        (json!("ok"), json!(1))
+    );
     let p = app.get("/v1/pools/a/health").await.body;
     assert_eq!(p["replicas"][0]["state"], "unloaded", "{p}");
     assert_eq!(p["live"], false);
@@ -98,7 +101,8 @@ async fn an_unloaded_pool_admits_tasks_loads_once_and_serves_them_all() {
         let note = &r.body["pool_load"];
         assert!(note.is_object(), "the 202 says the pool loads: {}", r.text);
         assert!(
-            r.body["predicted_start_ms"].as_u64().unwrap_or(0) >= note["expected_load_ms"].as_u64().unwrap_or(u64::MAX),
+            r.body["predicted_start_ms"].as_u64().unwrap_or(0)
+                >= note["expected_load_ms"].as_u64().unwrap_or(u64::MAX),
             "the prediction includes the load: {}",
             r.text
         );
@@ -107,8 +111,19 @@ async fn an_unloaded_pool_admits_tasks_loads_once_and_serves_them_all() {
         assert_eq!(app.last_event(id).await.event, "end", "{id}");
     }
     let m = app.get("/metrics").await.text;
-    assert_eq!(metric(&m, "model_loads_total", &["pool_id=\"a\"", "reason=\"demand\""]), 1.0, "{m}");
-    assert!(m.contains("model_load_seconds_count{pool_id=\"a\"} 1"), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "model_loads_total",
+            &["pool_id=\"a\"", "reason=\"demand\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("model_load_seconds_count{pool_id=\"a\"} 1"),
+        "{m}"
+    );
     let p = app.get("/v1/pools/a/health").await.body;
     assert_eq!(p["on_demand"]["state"], "loaded");
     assert_eq!(p["replicas"][0]["device"], "gpu0");
@@ -126,7 +141,10 @@ async fn a_busy_pool_is_not_evicted_the_waiting_task_says_why_then_the_idle_one_
     let f = Files::new();
     let a = FakeEngine::held();
     let app = TestApp::start_with(
-        &yaml(ONE_CARD, &[f.pool("a", "engine", &[]), f.pool("b", "engine", &[])]),
+        &yaml(
+            ONE_CARD,
+            &[f.pool("a", "engine", &[]), f.pool("b", "engine", &[])],
+        ),
         Options {
             engines: vec![("a", a.clone())],
             ..Options::default()
@@ -137,8 +155,14 @@ async fn a_busy_pool_is_not_evicted_the_waiting_task_says_why_then_the_idle_one_
     a.wait_active(1).await;
     // b needs the only card, which a holds with a running task.
     let r = app.admit(task_for("b1", "b")).await;
-    let why = r["pool_load"]["waiting_for"].as_str().unwrap_or("").to_owned();
-    assert!(why.contains("waits for VRAM") && why.contains("1 running"), "{r}");
+    let why = r["pool_load"]["waiting_for"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        why.contains("waits for VRAM") && why.contains("1 running"),
+        "{r}"
+    );
     let mut s = app.open_stream("/v1/tasks/b1/stream").await;
     // The frames follow the reason as it changes: about to load, then waiting for VRAM.
     let frame = loop {
@@ -148,9 +172,21 @@ async fn a_busy_pool_is_not_evicted_the_waiting_task_says_why_then_the_idle_one_
             break ev.json();
         }
     };
-    assert!(frame["waiting_for"].as_str().unwrap_or("").contains("a (769 MiB, 1 running)"), "{frame}");
+    assert!(
+        frame["waiting_for"]
+            .as_str()
+            .unwrap_or("")
+            .contains("a (769 MiB, 1 running)"),
+        "{frame}"
+    );
     let h = app.get("/v1/pools/b/health").await.body;
-    assert!(h["on_demand"]["waiting"].as_str().unwrap_or("").contains("1 running"), "{h}");
+    assert!(
+        h["on_demand"]["waiting"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1 running"),
+        "{h}"
+    );
     assert_eq!(load_state(&app, "a").await, "loaded", "a busy pool stays");
     // a's task ends: a is idle, b evicts it and runs.
     a.open();
@@ -158,7 +194,15 @@ async fn a_busy_pool_is_not_evicted_the_waiting_task_says_why_then_the_idle_one_
     assert_eq!(app.last_event("b1").await.event, "end");
     assert_eq!(load_state(&app, "a").await, "unloaded");
     let m = app.get("/metrics").await.text;
-    assert_eq!(metric(&m, "model_evictions_total", &["pool_id=\"a\"", "reason=\"make_room\""]), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "model_evictions_total",
+            &["pool_id=\"a\"", "reason=\"make_room\""]
+        ),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -166,7 +210,10 @@ async fn load_and_unload_over_http_and_a_busy_pool_is_409_unless_forced() {
     let f = Files::new();
     let a = FakeEngine::held();
     let app = TestApp::start_with(
-        &yaml(ONE_CARD, &[f.pool("a", "engine", &[]), pool("always", 1, &[])]),
+        &yaml(
+            ONE_CARD,
+            &[f.pool("a", "engine", &[]), pool("always", 1, &[])],
+        ),
         Options {
             engines: vec![("a", a.clone())],
             ..Options::default()
@@ -175,7 +222,10 @@ async fn load_and_unload_over_http_and_a_busy_pool_is_409_unless_forced() {
     .await;
     let r = app.post("/v1/pools/a/load", json!({})).await;
     r.expect_status(200);
-    assert_eq!((r.body["state"].clone(), r.body["changed"].clone()), (json!("loaded"), json!(true)));
+    assert_eq!(
+        (r.body["state"].clone(), r.body["changed"].clone()),
+        (json!("loaded"), json!(true))
+    );
     assert_eq!(r.body["devices"], json!(["gpu0"]));
     let again = app.post("/v1/pools/a/load", json!({})).await;
     assert_eq!(again.body["changed"], false, "{}", again.text);
@@ -194,19 +244,37 @@ async fn load_and_unload_over_http_and_a_busy_pool_is_409_unless_forced() {
     assert_eq!(load_state(&app, "a").await, "loaded");
     assert_eq!(app.status("a1").await["state"], "running");
     // force: the task ends with CANCELED, then the engine stops.
-    let r = app.post("/v1/pools/a/unload", json!({ "force": true })).await;
+    let r = app
+        .post("/v1/pools/a/unload", json!({ "force": true }))
+        .await;
     r.expect_status(200);
-    assert_eq!((r.body["state"].clone(), r.body["canceled"].clone()), (json!("unloaded"), json!(1)));
+    assert_eq!(
+        (r.body["state"].clone(), r.body["canceled"].clone()),
+        (json!("unloaded"), json!(1))
+    );
     let end = app.last_event("a1").await;
-    assert_eq!((end.event.as_str(), end.json()["code"].clone()), ("error", json!("CANCELED")));
+    assert_eq!(
+        (end.event.as_str(), end.json()["code"].clone()),
+        ("error", json!("CANCELED"))
+    );
     let h = app.get("/v1/pools/a/health").await.body;
     assert_eq!(h["replicas"][0]["state"], "unloaded", "{h}");
     // An empty body is the defaults; unloading an unloaded pool changes nothing.
-    let r = app.send(app.request(Method::POST, "/v1/pools/a/unload", None)).await;
+    let r = app
+        .send(app.request(Method::POST, "/v1/pools/a/unload", None))
+        .await;
     r.expect_status(200);
     assert_eq!(r.body["changed"], false);
     let m = app.get("/metrics").await.text;
-    assert_eq!(metric(&m, "model_evictions_total", &["pool_id=\"a\"", "reason=\"request\""]), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "model_evictions_total",
+            &["pool_id=\"a\"", "reason=\"request\""]
+        ),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -225,20 +293,41 @@ async fn a_load_that_fails_ends_the_waiting_tasks_with_the_engines_output_and_sp
     assert_eq!(e["code"], "ENGINE_ERROR", "{e}");
     assert_eq!(e["retriable"], false, "{e}");
     let msg = e["message"].as_str().unwrap_or("");
-    assert!(msg.contains("m.gguf") && msg.contains("tensor data is not within the file bounds"), "{msg}");
+    assert!(
+        msg.contains("m.gguf") && msg.contains("tensor data is not within the file bounds"),
+        "{msg}"
+    );
     let h = app.get("/v1/pools/bad/health").await.body;
     assert_eq!(h["on_demand"]["state"], "failed", "{h}");
     assert_eq!(h["replicas"][0]["state"], "failed");
-    assert!(h["last_error"].as_str().unwrap_or("").contains("tried twice"), "{h}");
-    assert_eq!(app.last_event("g1").await.event, "end", "other pools are untouched");
+    assert!(
+        h["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tried twice"),
+        "{h}"
+    );
+    assert_eq!(
+        app.last_event("g1").await.event,
+        "end",
+        "other pools are untouched"
+    );
     // A missing model fails at once, naming the file.
     let f2 = Files::new();
-    let gone = f2.pool("gone", "engine", &[]).replace(&f2.path("m.gguf"), "/nonexistent/x.gguf");
+    let gone = f2
+        .pool("gone", "engine", &[])
+        .replace(&f2.path("m.gguf"), "/nonexistent/x.gguf");
     let app = TestApp::start(&yaml(ONE_CARD, &[gone])).await;
     app.admit(task_for("x1", "gone")).await;
     let e = app.last_event("x1").await.json();
     assert_eq!(e["code"], "ENGINE_ERROR", "{e}");
-    assert!(e["message"].as_str().unwrap_or("").contains("/nonexistent/x.gguf"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/nonexistent/x.gguf"),
+        "{e}"
+    );
     let r = app.post("/v1/pools/gone/load", json!({})).await;
     r.expect_error(502, "ENGINE_ERROR", "/nonexistent/x.gguf");
 }
@@ -248,7 +337,10 @@ async fn a_task_whose_deadline_passes_while_it_waits_for_vram_ends_with_deadline
     let f = Files::new();
     let a = FakeEngine::held();
     let app = TestApp::start_with(
-        &yaml(ONE_CARD, &[f.pool("a", "engine", &[]), f.pool("b", "engine", &[])]),
+        &yaml(
+            ONE_CARD,
+            &[f.pool("a", "engine", &[]), f.pool("b", "engine", &[])],
+        ),
         Options {
             engines: vec![("a", a.clone())],
             ..Options::default()
@@ -257,10 +349,17 @@ async fn a_task_whose_deadline_passes_while_it_waits_for_vram_ends_with_deadline
     .await;
     app.admit(task_for("a1", "a")).await;
     a.wait_active(1).await;
-    app.admit(with(task_for("b1", "b"), json!({ "deadline_ms": 50 }))).await;
+    app.admit(with(task_for("b1", "b"), json!({ "deadline_ms": 50 })))
+        .await;
     let e = app.last_event("b1").await.json();
     assert_eq!(e["code"], "DEADLINE_UNMET", "{e}");
-    assert!(e["message"].as_str().unwrap_or("").contains("waits for VRAM"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("waits for VRAM"),
+        "{e}"
+    );
     assert_eq!(load_state(&app, "a").await, "loaded");
     a.open();
     assert_eq!(app.last_event("a1").await.event, "end");

@@ -9,6 +9,14 @@ let token = sessionStorage.getItem(TOKEN_KEY) || "";
 let abort = null;
 let retryTimer = null;
 const canceling = new Set();
+// The charted history (StatusSample, oldest first): the first event of a stream carries it
+// all, each later one the samples taken since.
+const HISTORY_KEEP = 300;
+const CHART_SPAN_MS = 10 * 60 * 1000;
+let history = [];
+let freshStream = true;
+const PALETTE = ["#2f6fde", "#1f9d55", "#c98a00", "#8e44ad", "#d64545", "#16a2b8", "#6b7385", "#e8590c"];
+const SVG_NS = "http://www.w3.org/2000/svg";
 
 function esc(s) {
   return String(s == null ? "" : s).replace(/[&<>"']/g, (c) =>
@@ -52,18 +60,202 @@ function bar(pct, label) {
   return '<span class="bar"><span style="width:' + p.toFixed(1) + '%"></span></span><span class="bar-label">' + esc(label) + "</span>";
 }
 
+function fmtBytes(b) {
+  if (b >= 1073741824) return gib(b) + " GiB";
+  return Math.round(b / 1048576) + " MiB";
+}
+
+function fmtDuration(ms) {
+  const s = ms / 1000;
+  if (s < 1) return "<1 s";
+  if (s < 90) return Math.round(s) + " s";
+  if (s < 5400) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+function fmtRate(v) {
+  return v >= 100 ? Math.round(v).toString() : v.toFixed(1);
+}
+
+// Colour of a pool: by its place in the configuration, the same in every chart and bar.
+function poolColors(pools) {
+  const c = {};
+  pools.forEach((p, i) => { c[p.id] = PALETTE[i % PALETTE.length]; });
+  return c;
+}
+
+function svgEl(name, attrs, text) {
+  const el = document.createElementNS(SVG_NS, name);
+  for (const k in attrs) el.setAttribute(k, attrs[k]);
+  if (text != null) el.textContent = text;
+  return el;
+}
+
+// A y-axis top at or above `v`: 1, 2 or 5 times a power of ten.
+function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+// A small line chart: `series` [{name, color, dash, fill, points: [[time_ms, value]]}] over
+// [t0, t1]. Sets data-points (points drawn), data-series and data-max (the largest value) on
+// the <svg>, for tests.
+function lineChart(svg, series, t0, t1, opts) {
+  const W = Math.max(240, Math.round(svg.getBoundingClientRect().width || 560));
+  const H = 150;
+  const m = { l: 38, r: 10, t: 10, b: 20 };
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+  svg.setAttribute("height", H);
+  svg.replaceChildren();
+  const iw = W - m.l - m.r;
+  const ih = H - m.t - m.b;
+  let max = 0;
+  let drawn = 0;
+  for (const s of series) for (const p of s.points) if (p[1] > max) max = p[1];
+  const top = opts.integer ? Math.max(2, niceMax(max)) : niceMax(max);
+  const span = Math.max(1, t1 - t0);
+  const x = (t) => m.l + ((t - t0) / span) * iw;
+  const y = (v) => m.t + ih - (v / top) * ih;
+  for (const f of [0, 0.5, 1]) {
+    const v = top * f;
+    svg.appendChild(svgEl("line", { x1: m.l, x2: W - m.r, y1: y(v), y2: y(v), class: "grid" }));
+    svg.appendChild(svgEl("text", { x: m.l - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" },
+      opts.integer || top >= 10 ? Math.round(v).toString() : v.toFixed(1)));
+  }
+  svg.appendChild(svgEl("text", { x: m.l, y: H - 4, class: "tick" }, fmtDuration(t1 - t0) + " ago"));
+  svg.appendChild(svgEl("text", { x: W - m.r, y: H - 4, class: "tick", "text-anchor": "end" }, "now"));
+  for (const s of series) {
+    const pts = s.points.filter((p) => p[0] >= t0 && p[0] <= t1);
+    if (pts.length === 0) continue;
+    drawn += pts.length;
+    const line = pts.map((p) => x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1)).join(" ");
+    if (s.fill && pts.length > 1) {
+      const area = x(pts[0][0]).toFixed(1) + "," + y(0) + " " + line + " " + x(pts[pts.length - 1][0]).toFixed(1) + "," + y(0);
+      svg.appendChild(svgEl("polygon", { points: area, fill: s.color, class: "area" }));
+    }
+    const attrs = { points: line, stroke: s.color, class: "line", "data-series": s.name };
+    if (s.dash) attrs["stroke-dasharray"] = "4 3";
+    svg.appendChild(svgEl("polyline", attrs));
+    const last = pts[pts.length - 1];
+    svg.appendChild(svgEl("circle", { cx: x(last[0]).toFixed(1), cy: y(last[1]).toFixed(1), r: 2.5, fill: s.color }));
+  }
+  if (drawn === 0) {
+    svg.appendChild(svgEl("text", { x: m.l + iw / 2, y: m.t + ih / 2, class: "empty", "text-anchor": "middle" }, "collecting samples…"));
+  }
+  svg.dataset.points = drawn;
+  svg.dataset.series = series.length;
+  svg.dataset.max = max;
+}
+
+function legend(el, items) {
+  el.innerHTML = items.map((i) =>
+    '<span class="key"><span class="swatch' + (i.dash ? " dash" : "") + '" style="background:' + esc(i.color) + '"></span>' +
+    esc(i.name) + ' <b>' + esc(i.value) + "</b></span>").join("");
+}
+
+function renderCharts(s, colors) {
+  const h = history;
+  const t1 = h.length ? Math.max(h[h.length - 1].time_ms, s.time_ms - 2000) : s.time_ms;
+  const t0 = h.length ? Math.max(t1 - CHART_SPAN_MS, Math.min(h[0].time_ms, t1 - 30000)) : t1 - 30000;
+  const span = "· last " + fmtDuration(t1 - t0);
+  $("tok-span").textContent = span;
+  $("queue-span").textContent = span;
+  const last = h.length ? h[h.length - 1] : null;
+  const tokSeries = s.pools.map((p) => ({
+    name: p.id, color: colors[p.id], fill: s.pools.length === 1,
+    points: h.map((x) => {
+      const ps = x.pools.find((q) => q.pool_id === p.id);
+      return [x.time_ms, ps ? ps.tokens_per_s : 0];
+    }),
+  }));
+  lineChart($("chart-tokens"), tokSeries, t0, t1, {});
+  legend($("legend-tokens"), tokSeries.map((x) => ({
+    name: x.name, color: x.color, value: fmtRate(x.points.length ? x.points[x.points.length - 1][1] : 0) + " tok/s",
+  })));
+  $("tok-rate").textContent = fmtRate(last ? last.tokens_per_s : 0);
+  const qSeries = [
+    { name: "interactive waiting", color: "#2f6fde", fill: true, points: h.map((x) => [x.time_ms, x.queue.interactive]) },
+    { name: "batch waiting", color: "#c98a00", fill: true, points: h.map((x) => [x.time_ms, x.queue.batch]) },
+    { name: "running", color: "#1f9d55", dash: true, points: h.map((x) => [x.time_ms, x.queue.running]) },
+  ];
+  lineChart($("chart-queue"), qSeries, t0, t1, { integer: true });
+  $("chart-tokens").dataset.historyMs = h.length ? h[h.length - 1].time_ms - h[0].time_ms : 0;
+  legend($("legend-queue"), [
+    { name: "interactive waiting", color: "#2f6fde", value: s.queue.interactive },
+    { name: "batch waiting", color: "#c98a00", value: s.queue.batch },
+    { name: "running", color: "#1f9d55", dash: true, value: s.queue.running },
+  ]);
+}
+
+// VRAM of one card as a stacked bar: one segment per pool replica (measured or reserved),
+// then what else is in use.
+function vramBar(g, colors) {
+  const total = g.vram_total_bytes || 0;
+  const uses = g.pools || [];
+  const byPools = uses.reduce((a, u) => a + u.vram_bytes, 0);
+  const measured = uses.filter((u) => u.source === "measured").reduce((a, u) => a + u.vram_bytes, 0);
+  const other = Math.max(0, g.vram_used_bytes - measured);
+  const used = Math.max(g.vram_used_bytes, byPools + other);
+  const pct = (b) => (total ? Math.min(100, (100 * b) / total) : 0).toFixed(2) + "%";
+  let segs = uses.map((u) =>
+    '<span class="seg' + (u.source === "reserved" ? " reserved" : "") + '" data-pool="' + esc(u.pool_id) +
+    '" style="width:' + pct(u.vram_bytes) + ";background:" + esc(colors[u.pool_id] || "#8a93a6") +
+    '" title="' + esc(u.replica_id) + ": " + esc(fmtBytes(u.vram_bytes)) + " (" + esc(u.source) + ')"></span>').join("");
+  if (other > 0) segs += '<span class="seg other" style="width:' + pct(other) + '" title="other processes: ' + esc(fmtBytes(other)) + '"></span>';
+  const keys = uses.map((u) =>
+    '<span class="key"><span class="swatch" style="background:' + esc(colors[u.pool_id] || "#8a93a6") + '"></span>' +
+    esc(u.pool_id) + " " + esc(fmtBytes(u.vram_bytes)) + (u.source === "reserved" ? ' <span class="muted">reserved</span>' : "") + "</span>");
+  if (other > 0) keys.push('<span class="key"><span class="swatch other"></span>other ' + esc(fmtBytes(other)) + "</span>");
+  if (!keys.length) keys.push('<span class="muted">free</span>');
+  return '<div class="vram"><span class="stack">' + segs + '</span><span class="bar-label">' +
+    esc(gib(used) + " / " + gib(total) + " GiB") + '</span></div><div class="legend small">' + keys.join("") + "</div>";
+}
+
+function renderWaiting(s) {
+  const w = s.waiting || [];
+  const maxStart = w.reduce((a, t) => Math.max(a, t.predicted_start_ms || 0), 0);
+  $("waiting").querySelector("tbody").innerHTML = w.map((t) => {
+    const p = t.predicted_start_ms;
+    const when = p == null ? '<span class="muted">unknown</span>'
+      : (p < 1000 ? "next" : "in ~" + fmtDuration(p)) +
+        ' <span class="muted">(' + esc(new Date(s.time_ms + p).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" })) + ")</span>";
+    const width = p == null || maxStart === 0 ? 0 : Math.max(2, (100 * p) / maxStart);
+    return '<tr data-waiting-id="' + esc(t.task_id) + '"><td class="id" title="' + esc(t.task_id) + '">' + esc(t.task_id) +
+      "</td><td>" + esc(t.pool_id) + "</td><td>" + esc(t.priority) + "</td><td>" +
+      (t.queue_position == null ? "-" : esc(t.queue_position)) + '</td><td class="eta"><span class="eta-bar"><span style="width:' +
+      width.toFixed(1) + '%"></span></span> ' + when + "</td><td>" + esc(fmtDuration(Math.max(0, s.time_ms - t.submitted_ms))) + "</td></tr>";
+  }).join("");
+  $("waiting").hidden = w.length === 0;
+  $("no-waiting").hidden = w.length !== 0;
+}
+
+function absorbHistory(s) {
+  const h = s.history || [];
+  if (freshStream) {
+    history = h.slice();
+    freshStream = false;
+  } else {
+    const newest = history.length ? history[history.length - 1].time_ms : -1;
+    for (const x of h) if (x.time_ms > newest) history.push(x);
+  }
+  if (history.length > HISTORY_KEEP) history = history.slice(history.length - HISTORY_KEEP);
+}
+
 function render(s) {
+  absorbHistory(s);
+  const colors = poolColors(s.pools);
   $("meta").textContent = "orchestratord " + s.daemon_version + " · " + s.gpu_mode + (s.shutting_down ? " · shutting down" : "");
   $("q-interactive").textContent = s.queue.interactive;
   $("q-batch").textContent = s.queue.batch;
   $("q-running").textContent = s.queue.running;
 
   $("gpus").querySelector("tbody").innerHTML = s.gpus.map((g) => {
-    const used = g.vram_total_bytes ? (100 * g.vram_used_bytes) / g.vram_total_bytes : 0;
     const util = g.utilization_pct == null ? null : g.utilization_pct;
-    return "<tr><td>gpu" + esc(g.index) + "</td><td>" + esc(g.name) + "</td><td>" +
+    return '<tr data-gpu="' + esc(g.index) + '"><td>gpu' + esc(g.index) + "</td><td>" + esc(g.name) + "</td><td>" +
       (util == null ? '<span class="muted">n/a</span>' : bar(util, util + "%")) + "</td><td>" +
-      bar(used, gib(g.vram_used_bytes) + " / " + gib(g.vram_total_bytes) + " GiB") + "</td></tr>";
+      vramBar(g, colors) + "</td></tr>";
   }).join("");
   $("gpus").hidden = s.gpus.length === 0;
   $("no-gpus").hidden = s.gpus.length !== 0;
@@ -75,7 +267,7 @@ function render(s) {
     const reps = p.replicas.map((r) =>
       '<span class="replica" title="' + esc(r.endpoint || "") + (r.last_error ? " — " + esc(r.last_error) : "") + '">' +
       esc(r.id) + " " + badge(r.state) + ' <span class="muted">' + esc(r.device) + "</span></span>").join("");
-    return '<tr data-pool-id="' + esc(p.id) + '"><td class="id">' + esc(p.id) + "</td><td>" + esc(p.engine) +
+    return '<tr data-pool-id="' + esc(p.id) + '"><td class="id"><span class="swatch" style="background:' + esc(colors[p.id]) + '"></span>' + esc(p.id) + "</td><td>" + esc(p.engine) +
       ' <span class="muted">' + esc(p.engine_version) + "</span></td><td>" + badge(state) +
       (p.last_error ? ' <span class="err" title="' + esc(p.last_error) + '">!</span>' : "") + "</td><td>" +
       esc(p.queue.interactive) + " / " + esc(p.queue.batch) + ' <span class="muted">(' + esc(p.queue_capacity) + ")</span></td><td>" +
@@ -94,6 +286,8 @@ function render(s) {
   }).join("");
   $("tasks").hidden = s.tasks.length === 0;
   $("no-tasks").hidden = s.tasks.length !== 0;
+  renderWaiting(s);
+  renderCharts(s, colors);
   for (const id of Array.from(canceling)) {
     if (!s.tasks.some((t) => t.task_id === id && (t.state === "queued" || t.state === "running"))) canceling.delete(id);
   }
@@ -162,6 +356,7 @@ async function connect() {
   }
   $("token-form").hidden = true;
   $("main").hidden = false;
+  freshStream = true;
   $("forget").hidden = !token;
   setLive("live", true);
   const reader = resp.body.getReader();

@@ -36,6 +36,11 @@ impl LlamaServer {
     /// Starts the provisioned llama-server (fails with the provisioning command when it is
     /// missing, never skips) with `slots` slots of `ctx_per_slot` context each.
     pub fn start(slots: u32, ctx_per_slot: u32) -> Self {
+        Self::start_with(slots, ctx_per_slot, &[])
+    }
+
+    /// [`Self::start`] with extra command-line arguments.
+    pub fn start_with(slots: u32, ctx_per_slot: u32, extra: &[&str]) -> Self {
         let e = orch_harness::engine();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("llama-server.log");
@@ -47,6 +52,7 @@ impl LlamaServer {
             .args(["-np", &slots.to_string()])
             .args(["-c", &(ctx_per_slot * slots).to_string()])
             .args(["-t", "1"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
