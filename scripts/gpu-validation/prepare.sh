@@ -8,11 +8,15 @@ cd "$(dirname "$0")/../.."
 eval "$(cargo xtask provision-engine)"
 cache="${LLORCH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-orch}"
 cargo build --release -p orchestratord -p gpu-inventory --example gpu_probe
+# `bench overhead` (run-overhead.sh): the bench itself, the engine double and the load generator.
+cargo build --release -p xtask -p engine-double -p loadgen
 mkdir -p .gpu
 tar --exclude=llama.cpp/build --exclude=llama.cpp/models --exclude=llama.cpp/docs \
     --exclude=llama.cpp/.git --exclude=llama.cpp/media --exclude=llama.cpp/tests \
     -cJf .gpu/llama.cpp.tar.xz -C "$cache/src/llama_cpp_python-0.3.36/vendor" llama.cpp
 cp "$TEST_MODEL" .gpu/tiny-llama-g2-s42.gguf
 cp target/release/orchestratord target/release/examples/gpu_probe .gpu/
+cp target/release/xtask target/release/engine-double target/release/loadgen .gpu/
 cp scripts/gpu-validation/run.sh scripts/gpu-validation/build.sh .gpu/
+cp scripts/gpu-validation/run-overhead.sh scripts/gpu-validation/run-ondemand.sh scripts/gpu-validation/gen-model.py .gpu/
 echo "ready: .gpu/ ($(du -sh .gpu | cut -f1))"

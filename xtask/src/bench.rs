@@ -13,14 +13,10 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The command that builds what the benchmarks run.
 const BUILD_CMD: &str = "cargo build --release -p orchestratord -p engine-double -p loadgen";
@@ -330,9 +326,9 @@ async fn start_llama_server(
     dir: &Path,
     slots: usize,
     ctx: u32,
-    threads: Option<usize>,
-    ngl: u32,
+    a: &OverheadArgs,
 ) -> Result<(Proc, String)> {
+    let (threads, ngl) = (a.real_threads, a.real_ngl);
     let port = free_port()?;
     let mut cmd = Command::new(bin);
     if let Some(t) = threads {
@@ -527,22 +523,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// What loadgen prints for one phase.
-#[derive(serde::Deserialize)]
-struct LoadgenReport {
-    wall_us: u64,
-    cpu_us: Option<u64>,
-    streams: Vec<LoadgenStream>,
-    errors: Vec<String>,
-}
-
-#[derive(serde::Deserialize)]
-struct LoadgenStream {
-    busy_us: u64,
-    /// `[ttft_us, total_us, tokens, text_hash]` per request.
-    samples: Vec<(u64, u64, u64, String)>,
-}
-
 /// One phase: `total` requests, `conc` at a time (closed loop), run by the load generator (its
 /// own release-built process; see `test-harness/loadgen`). Worker `j` starts after
 /// `j × stagger`: with equally long requests, streams that all started together would stay in
@@ -605,34 +585,38 @@ async fn phase(
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let r: LoadgenReport = match serde_json::from_slice(&out.stdout) {
+    // `{wall_us, cpu_us, streams: [{busy_us, samples: [[ttft_us, total_us, tokens, hash]]}],
+    // errors}`, as test-harness/loadgen prints it.
+    let r: Value = match serde_json::from_slice(&out.stdout) {
         Ok(r) => r,
         Err(e) => return failed(format!("unreadable loadgen report: {e}")),
     };
-    let micros = Duration::from_micros;
-    let samples = r
-        .streams
+    let micros = |v: &Value| Duration::from_micros(v.as_u64().unwrap_or(0));
+    let streams = r["streams"].as_array().map_or(&[][..], Vec::as_slice);
+    let samples = streams
         .iter()
-        .flat_map(|st| &st.samples)
-        .map(|(ttft, total, tokens, text)| Sample {
-            ttft: micros(*ttft),
-            total: micros(*total),
-            tokens: *tokens,
-            text: text.clone(),
+        .flat_map(|st| st["samples"].as_array().map_or(&[][..], Vec::as_slice))
+        .map(|x| Sample {
+            ttft: micros(&x[0]),
+            total: micros(&x[1]),
+            tokens: x[2].as_u64().unwrap_or(0),
+            text: x[3].as_str().unwrap_or_default().to_owned(),
         })
+        .collect();
+    let errors = r["errors"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|e| format!("{label}: {}", e.as_str().unwrap_or_default()))
         .collect();
     Phase {
         samples,
-        errors: r
-            .errors
-            .into_iter()
-            .map(|e| format!("{label}: {e}"))
-            .collect(),
-        wall: micros(r.wall_us),
+        errors,
+        wall: micros(&r["wall_us"]),
         conc,
-        busy: r.streams.iter().map(|st| micros(st.busy_us)).sum(),
-        cpu: r.cpu_us.map(|c| Cpu {
-            client: micros(c),
+        busy: streams.iter().map(|st| micros(&st["busy_us"])).sum(),
+        cpu: r["cpu_us"].as_u64().map(|c| Cpu {
+            client: Duration::from_micros(c),
             engine: Duration::ZERO,
             daemon: Duration::ZERO,
         }),
@@ -1007,17 +991,8 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
             let slots = a.real_concurrency.iter().copied().max().unwrap_or(1);
             let ctx = 512.max(a.real_tokens + 64);
             progress(format!("llama-server: starting with {slots} slots"));
-            let (server_proc, engine) = start_llama_server(
-                &http,
-                server,
-                model,
-                &sub,
-                slots,
-                ctx,
-                a.real_threads,
-                a.real_ngl,
-            )
-            .await?;
+            let (server_proc, engine) =
+                start_llama_server(&http, server, model, &sub, slots, ctx, &a).await?;
             let (daemon_proc, daemon) =
                 start_daemon(&http, &daemon_bin, &sub, &engine, slots, ctx, &a.daemon_log).await?;
             let spec = Spec {

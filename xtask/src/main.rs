@@ -37,7 +37,7 @@ enum Cmd {
     RegenContracts,
     /// Benchmarks (not timed tests); see `cargo xtask bench --help`.
     #[command(subcommand)]
-    Bench(bench::Bench),
+    Bench(Box<bench::Bench>),
     /// The hardening harness (chaos, fuzzing, overload, soak); `--profile short|long`.
     Chaos(chaos::ChaosArgs),
     // Further commands go here, one module each.
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         Cmd::BuildEngine(args) => provision::build_engine(&args),
         Cmd::GenModel(args) => provision::gen_model(&args),
         Cmd::RegenContracts => contracts::regen(),
-        Cmd::Bench(b) => bench::run(b),
+        Cmd::Bench(b) => bench::run(*b),
         Cmd::Chaos(args) => chaos::run(&args),
     };
     // One-line error chain; anyhow's default `Debug` report would add a

@@ -24,12 +24,12 @@ pub mod tools;
 pub use capabilities::{Capabilities, PoolCapabilities};
 pub use errors::{ErrorCode, ErrorEnvelope};
 pub use events::{EndEvent, MetricsEvent, StartedEvent, StreamEvent, TokenEvent};
+pub use pull::{PullFile, PullJob, PullState};
 pub use state::{
     Artifact, ArtifactCreate, ArtifactKind, ArtifactList, ArtifactMeta, BudgetRemaining,
     BudgetSpec, CatalogList, CatalogModel, ContentEncoding, ModelState, RegisterModelRequest,
     SessionEvicted, SessionInfo, SessionSpend, SetModelStateRequest, VerifyOutcome, VerifyResponse,
 };
-pub use pull::{PullFile, PullJob, PullState};
 pub use status::{
     GpuPoolUse, GpuStatus, PoolSample, PoolStatus, QueueDepths, ReplicaSummary, StatusSample,
     StatusSnapshot, WaitingTask,

@@ -244,7 +244,7 @@ fn validate_attestation(what: &str, value: &Option<String>) -> Result<()> {
 /// The local file a model reference points to, or an error for remote references.
 fn local_path(model: &CatalogModel) -> Result<PathBuf> {
     if model.is_remote() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::Conflict(format!(
             "catalog model '{}' references the URL {}; only local paths can be verified \
              (download the file, then register or re-register it by path)",
             model.id,
@@ -253,9 +253,9 @@ fn local_path(model: &CatalogModel) -> Result<PathBuf> {
     }
     if model.reference.to_ascii_lowercase().starts_with("file://") {
         let parsed = url::Url::parse(&model.reference)
-            .map_err(|e| StoreError::Invalid(format!("bad file:// reference: {e}")))?;
+            .map_err(|e| StoreError::Conflict(format!("bad file:// reference: {e}")))?;
         return parsed.to_file_path().map_err(|()| {
-            StoreError::Invalid(format!(
+            StoreError::Conflict(format!(
                 "the file:// reference of catalog model '{}' does not name a local path",
                 model.id
             ))
@@ -384,8 +384,9 @@ impl Catalog<'_> {
     /// stored as [`CatalogModel::last_verified`].
     ///
     /// A digest mismatch gives `ok = false`. A missing digest, signature or SBOM is a warning
-    /// (also logged), not a failure. A URL reference is [`StoreError::Invalid`] (only local
-    /// files can be verified); a missing file is [`StoreError::NotFound`] naming the path.
+    /// (also logged), not a failure. A reference that names no local file (a URL, a `file://`
+    /// URL without a local path, a directory) is [`StoreError::Conflict`]: the model's state,
+    /// not the request, is at fault; a missing file is [`StoreError::NotFound`] naming the path.
     /// The database is not locked while the file is hashed.
     pub fn verify(&self, id: &str, now_ms: u64) -> Result<VerifyReport> {
         let model = self.get(id)?;
@@ -406,7 +407,7 @@ impl Catalog<'_> {
         })?;
         let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
         if is_dir {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Conflict(format!(
                 "the reference of catalog model '{id}' is a directory ({}); register the model \
                  file itself",
                 path.display()

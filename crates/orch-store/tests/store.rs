@@ -272,15 +272,15 @@ fn catalog_verify() {
     )
     .unwrap();
     let err = cat.verify("remote", T0).unwrap_err();
-    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("only local paths"), "{msg}");
     assert!(!msg.contains("hf_SECRETSECRET"), "{msg}");
 
-    // A directory is refused.
+    // A directory is refused (the model's state, not the request: a conflict).
     cat.register(model("dir", tmp.path().to_str().unwrap()), T0)
         .unwrap();
-    assert!(matches!(cat.verify("dir", T0), Err(StoreError::Invalid(_))));
+    assert!(matches!(cat.verify("dir", T0), Err(StoreError::Conflict(_))));
 }
 
 // ---------------------------------------------------------------- sessions

@@ -72,7 +72,7 @@ pub fn apply(doc: &mut Value) {
         (
             "RegisterModelRequest",
             "ref",
-            json!({"pattern": "^(/|file://|https?://[^/?#\\s]|hf:)[^\\u0000-\\u001f\\u007f-\\u009f]*$"}),
+            json!({"pattern": model_ref_pattern(false)}),
         ),
         ("ArtifactCreate", "parent", artifact_id.clone()),
         (
@@ -143,6 +143,9 @@ pub fn apply(doc: &mut Value) {
             {"properties": {"deadline_ms": {"type": "null"}}}
         ]),
     );
+    chat_messages(doc);
+    register_model(doc);
+    openai(doc);
     for (path, method, name, rule) in [
         ("/v1/tasks/{id}", "get", "id", id.clone()),
         ("/v1/tasks/{id}/stream", "get", "id", id.clone()),
@@ -175,6 +178,204 @@ pub fn apply(doc: &mut Value) {
         ),
     ] {
         merge(parameter(doc, path, method, name), rule);
+    }
+}
+
+/// A task's chat messages (`api_types::ChatMessage`, then `validate_extras`): no unknown
+/// fields; `content` unless `tool_calls` stand in for it; `tool_calls` only on an assistant
+/// message; a `tool` message names the call it answers. Tool choice: a mode is `none`, `auto`
+/// or `required` (which needs tools); tools, a choice and `parallel_tool_calls` only in chat.
+fn chat_messages(doc: &mut Value) {
+    let m = schema(doc, "ChatMessage");
+    m.insert("additionalProperties".into(), false.into());
+    m.insert(
+        "allOf".into(),
+        json!([
+            {"anyOf": [
+                {"properties": {"content": {"type": "string"}}, "required": ["content"]},
+                {"properties": {"tool_calls": {"type": "array"}}, "required": ["tool_calls"]}
+            ]},
+            message_roles(),
+        ]),
+    );
+    // `ToolChoice` is `oneOf` [mode string, named]; the mode is one of three words.
+    let modes = doc
+        .pointer_mut("/components/schemas/ToolChoice/oneOf/0")
+        .expect("openapi rule: no ToolChoice mode");
+    merge(modes, json!({"enum": ["none", "auto", "required"]}));
+    let task = schema(doc, "TaskRequest");
+    if let Some(Value::Array(all)) = task.get_mut("allOf") {
+        all.push(json!({"anyOf": [
+            {"properties": {"workload": {"enum": ["chat"]}}, "required": ["workload"]},
+            {"properties": {"tools": {"type": ["array", "null"], "maxItems": 0},
+                "tool_choice": {"type": "null"}, "parallel_tool_calls": {"type": "null"}}}
+        ]}));
+        all.push(required_needs_tools());
+    }
+}
+
+/// `tool_calls` only on an assistant message; a `tool` message has a `tool_call_id`.
+fn message_roles() -> Value {
+    json!({"allOf": [
+        {"anyOf": [
+            {"properties": {"tool_calls": {"type": "null"}}},
+            {"properties": {"role": {"enum": ["assistant"]}}}
+        ]},
+        {"anyOf": [
+            {"properties": {"role": {"not": {"enum": ["tool"]}}}},
+            {"properties": {"tool_call_id": {"type": "string", "minLength": 1}}, "required": ["tool_call_id"]}
+        ]}
+    ]})
+}
+
+/// `tool_choice: "required"` needs at least one tool.
+fn required_needs_tools() -> Value {
+    json!({"anyOf": [
+        {"properties": {"tool_choice": {"not": {"enum": ["required"]}}}},
+        {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]}
+    ]})
+}
+
+/// No control character (`char::is_control`).
+const CTL: &str = "\\u0000-\\u001f\\u007f-\\u009f";
+
+/// What `RegisterModelRequest.ref` may be (`orch_store` `validate_reference`, `url::Url`,
+/// `pull::hub::parse_ref`): an absolute path (no `:/` in it, which the store reads as a
+/// scheme), a `file:///` URL, an `http(s)://` URL with a host name, or a hub reference.
+/// `pull`: only what a pull accepts (a hub reference, or a URL whose last path segment names
+/// a file).
+fn model_ref_pattern(pull: bool) -> String {
+    let host = "(?:[A-Za-z0-9._~-]+(?::[A-Za-z0-9._~-]*)?@)?(?:[A-Za-z0-9-]+\\.)*[A-Za-z][A-Za-z0-9-]*(?::[0-9]{1,4})?";
+    let url = if pull {
+        format!("https?://{host}/(?:[^?#{CTL}]*/)?[^/?#\\\\.%\\s{CTL}][^/?#\\\\{CTL}]*(?:[?#][^{CTL}]*)?")
+    } else {
+        format!("https?://{host}(?:[/?#][^{CTL}]*)?")
+    };
+    // ORG and REPO: 1-96 of `A-Za-z0-9-_.`, not `.` or `..`; a file path: 1-4 segments of
+    // 1-255 characters, none `.` or `..`, no `\`.
+    let part = "(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,95}|\\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,94}|\\.\\.[A-Za-z0-9._-]{1,94})";
+    let seg = format!("(?:[^/\\\\.{CTL}][^/\\\\{CTL}]{{0,254}}|\\.[^/\\\\.{CTL}][^/\\\\{CTL}]{{0,253}}|\\.\\.[^/\\\\{CTL}]{{1,253}})");
+    let hub = format!("hf:{part}/{part}(?:/{seg}(?:/{seg}){{0,3}}|:[^/{CTL}]+)");
+    if pull {
+        format!("^(?:{url}|{hub})$")
+    } else {
+        let local = format!("/(?:[^:{CTL}]|:+[^:/{CTL}])*:*");
+        format!("^(?:{local}|file:///[^{CTL}]*|{url}|{hub})$")
+    }
+}
+
+/// `POST /v1/catalog/models` (`http::catalog::wants_pull`, `register`): a hub reference is
+/// pulled (`pull` not false); an `http(s)://` URL with `pull: true` is pulled; anything else
+/// is registered, which needs `id`; a local reference cannot be pulled.
+fn register_model(doc: &mut Value) {
+    schema(doc, "RegisterModelRequest").insert(
+        "anyOf".into(),
+        json!([
+            {"properties": {"ref": {"pattern": "^hf:"}, "pull": {"enum": [true, null]}}},
+            {"properties": {"ref": {"pattern": model_ref_pattern(true)}, "pull": {"enum": [true]}},
+                "required": ["pull"]},
+            {"properties": {"ref": {"pattern": "^(/|file://|https?://)"},
+                "pull": {"enum": [false, null]}, "id": {"type": "string"}},
+                "required": ["id"]}
+        ]),
+    );
+}
+
+/// The OpenAI door (`http::openai::to_task`, `refuse_unserved`, `logprobs_of`, then the
+/// task rules): the refused features only as `null`, the bounds, and per endpoint what it
+/// needs (chat: messages; completions: one prompt string, no tools, integer `logprobs`).
+fn openai(doc: &mut Value) {
+    for prop in [
+        "functions",
+        "function_call",
+        "audio",
+        "prediction",
+        "web_search_options",
+    ] {
+        let p = property(doc, "OaiRequest", prop);
+        let description = p["description"].clone();
+        *p = json!({"description": description, "type": "null"});
+    }
+    for (prop, rule) in [
+        (
+            "modalities",
+            json!({"items": {"type": "string", "enum": ["text"]}}),
+        ),
+        ("echo", json!({"enum": [false, null]})),
+        ("suffix", json!({"maxLength": 0})),
+        ("best_of", json!({"minimum": 1, "maximum": 1})),
+        ("priority", json!({"enum": ["interactive", "batch", null]})),
+        ("session_id", json!({"pattern": ID_PATTERN})),
+        (
+            "temperature",
+            json!({"minimum": 0, "maximum": crate::admission::validate::MAX_TEMPERATURE}),
+        ),
+        ("top_p", json!({"minimum": 0, "maximum": 1})),
+        ("frequency_penalty", json!({"minimum": -2, "maximum": 2})),
+        ("presence_penalty", json!({"minimum": -2, "maximum": 2})),
+        (
+            "stop",
+            json!({"anyOf": [{"type": "null"}, {"type": "string"},
+                {"type": "array", "items": {"type": "string"}}]}),
+        ),
+    ] {
+        merge(property(doc, "OaiRequest", prop), rule);
+    }
+    // Token id → bias, both doors (`validate_extras`).
+    merge(
+        doc.pointer_mut("/components/schemas/BTreeMap")
+            .expect("openapi rule: no schema BTreeMap"),
+        json!({"additionalProperties": {"type": "number", "format": "float", "minimum": -100, "maximum": 100},
+            "propertyNames": {"type": "string", "minLength": 1}}),
+    );
+    let content = property(doc, "OaiMessage", "content");
+    let description = content["description"].clone();
+    *content = json!({"description": description, "anyOf": [
+        {"type": "null"}, {"type": "string"},
+        {"type": "array", "items": {"type": "object", "required": ["type", "text"],
+            "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}}}}
+    ]});
+    schema(doc, "OaiMessage").insert("allOf".into(), json!([message_roles()]));
+    let chat = json!({"allOf": [
+        {"$ref": "#/components/schemas/OaiRequest"},
+        {"properties": {"messages": {"type": "array", "minItems": 1},
+            "logprobs": {"type": ["boolean", "null"]}}, "required": ["messages"]},
+        {"anyOf": [
+            {"properties": {"top_logprobs": {"type": "null"}}},
+            {"properties": {"logprobs": {"enum": [true]}}, "required": ["logprobs"]}
+        ]},
+        required_needs_tools()
+    ]});
+    let completion = json!({"allOf": [
+        {"$ref": "#/components/schemas/OaiRequest"},
+        {"properties": {
+            "prompt": {"anyOf": [{"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
+            "logprobs": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 0, "maximum": 5}]},
+            "tools": {"type": ["array", "null"], "maxItems": 0},
+            "tool_choice": {"type": "null"},
+            "parallel_tool_calls": {"type": "null"}
+        }, "required": ["prompt"]}
+    ]});
+    for (path, body) in [
+        ("/v1/chat/completions", chat),
+        ("/v1/completions", completion),
+    ] {
+        let ptr = format!(
+            "/paths/{}/post/requestBody/content/application~1json/schema",
+            path.replace('/', "~1")
+        );
+        *doc.pointer_mut(&ptr)
+            .unwrap_or_else(|| panic!("openapi rule: no JSON body of POST {path}")) = body;
+        // The headers stand in for the body's `priority` and `session_id`.
+        merge(
+            parameter(doc, path, "post", "X-Llorch-Priority"),
+            json!({"pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
+        );
+        merge(
+            parameter(doc, path, "post", "X-Llorch-Session"),
+            json!({"pattern": "^[ \\t]*([A-Za-z0-9._:-]{1,128})?[ \\t]*$"}),
+        );
     }
 }
 
@@ -246,16 +447,24 @@ fn security(doc: &mut Value) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
-    for op in paths
-        .values_mut()
-        .filter_map(Value::as_object_mut)
-        .flat_map(|m| m.values_mut())
-    {
-        if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
-            r.entry("401").or_insert_with(|| {
-                json!({"description": "Missing or bad token (`MISSING_TOKEN`, `BAD_TOKEN`)",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
-            });
+    for (path, methods) in paths.iter_mut() {
+        // OpenAI's paths refuse in OpenAI's error shape (`auth::require_token`).
+        let body = if crate::http::openai::is_openai_path(path) {
+            "OaiErrorBody"
+        } else {
+            "ErrorEnvelope"
+        };
+        for op in methods
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                r.entry("401").or_insert_with(|| {
+                    json!({"description": "Missing or bad token (`MISSING_TOKEN`, `BAD_TOKEN`)",
+                        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{body}")}}}})
+                });
+            }
         }
     }
 }

@@ -167,14 +167,20 @@ pub fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ServiceErr
             .and_then(|u| u.to_file_path().ok())
             .map(|p| p.to_string_lossy().into_owned())
             .ok_or_else(|| {
-                ServiceError::invalid(format!("catalog model `{r}` has an unusable file URL"))
+                ServiceError::new(
+                    ErrorCode::Conflict,
+                    format!("catalog model `{r}` has an unusable file URL; re-register it by path"),
+                )
             });
     }
     let lower = reference.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        return Err(ServiceError::invalid(format!(
-            "catalog model `{r}` refers to a URL; the daemon does not download models: download it and register its local path"
-        )));
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            format!(
+                "catalog model `{r}` refers to a URL; the daemon does not download models: download it and register its local path"
+            ),
+        ));
     }
     Ok(reference)
 }
@@ -213,7 +219,8 @@ pub async fn reload(
         Err(e) => {
             let (code, retry) = match e.kind {
                 ReloadErrorKind::UnknownPool => (ErrorCode::NotFound, None),
-                ReloadErrorKind::BadModel => (ErrorCode::InvalidParams, None),
+                // The request is well formed; what lies at the path is not a model.
+                ReloadErrorKind::BadModel => (ErrorCode::ModelNotFound, None),
                 ReloadErrorKind::Busy => (ErrorCode::Conflict, Some(2000)),
                 ReloadErrorKind::NotLaunched | ReloadErrorKind::Unplaceable => {
                     (ErrorCode::Conflict, None)

@@ -450,8 +450,8 @@ async fn reload_to_a_corrupt_or_missing_model_rolls_back_and_the_old_keeps_servi
     let (s, env) = d
         .post("/v1/pools/tiny/reload", &json!({"new_model_ref": junk}))
         .await;
-    assert_eq!(s, 400, "{env}");
-    assert_eq!(env["code"], "INVALID_PARAMS");
+    assert_eq!(s, 404, "{env}");
+    assert_eq!(env["code"], "MODEL_NOT_FOUND");
     let msg = env["message"].as_str().unwrap();
     assert!(
         msg.contains("rolled back") && msg.contains("not a GGUF model"),

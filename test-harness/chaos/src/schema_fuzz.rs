@@ -25,8 +25,11 @@ pub const CHECKS: &str = "all";
 
 /// Operation parameters pinned in every pass: what depends on the daemon's state rather than
 /// on the document (`max_tokens` and `ctx` within the pool's context, model paths that name a
-/// file; `{model}` is the pool's model file).
-const PINS: &str = "[[operations]]\ninclude-path = \"/v1/tasks\"\ninclude-method = \"POST\"\nparameters = { \"body.max_tokens\" = 4, \"body.ctx\" = 64 }\n\n[[operations]]\ninclude-path = \"/v1/catalog/models\"\ninclude-method = \"POST\"\nparameters = { \"body.ref\" = \"/nonexistent/fuzz.gguf\" }\n\n[[operations]]\ninclude-path-regex = \"/reload$\"\nparameters = { \"body.new_model_ref\" = \"{model}\" }\n\n";
+/// file; `{model}` is the pool's model file). A catalog `ref` is pinned to a local path, so
+/// `pull` is pinned false with it: the document allows `pull: true` only for hub references
+/// and URLs (a pull of a local path is a 400), and a pull needs the hub, which the harness
+/// cannot reach (the coverage phase still sends the pull forms).
+const PINS: &str = "[[operations]]\ninclude-path = \"/v1/tasks\"\ninclude-method = \"POST\"\nparameters = { \"body.max_tokens\" = 4, \"body.ctx\" = 64 }\n\n[[operations]]\ninclude-path = \"/v1/catalog/models\"\ninclude-method = \"POST\"\nparameters = { \"body.ref\" = \"/nonexistent/fuzz.gguf\", \"body.pull\" = false }\n\n[[operations]]\ninclude-path-regex = \"/reload$\"\nparameters = { \"body.new_model_ref\" = \"{model}\" }\n\n";
 
 /// `…/venv-schemathesis/bin/st` in the llama-orch cache directory.
 pub fn st_path() -> PathBuf {

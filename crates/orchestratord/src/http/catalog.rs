@@ -227,9 +227,9 @@ pub async fn delete_model(
     params(("id" = String, Path, description = "catalog id")),
     responses(
         (status = 200, description = "The file matches (or no digest is registered)", body = VerifyResponse),
-        (status = 400, description = "A URL reference (only local files can be verified) or a bad id", body = ErrorEnvelope),
+        (status = 400, description = "A bad id", body = ErrorEnvelope),
         (status = 404, description = "Unknown id, or the model file is missing", body = ErrorEnvelope),
-        (status = 409, description = "The file does not match the registered digest (`DIGEST_MISMATCH`)", body = ErrorEnvelope),
+        (status = 409, description = "The file does not match the registered digest (`DIGEST_MISMATCH`); or the model's reference cannot be verified: a URL (only local files can be), a `file://` URL naming no local path, or a directory (`CONFLICT`)", body = ErrorEnvelope),
     ))]
 pub async fn verify(
     State(state): State<AppState>,

@@ -214,9 +214,9 @@ pub async fn drain(
     request_body = ReloadRequest,
     responses(
         (status = 200, description = "The new replicas serve; the old ones retire after their in-flight tasks", body = ReloadResponse),
-        (status = 400, description = "Bad model reference or file (rolled back: the old model keeps serving)", body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
-        (status = 409, description = "A reload is already running, the pool is not launched by llama-orch, no room beside the old replicas, or a Retired catalog model (rolled back)", body = ErrorEnvelope),
+        (status = 400, description = "A malformed body (`INVALID_PARAMS`)", body = ErrorEnvelope),
+        (status = 404, description = "Unknown pool (`NOT_FOUND`); or no usable model at `new_model_ref`: neither a file nor a catalog id, or not a readable GGUF file (`MODEL_NOT_FOUND`, rolled back: the old model keeps serving)", body = ErrorEnvelope),
+        (status = 409, description = "A reload is already running, the pool is not launched by llama-orch, no room beside the old replicas, a Retired catalog model, or a catalog model whose reference is a URL (rolled back)", body = ErrorEnvelope),
         (status = 502, description = "The new engine failed to start or answer its health check (rolled back)", body = ErrorEnvelope),
     ))]
 pub async fn reload(
@@ -260,6 +260,7 @@ pub async fn load(
     request_body = UnloadRequest,
     responses(
         (status = 200, description = "The engine is stopped (`changed: false` when there was none)", body = LoadResponse),
+        (status = 400, description = "The body is not an `UnloadRequest` (`INVALID_PARAMS`)", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
         (status = 409, description = "A `load: always` pool, or a busy pool without `force` (nothing was stopped)", body = ErrorEnvelope),
     ))]

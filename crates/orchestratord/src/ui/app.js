@@ -91,12 +91,17 @@ function svgEl(name, attrs, text) {
   return el;
 }
 
-// A y-axis top at or above `v`: 1, 2 or 5 times a power of ten.
+// A round y-axis top at or above `v` (1, 1.2, 1.5, 2, … 8 or 10 times a power of ten).
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+  for (const m of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= v) return m * p;
   return 10 * p;
+}
+
+function tickLabel(v) {
+  if (v >= 10 || Number.isInteger(v)) return Math.round(v).toString();
+  return v.toFixed(1);
 }
 
 // A small line chart: `series` [{name, color, dash, fill, points: [[time_ms, value]]}] over
@@ -114,15 +119,15 @@ function lineChart(svg, series, t0, t1, opts) {
   let max = 0;
   let drawn = 0;
   for (const s of series) for (const p of s.points) if (p[1] > max) max = p[1];
-  const top = opts.integer ? Math.max(2, niceMax(max)) : niceMax(max);
+  // Counts: an even top, so that the middle line is a whole number too.
+  const top = opts.integer ? Math.max(2, 2 * Math.ceil(niceMax(max) / 2)) : niceMax(max);
   const span = Math.max(1, t1 - t0);
   const x = (t) => m.l + ((t - t0) / span) * iw;
   const y = (v) => m.t + ih - (v / top) * ih;
   for (const f of [0, 0.5, 1]) {
     const v = top * f;
     svg.appendChild(svgEl("line", { x1: m.l, x2: W - m.r, y1: y(v), y2: y(v), class: "grid" }));
-    svg.appendChild(svgEl("text", { x: m.l - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" },
-      opts.integer || top >= 10 ? Math.round(v).toString() : v.toFixed(1)));
+    svg.appendChild(svgEl("text", { x: m.l - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, tickLabel(v)));
   }
   svg.appendChild(svgEl("text", { x: m.l, y: H - 4, class: "tick" }, fmtDuration(t1 - t0) + " ago"));
   svg.appendChild(svgEl("text", { x: W - m.r, y: H - 4, class: "tick", "text-anchor": "end" }, "now"));
