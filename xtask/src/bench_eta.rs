@@ -261,6 +261,7 @@ impl Rng {
 #[derive(Debug, Default)]
 struct Outcome {
     id: String,
+    round: String,
     max_tokens: u32,
     tokens: u64,
     interactive: bool,
@@ -378,6 +379,7 @@ async fn round(
         }
         let o = Outcome {
             id: id.clone(),
+            round: label.to_owned(),
             max_tokens,
             interactive,
             deadline_ms,
@@ -674,6 +676,33 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             fmt_err(r.end_202),
             fmt_err(r.start_last),
             fmt_err(r.end_last)
+        );
+    }
+    // The engine's own pace per round (a task's start to end over its tokens, averaged): how
+    // much the machine's speed moved between rounds, which no prediction made a round earlier
+    // can know.
+    for (name, set) in [("fifo", &fifo), ("mixed", &mixed)] {
+        let mut rounds: Vec<(String, Vec<f64>)> = Vec::new();
+        for o in set.iter().filter(|o| o.tokens > 0) {
+            let pace = o.ended.saturating_sub(o.waited) as f64 / o.tokens as f64;
+            match rounds.last_mut() {
+                Some((r, v)) if *r == o.round => v.push(pace),
+                _ => rounds.push((o.round.clone(), vec![pace])),
+            }
+        }
+        let means: Vec<f64> = rounds
+            .iter()
+            .map(|(_, v)| v.iter().sum::<f64>() / v.len().max(1) as f64)
+            .collect();
+        let (lo, hi) = means.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), m| {
+            (lo.min(*m), hi.max(*m))
+        });
+        let list: Vec<String> = means.iter().map(|m| format!("{m:.2}")).collect();
+        let _ = writeln!(
+            out,
+            "engine pace per {name} round (ms per token, a task's start to end, mean over the round): {} (max/min {:.2})",
+            list.join(" "),
+            hi / lo
         );
     }
     let frames: usize = fifo.iter().chain(&mixed).map(|o| o.frames).sum();

@@ -27,8 +27,9 @@
 //!   free slot, as the dispatcher does, and every running stream decodes at the per-slot rate of
 //!   its replica's current concurrency. A replica that is not loaded yet becomes available after
 //!   its expected load time.
-//! * **On time** ([`OnTimeModel`]): the ratios `actual / predicted` of finished tasks' end times
-//!   (predicted at admission) form an empirical distribution of the forecast's error; the
+//! * **On time** ([`OnTimeModel`], one per priority): the ratios `actual / predicted` of
+//!   finished tasks' end times (predicted at admission) form an empirical distribution of the
+//!   forecast's error; the
 //!   probability of meeting a deadline is its CDF at `deadline / predicted_end`, smoothed and
 //!   blended with a log-normal prior while few tasks have finished. Calibrated by construction
 //!   when the recent past resembles the near future.
@@ -40,6 +41,8 @@
 use std::collections::VecDeque;
 
 use serde::Serialize;
+
+use crate::queue::Priority;
 
 /// Per-slot decode time assumed before anything was measured: 20 tokens/s per stream,
 /// deliberately on the slow side of a 7B Q4 model on a consumer GPU (errs late).
@@ -337,12 +340,31 @@ pub struct ModelStats {
     pub prefill: PrefillFit,
     /// Recent output lengths.
     pub lengths: LengthHistory,
-    /// Forecast errors, for on-time probabilities.
-    pub on_time: OnTimeModel,
+    /// Forecast errors of interactive tasks, for their on-time probabilities.
+    pub on_time_interactive: OnTimeModel,
+    /// Forecast errors of batch tasks: a batch task's 202 cannot know of the interactive tasks
+    /// that will go ahead of it, so its errors have a distribution of their own.
+    pub on_time_batch: OnTimeModel,
     tokens_per_char: Option<f64>,
 }
 
 impl ModelStats {
+    /// The forecast errors of tasks of `priority`.
+    pub fn on_time(&self, priority: Priority) -> &OnTimeModel {
+        match priority {
+            Priority::Interactive => &self.on_time_interactive,
+            Priority::Batch => &self.on_time_batch,
+        }
+    }
+
+    /// The forecast errors of tasks of `priority`, to record into.
+    pub fn on_time_mut(&mut self, priority: Priority) -> &mut OnTimeModel {
+        match priority {
+            Priority::Interactive => &mut self.on_time_interactive,
+            Priority::Batch => &mut self.on_time_batch,
+        }
+    }
+
     /// Records a prompt of `chars` characters that the engine counted as `tokens` tokens.
     pub fn record_prompt(&mut self, chars: usize, tokens: u64) {
         if chars == 0 || tokens == 0 {

@@ -34,7 +34,8 @@ pub use on_demand::admission_note;
 /// How often a running task emits a `metrics` frame.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
 
-fn core_priority(p: Priority) -> queue::Priority {
+/// The queue's priority for a request's.
+pub(crate) fn core_priority(p: Priority) -> queue::Priority {
     match p {
         Priority::Interactive => queue::Priority::Interactive,
         Priority::Batch => queue::Priority::Batch,

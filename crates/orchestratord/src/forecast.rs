@@ -244,7 +244,12 @@ impl Forecaster {
     fn on_time(&self, key: &str, task: &Task, end_ms: f64, now: Instant) -> Option<f64> {
         let deadline = task.req.deadline_ms? as f64;
         let left = deadline - ms(now.saturating_duration_since(task.submitted));
-        Some(self.stats(key).on_time.probability(Some(left), end_ms))
+        let prio = crate::dispatch::core_priority(task.priority());
+        Some(
+            self.stats(key)
+                .on_time(prio)
+                .probability(Some(left), end_ms),
+        )
     }
 
     /// The prediction for a task just queued at `position`; remembers it for calibration and
@@ -412,8 +417,9 @@ impl Forecaster {
             .unwrap_or(tokens);
         stats.lengths.record(produced, u64::from(t.req.max_tokens));
         if let Some(predicted) = l.admitted_end_ms {
+            let prio = crate::dispatch::core_priority(t.priority());
             stats
-                .on_time
+                .on_time_mut(prio)
                 .record(predicted, ms(now.saturating_duration_since(t.submitted)));
         }
     }

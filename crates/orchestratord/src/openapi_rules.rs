@@ -336,6 +336,17 @@ fn openai(doc: &mut Value) {
             "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}}}}
     ]});
     schema(doc, "OaiMessage").insert("allOf".into(), json!([message_roles()]));
+    // `max_completion_tokens` wins over `max_tokens`; the one used is at least 1 (`int64`:
+    // serde refuses `3.0` for an integer).
+    schema(doc, "OaiRequest").insert(
+        "anyOf".into(),
+        json!([
+            {"properties": {"max_completion_tokens": {"type": "integer", "format": "int64", "minimum": 1}},
+                "required": ["max_completion_tokens"]},
+            {"properties": {"max_completion_tokens": {"type": "null"},
+                "max_tokens": {"type": ["integer", "null"], "format": "int64", "minimum": 1}}}
+        ]),
+    );
     let chat = json!({"allOf": [
         {"$ref": "#/components/schemas/OaiRequest"},
         {"properties": {"messages": {"type": "array", "minItems": 1},
@@ -351,7 +362,7 @@ fn openai(doc: &mut Value) {
         {"properties": {
             "prompt": {"anyOf": [{"type": "string"},
                 {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
-            "logprobs": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 0, "maximum": 5}]},
+            "logprobs": {"anyOf": [{"type": "null"}, {"type": "integer", "format": "int64", "minimum": 0, "maximum": 5}]},
             "tools": {"type": ["array", "null"], "maxItems": 0},
             "tool_choice": {"type": "null"},
             "parallel_tool_calls": {"type": "null"}
@@ -367,14 +378,15 @@ fn openai(doc: &mut Value) {
         );
         *doc.pointer_mut(&ptr)
             .unwrap_or_else(|| panic!("openapi rule: no JSON body of POST {path}")) = body;
-        // The headers stand in for the body's `priority` and `session_id`.
+        // The headers stand in for the body's `priority` and `session_id` (a header is never
+        // `null`).
         merge(
             parameter(doc, path, "post", "X-Llorch-Priority"),
-            json!({"pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
+            json!({"type": "string", "pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
         );
         merge(
             parameter(doc, path, "post", "X-Llorch-Session"),
-            json!({"pattern": "^[ \\t]*([A-Za-z0-9._:-]{1,128})?[ \\t]*$"}),
+            json!({"type": "string", "pattern": "^[ \\t]*([A-Za-z0-9._:-]{1,128})?[ \\t]*$"}),
         );
     }
 }

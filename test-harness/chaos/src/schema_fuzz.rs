@@ -290,9 +290,10 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
         ));
     }
     // The OpenAI-compatible bodies get a served model, a prompt or messages and a small
-    // `max_tokens`, so generation (and `stream: true`) is reached; the rest stays fuzzed.
+    // `max_tokens` and `max_completion_tokens` (within the pool's context, which the document
+    // cannot know), so generation (and `stream: true`) is reached; the rest stays fuzzed.
     toml.push_str(
-        "[[operations]]\ninclude-path = \"/v1/completions\"\nparameters = { \"body.model\" = \"tiny\", \"body.max_tokens\" = 4, \"body.prompt\" = \"Once\", \"body.priority\" = \"batch\" }\n\n[[operations]]\ninclude-path = \"/v1/chat/completions\"\nparameters = { \"body.model\" = \"tiny\", \"body.max_tokens\" = 4, \"body.messages\" = [{ role = \"user\", content = \"hi\" }], \"body.priority\" = \"batch\" }\n",
+        "[[operations]]\ninclude-path = \"/v1/completions\"\nparameters = { \"body.model\" = \"tiny\", \"body.max_tokens\" = 4, \"body.max_completion_tokens\" = 4, \"body.prompt\" = \"Once\", \"body.priority\" = \"batch\" }\n\n[[operations]]\ninclude-path = \"/v1/chat/completions\"\nparameters = { \"body.model\" = \"tiny\", \"body.max_tokens\" = 4, \"body.max_completion_tokens\" = 4, \"body.messages\" = [{ role = \"user\", content = \"hi\" }], \"body.priority\" = \"batch\" }\n",
     );
     std::fs::write(&config, toml).expect("write schemathesis.toml");
     run_st(
