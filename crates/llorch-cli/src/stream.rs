@@ -280,7 +280,11 @@ mod tests {
             waiting_line(&waiting(Some(0), 1.0)).as_deref(),
             Some("[queued: position 0 of 5, start in ~1.2 s, end in ~1 min 23 s]")
         );
-        assert_eq!(waiting_line(&waiting(None, 1.0)), None, "a running task's frame");
+        assert_eq!(
+            waiting_line(&waiting(None, 1.0)),
+            None,
+            "a running task's frame"
+        );
     }
 
     #[test]

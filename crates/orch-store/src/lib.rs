@@ -47,7 +47,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-pub use artifacts::{canonical_json, ArtifactInput, ArtifactKind, ArtifactMeta, Artifacts, GcReport};
+pub use artifacts::{
+    canonical_json, ArtifactInput, ArtifactKind, ArtifactMeta, Artifacts, GcReport,
+};
 pub use catalog::{Catalog, CatalogModel, ModelState, NewModel, VerifyOutcome, VerifyReport};
 pub use error::{Result, StoreError};
 pub use policy::{AuditLog, AuditRecord, Decision, Policy};

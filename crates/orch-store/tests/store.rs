@@ -280,7 +280,10 @@ fn catalog_verify() {
     // A directory is refused (the model's state, not the request: a conflict).
     cat.register(model("dir", tmp.path().to_str().unwrap()), T0)
         .unwrap();
-    assert!(matches!(cat.verify("dir", T0), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        cat.verify("dir", T0),
+        Err(StoreError::Conflict(_))
+    ));
 }
 
 // ---------------------------------------------------------------- sessions
@@ -711,7 +714,13 @@ fn corrupt_artifact_is_detected_and_repaired_by_reupload() {
         .unwrap();
     let err = a.read(&m.id).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    assert!(matches!(err, StoreError::Corrupt { .. } | StoreError::Io { .. } | StoreError::Db { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt { .. } | StoreError::Io { .. } | StoreError::Db { .. }
+        ),
+        "{err}"
+    );
 
     // Same length, flipped byte.
     let mut flipped = content.clone();

@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use worker_adapters::{AdapterError, EngineEvent};
 
+use crate::forecast::{Forecaster, WAIT_FRAME_EVERY};
 use crate::metrics::{
     Metrics, PoolPriority, Replica as ReplicaLabels, ReplicaPriority, ReplicaReason,
 };
-use crate::forecast::{Forecaster, WAIT_FRAME_EVERY};
 use crate::task::{Task, TaskTable};
 
 mod on_demand;
@@ -541,7 +541,9 @@ impl TaskRun {
             .map(|s| (tokens - 1) as f64 / s)
             .unwrap_or(0.0);
         let req = &self.task.req;
-        let expected = req.expected_tokens.map_or(req.max_tokens, |e| e.min(req.max_tokens));
+        let expected = req
+            .expected_tokens
+            .map_or(req.max_tokens, |e| e.min(req.max_tokens));
         let left = u64::from(expected).saturating_sub(tokens) as f64;
         let rate_for_eta = if rate > 0.0 {
             Some(rate)

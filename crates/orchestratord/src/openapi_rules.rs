@@ -198,6 +198,10 @@ fn chat_messages(doc: &mut Value) {
             message_roles(),
         ]),
     );
+    merge(
+        property(doc, "ToolCall", "type"),
+        json!({"pattern": "^function$"}),
+    );
     // `ToolChoice` is `oneOf` [mode string, named]; the mode is one of three words.
     let modes = doc
         .pointer_mut("/components/schemas/ToolChoice/oneOf/0")
@@ -304,6 +308,8 @@ fn openai(doc: &mut Value) {
         ("echo", json!({"enum": [false, null]})),
         ("suffix", json!({"maxLength": 0})),
         ("best_of", json!({"minimum": 1, "maximum": 1})),
+        ("max_tokens", json!({"minimum": 1})),
+        ("max_completion_tokens", json!({"minimum": 1})),
         ("priority", json!({"enum": ["interactive", "batch", null]})),
         ("session_id", json!({"pattern": ID_PATTERN})),
         (
@@ -336,48 +342,67 @@ fn openai(doc: &mut Value) {
             "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}}}}
     ]});
     schema(doc, "OaiMessage").insert("allOf".into(), json!([message_roles()]));
-    // `max_completion_tokens` wins over `max_tokens`; the one used is at least 1 (`int64`:
-    // serde refuses `3.0` for an integer).
-    schema(doc, "OaiRequest").insert(
-        "anyOf".into(),
-        json!([
-            {"properties": {"max_completion_tokens": {"type": "integer", "format": "int64", "minimum": 1}},
-                "required": ["max_completion_tokens"]},
-            {"properties": {"max_completion_tokens": {"type": "null"},
-                "max_tokens": {"type": ["integer", "null"], "format": "int64", "minimum": 1}}}
-        ]),
+    // One flat schema per endpoint (a copy of `OaiRequest` with that endpoint's rules; no
+    // `allOf` over a `$ref`, which generators merge lossily: `int64` fields became floats).
+    let base = doc
+        .pointer("/components/schemas/OaiRequest")
+        .cloned()
+        .expect("openapi rule: no schema OaiRequest");
+    let mut chat = base.clone();
+    merge(
+        &mut chat["properties"]["messages"],
+        json!({"type": "array", "minItems": 1}),
     );
-    let chat = json!({"allOf": [
-        {"$ref": "#/components/schemas/OaiRequest"},
-        {"properties": {"messages": {"type": "array", "minItems": 1},
-            "logprobs": {"type": ["boolean", "null"]}}, "required": ["messages"]},
+    merge(
+        &mut chat["properties"]["logprobs"],
+        json!({"type": ["boolean", "null"]}),
+    );
+    chat["allOf"] = json!([
         {"anyOf": [
             {"properties": {"top_logprobs": {"type": "null"}}},
             {"properties": {"logprobs": {"enum": [true]}}, "required": ["logprobs"]}
         ]},
         required_needs_tools()
-    ]});
-    let completion = json!({"allOf": [
-        {"$ref": "#/components/schemas/OaiRequest"},
-        {"properties": {
-            "prompt": {"anyOf": [{"type": "string"},
-                {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
-            "logprobs": {"anyOf": [{"type": "null"}, {"type": "integer", "format": "int64", "minimum": 0, "maximum": 5}]},
-            "tools": {"type": ["array", "null"], "maxItems": 0},
-            "tool_choice": {"type": "null"},
-            "parallel_tool_calls": {"type": "null"}
-        }, "required": ["prompt"]}
-    ]});
-    for (path, body) in [
-        ("/v1/chat/completions", chat),
-        ("/v1/completions", completion),
+    ]);
+    let mut completion = base;
+    let props = &mut completion["properties"];
+    merge(
+        &mut props["prompt"],
+        json!({"anyOf": [{"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]}),
+    );
+    merge(
+        &mut props["logprobs"],
+        json!({"type": ["integer", "null"], "format": "int64", "minimum": 0, "maximum": 5}),
+    );
+    merge(&mut props["tools"], json!({"maxItems": 0}));
+    props["tool_choice"] =
+        json!({"description": "Refused: tools belong to /v1/chat/completions.", "type": "null"});
+    props["parallel_tool_calls"] =
+        json!({"description": "Refused: tools belong to /v1/chat/completions.", "type": "null"});
+    for (body, field) in [(&mut chat, "messages"), (&mut completion, "prompt")] {
+        if let Some(Value::Array(r)) = body.get_mut("required") {
+            r.push(field.into());
+        }
+    }
+    let schemas = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+        .expect("openapi rule: no schemas");
+    schemas.remove("OaiRequest");
+    schemas.insert("OaiChatRequest".into(), chat);
+    schemas.insert("OaiCompletionRequest".into(), completion);
+    for (path, name) in [
+        ("/v1/chat/completions", "OaiChatRequest"),
+        ("/v1/completions", "OaiCompletionRequest"),
     ] {
         let ptr = format!(
             "/paths/{}/post/requestBody/content/application~1json/schema",
             path.replace('/', "~1")
         );
         *doc.pointer_mut(&ptr)
-            .unwrap_or_else(|| panic!("openapi rule: no JSON body of POST {path}")) = body;
+            .unwrap_or_else(|| panic!("openapi rule: no JSON body of POST {path}")) =
+            json!({"$ref": format!("#/components/schemas/{name}")});
         // The headers stand in for the body's `priority` and `session_id` (a header is never
         // `null`).
         merge(

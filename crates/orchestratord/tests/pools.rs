@@ -629,7 +629,10 @@ async fn drain_rejects_new_work_finishes_in_flight_then_cancels_at_the_deadline(
             "{end}"
         );
     }
-    eprintln!("deadline drain: both streams ended after {:?}", t0.elapsed());
+    eprintln!(
+        "deadline drain: both streams ended after {:?}",
+        t0.elapsed()
+    );
     let (_, st) = d.get("/v1/tasks/slow").await;
     assert_eq!(st["state"], "canceled");
     // Still drained until resumed; bad bodies get the envelope.

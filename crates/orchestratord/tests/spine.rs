@@ -272,7 +272,13 @@ async fn cancel_queued_task_and_queue_full_429() {
     let s = d.spawn_stream("waiting");
     let (code, body) = d.post("/v1/tasks/waiting/cancel", &json!({})).await;
     assert_eq!((code, body["state"].as_str()), (202, Some("canceled")));
-    let ev = s.await.unwrap();
+    // Only its waiting `metrics` frames came before the error.
+    let ev: Vec<SseEvent> = s
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event != "metrics")
+        .collect();
     assert_eq!(ev.len(), 1, "a canceled queued task never started: {ev:?}");
     assert_eq!(ev[0].json()["code"], "CANCELED");
     // The running one is untouched.

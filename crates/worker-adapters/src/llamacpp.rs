@@ -91,9 +91,40 @@ impl LlamaCppAdapter {
     }
 }
 
+/// llama-server continues a final assistant message (prefill) but refuses two or more at the
+/// end of the list, which OpenAI clients may send (a reply in parts): they are one turn to
+/// continue, so they are joined (texts concatenated, tool calls kept in order).
+pub fn join_trailing_assistant(
+    turns: &[crate::ChatTurn],
+) -> std::borrow::Cow<'_, [crate::ChatTurn]> {
+    let n = turns
+        .iter()
+        .rev()
+        .take_while(|t| t.role == "assistant")
+        .count();
+    if n < 2 {
+        return std::borrow::Cow::Borrowed(turns);
+    }
+    let split = turns.len() - n;
+    let tail = &turns[split..];
+    let calls: Vec<Value> = tail
+        .iter()
+        .flat_map(|t| t.tool_calls.iter().flatten().cloned())
+        .collect();
+    let mut joined = crate::ChatTurn::text(
+        "assistant",
+        tail.iter().map(|t| t.content.as_str()).collect::<String>(),
+    );
+    joined.tool_calls = (!calls.is_empty()).then_some(calls);
+    let mut out = turns[..split].to_vec();
+    out.push(joined);
+    std::borrow::Cow::Owned(out)
+}
+
 /// The JSON body of an `/apply-template` request: the messages, and the tools (with
 /// `tool_choice`) so that the template describes them to the model.
 pub fn template_body(req: &GenerateRequest, turns: &[crate::ChatTurn]) -> Value {
+    let turns = join_trailing_assistant(turns);
     let mut b = json!({ "messages": turns });
     if !req.tools.is_empty() {
         b["tools"] = json!(req.tools);
@@ -134,7 +165,8 @@ pub fn tool_choice_for_llama(req: &GenerateRequest) -> (Vec<Value>, Option<Value
 
 /// The JSON body of a streaming `/v1/chat/completions` request (a chat that may call tools).
 pub fn chat_body(req: &GenerateRequest, turns: &[crate::ChatTurn]) -> Value {
-    let mut b = crate::openai::chat_body(req, turns, None, true);
+    let turns = join_trailing_assistant(turns);
+    let mut b = crate::openai::chat_body(req, &turns, None, true);
     let (tools, choice) = tool_choice_for_llama(req);
     b["tools"] = json!(tools);
     match choice {
@@ -502,6 +534,30 @@ impl EngineAdapter for LlamaCppAdapter {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn trailing_assistant_turns_are_joined() {
+        use crate::ChatTurn;
+        let one = [
+            ChatTurn::text("user", "u"),
+            ChatTurn::text("assistant", "a"),
+        ];
+        assert_eq!(join_trailing_assistant(&one).len(), 2);
+        let mut call = ChatTurn::text("assistant", "");
+        call.tool_calls = Some(vec![json!({"id": "c1"})]);
+        let many = [
+            ChatTurn::text("user", "u"),
+            ChatTurn::text("assistant", "The "),
+            call,
+            ChatTurn::text("assistant", "end"),
+        ];
+        let j = join_trailing_assistant(&many);
+        assert_eq!(j.len(), 2);
+        assert_eq!(j[1].content, "The end");
+        assert_eq!(j[1].tool_calls, Some(vec![json!({"id": "c1"})]));
+        assert_eq!(j[0], many[0]);
+    }
+
     use super::*;
 
     #[test]

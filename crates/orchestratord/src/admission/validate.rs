@@ -115,6 +115,12 @@ fn validate_extras(req: &TaskRequest) -> Result<(), ServiceError> {
                 m.role
             )));
         }
+        if let Some(c) = m.tool_calls.iter().flatten().find(|c| c.kind != "function") {
+            return Err(ServiceError::invalid(format!(
+                "messages[{i}].tool_calls: type `{}` is not `function`, the only kind of tool call",
+                c.kind
+            )));
+        }
         if m.tool_calls.is_some() && m.role != "assistant" {
             return Err(ServiceError::invalid(format!(
                 "messages[{i}]: only assistant messages carry `tool_calls`"

@@ -222,6 +222,19 @@ pub struct OaiMessage {
     pub name: Option<String>,
 }
 
+/// One event of an OpenAI stream (`stream: true`), documented per event as SSE-aware tools
+/// validate streams (found by the chaos schema fuzzing: the chunk schema was applied to the
+/// `{event, data}` frame).
+#[derive(ToSchema)]
+pub struct OaiSseFrame {
+    /// Always `message` (the events carry no `event:` field).
+    #[schema(pattern = "^message$")]
+    pub event: String,
+    /// A `chat.completion.chunk` or `text_completion` chunk as one line of JSON (an error in
+    /// OpenAI's shape if the task fails), then `[DONE]`.
+    pub data: String,
+}
+
 /// `stream_options`.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
@@ -345,8 +358,11 @@ pub struct OaiRequest {
 }
 
 fn parse_body(bytes: &Bytes) -> Result<OaiRequest, OaiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| OaiError::invalid(format!("invalid JSON body: {e}")))?;
+    // `4.0` is the integer 4 (JSON Schema's reading, and Python clients send it).
+    crate::http::integral_floats(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path.is_empty() || path == "." {
@@ -554,6 +570,15 @@ fn to_task(
     }
     if r.n.is_some_and(|n| n != 1) {
         return Err(OaiError::invalid("only n = 1 is supported"));
+    }
+    // Each given, not only the one used (`max_completion_tokens` wins): 0 is never meant.
+    for (name, v) in [
+        ("max_tokens", r.max_tokens),
+        ("max_completion_tokens", r.max_completion_tokens),
+    ] {
+        if v == Some(0) {
+            return Err(OaiError::invalid(format!("`{name}` must be at least 1")));
+        }
     }
     refuse_unserved(kind, r)?;
     let logprobs = logprobs_of(kind, r)?;
@@ -1158,7 +1183,7 @@ async fn handle(
     ),
     responses(
         (status = 200, description = "`chat.completion`, or with `stream: true` a `text/event-stream` of `chat.completion.chunk`s ending with `data: [DONE]`",
-            content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream")),
+            content((ChatCompletion = "application/json"), (OaiSseFrame = "text/event-stream")),
             headers(("X-Llorch-Task-Id" = String, description = "the task's id"))),
         (status = 400, description = "Invalid request (OpenAI error shape)", body = OaiErrorBody),
         (status = 404, description = "No pool serves the model", body = OaiErrorBody),
@@ -1184,7 +1209,7 @@ pub async fn chat_completions(
     ),
     responses(
         (status = 200, description = "`text_completion`, or with `stream: true` a `text/event-stream` of chunks ending with `data: [DONE]`",
-            content((TextCompletion = "application/json"), (TextCompletion = "text/event-stream"))),
+            content((TextCompletion = "application/json"), (OaiSseFrame = "text/event-stream"))),
         (status = 400, description = "Invalid request (OpenAI error shape)", body = OaiErrorBody),
         (status = 404, description = "No pool serves the model", body = OaiErrorBody),
         (status = 409, description = "Session expired or out of turns, Retired catalog model, or (without streaming) the task was canceled", body = OaiErrorBody),
