@@ -287,8 +287,8 @@ async fn catalog_crud_state_flows_and_bad_inputs() {
     assert_eq!(r.0, 201, "{}", r.1);
     assert_err(
         &call(&d, "POST", "/v1/catalog/models/remote/verify", None).await,
-        400,
-        "INVALID_PARAMS",
+        409,
+        "CONFLICT",
     );
 
     // Bad states.
