@@ -2,37 +2,16 @@
 //! tiny test model (CPU, dev setting). Needs `eval $(cargo xtask provision-engine)` and the
 //! orchestratord binary (`cargo test --workspace` builds it; alone: `cargo build -p orchestratord`).
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use orch_harness::{engine, llama_pool, Daemon, DaemonOptions};
 use serde_json::Value;
 
+mod common;
+use common::{daemon_bin, llorch_bin};
+
 const TOKEN: &str = "cli-test-token";
-
-fn llorch_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_llorch"))
-}
-
-/// The daemon binary next to `llorch` in the target directory.
-fn daemon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORCHESTRATORD_BIN") {
-        return PathBuf::from(p);
-    }
-    let dir = llorch_bin()
-        .parent()
-        .expect("llorch has a parent dir")
-        .to_owned();
-    let p = dir.join(format!("orchestratord{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.is_file(),
-        "the orchestratord binary is missing at {}: build it with `cargo build -p orchestratord` \
-         (`cargo test --workspace` builds it), or set ORCHESTRATORD_BIN",
-        p.display()
-    );
-    p
-}
 
 fn start(slots: u32, ctx: u32, extra: &str) -> Daemon {
     let e = engine();

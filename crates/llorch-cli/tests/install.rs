@@ -18,31 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use orch_harness::{engine, second_model};
 
-fn llorch_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_llorch"))
-}
-
-/// The directory cargo put this test run's binaries in (llorch and orchestratord).
-fn bin_dir() -> PathBuf {
-    llorch_bin()
-        .parent()
-        .expect("llorch has a parent dir")
-        .to_owned()
-}
-
-fn daemon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORCHESTRATORD_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = bin_dir().join(format!("orchestratord{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.is_file(),
-        "the orchestratord binary is missing at {}: build it with `cargo build -p orchestratord` \
-         (`cargo test --workspace` builds it), or set ORCHESTRATORD_BIN",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{bin_dir, daemon_bin, llorch_bin};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

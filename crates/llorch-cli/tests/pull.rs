@@ -2,7 +2,6 @@
 //! (`orch_harness::hub`, the huggingface_hub layout; never a real hub): progress on stderr and
 //! exit 0 for a good pull; non-zero with the reason for a digest mismatch.
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,30 +9,10 @@ use orch_harness::hub::{sha256_hex, test_bytes, HubFixture};
 use orch_harness::{Daemon, DaemonOptions};
 use serde_json::Value;
 
+mod common;
+use common::{daemon_bin, llorch_bin};
+
 const TOKEN: &str = "cli-pull-token";
-
-fn llorch_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_llorch"))
-}
-
-/// The daemon binary next to `llorch` in the target directory.
-fn daemon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORCHESTRATORD_BIN") {
-        return PathBuf::from(p);
-    }
-    let dir = llorch_bin()
-        .parent()
-        .expect("llorch has a parent dir")
-        .to_owned();
-    let p = dir.join(format!("orchestratord{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.is_file(),
-        "the orchestratord binary is missing at {}: build it with `cargo build -p orchestratord`, \
-         or set ORCHESTRATORD_BIN",
-        p.display()
-    );
-    p
-}
 
 fn start(fx: &HubFixture) -> Daemon {
     Daemon::start(
