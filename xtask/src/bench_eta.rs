@@ -33,6 +33,8 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use crate::bench_util::need_file;
+
 /// Arguments of `cargo xtask bench eta`.
 #[derive(clap::Args)]
 pub struct EtaArgs {
@@ -141,30 +143,7 @@ struct DaemonGuard {
 
 impl Drop for DaemonGuard {
     fn drop(&mut self) {
-        // SIGTERM lets the daemon stop its engine; SIGKILL after a grace period.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn need_file(p: Option<PathBuf>, what: &str) -> Result<PathBuf> {
-    match p {
-        Some(p) if p.is_file() => Ok(p),
-        Some(p) => bail!("{what} `{}` does not exist", p.display()),
-        None => bail!(
-            "no {what}: run `eval \"$(cargo xtask provision-engine)\"` (sets LLAMA_SERVER and TEST_MODEL)"
-        ),
+        crate::bench_util::stop(&mut self.child);
     }
 }
 

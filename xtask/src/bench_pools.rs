@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::bench_util::{median_min_max, need_file};
+
 /// Arguments of `cargo xtask bench pools`.
 #[derive(clap::Args)]
 pub struct PoolsArgs {
@@ -48,22 +50,7 @@ struct DaemonGuard {
 
 impl Drop for DaemonGuard {
     fn drop(&mut self) {
-        // SIGTERM lets the daemon stop its engines; SIGKILL after a grace period.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::bench_util::stop(&mut self.child);
     }
 }
 
@@ -72,16 +59,6 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn need_file(p: Option<PathBuf>, what: &str) -> Result<PathBuf> {
-    match p {
-        Some(p) if p.is_file() => Ok(p),
-        Some(p) => bail!("{what} `{}` does not exist", p.display()),
-        None => bail!(
-            "no {what}: run `eval \"$(cargo xtask provision-engine)\"` (sets LLAMA_SERVER and TEST_MODEL) and `cargo xtask gen-model --seed 43`"
-        ),
-    }
 }
 
 fn start_daemon(bin: &Path, server: &Path, model: &Path) -> Result<DaemonGuard> {
@@ -174,22 +151,6 @@ async fn reload(c: &reqwest::Client, base: &str, model: &Path) -> Result<(Durati
     Ok((took, v["took_ms"].as_u64().unwrap_or(0)))
 }
 
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let median = if v.is_empty() {
-        0.0
-    } else if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    (
-        median,
-        v.first().copied().unwrap_or(0.0),
-        v.last().copied().unwrap_or(0.0),
-    )
-}
-
 /// Runs the benchmark and prints the results.
 pub async fn run(a: PoolsArgs) -> Result<()> {
     let root = workspace_root();
@@ -259,9 +220,9 @@ pub async fn run(a: PoolsArgs) -> Result<()> {
     }
     drop(d);
 
-    let (rm, rmin, rmax) = stats(&mut client_ms);
-    let (sm, _, _) = stats(&mut server_ms);
-    let (cm, cmin, cmax) = stats(&mut restart_ms);
+    let (rm, rmin, rmax) = median_min_max(&mut client_ms);
+    let (sm, _, _) = median_min_max(&mut server_ms);
+    let (cm, cmin, cmax) = median_min_max(&mut restart_ms);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);

@@ -21,6 +21,8 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use crate::bench_util::{median_min_max, need_file};
+
 /// Arguments of `cargo xtask bench swap`.
 #[derive(clap::Args)]
 pub struct SwapArgs {
@@ -48,44 +50,8 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::bench_util::stop(&mut self.child);
     }
-}
-
-fn need_file(p: Option<PathBuf>, what: &str) -> Result<PathBuf> {
-    match p {
-        Some(p) if p.is_file() => Ok(p),
-        Some(p) => bail!("{what} `{}` does not exist", p.display()),
-        None => bail!(
-            "no {what}: run `eval \"$(cargo xtask provision-engine)\"` (sets LLAMA_SERVER and TEST_MODEL) and `cargo xtask gen-model --seed 43`"
-        ),
-    }
-}
-
-fn median_min_max(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let median = match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    };
-    (
-        median,
-        v.first().copied().unwrap_or(0.0),
-        v.last().copied().unwrap_or(0.0),
-    )
 }
 
 fn free_port() -> Result<u16> {

@@ -7,6 +7,7 @@ mod bench;
 mod bench_eta;
 mod bench_pools;
 mod bench_swap;
+mod bench_util;
 mod chaos;
 mod contracts;
 mod provision;
