@@ -231,23 +231,6 @@ impl EngineAdapter for TgiAdapter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn extras_are_refused_naming_the_engine() {
-        let req = GenerateRequest {
-            prompt: Prompt::Text("hi".into()),
-            max_tokens: 1,
-            logprobs: Some(1),
-            tools: vec![serde_json::json!({"type": "function"})],
-            ..Default::default()
-        };
-        let e = crate::refuse_extras("tgi", &req).unwrap_err();
-        assert!(
-            matches!(&e, AdapterError::Rejected { status: 400, message }
-                if message == "tools, logprobs are not supported by the tgi adapter; use a llamacpp or openai pool"),
-            "{e}"
-        );
-        assert!(crate::refuse_extras("tgi", &GenerateRequest::default()).is_ok());
-    }
     use crate::http::{run_chunks, split_at};
     use proptest::prelude::*;
 

@@ -305,6 +305,7 @@ impl EngineAdapter for TritonAdapter {
 mod tests {
     use super::*;
 
+    /// `refuse_extras` is shared by the adapters that cannot serve tools or logprobs.
     #[test]
     fn extras_are_refused_naming_the_engine() {
         let req = GenerateRequest {
@@ -314,13 +315,17 @@ mod tests {
             tools: vec![serde_json::json!({"type": "function"})],
             ..Default::default()
         };
-        let e = crate::refuse_extras("triton", &req).unwrap_err();
-        assert!(
-            matches!(&e, AdapterError::Rejected { status: 400, message }
-                if message == "tools, logprobs are not supported by the triton adapter; use a llamacpp or openai pool"),
-            "{e}"
-        );
-        assert!(crate::refuse_extras("triton", &GenerateRequest::default()).is_ok());
+        for engine in ["tgi", "triton"] {
+            let e = crate::refuse_extras(engine, &req).unwrap_err();
+            let want = format!(
+                "tools, logprobs are not supported by the {engine} adapter; use a llamacpp or openai pool"
+            );
+            assert!(
+                matches!(&e, AdapterError::Rejected { status: 400, message } if *message == want),
+                "{e}"
+            );
+            assert!(crate::refuse_extras(engine, &GenerateRequest::default()).is_ok());
+        }
     }
     use crate::http::{run_chunks, split_at};
     use proptest::prelude::*;
