@@ -123,6 +123,7 @@ impl Services {
 impl AppState {
     /// Builds the state, starts one dispatcher per pool and the background loops.
     pub fn new(config: Config, pools: Arc<PoolManager>, auth: Auth, services: Services) -> Self {
+        pools.set_unload_hook(services.sessions.kv_shelf());
         let metrics = Metrics::default();
         let mut prom = Registry::default();
         metrics.register(&mut prom);

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use orch_store::Store;
 use pool_manager::PoolManager;
 use tokio::sync::Notify;
@@ -14,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::sessions::SessionAccounts;
 use crate::storage::{blocking, store_err};
-use crate::task::{now_ms, Frame, Task, TaskTable};
+use crate::task::{now_ms, Task, TaskTable};
 use crate::transcripts::Transcripts;
 
 /// How often expired sessions are swept.
@@ -136,7 +135,8 @@ impl Background {
     ) {
         let me = self.clone();
         self.tracker.spawn(async move {
-            let frames: Vec<Arc<Frame>> = task.clone().follow().collect().await;
+            task.clone().finished().await;
+            let frames = task.frames();
             sessions.settle(&pools, &task).await;
             if transcripts.write(&pools, &task, &frames).await {
                 me.poke_gc();

@@ -494,6 +494,30 @@ struct TaskRun {
     tokens_per_s_prior: Option<f64>,
 }
 
+/// Restores a session's saved KV into its slot; the slot to run in, or `None` (the engine
+/// chooses, the task runs cold) when the engine could not.
+async fn restore_kv(
+    adapter: &dyn worker_adapters::EngineAdapter,
+    saved: &crate::session_kv::SavedKv,
+) -> Option<u32> {
+    match adapter.restore_slot(saved.slot, &saved.file).await {
+        Ok(f) => {
+            tracing::info!(
+                slot = saved.slot,
+                tokens = f.tokens,
+                bytes = f.bytes,
+                took_ms = f.ms,
+                "session KV restored"
+            );
+            Some(saved.slot)
+        }
+        Err(e) => {
+            tracing::warn!(slot = saved.slot, error = %e, "restoring the session's saved KV failed; the task runs cold");
+            None
+        }
+    }
+}
+
 /// Maps an adapter failure to our envelope.
 pub fn adapter_error(e: &AdapterError, engine: &str) -> ErrorEnvelope {
     let (code, retry) = match e {
@@ -629,10 +653,16 @@ impl TaskRun {
             })
             .inc();
         tracing::info!(replica_id = %self.replica.status.id, queued_ms, "task started");
-        let gen = crate::engine_io::generate_request(
-            &task.req,
-            task.ext.slot_for(&self.replica.status.id),
-        );
+        // A session whose pool was unloaded gets its saved KV back into the same slot first.
+        let slot = match task.ext.restore_kv() {
+            Some(saved) => tokio::select! {
+                biased;
+                _ = task.cancel.cancelled() => { self.end_canceled(&version); return None; }
+                s = restore_kv(adapter.as_ref(), saved) => s,
+            },
+            None => task.ext.slot_for(&self.replica.status.id),
+        };
+        let gen = crate::engine_io::generate_request(&task.req, slot);
         let pp = PoolPriority {
             engine: task.engine.into(),
             engine_version: version.clone(),

@@ -23,6 +23,7 @@ pub mod outbound;
 pub mod pool_control;
 pub mod pull;
 pub mod serve;
+pub mod session_kv;
 pub mod sessions;
 pub mod stall;
 pub mod status_history;

@@ -18,6 +18,7 @@ use pool_manager::PoolManager;
 use tokio::sync::watch;
 
 use crate::error::ServiceError;
+use crate::session_kv::KvShelf;
 use crate::storage::{blocking, store_err};
 use crate::task::{now_ms, EngineOutcome, SessionBinding, Task};
 
@@ -69,6 +70,8 @@ pub struct SessionAccounts {
     settled: watch::Sender<u64>,
     /// KV bytes per token by model file.
     kv_per_token: Mutex<HashMap<String, Option<u64>>>,
+    /// Sessions' KV saved when their on_demand pool unloaded.
+    kv: Arc<KvShelf>,
 }
 
 impl std::fmt::Debug for SessionAccounts {
@@ -220,14 +223,20 @@ impl SessionAccounts {
     /// Accounts over the store's sessions, with `sessions.ttl_ms` and `sessions.max_turns`.
     pub fn new(cfg: &Config, store: Arc<Store>) -> Self {
         Self {
-            store,
             ttl_ms: cfg.sessions.ttl_ms,
             max_turns: cfg.sessions.max_turns,
             accounts: Mutex::new(Accounts::default()),
             deciding: tokio::sync::Mutex::new(()),
             settled: watch::channel(0).0,
             kv_per_token: Mutex::new(HashMap::new()),
+            kv: Arc::new(KvShelf::new(store.clone())),
+            store,
         }
+    }
+
+    /// Saves sessions' KV before an on_demand pool unloads (the pool manager's unload hook).
+    pub fn kv_shelf(&self) -> Arc<KvShelf> {
+        self.kv.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Accounts> {
@@ -437,11 +446,13 @@ impl SessionAccounts {
             .entry(sid.clone())
             .or_default()
             .push((task.clone(), reserved_tokens));
+        let restore = self.kv.take(&sid, &task.pool_id);
         Ok(Some(SessionBinding {
             session_id: sid,
             pin: session.replica_id.zip(session.slot),
             remaining,
             reserved_tokens,
+            restore,
         }))
     }
 
@@ -490,6 +501,10 @@ impl SessionAccounts {
     pub async fn settle(&self, pools: &PoolManager, task: &Arc<Task>) {
         let Some(b) = task.ext.session() else { return };
         let sid = b.session_id.clone();
+        if let Some(saved) = &b.restore {
+            // Read back (or not) before the task ran: the file is spent either way.
+            self.kv.discard(&saved.file);
+        }
         let outcome = task.ext.outcome();
         let st = task.status();
         let tokens_out = outcome
@@ -556,6 +571,7 @@ impl SessionAccounts {
     /// to the same replica and slot (then the cache is that session's). Returns whether the
     /// engine confirmed the erase.
     pub async fn free_slot(&self, pools: &PoolManager, session: &orch_store::Session) -> bool {
+        self.kv.forget(&session.id);
         let (Some(rid), Some(slot)) = (session.replica_id.clone(), session.slot) else {
             return false;
         };

@@ -69,6 +69,8 @@ pub struct Task {
     pub ext: TaskExt,
     inner: Mutex<Inner>,
     len: watch::Sender<usize>,
+    /// Fired with the terminal event: what waits for the end alone is not woken per token.
+    ended: CancellationToken,
 }
 
 /// A task's binding to its session, fixed at admission.
@@ -82,6 +84,8 @@ pub struct SessionBinding {
     pub remaining: Option<api_types::BudgetRemaining>,
     /// Tokens this task reserves against the budget until it is charged.
     pub reserved_tokens: u64,
+    /// The session's KV saved when its pool unloaded, to restore before this task runs.
+    pub restore: Option<crate::session_kv::SavedKv>,
 }
 
 /// What the engine reported when a task finished.
@@ -141,6 +145,11 @@ impl TaskExt {
         self.session()
             .and_then(|b| b.pin.as_ref())
             .map(|(r, _)| r.as_str())
+    }
+
+    /// The session's saved KV to restore before the task runs (its slot and file).
+    pub fn restore_kv(&self) -> Option<&crate::session_kv::SavedKv> {
+        self.session().and_then(|b| b.restore.as_ref())
     }
 
     /// The engine slot to request on `replica_id`: the session's slot when the task runs on
@@ -224,6 +233,7 @@ impl Task {
                 prediction: None,
             }),
             len: watch::channel(0).0,
+            ended: CancellationToken::new(),
         }
     }
 
@@ -312,6 +322,9 @@ impl Task {
             g.frames.len()
         };
         self.len.send_replace(len);
+        if ev.is_terminal() {
+            self.ended.cancel();
+        }
         true
     }
 
@@ -385,8 +398,12 @@ impl Task {
 
     /// Resolves once the task has its terminal event (at once if it has).
     pub async fn finished(self: Arc<Self>) {
-        use futures::StreamExt;
-        self.follow().for_each(|_| async {}).await;
+        self.ended.cancelled().await;
+    }
+
+    /// Every event so far (after [`Task::finished`]: the whole transcript).
+    pub fn frames(&self) -> Vec<Arc<Frame>> {
+        self.lock().frames.clone()
     }
 
     /// The transcript from the start, then live events, ending after the terminal event.

@@ -346,6 +346,100 @@ async fn a_pool_that_fits_only_two_cards_together_is_split_and_serves() {
     );
 }
 
+/// A session's task on `pool`: the prompt is long enough that reusing it is visible.
+fn session_task(id: &str, pool: &str, session: &str, prompt: &str) -> Value {
+    json!({
+        "task_id": id, "model_ref": pool, "priority": "interactive", "session_id": session,
+        "prompt": prompt, "max_tokens": 4, "seed": 7, "temperature": 0.0
+    })
+}
+
+/// Runs a task to its end; returns its events.
+async fn run_body(d: &Daemon, body: &Value) -> Vec<SseEvent> {
+    let id = body["task_id"].as_str().unwrap_or_default();
+    let r = d.submit(body).await;
+    assert_eq!(r.status(), 202, "task {id}");
+    let ev = d.stream(id).await;
+    assert_eq!(
+        last_event(&ev).event,
+        "end",
+        "{id}: {ev:?}\nlog:\n{}",
+        d.logs()
+    );
+    ev
+}
+
+fn final_warmth(ev: &[SseEvent]) -> f64 {
+    ev.iter()
+        .rev()
+        .filter(|e| e.event == "metrics")
+        .find_map(|e| e.json()["kv_warmth"].as_f64())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_its_kv_warmth_across_an_eviction() {
+    let e = engine();
+    let m2 = second_model();
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let d = daemon_with(
+        "1400MiB:RTX 3090",
+        &[
+            od_pool("a", &e.model, 1024, 2, ""),
+            od_pool("b", &m2, 1024, 1, ""),
+        ],
+        Some(data.path().to_path_buf()),
+    );
+    let prompt = "The old lighthouse keeper climbed the spiral stairs every evening, counting the \
+                  steps and listening to the sea below, while the gulls circled the tower and the \
+                  lamp waited for the dark to come in from the water.";
+    let ev1 = run_body(&d, &session_task("k1", "a", "conv", prompt)).await;
+    let (_, s) = d.get("/v1/sessions/conv").await;
+    let slot = s["slot"].as_u64().unwrap_or_else(|| panic!("pinned: {s}"));
+    // b needs the only card: a is evicted, and its engine saves the session's slot first.
+    run(&d, "b1", "b").await;
+    assert_eq!(state(&health(&d, "a").await), "unloaded");
+    let logs = d.logs();
+    let saved = logs
+        .lines()
+        .find(|l| l.contains("session KV saved before the unload"))
+        .unwrap_or_else(|| panic!("no save logged:\n{logs}"));
+    assert!(saved.contains("\"session_id\":\"conv\""), "{saved}");
+    let files = || -> Vec<String> {
+        std::fs::read_dir(data.path().join("slots"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("kv-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(files().len(), 1, "one saved KV file");
+    // The next turn brings a back (evicting b); its engine is new, yet the prompt is reused
+    // from the restored slot.
+    let prompt2 = format!("{prompt}{} And then", orch_harness::token_text(&ev1));
+    let ev2 = run_body(&d, &session_task("k2", "a", "conv", &prompt2)).await;
+    let warm = final_warmth(&ev2);
+    assert!(
+        warm > 0.5,
+        "the restored prefix is reused: kv_warmth {warm}\nlog:\n{}",
+        d.logs()
+    );
+    let logs = d.logs();
+    let restored = logs
+        .lines()
+        .find(|l| l.contains("session KV restored"))
+        .unwrap_or_else(|| panic!("no restore logged:\n{logs}"));
+    assert!(restored.contains(&format!("\"slot\":{slot}")), "{restored}");
+    // The file is spent; a session that never left keeps no file.
+    let t0 = Instant::now();
+    while !files().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(files().is_empty(), "{:?}", files());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_pools_loaded_leaves_no_orphans_and_remembers_load_times() {
     let e = engine();

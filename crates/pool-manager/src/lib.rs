@@ -35,7 +35,7 @@ mod supervisor;
 
 pub use load_times::ENGINE_START_MS;
 pub use metrics::{PoolMetrics, ReplicaLabels};
-pub use ondemand::{LoadError, LoadErrorKind, LoadReport};
+pub use ondemand::{LoadError, LoadErrorKind, LoadReport, UnloadHook, UnloadingEngine};
 pub use placement::{GpuMode, HEADROOM_BYTES};
 pub use pool::{LoadPhase, OnDemandHealth, Pool, PoolHealth};
 pub use reload::{ReloadError, ReloadErrorKind, ReloadOptions, ReloadReport};
@@ -211,6 +211,12 @@ impl PoolManager {
             };
             generation.tracker.spawn(supervisor::supervise(s, plan));
         }
+    }
+
+    /// Sets what runs before an unloading on_demand pool's engines stop (once; later calls
+    /// are ignored).
+    pub fn set_unload_hook(&self, hook: Arc<dyn UnloadHook>) {
+        let _ = self.od.unload_hook.set(hook);
     }
 
     /// Every pool, in configuration order.

@@ -32,6 +32,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use worker_adapters::EngineAdapter;
 
 use crate::load_times::LoadTimes;
 use crate::metrics::{ModelEventLabels, PlacementLabels, PoolLabels};
@@ -58,7 +59,25 @@ pub(crate) struct OnDemand {
     max_swap_wait: Duration,
     /// The zero of the LRU clock handed to the planner.
     epoch: Instant,
+    /// Told before an unloading pool's engines stop (the daemon saves sessions' KV there).
+    pub(crate) unload_hook: std::sync::OnceLock<Arc<dyn UnloadHook>>,
 }
+
+/// What an unloading replica leaves behind: its id and the adapter of its engine, still
+/// running (for [`UnloadHook::before_stop`]).
+pub type UnloadingEngine = (String, Arc<dyn EngineAdapter>);
+
+/// Called before the engines of an unloading `on_demand` pool stop (an eviction, an idle or a
+/// requested unload; not a failed engine), while they still serve slot requests: the daemon
+/// saves its sessions' KV slots there, to restore them when the pool comes back.
+#[async_trait::async_trait]
+pub trait UnloadHook: Send + Sync {
+    /// `engines` are the pool's replicas about to stop, none of them running a task.
+    async fn before_stop(&self, pool_id: &str, engines: Vec<UnloadingEngine>);
+}
+
+/// The longest an unload waits for [`UnloadHook::before_stop`].
+const UNLOAD_HOOK_LIMIT: Duration = Duration::from_secs(60);
 
 impl OnDemand {
     pub(crate) fn new(times: LoadTimes, max_swap_wait: Duration) -> Self {
@@ -68,6 +87,7 @@ impl OnDemand {
             plan_lock: Mutex::new(()),
             max_swap_wait,
             epoch: Instant::now(),
+            unload_hook: std::sync::OnceLock::new(),
         }
     }
 }
@@ -130,6 +150,7 @@ pub struct LoadReport {
 struct Victim {
     pool: Arc<Pool>,
     generation: Arc<Generation>,
+    engines: Vec<UnloadingEngine>,
 }
 
 /// Where a load goes.
@@ -300,7 +321,8 @@ impl PoolManager {
             if pool.load_phase() != Some(LoadPhase::Loaded) {
                 return;
             }
-            self.begin_unload(pool, &generation);
+            // A broken engine: nothing worth saving.
+            let _ = self.begin_unload(pool, &generation);
         }
         let me = self.clone();
         let pool = pool.clone();
@@ -639,7 +661,11 @@ impl PoolManager {
             if victims.iter().any(|v| Arc::ptr_eq(&v.pool, &pool)) {
                 continue;
             }
-            victims.push(Victim { pool, generation });
+            victims.push(Victim {
+                pool,
+                generation,
+                engines: Vec::new(),
+            });
         }
         let mut closed: Vec<Arc<Replica>> = Vec::new();
         let mut ok = true;
@@ -666,25 +692,46 @@ impl PoolManager {
             }
             return None;
         }
-        for v in &victims {
-            self.begin_unload(&v.pool, &v.generation);
+        for v in &mut victims {
+            v.engines = self.begin_unload(&v.pool, &v.generation);
         }
         Some(victims)
     }
 
     /// Marks a closed generation `Unloading` and frees its ledger entries (its engines stop in
-    /// [`PoolManager::finish_unload`]).
-    fn begin_unload(&self, pool: &Pool, generation: &Generation) {
+    /// [`PoolManager::finish_unload`]). Returns the engines, still running.
+    fn begin_unload(&self, pool: &Pool, generation: &Generation) -> Vec<UnloadingEngine> {
+        let mut engines = Vec::new();
         for r in &generation.replicas {
+            if let Some(a) = r.view().adapter {
+                engines.push((r.id(), a));
+            }
             r.set_adapter(None);
             r.update(|s| s.state = ReplicaState::Unloading);
             self.ledger.release(&r.id());
         }
         pool.with_load(|s| s.enter(LoadPhase::Unloading));
+        engines
     }
 
-    /// Stops an unloading generation and puts the pool's placeholder back.
-    async fn finish_unload(&self, pool: &Arc<Pool>, generation: &Generation) {
+    /// Stops an unloading generation (after the unload hook had its say) and puts the pool's
+    /// placeholder back.
+    async fn finish_unload(
+        &self,
+        pool: &Arc<Pool>,
+        generation: &Generation,
+        engines: Vec<UnloadingEngine>,
+    ) {
+        if let (Some(hook), false) = (self.od.unload_hook.get(), engines.is_empty()) {
+            let t0 = Instant::now();
+            if tokio::time::timeout(UNLOAD_HOOK_LIMIT, hook.before_stop(pool.id(), engines))
+                .await
+                .is_err()
+            {
+                tracing::warn!(pool_id = %pool.id(), limit_s = UNLOAD_HOOK_LIMIT.as_secs(), "saving the pool's state before the unload took too long; stopping it anyway");
+            }
+            tracing::debug!(pool_id = %pool.id(), took_ms = ms(t0.elapsed()), "unload hook done");
+        }
         generation.stop().await;
         for r in &generation.replicas {
             self.ledger.release(&r.id());
@@ -707,8 +754,8 @@ impl PoolManager {
         reason: &'static str,
         evicted: Vec<String>,
     ) {
-        for v in &victims {
-            self.finish_unload(&v.pool, &v.generation).await;
+        for v in victims {
+            self.finish_unload(&v.pool, &v.generation, v.engines).await;
         }
         let t0 = Instant::now();
         let devices = plan.device.clone();
@@ -980,7 +1027,7 @@ impl PoolManager {
                             format!("pool `{}` is busy ({running} running, {queued} queued); nothing was stopped. Wait for its tasks, or unload with force (their tasks end with CANCELED)", pool.id()),
                         ));
                     }
-                    self.begin_unload(pool, &generation);
+                    let engines = self.begin_unload(pool, &generation);
                     self.metrics
                         .model_evictions
                         .get_or_create(&ModelEventLabels {
@@ -988,12 +1035,12 @@ impl PoolManager {
                             reason: reason.into(),
                         })
                         .inc();
-                    Some(generation)
+                    Some((generation, engines))
                 }
             }
         };
         match generation {
-            Some(g) => self.finish_unload(pool, &g).await,
+            Some((g, engines)) => self.finish_unload(pool, &g, engines).await,
             None => {
                 let did_unload = false;
                 // Another unload (an eviction) is under way: wait for its end.
@@ -1066,7 +1113,7 @@ mod tests {
     use async_trait::async_trait;
     use gpu_inventory::{GpuInventory, StaticInventory};
     use orch_config::{Config, LoadPolicy, SplitPolicy};
-    use worker_adapters::{AdapterError, EngineAdapter, EngineInfo, EngineStream, GenerateRequest};
+    use worker_adapters::{AdapterError, EngineInfo, EngineStream, GenerateRequest};
 
     use super::*;
     use crate::{AdapterFactory, StartOptions};

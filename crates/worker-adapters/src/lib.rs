@@ -348,6 +348,17 @@ pub struct SlotState {
     pub busy: bool,
 }
 
+/// A slot's prompt cache written to or read from a file (llama-server's slot save/restore).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotFile {
+    /// Tokens of cached prompt saved or restored.
+    pub tokens: u64,
+    /// Bytes written or read.
+    pub bytes: u64,
+    /// What the engine took, ms.
+    pub ms: f64,
+}
+
 /// Adapter failures, each mapped to one of our error codes by the daemon.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AdapterError {
@@ -410,6 +421,16 @@ pub trait EngineAdapter: Send + Sync + 'static {
     /// Drops the cached prompt of a slot (session eviction).
     async fn erase_slot(&self, _slot: u32) -> Result<(), AdapterError> {
         Err(AdapterError::Unsupported("slot erase"))
+    }
+    /// Writes a slot's prompt cache to `filename` in the engine's slot directory (waits until
+    /// the slot is idle).
+    async fn save_slot(&self, _slot: u32, _filename: &str) -> Result<SlotFile, AdapterError> {
+        Err(AdapterError::Unsupported("slot save"))
+    }
+    /// Loads a slot's prompt cache from `filename`, written by [`EngineAdapter::save_slot`] on
+    /// an engine of the same model and context (waits until the slot is idle).
+    async fn restore_slot(&self, _slot: u32, _filename: &str) -> Result<SlotFile, AdapterError> {
+        Err(AdapterError::Unsupported("slot restore"))
     }
     /// Fraction (0..=1) of the engine's KV cache in use, where the engine reports it
     /// (`kv_cache_usage_ratio`); `None` when it does not.

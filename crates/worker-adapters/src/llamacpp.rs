@@ -22,7 +22,7 @@ use crate::http::{self, Decoder};
 use crate::openai::OpenAiDecoder;
 use crate::{
     AdapterError, Chunk, Completion, EngineAdapter, EngineEvent, EngineInfo, EngineStream,
-    FinishReason, GenerateRequest, Prompt, SlotState, TokenLogprob, TopLogprob,
+    FinishReason, GenerateRequest, Prompt, SlotFile, SlotState, TokenLogprob, TopLogprob,
 };
 
 /// Adapter for one `llama-server` process.
@@ -530,10 +530,77 @@ impl EngineAdapter for LlamaCppAdapter {
             .map_err(|e| self.unreachable(e))?;
         http::check_status(resp).await.map(|_| ())
     }
+
+    async fn save_slot(&self, slot: u32, filename: &str) -> Result<SlotFile, AdapterError> {
+        self.slot_file(slot, "save", filename).await
+    }
+
+    async fn restore_slot(&self, slot: u32, filename: &str) -> Result<SlotFile, AdapterError> {
+        self.slot_file(slot, "restore", filename).await
+    }
+}
+
+impl LlamaCppAdapter {
+    /// `POST /slots/{slot}?action=save|restore` with `{"filename"}` (the engine resolves it in
+    /// its `--slot-save-path`).
+    async fn slot_file(
+        &self,
+        slot: u32,
+        action: &str,
+        filename: &str,
+    ) -> Result<SlotFile, AdapterError> {
+        let resp = self
+            .http
+            .post(self.url(&format!("/slots/{slot}?action={action}")))
+            .json(&json!({ "filename": filename }))
+            // A large context takes a while to write; the engine defers it while the slot works.
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let v: Value =
+            http::check_status(resp)
+                .await?
+                .json()
+                .await
+                .map_err(|e| AdapterError::Protocol {
+                    message: format!("slot {action} answer: {e}"),
+                })?;
+        slot_file_of(&v, action).ok_or_else(|| AdapterError::Protocol {
+            message: format!("slot {action} answer without its counts: {v}"),
+        })
+    }
+}
+
+/// The counts of a slot save (`n_saved`, `n_written`, `save_ms`) or restore (`n_restored`,
+/// `n_read`, `restore_ms`) answer.
+fn slot_file_of(v: &Value, action: &str) -> Option<SlotFile> {
+    let (tokens, bytes) = match action {
+        "save" => ("n_saved", "n_written"),
+        _ => ("n_restored", "n_read"),
+    };
+    Some(SlotFile {
+        tokens: v.get(tokens)?.as_u64()?,
+        bytes: v.get(bytes)?.as_u64()?,
+        ms: v["timings"][format!("{action}_ms")].as_f64().unwrap_or(0.0),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn slot_file_answers_are_read() {
+        use super::slot_file_of;
+        let save = json!({"id_slot": 0, "filename": "f.bin", "n_saved": 1745, "n_written": 14309796, "timings": {"save_ms": 49.865}});
+        let f = slot_file_of(&save, "save").unwrap();
+        assert_eq!((f.tokens, f.bytes), (1745, 14309796));
+        assert!((f.ms - 49.865).abs() < 1e-9);
+        let restore =
+            json!({"id_slot": 0, "n_restored": 12, "n_read": 900, "timings": {"restore_ms": 1.5}});
+        assert_eq!(slot_file_of(&restore, "restore").unwrap().tokens, 12);
+        assert!(slot_file_of(&restore, "save").is_none());
+    }
 
     #[test]
     fn trailing_assistant_turns_are_joined() {
