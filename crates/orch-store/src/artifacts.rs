@@ -354,19 +354,25 @@ impl Artifacts<'_> {
         // Shared: puts run in parallel; GC and backup exclude them while they work.
         let _gate = self.store.gate_shared();
 
-        // Write the bytes unless a row exists and its file still hashes right (a damaged file
-        // behind an existing row is repaired by the new upload).
-        let intact = self.meta_opt(&id)?.is_some()
-            && fs::File::open(&path)
+        // Small contents go in the row. Otherwise write the file unless a row exists and its
+        // content is intact (a damaged file behind an existing row is repaired by the new
+        // upload, into the row when it is small).
+        let inline = size <= self.store.options().inline_max_bytes;
+        let intact = match self.stored_inline(&id)? {
+            None => false,
+            Some(true) => true,
+            Some(false) => fs::File::open(&path)
                 .and_then(|f| sha256_reader(io::BufReader::new(f)))
-                .is_ok_and(|(digest, len)| digest == id && len == size);
-        if !intact {
+                .is_ok_and(|(digest, len)| digest == id && len == size),
+        };
+        if !intact && !inline {
             if let Some(dir) = path.parent() {
                 create_dir_durable(dir)?;
             }
             let tmp_name = format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
             write_atomic(&path, &tmp_name, &input.content)?;
         }
+        let row_content = (inline && !intact).then_some(input.content.as_slice());
 
         let mut conn = self.store.conn();
         let tx = conn
@@ -374,8 +380,8 @@ impl Artifacts<'_> {
             .db("storing artifact metadata")?;
         let inserted = tx
             .execute(
-                "INSERT INTO artifacts (id, kind, size, created_ms, parent, metadata, json) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO artifacts (id, kind, size, created_ms, parent, metadata, json, content) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
                 params![
                     id,
                     input.kind.as_str(),
@@ -383,10 +389,21 @@ impl Artifacts<'_> {
                     now,
                     parent,
                     metadata_text,
-                    i64::from(json)
+                    i64::from(json),
+                    row_content
                 ],
             )
             .db("storing artifact metadata")?;
+        if inserted == 0 {
+            if let Some(c) = row_content {
+                // Repairs a row whose file was damaged or lost.
+                tx.execute(
+                    "UPDATE artifacts SET content = ?2 WHERE id = ?1",
+                    params![id, c],
+                )
+                .db("storing artifact content")?;
+            }
+        }
         for tag in &tags {
             tx.execute(
                 "INSERT INTO artifact_tags (artifact_id, tag) VALUES (?1, ?2) \
@@ -420,6 +437,19 @@ impl Artifacts<'_> {
         Ok(meta)
     }
 
+    /// Whether the row of `id` holds its content (`None`: no row).
+    fn stored_inline(&self, id: &str) -> Result<Option<bool>> {
+        self.store
+            .conn()
+            .query_row(
+                "SELECT content IS NOT NULL FROM artifacts WHERE id = ?1",
+                [id],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .db("reading artifact metadata")
+    }
+
     fn meta_opt(&self, id: &str) -> Result<Option<ArtifactMeta>> {
         self.store
             .conn()
@@ -445,7 +475,16 @@ impl Artifacts<'_> {
         let meta = self.get_meta(id)?;
         let hex_part = parse_artifact_id(id)?;
         let path = content_path(&self.root(), hex_part);
-        let bytes = match fs::read(&path) {
+        let in_row: Option<Vec<u8>> = self
+            .store
+            .conn()
+            .query_row("SELECT content FROM artifacts WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .db("reading artifact content")?
+            .flatten();
+        let bytes = match in_row.map_or_else(|| fs::read(&path), Ok) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::Corrupt {
@@ -556,7 +595,12 @@ impl Artifacts<'_> {
             let hex_part = parse_artifact_id(id)?;
             let path = content_path(&root, hex_part);
             match fs::remove_file(&path) {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(d) = path.parent() {
+                        dirs.insert(d.to_path_buf());
+                    }
+                }
+                // Its content was in the row.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(StoreError::io(
@@ -564,9 +608,6 @@ impl Artifacts<'_> {
                         e,
                     ))
                 }
-            }
-            if let Some(d) = path.parent() {
-                dirs.insert(d.to_path_buf());
             }
         }
         for d in dirs {

@@ -77,6 +77,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE artifacts ADD COLUMN json INTEGER NOT NULL DEFAULT 0 CHECK (json IN (0, 1));
     "#,
+    // v4: small contents kept in the row (`StoreOptions::inline_max_bytes`); NULL: in a file.
+    r#"
+    ALTER TABLE artifacts ADD COLUMN content BLOB;
+    "#,
 ];
 
 /// The schema version this build writes.

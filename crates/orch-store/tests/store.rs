@@ -14,8 +14,17 @@ use serde_json::json;
 
 const T0: u64 = 1_700_000_000_000;
 
+/// Every artifact content in a file, as these tests inspect and damage the files; contents
+/// kept in rows have their own test.
 fn open(dir: &Path) -> Store {
-    Store::open(dir, StoreOptions::default()).expect("open store")
+    Store::open(
+        dir,
+        StoreOptions {
+            inline_max_bytes: 0,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open store")
 }
 
 fn model(id: &str, reference: &str) -> NewModel {
@@ -59,7 +68,7 @@ fn open_creates_layout_and_wal() {
     assert!(dir.join("state.db").is_file());
     assert!(dir.join("artifacts/sha256").is_dir());
     assert!(dir.join("audit.jsonl").is_file());
-    assert_eq!(store.open_report().schema_version, 3);
+    assert_eq!(store.open_report().schema_version, 4);
     drop(store);
     let conn = rusqlite::Connection::open(dir.join("state.db")).unwrap();
     let mode: String = conn
@@ -69,7 +78,7 @@ fn open_creates_layout_and_wal() {
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
 }
 
 #[test]
@@ -622,6 +631,7 @@ fn artifact_bad_inputs() {
         tmp.path(),
         StoreOptions {
             max_artifact_bytes: 1024,
+            ..StoreOptions::default()
         },
     )
     .unwrap();
@@ -692,6 +702,78 @@ fn artifact_bad_inputs() {
     assert!(matches!(a.read(&unknown), Err(StoreError::NotFound { .. })));
     // Nothing invalid left rows or files behind.
     assert_eq!(a.list(None, None, 100).unwrap().len(), 1);
+}
+
+#[test]
+fn small_contents_live_in_their_row_large_ones_in_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        inline_max_bytes: 64,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(tmp.path(), opts.clone()).unwrap();
+    let a = store.artifacts();
+    let small = a
+        .put(
+            input(b"a short transcript", ArtifactKind::Transcript, &["s"]),
+            T0,
+        )
+        .unwrap();
+    let big_content = b"x".repeat(65);
+    let big = a
+        .put(input(&big_content, ArtifactKind::Transcript, &[]), T0 + 1)
+        .unwrap();
+    assert!(!artifact_path(tmp.path(), &small.id).exists(), "no file");
+    assert!(artifact_path(tmp.path(), &big.id).is_file());
+    assert_eq!(a.read(&small.id).unwrap(), b"a short transcript");
+    assert_eq!(a.read(&big.id).unwrap(), big_content);
+    // Idempotent, and listed like any other.
+    let again = a
+        .put(
+            input(b"a short transcript", ArtifactKind::Transcript, &["s"]),
+            T0 + 2,
+        )
+        .unwrap();
+    assert_eq!(again, small);
+    assert_eq!(a.list(Some("s"), None, 10).unwrap(), vec![small.clone()]);
+    // A file-backed row of small content (written by an earlier build) reads from its file;
+    // when that file is lost, the next upload repairs the row itself.
+    drop(a);
+    drop(store);
+    let files = Store::open(
+        tmp.path(),
+        StoreOptions {
+            inline_max_bytes: 0,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    let old = files
+        .artifacts()
+        .put(input(b"older", ArtifactKind::Other, &[]), T0 + 3)
+        .unwrap();
+    drop(files);
+    let store = Store::open(tmp.path(), opts).unwrap();
+    let a = store.artifacts();
+    assert_eq!(a.read(&old.id).unwrap(), b"older");
+    fs::remove_file(artifact_path(tmp.path(), &old.id)).unwrap();
+    assert!(matches!(a.read(&old.id), Err(StoreError::Corrupt { .. })));
+    a.put(input(b"older", ArtifactKind::Other, &[]), T0 + 4)
+        .unwrap();
+    assert_eq!(a.read(&old.id).unwrap(), b"older");
+    // GC deletes rows and files alike; a backup carries both.
+    let backup = tmp.path().join("backup");
+    let r = store.backup_to(&backup).unwrap();
+    assert_eq!(r.artifacts_copied, 3, "{r:?}");
+    let g = a.gc(T0 + 10, Some(0), None).unwrap();
+    assert_eq!(g.deleted.len(), 3);
+    assert!(a.read(&small.id).is_err() && !artifact_path(tmp.path(), &big.id).exists());
+    let restored = Store::open(&backup, StoreOptions::default()).unwrap();
+    assert_eq!(
+        restored.artifacts().read(&small.id).unwrap(),
+        b"a short transcript"
+    );
+    assert_eq!(restored.artifacts().read(&big.id).unwrap(), big_content);
 }
 
 #[test]

@@ -84,6 +84,7 @@ impl Services {
         let dir = cfg.data_dir();
         let opts = orch_store::StoreOptions {
             max_artifact_bytes: cfg.artifacts.max_artifact_bytes,
+            ..orch_store::StoreOptions::default()
         };
         let d = dir.clone();
         let store = tokio::task::spawn_blocking(move || orch_store::Store::open(&d, opts))

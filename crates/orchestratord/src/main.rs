@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use orch_config::{Config, EnvOverrides};
 
+// Every token and request makes small, short-lived allocations on several worker threads;
+// glibc's malloc spent a sixth of the daemon's CPU there, in part on its arena locks
+// (docs/PERFORMANCE.md, "Per-request cost").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// llama-orch daemon: queues LLM tasks and streams them from llama-server pools.
 #[derive(Parser, Debug)]
 #[command(version, about)]
