@@ -738,7 +738,6 @@ fn small_contents_live_in_their_row_large_ones_in_files() {
     assert_eq!(a.list(Some("s"), None, 10).unwrap(), vec![small.clone()]);
     // A file-backed row of small content (written by an earlier build) reads from its file;
     // when that file is lost, the next upload repairs the row itself.
-    drop(a);
     drop(store);
     let files = Store::open(
         tmp.path(),
