@@ -84,10 +84,16 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Submits a task and reads its stream to the end.
+/// Submits an 8-token task and reads its stream to the end.
 async fn run(d: &Daemon, id: &str, pool: &str) -> (Value, Vec<SseEvent>) {
-    let r = d.submit(&task(id, pool, 8)).await;
-    assert_eq!(r.status(), 202, "task {id} for {pool}");
+    run_body(d, &task(id, pool, 8)).await
+}
+
+/// Submits `body` and reads its stream to the end; the 202's body and the events.
+async fn run_body(d: &Daemon, body: &Value) -> (Value, Vec<SseEvent>) {
+    let id = body["task_id"].as_str().unwrap_or_default();
+    let r = d.submit(body).await;
+    assert_eq!(r.status(), 202, "task {id}");
     let adm: Value = r.json().await.unwrap_or(Value::Null);
     let ev = d.stream(id).await;
     assert_eq!(
@@ -354,21 +360,6 @@ fn session_task(id: &str, pool: &str, session: &str, prompt: &str) -> Value {
     })
 }
 
-/// Runs a task to its end; returns its events.
-async fn run_body(d: &Daemon, body: &Value) -> Vec<SseEvent> {
-    let id = body["task_id"].as_str().unwrap_or_default();
-    let r = d.submit(body).await;
-    assert_eq!(r.status(), 202, "task {id}");
-    let ev = d.stream(id).await;
-    assert_eq!(
-        last_event(&ev).event,
-        "end",
-        "{id}: {ev:?}\nlog:\n{}",
-        d.logs()
-    );
-    ev
-}
-
 fn final_warmth(ev: &[SseEvent]) -> f64 {
     ev.iter()
         .rev()
@@ -393,7 +384,7 @@ async fn a_session_keeps_its_kv_warmth_across_an_eviction() {
     let prompt = "The old lighthouse keeper climbed the spiral stairs every evening, counting the \
                   steps and listening to the sea below, while the gulls circled the tower and the \
                   lamp waited for the dark to come in from the water.";
-    let ev1 = run_body(&d, &session_task("k1", "a", "conv", prompt)).await;
+    let (_, ev1) = run_body(&d, &session_task("k1", "a", "conv", prompt)).await;
     let (_, s) = d.get("/v1/sessions/conv").await;
     let slot = s["slot"].as_u64().unwrap_or_else(|| panic!("pinned: {s}"));
     // b needs the only card: a is evicted, and its engine saves the session's slot first.
@@ -419,7 +410,7 @@ async fn a_session_keeps_its_kv_warmth_across_an_eviction() {
     // The next turn brings a back (evicting b); its engine is new, yet the prompt is reused
     // from the restored slot.
     let prompt2 = format!("{prompt}{} And then", orch_harness::token_text(&ev1));
-    let ev2 = run_body(&d, &session_task("k2", "a", "conv", &prompt2)).await;
+    let (_, ev2) = run_body(&d, &session_task("k2", "a", "conv", &prompt2)).await;
     let warm = final_warmth(&ev2);
     assert!(
         warm > 0.5,

@@ -66,28 +66,65 @@ impl LlamaCppAdapter {
         let Prompt::Chat(turns) = &req.prompt else {
             return Err(AdapterError::Unsupported("templating a text prompt"));
         };
-        let resp = self
-            .http
-            .post(self.url("/apply-template"))
-            .timeout(Duration::from_secs(10))
-            .json(&template_body(req, turns))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let v: Value =
-            http::check_status(resp)
-                .await?
-                .json()
-                .await
-                .map_err(|e| AdapterError::Protocol {
-                    message: format!("/apply-template did not return JSON: {e}"),
-                })?;
+        let v = self
+            .post_json(
+                "/apply-template",
+                &template_body(req, turns),
+                Duration::from_secs(10),
+            )
+            .await?;
         v.get("prompt")
             .and_then(Value::as_str)
             .map(str::to_owned)
             .ok_or_else(|| AdapterError::Protocol {
                 message: "/apply-template returned no `prompt`".into(),
             })
+    }
+
+    /// `POST path` with a JSON body; the answer's JSON.
+    async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, AdapterError> {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        http::check_status(resp)
+            .await?
+            .json()
+            .await
+            .map_err(|e| AdapterError::Protocol {
+                message: format!("{path} did not return JSON: {e}"),
+            })
+    }
+
+    /// `POST /slots/{slot}?action=save|restore` with `{"filename"}` (the engine resolves it in
+    /// its `--slot-save-path`).
+    async fn slot_file(
+        &self,
+        slot: u32,
+        action: &str,
+        filename: &str,
+    ) -> Result<SlotFile, AdapterError> {
+        let v = self
+            .post_json(
+                &format!("/slots/{slot}?action={action}"),
+                &json!({ "filename": filename }),
+                // A large context takes a while to write; the engine defers it while the slot
+                // works.
+                Duration::from_secs(60),
+            )
+            .await?;
+        slot_file_of(&v, action).ok_or_else(|| AdapterError::Protocol {
+            message: format!("slot {action} answer without its counts: {v}"),
+        })
     }
 }
 
@@ -537,38 +574,6 @@ impl EngineAdapter for LlamaCppAdapter {
 
     async fn restore_slot(&self, slot: u32, filename: &str) -> Result<SlotFile, AdapterError> {
         self.slot_file(slot, "restore", filename).await
-    }
-}
-
-impl LlamaCppAdapter {
-    /// `POST /slots/{slot}?action=save|restore` with `{"filename"}` (the engine resolves it in
-    /// its `--slot-save-path`).
-    async fn slot_file(
-        &self,
-        slot: u32,
-        action: &str,
-        filename: &str,
-    ) -> Result<SlotFile, AdapterError> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/slots/{slot}?action={action}")))
-            .json(&json!({ "filename": filename }))
-            // A large context takes a while to write; the engine defers it while the slot works.
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let v: Value =
-            http::check_status(resp)
-                .await?
-                .json()
-                .await
-                .map_err(|e| AdapterError::Protocol {
-                    message: format!("slot {action} answer: {e}"),
-                })?;
-        slot_file_of(&v, action).ok_or_else(|| AdapterError::Protocol {
-            message: format!("slot {action} answer without its counts: {v}"),
-        })
     }
 }
 
