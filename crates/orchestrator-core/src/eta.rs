@@ -340,29 +340,42 @@ pub struct ModelStats {
     pub prefill: PrefillFit,
     /// Recent output lengths.
     pub lengths: LengthHistory,
-    /// Forecast errors of interactive tasks, for their on-time probabilities.
-    pub on_time_interactive: OnTimeModel,
-    /// Forecast errors of batch tasks: a batch task's 202 cannot know of the interactive tasks
-    /// that will go ahead of it, so its errors have a distribution of their own.
-    pub on_time_batch: OnTimeModel,
+    /// Forecast errors by [`OnTimeClass`], for on-time probabilities: a batch task's 202
+    /// cannot know of the interactive tasks that will go ahead of it, and a task predicted to
+    /// wait carries the error of the whole queue ahead, where one that starts at once carries
+    /// only its own; each kind of prediction is calibrated on errors of its own kind.
+    pub on_time: [OnTimeModel; 4],
     tokens_per_char: Option<f64>,
 }
 
+/// What kind of prediction an on-time probability is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OnTimeClass {
+    /// The task's priority.
+    pub priority: Priority,
+    /// Whether it was predicted to wait for a slot (start later than now).
+    pub waits: bool,
+}
+
+impl OnTimeClass {
+    fn index(self) -> usize {
+        let p = match self.priority {
+            Priority::Interactive => 0,
+            Priority::Batch => 2,
+        };
+        p + usize::from(self.waits)
+    }
+}
+
 impl ModelStats {
-    /// The forecast errors of tasks of `priority`.
-    pub fn on_time(&self, priority: Priority) -> &OnTimeModel {
-        match priority {
-            Priority::Interactive => &self.on_time_interactive,
-            Priority::Batch => &self.on_time_batch,
-        }
+    /// The forecast errors of predictions of `class`.
+    pub fn on_time(&self, class: OnTimeClass) -> &OnTimeModel {
+        &self.on_time[class.index()]
     }
 
-    /// The forecast errors of tasks of `priority`, to record into.
-    pub fn on_time_mut(&mut self, priority: Priority) -> &mut OnTimeModel {
-        match priority {
-            Priority::Interactive => &mut self.on_time_interactive,
-            Priority::Batch => &mut self.on_time_batch,
-        }
+    /// The forecast errors of predictions of `class`, to record into.
+    pub fn on_time_mut(&mut self, class: OnTimeClass) -> &mut OnTimeModel {
+        &mut self.on_time[class.index()]
     }
 
     /// Records a prompt of `chars` characters that the engine counted as `tokens` tokens.
@@ -919,6 +932,27 @@ mod tests {
         m.record(0.0, 5.0);
         m.record(5.0, f64::NAN);
         assert_eq!(m.samples(), n);
+    }
+
+    #[test]
+    fn each_kind_of_prediction_is_calibrated_on_its_own_errors() {
+        let mut s = ModelStats::default();
+        let class = |priority, waits| OnTimeClass { priority, waits };
+        let queued = class(Priority::Interactive, true);
+        // Predictions made behind a queue end 30 % late; those of tasks starting at once are
+        // exact.
+        for _ in 0..64 {
+            s.on_time_mut(queued).record(1000.0, 1300.0);
+            s.on_time_mut(class(Priority::Interactive, false))
+                .record(1000.0, 1000.0);
+        }
+        let p = |c| s.on_time(c).probability(Some(1150.0), 1000.0);
+        assert!(p(queued) < 0.2, "{}", p(queued));
+        assert!(p(class(Priority::Interactive, false)) > 0.8);
+        // Batch predictions learned nothing: the prior alone.
+        let prior = OnTimeModel::default().probability(Some(1150.0), 1000.0);
+        assert_eq!(p(class(Priority::Batch, true)), prior);
+        assert_eq!(p(class(Priority::Batch, false)), prior);
     }
 
     #[test]

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_types::{MetricsEvent, StreamEvent, Workload};
-use orchestrator_core::eta::{forecast, Forecast, ModelStats, Plan, ReplicaLoad, Work};
+use orchestrator_core::eta::{
+    forecast, Forecast, ModelStats, OnTimeClass, Plan, ReplicaLoad, Work,
+};
 use orchestrator_core::queue::Queue;
 use pool_manager::{Pool, ReplicaState};
 
@@ -81,8 +83,8 @@ struct Live {
     replica: String,
     started: Instant,
     model: String,
-    /// The end its 202 predicted (ms from admission), when that forecast used measured rates.
-    admitted_end_ms: Option<f64>,
+    /// What its 202 predicted (ms from admission), when that forecast used measured rates.
+    admitted: Option<Forecast>,
 }
 
 /// One replica's current decode epoch.
@@ -107,8 +109,9 @@ pub struct Forecaster {
     live: HashMap<String, Live>,
     epochs: HashMap<String, Epoch>,
     waiting: HashMap<String, Waiting>,
-    /// Predicted end (ms from admission) of queued tasks whose 202 used measured rates.
-    admitted_end: HashMap<String, f64>,
+    /// What the 202 predicted (ms from admission) for queued tasks whose 202 used measured
+    /// rates.
+    admitted_end: HashMap<String, Forecast>,
     last_refresh: Option<Instant>,
     pending: bool,
     load_ms: Arc<AtomicU64>,
@@ -240,15 +243,15 @@ impl Forecaster {
         (forecast(&loads, &works, &curve), ids)
     }
 
-    /// The chance that `task`, predicted to end `end_ms` from now, ends within its deadline.
-    fn on_time(&self, key: &str, task: &Task, end_ms: f64, now: Instant) -> Option<f64> {
+    /// The chance that `task`, predicted to end `end_ms` from now (after waiting for a slot
+    /// when `waits`), ends within its deadline.
+    fn on_time(&self, key: &str, task: &Task, f: Forecast, now: Instant) -> Option<f64> {
         let deadline = task.req.deadline_ms? as f64;
         let left = deadline - ms(now.saturating_duration_since(task.submitted));
-        let prio = crate::dispatch::core_priority(task.priority());
         Some(
             self.stats(key)
-                .on_time(prio)
-                .probability(Some(left), end_ms),
+                .on_time(on_time_class(task, f))
+                .probability(Some(left), f.end_ms),
         )
     }
 
@@ -269,13 +272,13 @@ impl Forecaster {
             end_ms: 0.0,
         });
         if self.informed(&key) {
-            self.admitted_end.insert(task.id.clone(), f.end_ms);
+            self.admitted_end.insert(task.id.clone(), f);
         }
         set_prediction(task, now, f);
         Prediction {
             start_ms: whole_ms(f.start_ms),
             end_ms: whole_ms(f.end_ms),
-            on_time_probability: self.on_time(&key, task, f.end_ms, now),
+            on_time_probability: self.on_time(&key, task, f, now),
         }
     }
 
@@ -356,7 +359,7 @@ impl Forecaster {
         let now = Instant::now();
         self.close_epoch(replica_id, now);
         self.waiting.remove(&task.id);
-        let admitted_end_ms = self.admitted_end.remove(&task.id);
+        let admitted = self.admitted_end.remove(&task.id);
         self.live.insert(
             task.id.clone(),
             Live {
@@ -364,7 +367,7 @@ impl Forecaster {
                 replica: replica_id.to_owned(),
                 started: now,
                 model: Self::model_key(pool),
-                admitted_end_ms,
+                admitted,
             },
         );
         self.open_epoch(replica_id, now);
@@ -416,11 +419,11 @@ impl Forecaster {
             .and_then(|o| o.tokens_out)
             .unwrap_or(tokens);
         stats.lengths.record(produced, u64::from(t.req.max_tokens));
-        if let Some(predicted) = l.admitted_end_ms {
-            let prio = crate::dispatch::core_priority(t.priority());
-            stats
-                .on_time_mut(prio)
-                .record(predicted, ms(now.saturating_duration_since(t.submitted)));
+        if let Some(predicted) = l.admitted {
+            stats.on_time_mut(on_time_class(t, predicted)).record(
+                predicted.end_ms,
+                ms(now.saturating_duration_since(t.submitted)),
+            );
         }
     }
 
@@ -509,7 +512,7 @@ impl Forecaster {
         let extra = crate::sessions::live_metrics(task, 0);
         StreamEvent::Metrics(MetricsEvent {
             queue_depth: depth,
-            on_time_probability: self.on_time(key, task, f.end_ms, now).unwrap_or(1.0),
+            on_time_probability: self.on_time(key, task, f, now).unwrap_or(1.0),
             tokens_out: 0,
             tokens_per_s: 0.0,
             kv_warmth: extra.kv_warmth,
@@ -527,6 +530,15 @@ impl Forecaster {
 
 /// The instant `x_ms` after `now`; "never" (and anything past a day) is capped at a day, so the
 /// sum cannot overflow.
+/// The kind of prediction `f` is for `task`.
+fn on_time_class(task: &Task, f: Forecast) -> OnTimeClass {
+    OnTimeClass {
+        priority: crate::dispatch::core_priority(task.priority()),
+        // Under a millisecond is "at once".
+        waits: f.start_ms >= 1.0,
+    }
+}
+
 fn instant_in(now: Instant, x_ms: f64) -> Instant {
     let s = if x_ms.is_nan() {
         0.0
