@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use orch_store::Store;
-use pool_manager::{UnloadHook, UnloadingEngine};
+use pool_manager::{Pool, UnloadHook, UnloadingEngine};
 use sha2::{Digest, Sha256};
 
 use crate::storage::{blocking, store_err};
@@ -23,8 +23,10 @@ use crate::task::now_ms;
 /// A session's KV, saved when its pool unloaded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SavedKv {
-    /// The pool whose engine wrote it (only an engine of that pool's model can read it).
+    /// The pool whose engine wrote it.
     pub pool_id: String,
+    /// The model file that engine served: only an engine of the same model can read it.
+    pub model: String,
     /// The slot it came from, and goes back into.
     pub slot: u32,
     /// File name in the engine's slot directory.
@@ -71,10 +73,12 @@ impl KvShelf {
     }
 
     /// The KV saved for `session_id` by `pool_id`'s engine, handed to the session's next task
-    /// there (once).
-    pub fn take(&self, session_id: &str, pool_id: &str) -> Option<SavedKv> {
+    /// there (once), as long as the pool still serves `model` (a reload may have changed it).
+    pub fn take(&self, session_id: &str, pool_id: &str, model: &str) -> Option<SavedKv> {
         let mut g = self.lock();
-        if g.get(session_id).is_some_and(|s| s.pool_id == pool_id) {
+        if g.get(session_id)
+            .is_some_and(|s| s.pool_id == pool_id && s.model == model)
+        {
             return g.remove(session_id);
         }
         None
@@ -100,7 +104,9 @@ impl KvShelf {
 
 #[async_trait::async_trait]
 impl UnloadHook for KvShelf {
-    async fn before_stop(&self, pool_id: &str, engines: Vec<UnloadingEngine>) {
+    async fn before_stop(&self, pool: &Pool, engines: Vec<UnloadingEngine>) {
+        let pool_id = pool.id();
+        let model = pool.config().model.clone().unwrap_or_default();
         let store = self.store.clone();
         let sessions = match blocking(move || store.sessions().list().map_err(store_err)).await {
             Ok(s) => s,
@@ -138,6 +144,7 @@ impl UnloadHook for KvShelf {
                         sid,
                         SavedKv {
                             pool_id: pool_id.to_owned(),
+                            model: model.clone(),
                             slot,
                             file: file.clone(),
                         },
@@ -177,17 +184,23 @@ mod tests {
         assert!(!left.exists(), "an earlier run's file is removed");
         let s = SavedKv {
             pool_id: "a".into(),
+            model: "/m/one.gguf".into(),
             slot: 1,
             file: kv_file_name("s"),
         };
         shelf.lock().insert("s".into(), s.clone());
         assert_eq!(
-            shelf.take("s", "b"),
+            shelf.take("s", "b", "/m/one.gguf"),
             None,
-            "another pool's engine cannot read it"
+            "another pool's engine"
         );
-        assert_eq!(shelf.take("s", "a"), Some(s.clone()));
-        assert_eq!(shelf.take("s", "a"), None, "once");
+        assert_eq!(
+            shelf.take("s", "a", "/m/two.gguf"),
+            None,
+            "the pool now serves another model"
+        );
+        assert_eq!(shelf.take("s", "a", "/m/one.gguf"), Some(s.clone()));
+        assert_eq!(shelf.take("s", "a", "/m/one.gguf"), None, "once");
         let path = dir.path().join("slots").join(&s.file);
         std::fs::write(&path, b"kv").unwrap();
         shelf.lock().insert("s".into(), s);

@@ -446,7 +446,11 @@ impl SessionAccounts {
             .entry(sid.clone())
             .or_default()
             .push((task.clone(), reserved_tokens));
-        let restore = self.kv.take(&sid, &task.pool_id);
+        let model = pools
+            .pool(&task.pool_id)
+            .and_then(|p| p.config().model.clone())
+            .unwrap_or_default();
+        let restore = self.kv.take(&sid, &task.pool_id, &model);
         Ok(Some(SessionBinding {
             session_id: sid,
             pin: session.replica_id.zip(session.slot),

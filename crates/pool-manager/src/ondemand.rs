@@ -72,8 +72,8 @@ pub type UnloadingEngine = (String, Arc<dyn EngineAdapter>);
 /// saves its sessions' KV slots there, to restore them when the pool comes back.
 #[async_trait::async_trait]
 pub trait UnloadHook: Send + Sync {
-    /// `engines` are the pool's replicas about to stop, none of them running a task.
-    async fn before_stop(&self, pool_id: &str, engines: Vec<UnloadingEngine>);
+    /// `engines` are `pool`'s replicas about to stop, none of them running a task.
+    async fn before_stop(&self, pool: &Pool, engines: Vec<UnloadingEngine>);
 }
 
 /// The longest an unload waits for [`UnloadHook::before_stop`].
@@ -724,7 +724,7 @@ impl PoolManager {
     ) {
         if let (Some(hook), false) = (self.od.unload_hook.get(), engines.is_empty()) {
             let t0 = Instant::now();
-            if tokio::time::timeout(UNLOAD_HOOK_LIMIT, hook.before_stop(pool.id(), engines))
+            if tokio::time::timeout(UNLOAD_HOOK_LIMIT, hook.before_stop(pool, engines))
                 .await
                 .is_err()
             {
