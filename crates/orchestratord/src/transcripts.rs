@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use orch_store::{ArtifactInput, ArtifactKind, Store};
 use pool_manager::PoolManager;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::catalog::Catalog;
 use crate::storage::{blocking, store_err};
@@ -42,24 +44,24 @@ impl Transcripts {
         frames: &[Arc<Frame>],
     ) -> bool {
         let st = task.status();
-        let events: Vec<serde_json::Value> = frames
+        // Each frame's JSON goes in as it was sent (checked, not parsed into a tree: a
+        // transcript holds one per token).
+        let events: Vec<EventRecord<'_>> = frames
             .iter()
-            .map(|f| {
-                serde_json::json!({
-                    "event": f.name,
-                    "data": serde_json::from_str::<serde_json::Value>(&f.data)
-                        .unwrap_or_else(|_| serde_json::Value::String(f.data.clone())),
-                })
+            .map(|f| EventRecord {
+                event: f.name,
+                data: serde_json::from_str::<&RawValue>(&f.data)
+                    .map_or_else(|_| RecordData::Text(&f.data), RecordData::Json),
             })
             .collect();
-        let started = events
-            .iter()
-            .find(|e| e["event"] == "started")
-            .map(|e| e["data"].clone());
-        let end = events
-            .iter()
-            .find(|e| e["event"] == "end")
-            .map(|e| e["data"].clone());
+        let parsed = |name: &str| {
+            frames
+                .iter()
+                .find(|f| f.name == name)
+                .and_then(|f| serde_json::from_str::<serde_json::Value>(&f.data).ok())
+        };
+        let started = parsed("started");
+        let end = parsed("end");
         let outcome = task.ext.outcome();
         let pool = pools.pool(&task.pool_id);
         let engine_version = outcome
@@ -118,8 +120,8 @@ impl Transcripts {
             "started_ms": st.started_ms,
             "finished_ms": st.finished_ms,
             "request": request,
-            "events": events,
         });
+        let doc = TranscriptDoc { head: doc, events };
         let mut text = match serde_json::to_string_pretty(&doc) {
             Ok(t) => t,
             Err(e) => {
@@ -174,4 +176,27 @@ impl Transcripts {
             }
         }
     }
+}
+
+/// A transcript: its fields, then every event.
+#[derive(Serialize)]
+struct TranscriptDoc<'a> {
+    #[serde(flatten)]
+    head: serde_json::Value,
+    events: Vec<EventRecord<'a>>,
+}
+
+/// One event of a transcript.
+#[derive(Serialize)]
+struct EventRecord<'a> {
+    event: &'a str,
+    data: RecordData<'a>,
+}
+
+/// An event's payload: its JSON as sent, or (never in practice) the text that was not JSON.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RecordData<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
 }
