@@ -55,7 +55,7 @@ impl Listener for StallListener {
         if let Err(e) = socket2::SockRef::from(&io).set_send_buffer_size(SEND_BUFFER_BYTES) {
             tracing::debug!(error = %e, "SO_SNDBUF not set");
         }
-        (WriteDeadline::new(io, self.stall), addr)
+        (WriteDeadline::new(io, self.stall).with_peer(addr), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -85,6 +85,8 @@ pub struct WriteDeadline<S> {
     stall: Duration,
     /// Armed while a write waits; dropped on progress.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The client, for the log line of a stall close.
+    peer: Option<SocketAddr>,
 }
 
 impl<S: AbortiveClose> WriteDeadline<S> {
@@ -94,6 +96,15 @@ impl<S: AbortiveClose> WriteDeadline<S> {
             inner,
             stall,
             deadline: None,
+            peer: None,
+        }
+    }
+
+    /// Names the client in the log line of a stall close.
+    pub fn with_peer(self, peer: SocketAddr) -> Self {
+        Self {
+            peer: Some(peer),
+            ..self
         }
     }
 
@@ -123,6 +134,7 @@ impl<S: AbortiveClose> WriteDeadline<S> {
             self.inner.set_abortive_close();
             tracing::info!(
                 stall_s = stall.as_secs(),
+                peer = %self.peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                 "closing a connection that accepted no bytes (write_stall_timeout_s)"
             );
             return Poll::Ready(Err(io::Error::new(
