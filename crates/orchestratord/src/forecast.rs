@@ -111,7 +111,7 @@ pub struct Forecaster {
     waiting: HashMap<String, Waiting>,
     /// What the 202 predicted (ms from admission) for queued tasks whose 202 used measured
     /// rates.
-    admitted_end: HashMap<String, Forecast>,
+    admitted: HashMap<String, Forecast>,
     last_refresh: Option<Instant>,
     pending: bool,
     load_ms: Arc<AtomicU64>,
@@ -127,7 +127,7 @@ impl Forecaster {
             live: HashMap::new(),
             epochs: HashMap::new(),
             waiting: HashMap::new(),
-            admitted_end: HashMap::new(),
+            admitted: HashMap::new(),
             last_refresh: None,
             pending: false,
             load_ms,
@@ -243,8 +243,8 @@ impl Forecaster {
         (forecast(&loads, &works, &curve), ids)
     }
 
-    /// The chance that `task`, predicted to end `end_ms` from now (after waiting for a slot
-    /// when `waits`), ends within its deadline.
+    /// The chance that `task`, forecast `f` from now, ends within its deadline (judged on the
+    /// errors of forecasts of the same [`OnTimeClass`]).
     fn on_time(&self, key: &str, task: &Task, f: Forecast, now: Instant) -> Option<f64> {
         let deadline = task.req.deadline_ms? as f64;
         let left = deadline - ms(now.saturating_duration_since(task.submitted));
@@ -272,7 +272,7 @@ impl Forecaster {
             end_ms: 0.0,
         });
         if self.informed(&key) {
-            self.admitted_end.insert(task.id.clone(), f);
+            self.admitted.insert(task.id.clone(), f);
         }
         set_prediction(task, now, f);
         Prediction {
@@ -359,7 +359,7 @@ impl Forecaster {
         let now = Instant::now();
         self.close_epoch(replica_id, now);
         self.waiting.remove(&task.id);
-        let admitted = self.admitted_end.remove(&task.id);
+        let admitted = self.admitted.remove(&task.id);
         self.live.insert(
             task.id.clone(),
             Live {
@@ -444,7 +444,7 @@ impl Forecaster {
         let now = Instant::now();
         if queue.is_empty() {
             self.waiting.clear();
-            self.admitted_end.clear();
+            self.admitted.clear();
             self.pending = false;
             return;
         }
@@ -496,7 +496,7 @@ impl Forecaster {
             waiting.insert(task.id.clone(), last);
         }
         self.waiting = waiting;
-        self.admitted_end.retain(|id, _| queue.contains(id));
+        self.admitted.retain(|id, _| queue.contains(id));
     }
 
     /// The `metrics` frame of a waiting task.
@@ -528,8 +528,6 @@ impl Forecaster {
     }
 }
 
-/// The instant `x_ms` after `now`; "never" (and anything past a day) is capped at a day, so the
-/// sum cannot overflow.
 /// The kind of prediction `f` is for `task`.
 fn on_time_class(task: &Task, f: Forecast) -> OnTimeClass {
     OnTimeClass {
@@ -539,6 +537,8 @@ fn on_time_class(task: &Task, f: Forecast) -> OnTimeClass {
     }
 }
 
+/// The instant `x_ms` after `now`; "never" (and anything past a day) is capped at a day, so the
+/// sum cannot overflow.
 fn instant_in(now: Instant, x_ms: f64) -> Instant {
     let s = if x_ms.is_nan() {
         0.0

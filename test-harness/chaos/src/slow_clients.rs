@@ -254,9 +254,9 @@ async fn stalled_readers_are_closed(
     // A reset the client's kernel never applied (an RST out of its zero window whose
     // challenge ACK went unanswered) leaves its socket looking open although the daemon is
     // done with it: the daemon's own log line for the reader's address counts as closed too.
-    let closed_by_daemon = |s: &TcpStream| {
+    let closed_by_daemon = |s: &TcpStream, logs: &str| {
         s.local_addr().is_ok_and(|a| {
-            daemon_logs().lines().any(|l| {
+            logs.lines().any(|l| {
                 l.contains("closing a connection that accepted no bytes")
                     && l.contains(&format!("\"peer\":\"{a}\""))
             })
@@ -278,8 +278,8 @@ async fn stalled_readers_are_closed(
         }
         // Give the client's kernel 10 s past the daemon's close before trusting the log.
         if t0.elapsed() > Duration::from_secs(STALL_S + 20) {
-            let before = open.len();
-            open.retain(|s| !closed_by_daemon(s));
+            let (before, logs) = (open.len(), daemon_logs());
+            open.retain(|s| !closed_by_daemon(s, &logs));
             only_logged += before - open.len();
         }
     }
