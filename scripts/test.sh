@@ -9,7 +9,7 @@ bash scripts/setup-deps.sh
 echo "[test] provisioning llama-server and the tiny models (cached after the first run)" >&2
 eval "$(cargo xtask provision-engine)"
 TEST_MODEL_2="$(cargo xtask gen-model --seed 43)"
-export LLAMA_SERVER TEST_MODEL TEST_MODEL_2
+export LLAMA_SERVER TEST_MODEL TEST_MODEL_2 CHAT_MODEL
 # The official OpenAI Python and Node SDKs (PyPI, npm) and headless Chromium + playwright-core
 # (Debian, npm) for the OpenAI-door and status-page tests.
 bash test-harness/openai-sdk/setup.sh

