@@ -35,8 +35,8 @@ pub use status::{
     StatusSnapshot, WaitingTask,
 };
 pub use tasks::{
-    AdmissionResponse, ChatMessage, Determinism, KvHint, PlacementHint, Priority, StreamLinks,
-    TaskRequest, TaskState, TaskStatus, Workload,
+    AdmissionResponse, ChatMessage, Determinism, Dialect, KvHint, PlacementHint, Priority,
+    StreamLinks, TaskRequest, TaskState, TaskStatus, Workload,
 };
 pub use tools::{
     FunctionCall, FunctionCallDelta, FunctionDef, JsonSchemaFormat, LogitBias, NamedToolChoice,

@@ -27,6 +27,43 @@ pub enum Workload {
     Chat,
 }
 
+/// The door a task came through: the daemon's own API or one of the dialects agents speak
+/// (docs/AGENTS.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// `POST /v1/tasks`.
+    #[default]
+    Native,
+    /// OpenAI `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// OpenAI `POST /v1/completions`.
+    Completions,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
+    /// OpenAI `POST /v1/embeddings`.
+    Embeddings,
+    /// `POST /v1/rerank`.
+    Rerank,
+}
+
+impl Dialect {
+    /// The wire name (`native`, `chat_completions`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Native => "native",
+            Dialect::ChatCompletions => "chat_completions",
+            Dialect::Completions => "completions",
+            Dialect::Messages => "messages",
+            Dialect::Responses => "responses",
+            Dialect::Embeddings => "embeddings",
+            Dialect::Rerank => "rerank",
+        }
+    }
+}
+
 /// Determinism level requested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -290,6 +327,9 @@ pub struct TaskStatus {
     pub priority: Priority,
     /// The model reference given at admission.
     pub model_ref: String,
+    /// The door it came through.
+    #[serde(default)]
+    pub dialect: Dialect,
     /// Current queue position while queued.
     pub queue_position: Option<usize>,
     /// While queued: the latest predicted wait until it starts, in milliseconds from now.

@@ -81,6 +81,12 @@ pub struct Config {
     /// How much of each GPU the daemon may use, and how long a task may wait behind model
     /// swaps (docs/PLACEMENT.md, "Models on demand").
     pub placement: PlacementConfig,
+    /// Model names agents send that no pool serves, mapped to one that does: a name or a glob
+    /// (`*` any run of characters, `?` one) → a pool id, a pool's model name or a catalog id.
+    /// An exact name wins over globs, a longer glob over a shorter one; a name some pool or
+    /// catalog model serves is never aliased. Example: `{"claude-*": "qwen7b", "gpt-*": "qwen7b"}`
+    /// (docs/AGENTS.md).
+    pub model_aliases: std::collections::BTreeMap<String, String>,
     /// Engine pools.
     pub pools: Vec<PoolConfig>,
 }
@@ -103,6 +109,7 @@ impl Default for Config {
             write_stall_timeout_s: 60,
             idle_timeout_s: 75,
             placement: PlacementConfig::default(),
+            model_aliases: Default::default(),
             pools: Vec::new(),
         }
     }
@@ -637,6 +644,13 @@ impl Config {
                  set the {} environment variable (or auth.token_file), or bind 127.0.0.1",
                 self.auth.token_env
             )));
+        }
+        for (from, to) in &self.model_aliases {
+            if from.trim().is_empty() || to.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "model_aliases: `{from}` → `{to}`: both the name (or glob) and the model it maps to must be non-empty"
+                )));
+            }
         }
         if self.sessions.ttl_ms > 600_000 || self.sessions.ttl_ms == 0 {
             return Err(ConfigError::Invalid(format!(

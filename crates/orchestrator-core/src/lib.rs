@@ -33,4 +33,7 @@ pub use placement::{
     PlacementRequest, Reservation,
 };
 pub use queue::{Admitted, Entry, FullPolicy, Priority, Queue, Rejected};
-pub use routing::{choose_pool, choose_replica, load_per_slot, PoolCandidate, ReplicaCandidate};
+pub use routing::{
+    alias_for, choose_pool, choose_replica, context_fit, load_per_slot, ContextFit, PoolCandidate,
+    ReplicaCandidate,
+};

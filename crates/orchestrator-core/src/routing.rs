@@ -67,6 +67,92 @@ pub fn choose_replica(
         .map(|(i, _)| i)
 }
 
+/// The model a `name` no pool serves is aliased to by `aliases` (name or glob → model): an
+/// exact name first, then the longest matching glob (ties: the first in order).
+pub fn alias_for<'a>(
+    name: &str,
+    aliases: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<&'a str> {
+    let mut best: Option<(usize, &'a str)> = None;
+    for (pattern, to) in aliases {
+        if pattern == name {
+            return Some(to);
+        }
+        let globby = pattern.contains(['*', '?']);
+        if globby
+            && glob_match(pattern.as_bytes(), name.as_bytes())
+            && best.is_none_or(|(len, _)| pattern.len() > len)
+        {
+            best = Some((pattern.len(), to));
+        }
+    }
+    best.map(|(_, to)| to)
+}
+
+/// Whether `name` matches `pattern` (`*` any run of bytes, `?` one byte; the rest literal).
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    // Iterative with one backtrack point: linear in practice, never exponential.
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    p = sp + 1;
+                    n = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// What an agent-facing door does with a request's `max_tokens` in a slot's context (agents
+/// send their own model's maximum, e.g. 32 000): clamp it to what the prompt leaves, as
+/// llama-server does, or refuse a prompt that leaves nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextFit {
+    /// The task may generate `max_tokens`; `clamped_from` is the request's when it was lower.
+    Fits {
+        /// Tokens the task may generate.
+        max_tokens: u32,
+        /// The requested `max_tokens`, when clamped.
+        clamped_from: Option<u32>,
+    },
+    /// The prompt alone fills the context.
+    TooLong,
+}
+
+/// [`ContextFit`] for `requested` tokens after a prompt of (at most) `prompt` tokens in a
+/// context of `limit` tokens.
+pub fn context_fit(requested: u32, limit: u32, prompt: u32) -> ContextFit {
+    if prompt >= limit {
+        return ContextFit::TooLong;
+    }
+    let room = limit - prompt;
+    if requested > room {
+        ContextFit::Fits {
+            max_tokens: room,
+            clamped_from: Some(requested),
+        }
+    } else {
+        ContextFit::Fits {
+            max_tokens: requested,
+            clamped_from: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -220,6 +306,67 @@ mod tests {
                             prop_assert!(load_per_slot(w.in_flight, w.slots as usize) <= load_per_slot(o.in_flight, o.slots as usize));
                         },
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn aliases_exact_then_longest_glob() {
+        let a = [
+            ("gpt-*", "small"),
+            ("claude-*", "big"),
+            ("claude-3-haiku*", "small"),
+            ("claude-sonnet-4", "exact"),
+        ];
+        assert_eq!(alias_for("claude-sonnet-4", a), Some("exact"));
+        assert_eq!(alias_for("claude-3-haiku-2024", a), Some("small"));
+        assert_eq!(alias_for("claude-opus-4-1", a), Some("big"));
+        assert_eq!(alias_for("gpt-5-codex", a), Some("small"));
+        assert_eq!(alias_for("qwen", a), None);
+        assert_eq!(alias_for("a?c", [("a?c", "x")]), Some("x"));
+        assert_eq!(alias_for("abc", [("a?c", "x")]), Some("x"));
+        assert_eq!(alias_for("ac", [("a?c", "x")]), None);
+        assert_eq!(alias_for("anything", [("*", "x")]), Some("x"));
+    }
+
+    #[test]
+    fn context_fit_clamps_and_refuses() {
+        assert_eq!(
+            context_fit(32_000, 8192, 4100),
+            ContextFit::Fits {
+                max_tokens: 4092,
+                clamped_from: Some(32_000)
+            }
+        );
+        assert_eq!(
+            context_fit(64, 8192, 4100),
+            ContextFit::Fits {
+                max_tokens: 64,
+                clamped_from: None
+            }
+        );
+        assert_eq!(context_fit(1, 8192, 8192), ContextFit::TooLong);
+    }
+
+    proptest! {
+        /// A glob without wildcards matches exactly itself; `*` + s + `*` matches any name
+        /// containing s.
+        #[test]
+        fn globs_match_like_their_definition(name in "[a-c-]{0,8}", s in "[a-c]{0,3}") {
+            prop_assert_eq!(glob_match(name.as_bytes(), name.as_bytes()), true);
+            let contains = format!("*{s}*");
+            prop_assert_eq!(glob_match(contains.as_bytes(), name.as_bytes()), name.contains(&s));
+        }
+
+        /// A fit never lets prompt + output exceed the context, and clamps only when needed.
+        #[test]
+        fn fits_stay_within_the_context(req in 1u32..100_000, limit in 1u32..100_000, prompt in 0u32..100_000) {
+            match context_fit(req, limit, prompt) {
+                ContextFit::TooLong => prop_assert!(prompt >= limit),
+                ContextFit::Fits { max_tokens, clamped_from } => {
+                    prop_assert!(max_tokens >= 1 && prompt + max_tokens <= limit);
+                    prop_assert_eq!(clamped_from.is_some(), req > limit - prompt);
                 }
             }
         }

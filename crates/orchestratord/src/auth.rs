@@ -10,7 +10,7 @@ use std::sync::Arc;
 use api_types::ErrorCode;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -115,12 +115,8 @@ pub async fn require_token(
         }
         Err(e) => {
             tracing::warn!(code = e.body.code.as_str(), peer = %peer.ip(), "request refused");
-            // OpenAI clients read only OpenAI's error shape.
-            if crate::http::openai::is_openai_path(req.uri().path()) {
-                crate::http::openai::refuse(e.into(), req.into_body()).await
-            } else {
-                e.into_response()
-            }
+            let path = req.uri().path().to_owned();
+            crate::http::door::refuse_on_path(&path, e, req.into_body()).await
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct Task {
     pub cancel: CancellationToken,
     /// Session binding, engine outcome and transcript artifact.
     pub ext: TaskExt,
+    /// The door it came through.
+    pub dialect: api_types::Dialect,
     inner: Mutex<Inner>,
     len: watch::Sender<usize>,
     /// Fired with the terminal event: what waits for the end alone is not woken per token.
@@ -218,6 +220,7 @@ impl Task {
             submitted_ms: now_ms(),
             cancel: CancellationToken::new(),
             ext: TaskExt::default(),
+            dialect: api_types::Dialect::Native,
             inner: Mutex::new(Inner {
                 state: TaskState::Queued,
                 replica_id: None,
@@ -380,6 +383,7 @@ impl Task {
             replica_id: g.replica_id.clone(),
             priority: self.req.priority,
             model_ref: self.req.model_ref.clone(),
+            dialect: self.dialect,
             queue_position: g.queue_position,
             predicted_start_ms: live
                 .and_then(|(start, _)| start)

@@ -437,6 +437,11 @@ pub trait EngineAdapter: Send + Sync + 'static {
     async fn kv_cache_usage(&self) -> Result<Option<f64>, AdapterError> {
         Ok(None)
     }
+    /// The prompt tokens `req` occupies in the engine's context: its chat template and tools
+    /// applied, then tokenized by the engine's own tokenizer.
+    async fn count_tokens(&self, _req: &GenerateRequest) -> Result<u32, AdapterError> {
+        Err(AdapterError::Unsupported("token counting"))
+    }
 }
 
 /// The adapter for a pool's `engine` kind at `base_url`. `model` is the pool's `model:`: the

@@ -557,6 +557,24 @@ impl EngineAdapter for LlamaCppAdapter {
         Ok(kv_usage_from_slots(&self.get_json("/slots").await?))
     }
 
+    async fn count_tokens(&self, req: &GenerateRequest) -> Result<u32, AdapterError> {
+        let prompt = match &req.prompt {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Chat(_) => self.apply_template(req).await?,
+        };
+        // As `/completion` reads the prompt: special tokens added and parsed.
+        let body = json!({ "content": prompt, "add_special": true, "parse_special": true });
+        let v = self
+            .post_json("/tokenize", &body, Duration::from_secs(10))
+            .await?;
+        v.get("tokens")
+            .and_then(Value::as_array)
+            .map(|t| u32::try_from(t.len()).unwrap_or(u32::MAX))
+            .ok_or_else(|| AdapterError::Protocol {
+                message: "/tokenize returned no `tokens`".into(),
+            })
+    }
+
     async fn erase_slot(&self, slot: u32) -> Result<(), AdapterError> {
         let resp = self
             .http

@@ -3,13 +3,14 @@
 //! (turns, TTL, budget reservation), register, enqueue; plus cancel. Refusals are
 //! [`ServiceError`]s, mapped to HTTP by `http::error`.
 
+pub mod context;
 pub mod validate;
 
 use std::sync::Arc;
 
 use api_types::{
-    AdmissionResponse, BudgetRemaining, ErrorCode, ErrorEnvelope, StreamLinks, TaskRequest,
-    TaskState,
+    AdmissionResponse, BudgetRemaining, Dialect, ErrorCode, ErrorEnvelope, StreamLinks,
+    TaskRequest, TaskState,
 };
 use futures::StreamExt;
 use orchestrator_core::{choose_pool, PoolCandidate};
@@ -19,6 +20,7 @@ use crate::app::AppState;
 use crate::dispatch::Dispatcher;
 use crate::error::ServiceError;
 use crate::task::Task;
+use context::ContextNote;
 use validate::{check_limits, validate};
 
 /// A task that passed admission.
@@ -27,6 +29,8 @@ pub struct Admitted {
     pub task: Arc<Task>,
     /// The 202 body of `POST /v1/tasks`.
     pub response: AdmissionResponse,
+    /// What the agent doors' context rules did (default for `POST /v1/tasks`).
+    pub context: ContextNote,
 }
 
 impl Admitted {
@@ -165,9 +169,19 @@ pub async fn admit(
     correlation_id: &str,
     req: TaskRequest,
 ) -> Result<Admitted, ServiceError> {
+    admit_via(state, correlation_id, req, Dialect::Native).await
+}
+
+/// [`admit`] for a task that came through `dialect`'s door (recorded on the task).
+pub async fn admit_via(
+    state: &AppState,
+    correlation_id: &str,
+    req: TaskRequest,
+    dialect: Dialect,
+) -> Result<Admitted, ServiceError> {
     let (state, correlation_id) = (state.clone(), correlation_id.to_owned());
     // The request's span (correlation id, caller) follows into the spawned task.
-    let admission = async move { admit_to_end(&state, &correlation_id, req).await };
+    let admission = async move { admit_to_end(&state, &correlation_id, req, dialect).await };
     tokio::spawn(admission.instrument(tracing::Span::current()))
         .await
         .map_err(|e| {
@@ -181,7 +195,8 @@ pub async fn admit(
 async fn admit_to_end(
     state: &AppState,
     correlation_id: &str,
-    req: TaskRequest,
+    mut req: TaskRequest,
+    dialect: Dialect,
 ) -> Result<Admitted, ServiceError> {
     let reject = |engine: &str, e: ServiceError| {
         state.metrics.rejected(engine, e.body.code.as_str());
@@ -200,6 +215,7 @@ async fn admit_to_end(
         ));
     }
     validate(&req).map_err(|e| reject("", e))?;
+    context::resolve_alias(state, &mut req);
     let catalog_path = state
         .catalog
         .route(&req.model_ref, &state.pools)
@@ -207,6 +223,13 @@ async fn admit_to_end(
     let disp = route(state, &req, catalog_path.as_deref())
         .map_err(|e| reject(req.engine.as_deref().unwrap_or(""), e))?;
     let pool = disp.pool().clone();
+    let context = if dialect == Dialect::Native {
+        ContextNote::default()
+    } else {
+        context::fit(state, &pool, &mut req)
+            .await
+            .map_err(|e| reject(pool.engine(), e))?
+    };
     check_limits(&pool, &req).map_err(|e| reject(pool.engine(), e))?;
     if req.session_id.is_some() && state.tasks.get(&req.task_id).is_some() {
         // Refuse before the session check records a turn (the insert below re-checks).
@@ -221,12 +244,14 @@ async fn admit_to_end(
             ),
         ));
     }
-    let task = Arc::new(Task::new(
+    let mut task = Task::new(
         req,
         pool.id().to_owned(),
         pool.engine(),
         correlation_id.to_owned(),
-    ));
+    );
+    task.dialect = dialect;
+    let task = Arc::new(task);
     // Session turn, TTL and budget checks and the budget reservation, before enqueue.
     let session = state
         .sessions
@@ -296,6 +321,7 @@ async fn admit_to_end(
             Ok(Admitted {
                 task,
                 response: body,
+                context,
             })
         }
         Err(full) => {

@@ -111,18 +111,14 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Capabilities> {
 pub async fn not_found(req: axum::extract::Request) -> Response {
     let path = req.uri().path().to_owned();
     let e = ServiceError::not_found(format!("no route {path}; see /openapi.json"));
-    // OpenAI's paths answer in OpenAI's error shape (the SDKs read only that).
-    if crate::http::openai::is_openai_path(&path) {
-        return crate::http::openai::refuse(e.into(), req.into_body()).await;
-    }
-    e.into_response()
+    crate::http::door::refuse_on_path(&path, e, req.into_body()).await
 }
 
 /// Known route, wrong method.
 pub async fn method_not_allowed(req: axum::extract::Request) -> Response {
-    if crate::http::openai::is_openai_path(req.uri().path()) {
-        let e = crate::http::openai::OaiError::method_not_allowed();
-        return crate::http::openai::refuse(e, req.into_body()).await;
+    let path = req.uri().path().to_owned();
+    if let Some(r) = crate::http::door::method_not_allowed_on_path(&path, req.into_body()).await {
+        return r;
     }
     crate::http::error::respond(
         StatusCode::METHOD_NOT_ALLOWED,

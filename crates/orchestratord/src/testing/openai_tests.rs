@@ -284,8 +284,10 @@ async fn openai_priority_session_and_default_max_tokens_map_to_the_task() {
     let id = r.header("x-llorch-task-id").expect("task id");
     let st = app.status(id).await;
     assert_eq!(st["priority"], "batch");
-    // No max_tokens: 512 capped by the pool's 256-token context.
-    assert_eq!(app.engine("p1").requests()[0].max_tokens, 256);
+    // No max_tokens: 512 capped by the pool's 256-token context, then clamped to what the
+    // prompt leaves (the fake engine cannot count: the bound of 1 byte + 32 template tokens).
+    assert_eq!(app.engine("p1").requests()[0].max_tokens, 223);
+    assert_eq!(r.header("x-llorch-max-tokens-clamped"), Some("256->223"));
     let s = app.get("/v1/sessions/oai-s1").await;
     s.expect_status(200);
     assert_eq!(s.body["turns"], 1);
