@@ -35,6 +35,9 @@ pub enum Bench {
     /// Models on demand: cold load, swap (evict one, load another) and the first token of a
     /// task at an unloaded pool, against the engine's load time alone.
     Swap(crate::bench_swap::SwapArgs),
+    /// The daemon's CPU per relayed token on each agent door (Anthropic Messages, OpenAI
+    /// Responses) against the Chat Completions door, on one engine in one run.
+    Doors(crate::bench_doors::DoorsArgs),
 }
 
 /// Runs a benchmark on a multi-threaded tokio runtime; Ctrl-C stops it (and its processes).
@@ -52,6 +55,7 @@ pub fn run(cmd: Bench) -> Result<()> {
                     Bench::Pools(a) => crate::bench_pools::run(a).await,
                     Bench::Eta(a) => crate::bench_eta::run(a).await,
                     Bench::Swap(a) => crate::bench_swap::run(a).await,
+                    Bench::Doors(a) => crate::bench_doors::run(a).await,
                 }
             } => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
@@ -133,7 +137,7 @@ pub struct OverheadArgs {
 
 /// A child process that is killed when dropped. Its stdout and stderr go to a log file whose
 /// tail explains an early exit.
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -163,6 +167,11 @@ impl Proc {
             .spawn()
             .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
         Ok(Self { name, child, log })
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn tail(&self, n: usize) -> String {
@@ -239,7 +248,7 @@ impl Drop for Proc {
 }
 
 /// The 1-minute load average, where the OS tells it.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
@@ -281,7 +290,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// `given`, or the release binary `name`; an error naming the build command if it is missing.
-fn release_binary(given: Option<PathBuf>, name: &str, flag: &str) -> Result<PathBuf> {
+pub(crate) fn release_binary(given: Option<PathBuf>, name: &str, flag: &str) -> Result<PathBuf> {
     let path = given.unwrap_or_else(|| target_dir().join("release").join(name));
     if !path.is_file() {
         bail!(
@@ -293,10 +302,11 @@ fn release_binary(given: Option<PathBuf>, name: &str, flag: &str) -> Result<Path
 }
 
 /// Starts the engine double; returns it and its base URL.
-async fn start_double(
+pub(crate) async fn start_double(
     bin: &Path,
     dir: &Path,
-    a: &OverheadArgs,
+    token_interval_us: u64,
+    ttft_us: u64,
     slots: usize,
 ) -> Result<(Proc, String)> {
     let mut cmd = Command::new(bin);
@@ -304,9 +314,9 @@ async fn start_double(
         .arg("--slots")
         .arg(slots.to_string())
         .arg("--token-interval-us")
-        .arg(a.token_interval_us.to_string())
+        .arg(token_interval_us.to_string())
         .arg("--ttft-us")
-        .arg(a.ttft_us.to_string());
+        .arg(ttft_us.to_string());
     let mut p = Proc::spawn("engine-double", cmd, dir.join("engine-double.log"))?;
     let line = p
         .wait_for_line("listening on ", Duration::from_secs(10))
@@ -353,7 +363,7 @@ async fn start_llama_server(
 }
 
 /// Starts orchestratord with one `endpoint:` pool `bench` on `engine`; waits until it is ready.
-async fn start_daemon(
+pub(crate) async fn start_daemon(
     http: &reqwest::Client,
     bin: &Path,
     dir: &Path,
@@ -402,14 +412,14 @@ async fn start_daemon(
 
 /// What one request asks for; the same for both paths.
 #[derive(Clone)]
-struct Spec {
-    prompt: &'static str,
-    tokens: u32,
+pub(crate) struct Spec {
+    pub(crate) prompt: &'static str,
+    pub(crate) tokens: u32,
 }
 
 /// Where requests go.
 #[derive(Clone)]
-enum Target {
+pub(crate) enum Target {
     /// llama-server's `POST /completion` stream at `base`. `close` sends `Connection: close`:
     /// llama-server closes the connection after every streamed response although it announces
     /// keep-alive, so a client that reuses it races the close and sometimes fails with
@@ -417,10 +427,13 @@ enum Target {
     Direct { base: String, close: bool },
     /// orchestratord at this base URL, model_ref `bench`.
     Relayed(String),
+    /// One of orchestratord's agent doors (`chat`, `messages`, `responses`: loadgen's
+    /// `--target`) at this base URL, model `bench`.
+    Door(&'static str, String),
 }
 
 /// One finished request.
-struct Sample {
+pub(crate) struct Sample {
     ttft: Duration,
     /// Request sent to last event.
     total: Duration,
@@ -442,9 +455,9 @@ impl Sample {
 }
 
 /// One phase: `total` requests, `conc` at a time (closed loop).
-struct Phase {
-    samples: Vec<Sample>,
-    errors: Vec<String>,
+pub(crate) struct Phase {
+    pub(crate) samples: Vec<Sample>,
+    pub(crate) errors: Vec<String>,
     wall: Duration,
     /// Streams (workers) in the phase.
     conc: usize,
@@ -467,7 +480,7 @@ impl Phase {
     }
 
     /// Adds another segment of the same path: samples and errors, wall time and CPU.
-    fn absorb(&mut self, o: Phase) {
+    pub(crate) fn absorb(&mut self, o: Phase) {
         self.samples.extend(o.samples);
         self.errors.extend(o.errors);
         self.wall += o.wall;
@@ -480,7 +493,7 @@ impl Phase {
     }
 
     /// Aggregate tokens/s with all streams busy: streams × tokens per busy stream-second.
-    fn tokens_per_s(&self) -> f64 {
+    pub(crate) fn tokens_per_s(&self) -> f64 {
         let n: u64 = self.samples.iter().map(|s| s.tokens).sum();
         self.conc as f64 * n as f64 / self.busy.as_secs_f64().max(1e-9)
     }
@@ -506,6 +519,18 @@ impl Phase {
             .collect();
         v.sort_by(f64::total_cmp);
         percentile(&v, q)
+    }
+
+    /// orchestratord's CPU per token of the phase, µs.
+    pub(crate) fn daemon_us_per_token(&self) -> Option<f64> {
+        let tokens: u64 = self.samples.iter().map(|s| s.tokens).sum();
+        self.cpu
+            .map(|c| c.daemon.as_secs_f64() * 1e6 / tokens.max(1) as f64)
+    }
+
+    /// The hashes of the texts the requests streamed.
+    pub(crate) fn texts(&self) -> impl Iterator<Item = &str> {
+        self.samples.iter().map(|s| s.text.as_str())
     }
 
     fn tokens_per_request(&self) -> f64 {
@@ -548,6 +573,9 @@ async fn phase(
         }
         Target::Relayed(base) => {
             cmd.args(["--target", "relayed", "--base", base]);
+        }
+        Target::Door(door, base) => {
+            cmd.args(["--target", door, "--base", base]);
         }
     }
     cmd.arg("--concurrency")
@@ -642,25 +670,22 @@ impl Row {
 
     /// orchestratord's CPU per relayed token, µs.
     fn daemon_us_per_token(&self) -> Option<f64> {
-        let tokens: u64 = self.relayed.samples.iter().map(|s| s.tokens).sum();
-        self.relayed
-            .cpu
-            .map(|c| c.daemon.as_secs_f64() * 1e6 / tokens.max(1) as f64)
+        self.relayed.daemon_us_per_token()
     }
 }
 
 /// One engine and the daemon in front of it.
-struct Setup<'a> {
+pub(crate) struct Setup<'a> {
     /// The load generator binary.
-    loadgen: &'a Path,
+    pub(crate) loadgen: &'a Path,
     /// Name in progress lines and task ids.
-    name: &'a str,
+    pub(crate) name: &'a str,
     /// Engine base URL and pid.
-    engine: (String, u32),
+    pub(crate) engine: (String, u32),
     /// Whether direct requests send `Connection: close` (see [`Target::Direct`]).
-    close: bool,
+    pub(crate) close: bool,
     /// orchestratord base URL and pid.
-    daemon: (String, u32),
+    pub(crate) daemon: (String, u32),
 }
 
 impl Setup<'_> {
@@ -675,7 +700,7 @@ impl Setup<'_> {
     }
 
     /// [`phase`] with the CPU each process used during it.
-    async fn phase(
+    pub(crate) async fn phase(
         &self,
         t: &Target,
         label: &str,
@@ -788,7 +813,7 @@ async fn measure(s: &Setup<'_>, concs: &[usize], plan: Plan, spec: &Spec) -> Res
     Ok(rows)
 }
 
-fn progress(msg: String) {
+pub(crate) fn progress(msg: String) {
     eprintln!("[bench] {msg}");
 }
 
@@ -955,7 +980,8 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
     } else {
         let sub = dir.path().join("double");
         std::fs::create_dir_all(&sub)?;
-        let (double_proc, engine) = start_double(&double_bin, &sub, &a, slots).await?;
+        let (double_proc, engine) =
+            start_double(&double_bin, &sub, a.token_interval_us, a.ttft_us, slots).await?;
         let (daemon_proc, daemon) = start_daemon(
             &http,
             &daemon_bin,

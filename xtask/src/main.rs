@@ -4,6 +4,7 @@
 //! line and dispatches.
 
 mod bench;
+mod bench_doors;
 mod bench_eta;
 mod bench_pools;
 mod bench_swap;
