@@ -228,6 +228,10 @@ fn gib(bytes: u64) -> String {
 
 const GIB: u64 = 1 << 30;
 
+/// VRAM kept free on every GPU beyond a model's estimate: estimates are often wrong, and the
+/// driver and other programs take some. (One value for the daemon and `llorch init`.)
+pub const HEADROOM_BYTES: u64 = 512 << 20;
+
 /// Fixed allowance for what a llama.cpp replica needs besides weights and KV cache: the CUDA
 /// context of the engine process and the compute (graph scratch) buffers at the default
 /// batch sizes. Measured values for 7–8B models are 0.5–0.8 GiB.
