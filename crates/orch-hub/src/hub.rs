@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use orchestrator_core::bytes::human as human_size;
 use serde::Deserialize;
 use url::Url;
 
@@ -368,21 +369,6 @@ fn candidates(files: &[RemoteFile]) -> Vec<Candidate> {
     }
     singles.sort_by(|a, b| a.name.cmp(&b.name));
     singles
-}
-
-fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn describe(c: &Candidate) -> String {
