@@ -33,20 +33,14 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench_util::need_file;
+use crate::bench_util::{need_file, EngineArgs};
 
 /// Arguments of `cargo xtask bench eta`.
 #[derive(clap::Args)]
 pub struct EtaArgs {
-    /// orchestratord binary [default: <target>/release/orchestratord, else <target>/debug/orchestratord].
-    #[arg(long)]
-    pub orchestratord: Option<PathBuf>,
-    /// llama-server binary (from `cargo xtask provision-engine`).
-    #[arg(long, env = "LLAMA_SERVER")]
-    pub llama_server: Option<PathBuf>,
-    /// GGUF model (from `cargo xtask provision-engine`).
-    #[arg(long, env = "TEST_MODEL")]
-    pub model: Option<PathBuf>,
+    /// The daemon and the engine.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Measured rounds per workload.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -513,22 +507,7 @@ fn verdict(ok: bool) -> &'static str {
 
 /// Runs the benchmark and prints the results.
 pub async fn run(a: EtaArgs) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let bin = a.orchestratord.clone().unwrap_or_else(|| {
-        let release = root.join("target/release/orchestratord");
-        if release.is_file() {
-            release
-        } else {
-            root.join("target/debug/orchestratord")
-        }
-    });
-    let bin = need_file(
-        Some(bin),
-        "orchestratord binary (cargo build -p orchestratord)",
-    )?;
+    let bin = a.engine.daemon()?;
     if a.tasks == 0 || a.slots == 0 {
         bail!("--tasks and --slots must be at least 1");
     }
@@ -551,8 +530,7 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             (name, Some(g), d)
         }
         None => {
-            let server = need_file(a.llama_server.clone(), "llama-server")?;
-            let model = need_file(a.model.clone(), "test model")?;
+            let (server, model) = a.engine.engine()?;
             let d = start_daemon(
                 &bin,
                 Engine::Llama {
