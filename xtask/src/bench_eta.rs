@@ -33,7 +33,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench_util::{need_file, EngineArgs};
+use crate::bench_util::{load_average, need_file, percentile, verdict, EngineArgs};
 
 /// Arguments of `cargo xtask bench eta`.
 #[derive(clap::Args)]
@@ -371,15 +371,6 @@ async fn round(
     Ok(out)
 }
 
-/// Nearest-rank percentile of sorted values (NaN when empty).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// Median and p90 of the relative errors `|p − a| / a`, and the median signed error.
 fn errors(pairs: &[(f64, f64)]) -> (f64, f64, f64, usize) {
     let mut abs: Vec<f64> = pairs.iter().map(|(p, a)| (p - a).abs() / a).collect();
@@ -487,21 +478,6 @@ fn calibration(out: &mut String, title: &str, samples: &[(f64, bool)]) {
             near.len(),
             rate * 100.0
         );
-    }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "MET"
-    } else {
-        "MISSED"
     }
 }
 

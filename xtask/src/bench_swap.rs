@@ -21,7 +21,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench_util::{median_min_max, second_model, EngineArgs};
+use crate::bench_util::{free_port, median_min_max, second_model, EngineArgs};
 
 /// Arguments of `cargo xtask bench swap`.
 #[derive(clap::Args)]
@@ -46,11 +46,6 @@ impl Drop for Guard {
     fn drop(&mut self) {
         crate::bench_util::stop(&mut self.child);
     }
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// llama-server on `model`, as the daemon would start it, timed to its first good health check.

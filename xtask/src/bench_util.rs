@@ -100,3 +100,36 @@ pub fn median_min_max(v: &mut [f64]) -> (f64, f64, f64) {
         v.last().copied().unwrap_or(0.0),
     )
 }
+
+/// The 1-minute load average, where the OS tells it.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A port that was free a moment ago (for programs that cannot report the one they picked).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Nearest-rank percentile of sorted values (NaN when empty).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `MET` or `MISSED`, for a target.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
