@@ -33,20 +33,14 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench_util::need_file;
+use crate::bench_util::{load_average, need_file, percentile, verdict, EngineArgs};
 
 /// Arguments of `cargo xtask bench eta`.
 #[derive(clap::Args)]
 pub struct EtaArgs {
-    /// orchestratord binary [default: <target>/release/orchestratord, else <target>/debug/orchestratord].
-    #[arg(long)]
-    pub orchestratord: Option<PathBuf>,
-    /// llama-server binary (from `cargo xtask provision-engine`).
-    #[arg(long, env = "LLAMA_SERVER")]
-    pub llama_server: Option<PathBuf>,
-    /// GGUF model (from `cargo xtask provision-engine`).
-    #[arg(long, env = "TEST_MODEL")]
-    pub model: Option<PathBuf>,
+    /// The daemon and the engine.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Measured rounds per workload.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -377,15 +371,6 @@ async fn round(
     Ok(out)
 }
 
-/// Nearest-rank percentile of sorted values (NaN when empty).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// Median and p90 of the relative errors `|p − a| / a`, and the median signed error.
 fn errors(pairs: &[(f64, f64)]) -> (f64, f64, f64, usize) {
     let mut abs: Vec<f64> = pairs.iter().map(|(p, a)| (p - a).abs() / a).collect();
@@ -496,39 +481,9 @@ fn calibration(out: &mut String, title: &str, samples: &[(f64, bool)]) {
     }
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "MET"
-    } else {
-        "MISSED"
-    }
-}
-
 /// Runs the benchmark and prints the results.
 pub async fn run(a: EtaArgs) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let bin = a.orchestratord.clone().unwrap_or_else(|| {
-        let release = root.join("target/release/orchestratord");
-        if release.is_file() {
-            release
-        } else {
-            root.join("target/debug/orchestratord")
-        }
-    });
-    let bin = need_file(
-        Some(bin),
-        "orchestratord binary (cargo build -p orchestratord)",
-    )?;
+    let bin = a.engine.daemon()?;
     if a.tasks == 0 || a.slots == 0 {
         bail!("--tasks and --slots must be at least 1");
     }
@@ -551,8 +506,7 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             (name, Some(g), d)
         }
         None => {
-            let server = need_file(a.llama_server.clone(), "llama-server")?;
-            let model = need_file(a.model.clone(), "test model")?;
+            let (server, model) = a.engine.engine()?;
             let d = start_daemon(
                 &bin,
                 Engine::Llama {

@@ -4,7 +4,6 @@
 //! line and dispatches.
 
 mod bench;
-mod bench_doors;
 mod bench_eta;
 mod bench_pools;
 mod bench_swap;

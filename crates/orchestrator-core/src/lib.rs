@@ -5,6 +5,7 @@
 //! (durations in milliseconds, VRAM snapshots) in and gets decisions back, which keeps every rule
 //! deterministic and testable without GPUs or engines.
 //!
+//! - [`bytes`]: byte counts for people.
 //! - [`queue`]: admission, full policies (`reject`, `drop-lru`), dispatch order.
 //! - [`eta`]: the start-time model ("queue truth"): measured prefill and per-slot decode
 //!   rates, expected lengths, an event simulation of the pool giving each task's predicted start
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bytes;
 pub mod estimate;
 pub mod eta;
 pub mod placement;

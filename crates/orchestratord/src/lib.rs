@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod background;
 pub mod catalog;
+pub mod clock;
 pub mod correlation;
 pub mod dispatch;
 pub mod engine_io;

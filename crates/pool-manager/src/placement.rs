@@ -16,9 +16,7 @@ use crate::launch::{resolve_binary, LaunchPlan};
 use crate::metrics::{PlacementLabels, PoolMetrics};
 use crate::{lock, PoolError};
 
-/// VRAM kept free on every GPU beyond a model's estimate: estimates are often wrong, and the
-/// driver and other programs take some.
-pub const HEADROOM_BYTES: u64 = 512 << 20;
+pub use orchestrator_core::placement::HEADROOM_BYTES;
 
 /// Where engines run.
 #[derive(Clone)]

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::bench::{
-    load_average, progress, release_binary, start_daemon, start_double, Phase, Setup, Spec, Target,
-};
+use super::procs::{release_binary, start_daemon, start_double};
+use super::{progress, Phase, Setup, Spec, Target};
+use crate::bench_util::load_average;
 
 /// Arguments of `cargo xtask bench doors`.
 #[derive(clap::Args)]
@@ -71,9 +71,9 @@ pub async fn run(a: DoorsArgs) -> Result<()> {
     let setup = Setup {
         loadgen: &loadgen,
         name: "doors",
-        engine: (engine, double_proc.pid()),
+        engine: (engine, double_proc.child.id()),
         close: false,
-        daemon: (daemon.clone(), daemon_proc.pid()),
+        daemon: (daemon.clone(), daemon_proc.child.id()),
     };
     let spec = Spec {
         prompt: PROMPT,
