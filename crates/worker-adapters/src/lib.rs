@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 pub mod http;
 pub mod llamacpp;
 pub mod openai;
+pub mod scoring;
 pub mod tgi;
 pub mod triton;
 
 pub use llamacpp::LlamaCppAdapter;
 pub use openai::OpenAiAdapter;
+pub use scoring::{Embeddings, Ranked, RerankRequest};
 pub use tgi::TgiAdapter;
 pub use triton::TritonAdapter;
 
@@ -436,6 +438,15 @@ pub trait EngineAdapter: Send + Sync + 'static {
     /// (`kv_cache_usage_ratio`); `None` when it does not.
     async fn kv_cache_usage(&self) -> Result<Option<f64>, AdapterError> {
         Ok(None)
+    }
+    /// One embedding vector per input (an engine started for embeddings).
+    async fn embed(&self, _input: &[String]) -> Result<Embeddings, AdapterError> {
+        Err(AdapterError::Unsupported("embeddings"))
+    }
+    /// The documents' relevance scores for the query, best first (an engine started for
+    /// rerank).
+    async fn rerank(&self, _req: &RerankRequest) -> Result<Ranked, AdapterError> {
+        Err(AdapterError::Unsupported("rerank"))
     }
 }
 

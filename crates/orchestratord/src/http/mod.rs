@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod catalog;
 pub mod cors;
+pub mod embeddings;
 pub mod error;
 pub mod openai;
 pub mod pools;

@@ -88,6 +88,9 @@ const OPENAI_RESOURCES: &[&str] = &[
     "conversations",
     "containers",
     "evals",
+    // Not OpenAI's, but served beside `/v1/embeddings` in the same shape (`http/embeddings.rs`).
+    "rerank",
+    "reranking",
 ];
 
 /// Whether `path` is one of OpenAI's API paths.
@@ -102,14 +105,14 @@ pub fn is_openai_path(path: &str) -> bool {
 pub struct OaiError {
     status: StatusCode,
     message: String,
-    code: String,
+    pub(crate) code: String,
     retry_after_ms: Option<u64>,
     /// Close the connection after answering (the body was not read to its end).
     close: bool,
 }
 
 impl OaiError {
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -120,7 +123,7 @@ impl OaiError {
     }
 
     /// 413: the body is over `http.max_body_bytes`.
-    fn too_large(limit: u64, close: bool) -> Self {
+    pub(crate) fn too_large(limit: u64, close: bool) -> Self {
         Self {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "payload_too_large".into(),
@@ -418,7 +421,7 @@ fn stop_list(stop: &Option<Value>) -> Result<Option<Vec<String>>, OaiError> {
     }
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
@@ -698,9 +701,9 @@ fn to_task(
 }
 
 /// Cancels the task when dropped before it ended (the client went away).
-struct CancelOnDrop {
-    state: AppState,
-    task: Arc<Task>,
+pub(crate) struct CancelOnDrop {
+    pub(crate) state: AppState,
+    pub(crate) task: Arc<Task>,
 }
 
 impl Drop for CancelOnDrop {
@@ -723,7 +726,7 @@ fn now_s() -> u64 {
     crate::task::now_ms() / 1000
 }
 
-fn task_headers(adm: &Admitted) -> HeaderMap {
+pub(crate) fn task_headers(adm: &Admitted) -> HeaderMap {
     let mut h = HeaderMap::new();
     if let Some(rem) = adm.budget_remaining() {
         crate::http::tasks::budget_headers(&rem, &mut h);
@@ -990,7 +993,11 @@ pub async fn refuse(e: OaiError, body: Body) -> Response {
 
 /// Reads the request body up to `limit` bytes; a larger one is drained (up to
 /// [`DRAIN_LIMIT`]) and answered with 413, so the client reads the answer.
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, OaiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Bytes, OaiError> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
