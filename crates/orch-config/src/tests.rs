@@ -301,7 +301,10 @@ pools:
         let e = c.validate(false).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
     };
-    refused(|p| p.pooling = Some(Pooling::Mean), "belongs to `kind: embedding`");
+    refused(
+        |p| p.pooling = Some(Pooling::Mean),
+        "belongs to `kind: embedding`",
+    );
     refused(
         |p| {
             p.engine = EngineKind::Tgi;

@@ -788,7 +788,9 @@ impl TaskRun {
         let started = Instant::now();
         let work = async {
             if req.workload == Workload::Embedding {
-                let e = adapter.embed(req.input.as_deref().unwrap_or_default()).await?;
+                let e = adapter
+                    .embed(req.input.as_deref().unwrap_or_default())
+                    .await?;
                 Ok(ResultEvent {
                     embeddings: Some(e.vectors),
                     results: None,
@@ -846,7 +848,12 @@ impl TaskRun {
             .tokens_in
             .get_or_create(&self.labels(version))
             .inc_by(prompt_tokens);
-        tracing::info!(prompt_tokens, took_ms, workload = req.workload.as_str(), "task completed");
+        tracing::info!(
+            prompt_tokens,
+            took_ms,
+            workload = req.workload.as_str(),
+            "task completed"
+        );
     }
 
     /// The replica's supervisor gave up on its engine: the task ends with `WORKER_RESET`.

@@ -464,10 +464,10 @@ fn embeddings(doc: &mut Value) {
     let docs = property(doc, "RerankRequest", "documents");
     let description = docs["description"].clone();
     *docs = json!({"description": description, "type": "array", "minItems": 1, "maxItems": max_items,
-        "items": {"anyOf": [
-            {"type": "string"},
-            {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
-        ]}});
+    "items": {"anyOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+    ]}});
     for path in ["/v1/embeddings", "/v1/rerank"] {
         merge(
             parameter(doc, path, "post", "X-Llorch-Priority"),

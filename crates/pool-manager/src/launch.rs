@@ -400,7 +400,11 @@ mod recipe_tests {
         p.kind = PoolKind::Rerank;
         assert_eq!(pool_flags(&p), ["--reranking", "--extra"]);
         p.engine = EngineKind::Vllm;
-        assert_eq!(pool_flags(&p), ["--extra"], "vllm finds the model's task itself");
+        assert_eq!(
+            pool_flags(&p),
+            ["--extra"],
+            "vllm finds the model's task itself"
+        );
     }
 }
 

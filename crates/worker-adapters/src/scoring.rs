@@ -83,11 +83,9 @@ pub fn parse_embeddings(v: &Value, n: usize) -> Result<Embeddings, AdapterError>
             .get("index")
             .and_then(Value::as_u64)
             .map_or(pos, |i| usize::try_from(i).unwrap_or(usize::MAX));
-        let slot = vectors.get_mut(i).ok_or_else(|| {
-            protocol(format!(
-                "embeddings answer has index {i} for {n} inputs"
-            ))
-        })?;
+        let slot = vectors
+            .get_mut(i)
+            .ok_or_else(|| protocol(format!("embeddings answer has index {i} for {n} inputs")))?;
         let floats = item
             .get("embedding")
             .and_then(Value::as_array)
@@ -172,7 +170,10 @@ mod tests {
         let e = parse_embeddings(&v, 2).unwrap();
         assert_eq!(e.vectors, vec![vec![0.1f32, 2.0], vec![0.5, -1.0]]);
         assert_eq!(e.prompt_tokens, 7);
-        assert!(parse_embeddings(&v, 3).unwrap_err().to_string().contains("lacks input 2"));
+        assert!(parse_embeddings(&v, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("lacks input 2"));
         assert!(parse_embeddings(&v, 1).is_err(), "index out of range");
         assert!(parse_embeddings(&json!({"data": [{"embedding": ["x"]}]}), 1).is_err());
         assert!(parse_embeddings(&json!({}), 1).is_err());
@@ -195,7 +196,10 @@ mod tests {
     #[test]
     fn bodies_ask_for_floats() {
         let b = embeddings_body(&["a".into()], Some("m"));
-        assert_eq!(b, json!({"input": ["a"], "encoding_format": "float", "model": "m"}));
+        assert_eq!(
+            b,
+            json!({"input": ["a"], "encoding_format": "float", "model": "m"})
+        );
         let r = RerankRequest {
             query: "q".into(),
             documents: vec!["d".into()],

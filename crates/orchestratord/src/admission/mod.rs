@@ -11,8 +11,8 @@ use api_types::{
     AdmissionResponse, BudgetRemaining, ErrorCode, ErrorEnvelope, StreamLinks, TaskRequest,
     TaskState, Workload,
 };
-use orch_config::PoolKind;
 use futures::StreamExt;
+use orch_config::PoolKind;
 use orchestrator_core::{choose_pool, PoolCandidate};
 use tracing::Instrument;
 
@@ -55,22 +55,28 @@ fn wrong_kind(
     wrong: &[&Dispatcher],
 ) -> ServiceError {
     let mut right: Vec<String> = state
-            .pools
-            .pools()
-            .iter()
-            .filter(|p| p.config().kind == want)
-            .map(|p| {
-                format!(
-                    "{} ({})",
-                    p.id(),
-                    p.model_names().last().cloned().unwrap_or_default()
-                )
-            })
-            .collect();
+        .pools
+        .pools()
+        .iter()
+        .filter(|p| p.config().kind == want)
+        .map(|p| {
+            format!(
+                "{} ({})",
+                p.id(),
+                p.model_names().last().cloned().unwrap_or_default()
+            )
+        })
+        .collect();
     right.sort();
     let theirs: Vec<String> = wrong
         .iter()
-        .map(|d| format!("{} is a `{}` pool", d.pool().id(), d.pool().config().kind.as_str()))
+        .map(|d| {
+            format!(
+                "{} is `kind: {}`",
+                d.pool().id(),
+                d.pool().config().kind.as_str()
+            )
+        })
         .collect();
     ServiceError::new(
         ErrorCode::InvalidParams,

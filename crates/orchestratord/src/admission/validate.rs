@@ -147,7 +147,9 @@ fn validate_scoring(req: &TaskRequest) -> Result<(), ServiceError> {
         ("input", req.input.as_deref())
     } else {
         if req.query.as_deref().is_none_or(str::is_empty) {
-            return Err(ServiceError::invalid("a `rerank` task needs a non-empty `query`"));
+            return Err(ServiceError::invalid(
+                "a `rerank` task needs a non-empty `query`",
+            ));
         }
         if req.top_n == Some(0) {
             return Err(ServiceError::invalid("top_n must be at least 1"));
@@ -489,7 +491,8 @@ mod tests {
     #[test]
     fn embedding_and_rerank_fields_belong_to_their_workloads() {
         let task = |v: Value| -> TaskRequest {
-            let mut b = json!({"task_id": "t", "model_ref": "m", "priority": "batch", "max_tokens": 1});
+            let mut b =
+                json!({"task_id": "t", "model_ref": "m", "priority": "batch", "max_tokens": 1});
             for (k, x) in v.as_object().into_iter().flatten() {
                 b[k] = x.clone();
             }
@@ -504,13 +507,37 @@ mod tests {
         ok(json!({"workload": "rerank", "query": "q", "documents": ["d"], "top_n": 1}));
         no(json!({"workload": "embedding"}), "needs `input`: 1 to 2048");
         no(json!({"workload": "embedding", "input": []}), "(got 0)");
-        no(json!({"workload": "embedding", "input": ["a", ""]}), "input[1] is empty");
-        no(json!({"workload": "embedding", "input": ["a"], "prompt": "x"}), "takes `input`");
-        no(json!({"workload": "embedding", "input": ["a"], "session_id": "s"}), "takes no session");
-        no(json!({"workload": "rerank", "documents": ["d"]}), "non-empty `query`");
-        no(json!({"workload": "rerank", "query": "q"}), "needs `documents`");
-        no(json!({"workload": "rerank", "query": "q", "documents": ["d"], "top_n": 0}), "top_n");
-        no(json!({"prompt": "x", "input": ["a"]}), "belongs to `embedding`");
-        no(json!({"workload": "embedding", "input": ["a"], "query": "q"}), "belong to `rerank`");
+        no(
+            json!({"workload": "embedding", "input": ["a", ""]}),
+            "input[1] is empty",
+        );
+        no(
+            json!({"workload": "embedding", "input": ["a"], "prompt": "x"}),
+            "takes `input`",
+        );
+        no(
+            json!({"workload": "embedding", "input": ["a"], "session_id": "s"}),
+            "takes no session",
+        );
+        no(
+            json!({"workload": "rerank", "documents": ["d"]}),
+            "non-empty `query`",
+        );
+        no(
+            json!({"workload": "rerank", "query": "q"}),
+            "needs `documents`",
+        );
+        no(
+            json!({"workload": "rerank", "query": "q", "documents": ["d"], "top_n": 0}),
+            "top_n",
+        );
+        no(
+            json!({"prompt": "x", "input": ["a"]}),
+            "belongs to `embedding`",
+        );
+        no(
+            json!({"workload": "embedding", "input": ["a"], "query": "q"}),
+            "belong to `rerank`",
+        );
     }
 }

@@ -10,8 +10,8 @@
 //! in OpenAI's shape.
 
 use api_types::embeddings::{
-    Embedding, EmbeddingList, EmbeddingVector, EmbeddingsRequest, RerankDocument,
-    RerankRequest, RerankResponse, RerankResult, ScoringUsage,
+    Embedding, EmbeddingList, EmbeddingVector, EmbeddingsRequest, RerankDocument, RerankRequest,
+    RerankResponse, RerankResult, ScoringUsage,
 };
 use api_types::openai::OaiErrorBody;
 use api_types::{ErrorCode, ResultEvent, StreamEvent, TaskRequest};
@@ -97,7 +97,9 @@ fn document_text(i: usize, v: &Value) -> Result<String, OaiError> {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .ok_or_else(|| {
-                OaiError::invalid(format!("`documents[{i}]` is an object without a `text` string"))
+                OaiError::invalid(format!(
+                    "`documents[{i}]` is an object without a `text` string"
+                ))
             }),
         _ => Err(OaiError::invalid(format!(
             "`documents[{i}]` must be a string or an object with a `text` string"
@@ -136,9 +138,9 @@ async fn run(
     drop(guard);
     match result {
         Some(r) => Ok((adm, r)),
-        None => Err(
-            ServiceError::new(ErrorCode::Internal, "the task ended without a result").into(),
-        ),
+        None => {
+            Err(ServiceError::new(ErrorCode::Internal, "the task ended without a result").into())
+        }
     }
 }
 
@@ -392,11 +394,20 @@ mod tests {
         assert_eq!(t.workload, api_types::Workload::Embedding);
         assert_eq!(t.input.as_deref(), Some(&["x".to_owned()][..]));
         for (bad, want) in [
-            (json!({"model": "m", "input": "x", "dimensions": 8}), "`dimensions` (8)"),
-            (json!({"model": "m", "input": "x", "encoding_format": "int8"}), "int8"),
+            (
+                json!({"model": "m", "input": "x", "dimensions": 8}),
+                "`dimensions` (8)",
+            ),
+            (
+                json!({"model": "m", "input": "x", "encoding_format": "int8"}),
+                "int8",
+            ),
             (json!({"model": "m", "input": []}), "1 to 2048"),
             (json!({"model": " ", "input": "x"}), "`model` is required"),
-            (json!({"model": "m", "input": "x", "priority": "high"}), "priority `high`"),
+            (
+                json!({"model": "m", "input": "x", "priority": "high"}),
+                "priority `high`",
+            ),
         ] {
             let e = embeddings_task(&req(bad), &h, "embd-1").unwrap_err();
             assert!(format!("{e:?}").contains(want), "{e:?}");
@@ -411,10 +422,22 @@ mod tests {
         assert_eq!(docs, ["a", "b"]);
         assert_eq!(t.top_n, Some(1));
         for (bad, want) in [
-            (json!({"model": "m", "query": "q", "documents": []}), "1 to 2048"),
-            (json!({"model": "m", "query": "q", "documents": [{"t": 1}]}), "documents[0]"),
-            (json!({"model": "m", "query": "", "documents": ["a"]}), "`query`"),
-            (json!({"model": "m", "query": "q", "documents": ["a"], "top_n": 0}), "`top_n`"),
+            (
+                json!({"model": "m", "query": "q", "documents": []}),
+                "1 to 2048",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": [{"t": 1}]}),
+                "documents[0]",
+            ),
+            (
+                json!({"model": "m", "query": "", "documents": ["a"]}),
+                "`query`",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": ["a"], "top_n": 0}),
+                "`top_n`",
+            ),
         ] {
             let e = rerank_task(&rr(bad), &h, "rerank-1").unwrap_err();
             assert!(format!("{e:?}").contains(want), "{e:?}");
