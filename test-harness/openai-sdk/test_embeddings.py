@@ -50,8 +50,9 @@ assert dims > 16, dims
 assert default.usage.prompt_tokens > 0 and default.usage.total_tokens == default.usage.prompt_tokens
 log("default (base64 decoded by the SDK):", dims, "dims,", default.usage.prompt_tokens, "tokens")
 
-# Floats, for the same text and a second one: the same vector as the base64 one, the second
-# one different; mean pooling over a real model gives finite, non-zero vectors.
+# Floats, for the same text batched with a shorter one: the same vector as alone (mean pooling
+# over inputs of unequal lengths in one batch is what the recipe's `--kv-unified` keeps right),
+# the second one different; finite, non-zero vectors.
 floats = client.embeddings.create(
     model=MODEL,
     input=["The capital of France is Paris.", "Bananas are yellow."],

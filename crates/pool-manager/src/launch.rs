@@ -122,7 +122,7 @@ impl LaunchPlan {
 }
 
 /// The flags a pool's launch recipe appends: its kind's llama-server flags (`--embeddings
-/// --pooling P` for an embedding pool, `--reranking` for a rerank pool), then the pool's own
+/// --pooling P --kv-unified` for an embedding pool, `--reranking` for a rerank pool), then the pool's own
 /// `flags` (so a `--pooling` there wins: llama-server takes the last). Other engines find an
 /// embedding or rerank model on their own and get only `flags`.
 pub fn pool_flags(p: &orch_config::PoolConfig) -> Vec<String> {
@@ -130,10 +130,16 @@ pub fn pool_flags(p: &orch_config::PoolConfig) -> Vec<String> {
     if p.engine == EngineKind::Llamacpp {
         match p.kind {
             PoolKind::Chat => {}
+            // `--kv-unified`: with a KV stream per slot llama-server splits a batch of inputs
+            // of unequal lengths into equal parts, and the mean of the longer input then covers
+            // only its last part (measured: 0.13 off on a unit vector when batched with a
+            // shorter input). One shared stream keeps each input in one piece; embeddings keep
+            // no KV between requests, so sharing it costs nothing.
             PoolKind::Embedding => out.extend([
                 "--embeddings".into(),
                 "--pooling".into(),
                 p.pooling.unwrap_or_default().as_str().into(),
+                "--kv-unified".into(),
             ]),
             PoolKind::Rerank => out.push("--reranking".into()),
         }
@@ -392,7 +398,13 @@ mod recipe_tests {
         p.kind = PoolKind::Embedding;
         assert_eq!(
             pool_flags(&p),
-            ["--embeddings", "--pooling", "mean", "--extra"]
+            [
+                "--embeddings",
+                "--pooling",
+                "mean",
+                "--kv-unified",
+                "--extra"
+            ]
         );
         p.pooling = Some(Pooling::Cls);
         assert_eq!(pool_flags(&p)[2], "cls");
