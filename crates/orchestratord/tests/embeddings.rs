@@ -236,6 +236,29 @@ fn embeddings_and_rerank_through_the_queue() {
                 > 0
         );
 
+        // Each pool says its kind (absent in the pool list for chat pools).
+        let (_, caps) = d.get("/v1/capabilities").await;
+        let kinds: Vec<(String, String)> = caps["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap_or("").to_owned(),
+                    p["kind"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let want = [("chat", "chat"), ("emb", "embedding"), ("rr", "rerank")];
+        assert_eq!(
+            kinds,
+            want.map(|(a, b)| (a.to_owned(), b.to_owned())),
+            "{caps}"
+        );
+        let (_, pools) = d.get("/v1/pools").await;
+        assert_eq!(pools["pools"][1]["kind"], "embedding", "{pools}");
+        assert!(pools["pools"][0].get("kind").is_none(), "{pools}");
+
         // In the metrics like any task.
         let m = d.metrics_text().await;
         assert!(
