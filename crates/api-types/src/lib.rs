@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 pub const API_VERSION: &str = "1.0.0";
 
 mod capabilities;
+pub mod embeddings;
 mod errors;
 mod events;
 pub mod openai;
@@ -23,7 +24,9 @@ pub mod tools;
 
 pub use capabilities::{Capabilities, PoolCapabilities};
 pub use errors::{ErrorCode, ErrorEnvelope};
-pub use events::{EndEvent, MetricsEvent, StartedEvent, StreamEvent, TokenEvent};
+pub use events::{
+    EndEvent, MetricsEvent, RerankScore, ResultEvent, StartedEvent, StreamEvent, TokenEvent,
+};
 pub use pull::{PullFile, PullJob, PullState};
 pub use state::{
     Artifact, ArtifactCreate, ArtifactKind, ArtifactList, ArtifactMeta, BudgetRemaining,

@@ -165,6 +165,14 @@ pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Ou
                     waiting.show(&m);
                 }
             }
+            // An embedding or rerank task's answer: its JSON on stdout.
+            StreamEvent::Result(_) => {
+                if !json_out {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", ev.data).map_err(stdout_error)?;
+                    out.flush().map_err(stdout_error)?;
+                }
+            }
             StreamEvent::End(e) => {
                 if !json_out {
                     if stdout_tty && wrote_text {

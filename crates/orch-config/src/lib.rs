@@ -406,6 +406,58 @@ pub enum LoadPolicy {
     OnDemand,
 }
 
+/// What a pool serves: generation, embeddings or rerank scores. A llama.cpp engine serves one of
+/// them (`--embeddings` turns its completions off), so routing keeps each request to pools of
+/// its kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    /// Completions and chat (`/v1/tasks`, `/v1/chat/completions`, ...).
+    #[default]
+    Chat,
+    /// Embeddings (`/v1/embeddings`); llama-server runs with `--embeddings --pooling <pooling>`.
+    Embedding,
+    /// Rerank scores (`/v1/rerank`); llama-server runs with `--reranking`.
+    Rerank,
+}
+
+impl PoolKind {
+    /// Name in config, messages and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embedding => "embedding",
+            Self::Rerank => "rerank",
+        }
+    }
+}
+
+/// How an embedding pool's llama-server pools the token vectors of an input into one
+/// (`--pooling`). Use what the model card says: mean (e5, gte, nomic, and any decoder model),
+/// cls (BGE and other BERT-style models), last (Qwen3-Embedding and other last-token models).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The average of the token vectors (the default: works with every model).
+    #[default]
+    Mean,
+    /// The first token's vector.
+    Cls,
+    /// The last token's vector.
+    Last,
+}
+
+impl Pooling {
+    /// llama-server's `--pooling` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mean => "mean",
+            Self::Cls => "cls",
+            Self::Last => "last",
+        }
+    }
+}
+
 /// Whether a pool may be split across several GPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -543,6 +595,13 @@ pub struct PoolConfig {
     /// `auto`: split across several GPUs when none has room alone; `never`.
     #[serde(default)]
     pub split: SplitPolicy,
+    /// `chat` (default), `embedding` (`/v1/embeddings`) or `rerank` (`/v1/rerank`); requests
+    /// go only to pools of their kind.
+    #[serde(default)]
+    pub kind: PoolKind,
+    /// `embedding` pools launched by llama-orch: `mean` (default), `cls` or `last`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
 }
 
 fn one() -> u32 {
@@ -580,6 +639,8 @@ impl PoolConfig {
             load: LoadPolicy::Always,
             idle_unload_s: default_idle_unload(),
             split: SplitPolicy::Auto,
+            kind: PoolKind::Chat,
+            pooling: None,
         }
     }
 
@@ -806,11 +867,37 @@ fn validate_pool(p: &PoolConfig) -> Result<(), ConfigError> {
             MAX_SECONDS * 7
         ));
     }
+    validate_kind(p)?;
     if let Some(e) = &p.endpoint {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
             return bad(format!(
                 "endpoint `{e}` must start with http:// or https://"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// The engines that serve embeddings and rerank, and `pooling` only where we launch llama-server.
+fn validate_kind(p: &PoolConfig) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(format!("pool `{}`: {m}", p.id)));
+    if p.kind != PoolKind::Chat && matches!(p.engine, EngineKind::Tgi | EngineKind::Triton) {
+        return bad(format!(
+            "kind `{}` needs an engine that serves it: llamacpp (launched with `--embeddings`/`--reranking`), or a vllm/openai server that serves /v1/embeddings or /v1/rerank; engine `{}` serves only generation",
+            p.kind.as_str(),
+            p.engine.as_str()
+        ));
+    }
+    if let Some(pooling) = p.pooling {
+        if p.kind != PoolKind::Embedding {
+            return bad(format!(
+                "`pooling: {}` belongs to `kind: embedding` pools (this one is `{}`)",
+                pooling.as_str(),
+                p.kind.as_str()
+            ));
+        }
+        if p.engine != EngineKind::Llamacpp || p.endpoint.is_some() {
+            return bad("`pooling` is a flag of the llama-server llama-orch launches; an `endpoint:` or non-llamacpp engine pools as its own settings say, so leave `pooling` out".into());
         }
     }
     Ok(())

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_types::{
-    EndEvent, ErrorCode, ErrorEnvelope, MetricsEvent, Priority, StartedEvent, StreamEvent,
+    EndEvent, ErrorCode, ErrorEnvelope, MetricsEvent, Priority, RerankScore, ResultEvent,
+    StartedEvent, StreamEvent, Workload,
 };
 use futures::StreamExt;
 use orch_config::FullPolicy;
@@ -653,6 +654,10 @@ impl TaskRun {
             })
             .inc();
         tracing::info!(replica_id = %self.replica.status.id, queued_ms, "task started");
+        if task.req.workload.is_scoring() {
+            self.score(adapter.as_ref(), &version).await;
+            return None;
+        }
         // A session whose pool was unloaded gets its saved KV back into the same slot first.
         let slot = match task.ext.restore_kv() {
             Some(saved) => tokio::select! {
@@ -772,6 +777,83 @@ impl TaskRun {
                 }
             }
         }
+    }
+
+    /// An `embedding` or `rerank` task: one request, its answer as the `result` event, then
+    /// `end` with the tokens the engine evaluated. Apart from the generation loop so that loop
+    /// stays as it is; no decode sample (nothing is generated).
+    async fn score(&self, adapter: &dyn worker_adapters::EngineAdapter, version: &str) {
+        let task = &self.task;
+        let req = &task.req;
+        let started = Instant::now();
+        let work = async {
+            if req.workload == Workload::Embedding {
+                let e = adapter
+                    .embed(req.input.as_deref().unwrap_or_default())
+                    .await?;
+                Ok(ResultEvent {
+                    embeddings: Some(e.vectors),
+                    results: None,
+                    prompt_tokens: e.prompt_tokens,
+                })
+            } else {
+                let r = adapter
+                    .rerank(&worker_adapters::RerankRequest {
+                        query: req.query.clone().unwrap_or_default(),
+                        documents: req.documents.clone().unwrap_or_default(),
+                        top_n: req.top_n,
+                    })
+                    .await?;
+                Ok(ResultEvent {
+                    embeddings: None,
+                    results: Some(
+                        r.results
+                            .into_iter()
+                            .map(|(index, relevance_score)| RerankScore {
+                                index,
+                                relevance_score,
+                            })
+                            .collect(),
+                    ),
+                    prompt_tokens: r.prompt_tokens,
+                })
+            }
+        };
+        let abandoned = self.replica.abandoned();
+        let r: Result<ResultEvent, AdapterError> = tokio::select! {
+            biased;
+            _ = task.cancel.cancelled() => { self.end_canceled(version); return; }
+            why = abandoned => { self.abandon(why); return; }
+            r = work => r,
+        };
+        let res = match r {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::warn!(error = %e, "engine failed the task");
+                self.lost_engine(&e);
+                self.task.fail(adapter_error(&e, task.engine));
+                return;
+            }
+        };
+        let prompt_tokens = res.prompt_tokens;
+        let took_ms = started.elapsed().as_millis() as u64;
+        task.push(StreamEvent::Result(res));
+        task.push(StreamEvent::End(EndEvent {
+            tokens_out: 0,
+            prompt_tokens: Some(prompt_tokens),
+            decode_ms: 0,
+            finish_reason: "stop".into(),
+        }));
+        self.metrics
+            .tokens_in
+            .get_or_create(&self.labels(version))
+            .inc_by(prompt_tokens);
+        tracing::info!(
+            prompt_tokens,
+            took_ms,
+            workload = req.workload.as_str(),
+            "task completed"
+        );
     }
 
     /// The replica's supervisor gave up on its engine: the task ends with `WORKER_RESET`.

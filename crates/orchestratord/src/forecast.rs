@@ -63,6 +63,19 @@ fn prompt_chars(task: &Task) -> usize {
             .map(|m| m.content.chars().count())
             .sum(),
         Workload::Completion => task.req.prompt.as_deref().map_or(0, |p| p.chars().count()),
+        // Prefill only: every input, or the query once per document plus the documents.
+        Workload::Embedding => task
+            .req
+            .input
+            .iter()
+            .flatten()
+            .map(|s| s.chars().count())
+            .sum(),
+        Workload::Rerank => {
+            let docs = task.req.documents.as_deref().unwrap_or_default();
+            let query = task.req.query.as_deref().map_or(0, |q| q.chars().count());
+            docs.iter().map(|d| d.chars().count() + query).sum()
+        }
     }
 }
 

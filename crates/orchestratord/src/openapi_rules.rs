@@ -103,15 +103,30 @@ pub fn apply(doc: &mut Value) {
         &mut property(doc, "ArtifactCreate", "tags")["items"],
         json!({"minLength": 1, "maxLength": orch_store::artifacts::MAX_TAG_LEN, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}),
     );
+    let max_items = crate::admission::validate::MAX_SCORING_ITEMS;
     let task = schema(doc, "TaskRequest");
     task.insert(
         "allOf".into(),
         json!([
             {"anyOf": [
                 {"properties": {"workload": {"enum": ["completion"]}, "prompt": {"type": "string"},
-                    "messages": {"type": "null"}}, "required": ["prompt"]},
+                    "messages": {"type": "null"}, "input": {"type": "null"}, "query": {"type": "null"},
+                    "documents": {"type": "null"}, "top_n": {"type": "null"}}, "required": ["prompt"]},
                 {"properties": {"workload": {"enum": ["chat"]}, "messages": {"type": "array", "minItems": 1},
-                    "prompt": {"type": "null"}}, "required": ["workload", "messages"]}
+                    "prompt": {"type": "null"}, "input": {"type": "null"}, "query": {"type": "null"},
+                    "documents": {"type": "null"}, "top_n": {"type": "null"}}, "required": ["workload", "messages"]},
+                {"properties": {"workload": {"enum": ["embedding"]},
+                    "input": {"type": "array", "minItems": 1, "maxItems": max_items,
+                        "items": {"type": "string", "minLength": 1}},
+                    "prompt": {"type": "null"}, "messages": {"type": "null"}, "query": {"type": "null"},
+                    "documents": {"type": "null"}, "top_n": {"type": "null"}, "session_id": {"type": "null"}},
+                    "required": ["workload", "input"]},
+                {"properties": {"workload": {"enum": ["rerank"]}, "query": {"type": "string", "minLength": 1},
+                    "documents": {"type": "array", "minItems": 1, "maxItems": max_items, "items": {"type": "string"}},
+                    "top_n": {"minimum": 1},
+                    "prompt": {"type": "null"}, "messages": {"type": "null"}, "input": {"type": "null"},
+                    "session_id": {"type": "null"}},
+                    "required": ["workload", "query", "documents"]}
             ]},
             {"anyOf": [
                 {"properties": {"determinism": {"enum": ["best_effort", null]}}},
@@ -146,6 +161,7 @@ pub fn apply(doc: &mut Value) {
     chat_messages(doc);
     register_model(doc);
     openai(doc);
+    embeddings(doc);
     for (path, method, name, rule) in [
         ("/v1/tasks/{id}", "get", "id", id.clone()),
         ("/v1/tasks/{id}/stream", "get", "id", id.clone()),
@@ -412,6 +428,50 @@ fn openai(doc: &mut Value) {
         merge(
             parameter(doc, path, "post", "X-Llorch-Session"),
             json!({"type": "string", "pattern": "^[ \\t]*([A-Za-z0-9._:-]{1,128})?[ \\t]*$"}),
+        );
+    }
+}
+
+/// `/v1/embeddings` and `/v1/rerank` (`http::embeddings`, then the task rules): `input` as
+/// text, `dimensions` refused, the encodings, documents as strings or `{text}` objects.
+fn embeddings(doc: &mut Value) {
+    let max_items = crate::admission::validate::MAX_SCORING_ITEMS;
+    let priority = json!({"enum": ["interactive", "batch", null]});
+    for (schema_name, prop, rule) in [
+        ("EmbeddingsRequest", "model", json!({"pattern": NOT_BLANK})),
+        ("EmbeddingsRequest", "priority", priority.clone()),
+        (
+            "EmbeddingsRequest",
+            "encoding_format",
+            json!({"enum": ["float", "base64", null]}),
+        ),
+        ("RerankRequest", "model", json!({"pattern": NOT_BLANK})),
+        ("RerankRequest", "priority", priority),
+        ("RerankRequest", "query", json!({"minLength": 1})),
+        ("RerankRequest", "top_n", json!({"minimum": 1})),
+    ] {
+        merge(property(doc, schema_name, prop), rule);
+    }
+    let dims = property(doc, "EmbeddingsRequest", "dimensions");
+    let description = dims["description"].clone();
+    *dims = json!({"description": description, "type": "null"});
+    let input = property(doc, "EmbeddingsRequest", "input");
+    let description = input["description"].clone();
+    *input = json!({"description": description, "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "minItems": 1, "maxItems": max_items, "items": {"type": "string", "minLength": 1}}
+    ]});
+    let docs = property(doc, "RerankRequest", "documents");
+    let description = docs["description"].clone();
+    *docs = json!({"description": description, "type": "array", "minItems": 1, "maxItems": max_items,
+    "items": {"anyOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+    ]}});
+    for path in ["/v1/embeddings", "/v1/rerank"] {
+        merge(
+            parameter(doc, path, "post", "X-Llorch-Priority"),
+            json!({"type": "string", "pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
         );
     }
 }

@@ -470,7 +470,7 @@ pub(crate) fn launch_on(
         gpu_layers: if fake { 0 } else { 999 },
         cuda_visible_devices: Some(uuids.join(",")),
         tensor_split,
-        flags: p.flags.clone(),
+        flags: crate::launch::pool_flags(p),
     }
 }
 
@@ -569,7 +569,7 @@ fn place_one(
                         gpu_layers: 0,
                         cuda_visible_devices: Some(String::new()),
                         tensor_split: None,
-                        flags: p.flags.clone(),
+                        flags: crate::launch::pool_flags(p),
                     }),
                     endpoint: None,
                     blocked: None,

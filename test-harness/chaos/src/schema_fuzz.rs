@@ -35,7 +35,8 @@ const PINS: &str = "[[operations]]\ninclude-path = \"/v1/tasks\"\ninclude-method
 /// rules a JSON Schema cannot state (`max_tokens` within the serving pool's context, which
 /// depends on the pool a `model` routes to; llama-server's rule on trailing assistant
 /// messages with tool calls), so positive-data acceptance also expects 400 there, and only
-/// there (docs/RELIABILITY.md).
+/// there (docs/RELIABILITY.md). The same holds for `/v1/embeddings` and `/v1/rerank`, whose
+/// `model` may name a pool of another kind (a chat pool: 400 naming the right pools).
 const OPENAI_EXPECT: &str = "checks = { positive_data_acceptance = { expected-statuses = [\"2xx\", \"3xx\", \"400\", \"401\", \"403\", \"404\", \"409\", \"429\", \"5xx\"] } }";
 
 /// `[[operations]]` entries for the OpenAI generation routes: `params` (a TOML inline table
@@ -45,6 +46,8 @@ fn openai_ops(completion_params: &str, chat_params: &str) -> String {
     for (path, params) in [
         ("/v1/completions", completion_params),
         ("/v1/chat/completions", chat_params),
+        ("/v1/embeddings", ""),
+        ("/v1/rerank", ""),
     ] {
         out.push_str(&format!(
             "[[operations]]\ninclude-path = \"{path}\"\ninclude-method = \"POST\"\n{OPENAI_EXPECT}\n"

@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod catalog;
 pub mod cors;
 pub mod door;
+pub mod embeddings;
 pub mod error;
 pub mod openai;
 pub mod pools;

@@ -135,6 +135,7 @@ pub async fn list(State(state): State<AppState>) -> Json<PoolList> {
             engine: p.engine().to_owned(),
             health: pool_health(p.health()),
             id: p.id().to_owned(),
+            kind: p.config().kind.as_str().to_owned(),
         })
         .collect();
     Json(PoolList { pools })
@@ -441,6 +442,7 @@ mod tests {
             engine: "llamacpp".into(),
             health: pool_health(h),
             id: "tiny".into(),
+            kind: "chat".into(),
         };
         assert_eq!(serde_json::to_string(&typed).unwrap(), today.to_string());
     }

@@ -147,7 +147,7 @@ impl PoolManager {
                         gpu_layers: 0,
                         cuda_visible_devices: Some(String::new()),
                         tensor_split: None,
-                        flags: cfg.flags.clone(),
+                        flags: crate::launch::pool_flags(&cfg),
                     }),
                     endpoint: None,
                     blocked: None,
