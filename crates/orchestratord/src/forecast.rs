@@ -444,9 +444,10 @@ impl Forecaster {
         self.load_ms.load(Ordering::Relaxed) as f64
     }
 
-    /// Whether the dispatcher should tick: something waits or runs.
+    /// Whether the dispatcher should tick: something waits or runs, or learned rates wait to be
+    /// saved.
     pub fn wants_tick(&self, queue_empty: bool) -> bool {
-        !queue_empty || !self.live.is_empty()
+        !queue_empty || !self.live.is_empty() || !self.dirty.is_empty()
     }
 
     /// When a refresh held back by [`REFRESH_MIN_GAP`] is due.
