@@ -299,11 +299,10 @@ async fn follow(c: &reqwest::Client, base: &str, id: &str, mut o: Outcome) -> Re
         let ev = ev?;
         let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
         match ev.event.as_str() {
-            "metrics" if started => {
-                if o.running_p.is_none() {
-                    o.running_p = v["on_time_probability"].as_f64();
-                }
+            "metrics" if started && o.running_p.is_none() => {
+                o.running_p = v["on_time_probability"].as_f64();
             }
+            "metrics" if started => {}
             "metrics" => {
                 if let (Some(q), Some(s), Some(e)) = (
                     v["queued_ms"].as_u64(),

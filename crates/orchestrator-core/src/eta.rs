@@ -144,9 +144,9 @@ impl DecodeRates {
 
     /// The smallest and largest measured concurrencies.
     pub fn measured_range(&self) -> (Option<usize>, Option<usize>) {
-        let mut it = (1..=self.buckets.len()).filter(|&c| self.measured(c).is_some());
-        let lo = it.next();
-        let hi = it.last().or(lo);
+        let measured = |c: &usize| self.measured(*c).is_some();
+        let lo = (1..=self.buckets.len()).find(measured);
+        let hi = (1..=self.buckets.len()).rev().find(measured);
         (lo, hi)
     }
 
