@@ -882,3 +882,69 @@ fn set_prediction(task: &Task, now: Instant, f: Forecast) -> Instant {
     task.set_prediction(Some(start), instant_in(now, f.end_ms));
     start
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_kinds_name_the_cards() {
+        let m = RateMemory::new(None, [(0, "NVIDIA H100 80GB HBM3".to_owned())]);
+        assert_eq!(m.device_kind("cpu"), "cpu");
+        assert_eq!(m.device_kind("gpu0"), "NVIDIA H100 80GB HBM3");
+        assert_eq!(
+            m.device_kind("gpu0+gpu1"),
+            "NVIDIA H100 80GB HBM3+gpu1",
+            "an unknown index keeps its name"
+        );
+    }
+
+    #[test]
+    fn stored_rates_come_back_for_the_same_file_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("m.gguf");
+        std::fs::write(&model, vec![7u8; 3 << 20]).expect("write");
+        let store = Arc::new(
+            orch_store::Store::open(&dir.path().join("data"), Default::default()).expect("store"),
+        );
+        let memory = RateMemory::new(Some(store.clone()), []);
+        let path = model.to_string_lossy().into_owned();
+        let info = load_model_info(&memory, &path, false);
+        assert!(info.book.is_empty());
+        assert!(info.digest.starts_with("fp-sha256:"), "{}", info.digest);
+        assert_eq!(info.shape.map(|s| s.weight_bytes), Some(3 << 20));
+        let mut stats = ModelStats::default();
+        stats.decode.record(2, 100.0, 300.0);
+        stats.prefill.record(10.0, 20.0);
+        store
+            .eta_rates()
+            .put(&orch_store::RateRecord {
+                model_digest: info.digest.clone(),
+                device_kind: "cpu".into(),
+                slots: 2,
+                ctx: 1024,
+                rates: serde_json::to_string(&stats).expect("json"),
+                updated_ms: 1,
+            })
+            .expect("put");
+        let again = load_model_info(&memory, &path, false);
+        assert_eq!(again.digest, info.digest, "the digest is stable");
+        let key = RateKey {
+            model_digest: info.digest.clone(),
+            device_kind: "cpu".into(),
+            slots: 2,
+            ctx: 1024,
+        };
+        assert_eq!(again.book.best(&key).map(|s| s.decode_ms(2)), Some(3.0));
+        assert_eq!(again.recent_devices, vec!["cpu".to_owned()]);
+        // Another file (one byte changed at its end) has other rates.
+        let mut bytes = vec![7u8; 3 << 20];
+        if let Some(b) = bytes.last_mut() {
+            *b = 8;
+        }
+        std::fs::write(&model, bytes).expect("write");
+        let other = load_model_info(&memory, &path, false);
+        assert_ne!(other.digest, info.digest);
+        assert!(other.book.is_empty());
+    }
+}
