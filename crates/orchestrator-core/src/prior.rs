@@ -102,15 +102,17 @@ impl Card {
         Card::gpu(gpu_bandwidth(name).unwrap_or(DEFAULT_GPU_BANDWIDTH))
     }
 
-    /// A CPU engine (llama-server on the host's cores): one or two cores' worth of bandwidth
-    /// and vector compute, which is what a dev pool gets on a shared box.
+    /// A CPU engine (llama-server on the host's cores): one or two cores' worth of streaming
+    /// bandwidth and vector compute, which is what a dev pool gets on a shared box. Checked
+    /// against the tiny test model on a 2-core box (prior ~1.3 ms per token alone, measured
+    /// ~0.9–1.1).
     pub fn cpu() -> Self {
         Card {
-            bandwidth_bytes_per_s: 8e9,
-            decode_flops: 25e9,
-            prefill_flops: 40e9,
-            step_overhead_ms: 1.0,
-            first_token_base_ms: 8.0,
+            bandwidth_bytes_per_s: 20e9,
+            decode_flops: 50e9,
+            prefill_flops: 100e9,
+            step_overhead_ms: 0.3,
+            first_token_base_ms: 3.0,
         }
     }
 }

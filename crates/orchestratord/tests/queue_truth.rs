@@ -9,6 +9,10 @@ use std::time::Duration;
 use orch_harness::{engine, last_event, llama_pool, Daemon, DaemonOptions, SseEvent};
 use serde_json::{json, Value};
 
+/// The tests of this file run one at a time: each times a real engine, and two engines on a
+/// small box would slow each other down mid-measurement.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_orchestratord"))
 }
@@ -35,6 +39,7 @@ fn before_started(ev: &[SseEvent]) -> (Vec<Value>, Option<Value>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_task_streams_live_predictions_before_it_starts() {
+    let _serial = SERIAL.lock().await;
     let e = engine();
     let config = format!(
         "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{}",
@@ -142,6 +147,7 @@ async fn predicted_and_real_wait(d: &Daemon, first: &str, second: &str) -> (u64,
 /// model file and a CPU) is printed for comparison, not judged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_predicts_its_first_wait_from_learned_rates() {
+    let _serial = SERIAL.lock().await;
     let e = engine();
     let config = format!(
         "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{}",
