@@ -260,7 +260,7 @@ impl Rng {
 }
 
 /// What one task was told and what happened.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Outcome {
     id: String,
     round: String,
@@ -712,7 +712,11 @@ pub async fn run(a: EtaArgs) -> Result<()> {
     // The engine's own pace per round (a task's start to end over its tokens, averaged): how
     // much the machine's speed moved between rounds, which no prediction made a round earlier
     // can know.
-    for (name, set) in [("fifo", &fifo), ("mixed", &mixed)] {
+    for (name, set) in [
+        ("fifo", &fifo),
+        ("mixed", &mixed),
+        ("first-burst (fresh, restart)", &warm.iter().chain(&restart).cloned().collect()),
+    ] {
         let mut rounds: Vec<(String, Vec<f64>)> = Vec::new();
         for o in set.iter().filter(|o| o.tokens > 0) {
             let pace = o.ended.saturating_sub(o.waited) as f64 / o.tokens as f64;
