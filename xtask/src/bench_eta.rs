@@ -715,7 +715,10 @@ pub async fn run(a: EtaArgs) -> Result<()> {
     for (name, set) in [
         ("fifo", &fifo),
         ("mixed", &mixed),
-        ("first-burst (fresh, restart)", &warm.iter().chain(&restart).cloned().collect()),
+        (
+            "first-burst (fresh, restart)",
+            &warm.iter().chain(&restart).cloned().collect(),
+        ),
     ] {
         let mut rounds: Vec<(String, Vec<f64>)> = Vec::new();
         for o in set.iter().filter(|o| o.tokens > 0) {

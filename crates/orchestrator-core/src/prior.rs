@@ -104,15 +104,16 @@ impl Card {
 
     /// A CPU engine (llama-server on the host's cores): one or two cores' worth of streaming
     /// bandwidth and vector compute, which is what a dev pool gets on a shared box. Checked
-    /// against the tiny test model on a 2-core box (prior ~1.3 ms per token alone, measured
-    /// ~0.9–1.1).
+    /// against the tiny test model on the shared 2-core reference box, whose engine ran at
+    /// 1–5.6 ms per token per slot as the other work on it came and went (load average 6–15):
+    /// the prior says ~1.9 alone and ~2.1 with two streams, the middle of that range.
     pub fn cpu() -> Self {
         Card {
-            bandwidth_bytes_per_s: 20e9,
-            decode_flops: 50e9,
-            prefill_flops: 100e9,
-            step_overhead_ms: 0.3,
-            first_token_base_ms: 3.0,
+            bandwidth_bytes_per_s: 15e9,
+            decode_flops: 40e9,
+            prefill_flops: 80e9,
+            step_overhead_ms: 0.5,
+            first_token_base_ms: 4.0,
         }
     }
 }
