@@ -32,7 +32,13 @@
 //!   forecast's error; the
 //!   probability of meeting a deadline is its CDF at `deadline / predicted_end`, smoothed and
 //!   blended with a log-normal prior while few tasks have finished. Calibrated by construction
-//!   when the recent past resembles the near future.
+//!   when the recent past resembles the near future. Running tasks' probabilities are
+//!   calibrated the same way on the errors of running tasks' ends predicted at dispatch
+//!   ([`ModelStats::on_time_running`]): queued and running tasks share this one model.
+//! * **Before measurements** ([`ModelStats::set_prior`]): a restarted daemon restores a
+//!   model's [`ModelStats`] (serde; `crate::rates`), and a model never measured uses the prior
+//!   of `crate::prior` (its file and the card) for what is not measured yet; without either,
+//!   the fixed `PRIOR_*` constants.
 //!
 //! Cost: [`forecast`] handles at most two events per task (prefill done, task done) plus one per
 //! replica becoming available, each scanning the running streams: O((queued + running) ·
@@ -1023,6 +1029,34 @@ mod tests {
         let prior = OnTimeModel::default().probability(Some(1150.0), 1000.0);
         assert_eq!(p(class(Priority::Batch, true)), prior);
         assert_eq!(p(class(Priority::Batch, false)), prior);
+    }
+
+    #[test]
+    fn the_prior_fills_what_is_not_measured() {
+        let prior = RatePrior {
+            decode_ms_one: 2.0,
+            decode_ms_per_extra_stream: 1.0,
+            prefill_base_ms: 10.0,
+            prefill_ms_per_token: 0.5,
+        };
+        let mut s = ModelStats::default();
+        s.set_prior(Some(prior));
+        assert!(!s.is_measured());
+        assert_eq!(s.decode_ms(1), 2.0);
+        assert_eq!(s.decode_ms(3), 4.0);
+        assert_eq!(s.prefill_ms(20.0), 20.0);
+        // Measured at 2 streams: 6 ms (twice the prior's 3); 1 and 4 streams follow the
+        // prior's shape scaled to it.
+        s.decode.record(2, 100.0, 600.0);
+        assert_eq!(s.decode_ms(2), 6.0);
+        assert_eq!(s.decode_ms(1), 4.0);
+        assert_eq!(s.decode_ms(4), 10.0);
+        // Between two measurements: interpolated.
+        s.decode.record(4, 100.0, 800.0);
+        assert_eq!(s.decode_ms(3), 7.0);
+        s.prefill.record(10.0, 7.0);
+        assert!(s.is_measured());
+        assert_eq!(s.prefill_ms(10.0), 7.0, "the fit replaces the prior");
     }
 
     #[test]
