@@ -123,9 +123,10 @@ fn load_model_info(memory: &RateMemory, model: &str, endpoint: bool) -> ModelInf
     let (digest, shape) = if endpoint {
         (format!("endpoint:{model}"), None)
     } else {
+        // A model that is not a local file (a vLLM/TGI model id) is keyed by its name.
         let digest = model_digest(path).unwrap_or_else(|e| {
-            tracing::debug!(model, error = %e, "cannot fingerprint the model file; its rates are not kept");
-            String::new()
+            tracing::debug!(model, error = %e, "cannot fingerprint the model file; its rates are kept by name");
+            format!("name:{model}")
         });
         let shape = std::fs::metadata(path).ok().map(|m| {
             let info = gguf_meta::read(path).ok();
