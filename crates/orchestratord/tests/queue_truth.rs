@@ -167,11 +167,13 @@ async fn a_restarted_daemon_predicts_its_first_wait_from_learned_rates() {
         "fresh daemon (prior): predicted {p} ms, waited {w} ms, error {:.2}",
         (p as f64 - w as f64).abs() / w.max(1) as f64
     );
-    // Teach it the engine's pace alone in the slot, the shape of the test below.
-    for i in 0..4 {
-        let id = format!("learn{i}");
-        assert_eq!(d.submit(&task(&id, 384)).await.status(), 202);
-        assert_eq!(last_event(&d.stream(&id).await).event, "end");
+    // Teach it the engine's pace with the same workload as the check after the restart (a
+    // task nobody follows live, then one that is followed: a debug daemon relaying every token
+    // to a client takes CPU from a CPU engine).
+    for i in 0..3 {
+        let (p, w) =
+            predicted_and_real_wait(&d, &format!("learn{i}-a"), &format!("learn{i}-b")).await;
+        eprintln!("learning {i}: predicted {p} ms, waited {w} ms");
     }
     // Rates are saved at most every 0.5 s and on the next second's tick.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -182,13 +184,15 @@ async fn a_restarted_daemon_predicts_its_first_wait_from_learned_rates() {
     let err = (p as f64 - w as f64).abs() / w.max(1) as f64;
     eprintln!("restarted daemon (learned rates): predicted {p} ms, waited {w} ms, error {err:.2}");
     assert!(
-        err <= 0.3,
-        "the restarted daemon's first predicted wait {p} ms is {err:.2} off the real {w} ms; log:\n{}",
-        d.logs()
-    );
-    assert!(
         d.logs().contains("learned rates restored"),
         "the restart restored no rates; log:\n{}",
+        d.logs()
+    );
+    // A timing check on a CPU engine: it holds while the machine's load stays about the same
+    // across the restart (docs/PERFORMANCE.md, "Queue truth from the first task").
+    assert!(
+        err <= 0.3,
+        "the restarted daemon's first predicted wait {p} ms is {err:.2} off the real {w} ms; log:\n{}",
         d.logs()
     );
 }
