@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data_dir>/
-//!   state.db          SQLite (WAL): catalog, sessions + budgets, artifact metadata
+//!   state.db          SQLite (WAL): catalog, sessions + budgets, artifact metadata, learned rates
 //!   state.db-wal      WAL file (part of the database while the daemon runs)
 //!   artifacts/sha256/ab/cdef…   artifact bytes, named by their SHA-256
 //!   audit.jsonl       outbound-policy decisions, one JSON object per line
@@ -33,6 +33,7 @@
 pub mod artifacts;
 pub mod catalog;
 mod error;
+pub mod eta_rates;
 pub mod policy;
 pub mod redact;
 mod schema;
@@ -52,6 +53,7 @@ pub use artifacts::{
 };
 pub use catalog::{Catalog, CatalogModel, ModelState, NewModel, VerifyOutcome, VerifyReport};
 pub use error::{Result, StoreError};
+pub use eta_rates::{EtaRates, RateRecord};
 pub use policy::{AuditLog, AuditRecord, Decision, Policy};
 pub use redact::{redact_text, redact_url};
 pub use sessions::{Budget, BudgetError, BudgetRemaining, Session, SessionError, Sessions, Spend};
@@ -194,6 +196,11 @@ impl Store {
     /// Session and budget operations.
     pub fn sessions(&self) -> Sessions<'_> {
         Sessions { store: self }
+    }
+
+    /// The start-time model's learned rates.
+    pub fn eta_rates(&self) -> EtaRates<'_> {
+        EtaRates { store: self }
     }
 
     /// Artifact operations.

@@ -81,6 +81,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE artifacts ADD COLUMN content BLOB;
     "#,
+    // v5: the start-time model's learned rates per model × device kind × slots × context
+    // (`eta_rates.rs`); self-contained, renumber freely at merge.
+    r#"
+    CREATE TABLE eta_rates (
+        model_digest TEXT NOT NULL,
+        device_kind  TEXT NOT NULL,
+        slots        INTEGER NOT NULL CHECK (slots >= 0),
+        ctx          INTEGER NOT NULL CHECK (ctx >= 0),
+        rates        TEXT NOT NULL,
+        updated_ms   INTEGER NOT NULL,
+        PRIMARY KEY (model_digest, device_kind, slots, ctx)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

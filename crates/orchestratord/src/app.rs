@@ -137,6 +137,10 @@ impl AppState {
         let ctx = DispatchCtx {
             metrics: metrics.clone(),
             tasks: tasks.clone(),
+            rates: crate::forecast::RateMemory::new(
+                Some(services.store.clone()),
+                pools.gpus().into_iter().map(|g| (g.index, g.name)),
+            ),
         };
         let dispatchers = pools
             .pools()

@@ -15,7 +15,6 @@ use api_types::{
 };
 use futures::StreamExt;
 use orch_config::FullPolicy;
-use orchestrator_core::estimate::{on_time_probability, ServiceStats};
 use orchestrator_core::queue::{self, Queue, Rejected};
 use orchestrator_core::{choose_replica, ReplicaCandidate};
 use pool_manager::{Pool, ReplicaState, ReplicaView};
@@ -23,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use worker_adapters::{AdapterError, EngineEvent};
 
-use crate::forecast::{Forecaster, WAIT_FRAME_EVERY};
+use crate::forecast::{Forecaster, RateMemory, WAIT_FRAME_EVERY};
 use crate::metrics::{
     Metrics, PoolPriority, Replica as ReplicaLabels, ReplicaPriority, ReplicaReason,
 };
@@ -111,6 +110,8 @@ pub struct DispatchCtx {
     pub metrics: Metrics,
     /// Task registry (for retention bookkeeping).
     pub tasks: Arc<TaskTable>,
+    /// Where the start-time model's learned rates are kept.
+    pub rates: RateMemory,
 }
 
 impl Dispatcher {
@@ -125,6 +126,7 @@ impl Dispatcher {
             policy,
             load_ms: Arc::new(AtomicU64::new(0)),
         };
+        let rates = ctx.rates.clone();
         let actor = Actor {
             queue: Queue::new(capacity, core_policy(policy)),
             pool,
@@ -132,11 +134,10 @@ impl Dispatcher {
             tx,
             inflight: HashMap::new(),
             running: HashMap::new(),
-            stats: ServiceStats::default(),
             depth: d.depth.clone(),
             running_count: d.running.clone(),
             ctx,
-            eta: Forecaster::new(d.load_ms.clone()),
+            eta: Forecaster::new(d.load_ms.clone(), rates),
             od: on_demand::OnDemandWatch::new(d.load_ms.clone(), &d.pool),
         };
         tokio::spawn(actor.run());
@@ -223,7 +224,6 @@ struct Actor {
     inflight: HashMap<String, usize>,
     /// Running tasks: start instant and estimated duration.
     running: HashMap<String, (Instant, f64)>,
-    stats: ServiceStats,
     depth: Arc<AtomicUsize>,
     running_count: Arc<AtomicUsize>,
     ctx: DispatchCtx,
@@ -235,6 +235,7 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self) {
+        self.eta.init(&self.pool).await;
         let mut changed = self.pool.subscribe();
         // Waiting tasks hear from the queue at least this often; decode rates are cut as often.
         let mut tick = tokio::time::interval(WAIT_FRAME_EVERY);
@@ -345,9 +346,6 @@ impl Actor {
                 self.running_count
                     .store(self.running.len(), Ordering::Relaxed);
                 self.eta.finished(&task_id, &replica_id, sample);
-                if let Some((tokens, decode_ms, first_ms)) = sample {
-                    self.stats.record(tokens, decode_ms, first_ms);
-                }
                 self.ctx.tasks.note_finished(&task_id);
             }
             Cmd::DrainQueue { reply } => {
@@ -448,7 +446,6 @@ impl Actor {
             *self.inflight.entry(rid.clone()).or_insert(0) += 1;
             let est = self.est_task_ms(&task);
             self.running.insert(task.id.clone(), (Instant::now(), est));
-            let rate_prior = self.eta.tokens_per_s(&self.pool, &rid);
             self.eta.started(&self.pool, &task, &rid);
             self.running_count
                 .store(self.running.len(), Ordering::Relaxed);
@@ -460,7 +457,6 @@ impl Actor {
                 metrics: self.ctx.metrics.clone(),
                 depth: self.depth.clone(),
                 est_task_ms: est,
-                tokens_per_s_prior: rate_prior.or(self.stats.tokens_per_s()),
             };
             let done = self.tx.clone();
             let span = tracing::info_span!("task", correlation_id = %task.correlation_id, task_id = %task.id);
@@ -492,7 +488,6 @@ struct TaskRun {
     metrics: Metrics,
     depth: Arc<AtomicUsize>,
     est_task_ms: f64,
-    tokens_per_s_prior: Option<f64>,
 }
 
 /// Restores a session's saved KV into its slot; the slot to run in, or `None` (the engine
@@ -565,26 +560,19 @@ impl TaskRun {
             .filter(|s| *s > 0.0 && tokens > 1)
             .map(|s| (tokens - 1) as f64 / s)
             .unwrap_or(0.0);
-        let req = &self.task.req;
-        let expected = req
-            .expected_tokens
-            .map_or(req.max_tokens, |e| e.min(req.max_tokens));
-        let left = u64::from(expected).saturating_sub(tokens) as f64;
-        let rate_for_eta = if rate > 0.0 {
-            Some(rate)
-        } else {
-            self.tokens_per_s_prior
+        // The start-time model's forecast of this task's end (`forecast.rs`), refreshed as the
+        // pool changes and every second; before the first one, the expected run time.
+        let (remaining_ms, p) = match self.task.running_prediction() {
+            Some((end, p)) => (
+                end.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0,
+                p,
+            ),
+            None => ((self.est_task_ms - elapsed_ms).max(0.0), None),
         };
-        let remaining_ms = match rate_for_eta {
-            Some(r) if r > 0.0 => left / r * 1000.0,
-            _ => (self.est_task_ms - elapsed_ms).max(0.0),
-        };
-        let p = on_time_probability(
-            elapsed_ms as u64,
-            remaining_ms,
-            self.task.req.deadline_ms,
-            0.25,
-        );
+        let p = p.unwrap_or_else(|| {
+            let left = self.task.req.deadline_ms.map(|d| d as f64 - elapsed_ms);
+            orchestrator_core::eta::OnTimeModel::default().probability(left, remaining_ms)
+        });
         StreamEvent::Metrics(MetricsEvent {
             queue_depth: self.depth.load(Ordering::Relaxed),
             on_time_probability: p,
