@@ -34,14 +34,6 @@ pub use on_demand::admission_note;
 /// How often a running task emits a `metrics` frame.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
 
-/// The queue's priority for a request's.
-pub(crate) fn core_priority(p: Priority) -> queue::Priority {
-    match p {
-        Priority::Interactive => queue::Priority::Interactive,
-        Priority::Batch => queue::Priority::Batch,
-    }
-}
-
 fn core_policy(p: FullPolicy) -> queue::FullPolicy {
     match p {
         FullPolicy::Reject => queue::FullPolicy::Reject,
@@ -281,7 +273,7 @@ impl Actor {
             Cmd::Enqueue { task, reply } => {
                 self.od.publish_load(&self.pool);
                 let id = task.id.clone();
-                let prio = core_priority(task.priority());
+                let prio = crate::wire::core_priority(task.priority());
                 match self.queue.push(id, prio, task.clone()) {
                     Ok(adm) => {
                         if let Some(dropped) = adm.dropped {

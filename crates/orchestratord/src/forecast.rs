@@ -873,7 +873,7 @@ impl Forecaster {
 /// The kind of prediction `f` is for `task`.
 fn on_time_class(task: &Task, f: Forecast) -> OnTimeClass {
     OnTimeClass {
-        priority: crate::dispatch::core_priority(task.priority()),
+        priority: crate::wire::core_priority(task.priority()),
         // Under a millisecond is "at once".
         waits: f.start_ms >= 1.0,
     }

@@ -33,6 +33,7 @@ pub mod task;
 #[cfg(test)]
 mod testing;
 pub mod transcripts;
+pub mod wire;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

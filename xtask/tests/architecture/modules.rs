@@ -47,18 +47,6 @@ pub const KNOWN_CYCLE_EDGES: &[(&str, &str, &str, &str)] = &[
         "openapi",
         "`http/system.rs` serves `openapi::document()`, which lists the http handlers; move openapi.rs under http/",
     ),
-    (
-        "crates/orchestratord",
-        "dispatch",
-        "http",
-        "`dispatch/on_demand.rs` calls `http::pools::load_state`; move it next to the pool state",
-    ),
-    (
-        "crates/orchestratord",
-        "forecast",
-        "dispatch",
-        "forecast calls `dispatch::core_priority`; move it to forecast or engine_io",
-    ),
 ];
 
 /// The module graph of one crate: `from → to → where (file:line)`.
