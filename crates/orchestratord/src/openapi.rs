@@ -47,6 +47,8 @@ pub mod rules;
         http::openai::model,
         http::openai::completions,
         http::openai::chat_completions,
+        http::anthropic::messages,
+        http::anthropic::count_tokens,
     ),
     components(schemas(
         api_types::StartedEvent,
