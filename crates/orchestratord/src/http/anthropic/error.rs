@@ -27,7 +27,10 @@ impl ErrorShape for AnthropicShape {
 
     fn status(status: StatusCode, code: &str) -> StatusCode {
         match code {
-            "admission_reject" | "queue_full_drop_lru" | "pool_unavailable" | "shutting_down"
+            "admission_reject"
+            | "queue_full_drop_lru"
+            | "pool_unavailable"
+            | "shutting_down"
             | "worker_reset" => StatusCode::from_u16(OVERLOADED).unwrap_or(status),
             _ => status,
         }

@@ -85,7 +85,11 @@ async fn handle(
         headers: mut hdrs,
     } = door::admit(&state, &cid.0, req, Dialect::Messages).await?;
     if !dropped_tools.is_empty() {
-        put_header(&mut hdrs, "x-llorch-tools-dropped", &dropped_tools.join(","));
+        put_header(
+            &mut hdrs,
+            "x-llorch-tools-dropped",
+            &dropped_tools.join(","),
+        );
     }
     let guard = CancelOnDrop::new(&state, &adm.task);
     let input_tokens = u64::from(adm.context.prompt_tokens.unwrap_or(0));

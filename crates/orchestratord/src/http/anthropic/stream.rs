@@ -192,10 +192,9 @@ impl Events {
                 Some((Open::Call(c), i)) if c == d.index => i,
                 _ => {
                     // A client answers a call by its id: make one if the engine gave none.
-                    let id = d
-                        .id
-                        .clone()
-                        .unwrap_or_else(|| format!("toolu_{}", uuid::Uuid::new_v4().simple()));
+                    let id =
+                        d.id.clone()
+                            .unwrap_or_else(|| format!("toolu_{}", uuid::Uuid::new_v4().simple()));
                     let name = d.function.name.clone().unwrap_or_default();
                     self.open(
                         Open::Call(d.index),
