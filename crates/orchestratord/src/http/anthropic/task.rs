@@ -87,7 +87,12 @@ fn task_messages(i: usize, m: &MsgMessage, out: &mut Vec<Value>) -> Result<(), A
             out.push(json!({"role": role, "content": s}));
             return Ok(());
         }
-        Value::Array(b) => b,
+        Value::Array(b) if !b.is_empty() => b,
+        Value::Array(_) => {
+            return Err(AnthropicError::invalid(format!(
+                "messages[{i}].content is empty; send a string or at least one block"
+            )))
+        }
         _ => {
             return Err(AnthropicError::invalid(format!(
                 "messages[{i}].content must be a string or an array of content blocks"
