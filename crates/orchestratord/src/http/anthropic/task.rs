@@ -3,13 +3,16 @@
 //! - `system` (a string or text blocks) → a first `system` message; text blocks of one
 //!   message are joined with a blank line;
 //! - `tool_use` blocks → the assistant message's `tool_calls` (`input` as JSON text),
-//!   `tool_result` blocks → `tool` messages with `tool_call_id`, in block order;
+//!   `tool_result` blocks → `tool` messages with `tool_call_id` (and the tool's `name`), in
+//!   block order;
 //!   `thinking`/`redacted_thinking` blocks are dropped; `image`/`document` are refused;
 //! - `tools` → function tools (server tools dropped, named in `x-llorch-tools-dropped`),
 //!   `tool_choice` auto/any/tool/none → auto/required/named/none,
 //!   `disable_parallel_tool_use` → `parallel_tool_calls: false`;
 //! - `stop_sequences`, `temperature`, `top_p`, `top_k` pass through;
 //! - priority from `X-Llorch-Priority`, session from `X-Llorch-Session` only.
+
+use std::collections::HashMap;
 
 use api_types::TaskRequest;
 use axum::http::HeaderMap;
@@ -68,7 +71,14 @@ fn unsupported_media(at: &str, ty: &str) -> AnthropicError {
 
 /// One Anthropic message as task messages (a user message with tool results becomes one
 /// `tool` message per result, in order, around its text).
-fn task_messages(i: usize, m: &MsgMessage, out: &mut Vec<Value>) -> Result<(), AnthropicError> {
+/// `names` maps the ids of the conversation's earlier `tool_use` blocks to their tools, so a
+/// `tool` message names the tool it answers (some chat templates show it).
+fn task_messages(
+    i: usize,
+    m: &MsgMessage,
+    names: &mut HashMap<String, String>,
+    out: &mut Vec<Value>,
+) -> Result<(), AnthropicError> {
     let role = match m.role.as_str() {
         r @ ("user" | "assistant") => r,
         "system" => {
@@ -141,6 +151,7 @@ fn task_messages(i: usize, m: &MsgMessage, out: &mut Vec<Value>) -> Result<(), A
                         )))
                     }
                 };
+                names.insert(id.to_owned(), name.to_owned());
                 calls.push(json!({"id": id, "type": "function",
                     "function": {"name": name, "arguments": input.to_string()}}));
             }
@@ -157,7 +168,11 @@ fn task_messages(i: usize, m: &MsgMessage, out: &mut Vec<Value>) -> Result<(), A
                 )?;
                 // The user's text before a result is its own message, so the order holds.
                 flush(&mut text, &mut calls, out);
-                out.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
+                let mut result = json!({"role": "tool", "tool_call_id": id, "content": content});
+                if let Some(n) = names.get(id) {
+                    result["name"] = json!(n);
+                }
+                out.push(result);
             }
             // Earlier turns' reasoning: the engine's template has no place for it.
             ("thinking" | "redacted_thinking", "assistant") => {}
@@ -256,8 +271,9 @@ pub fn to_task(
             msgs.push(json!({"role": "system", "content": system}));
         }
     }
+    let mut names = HashMap::new();
     for (i, m) in r.messages.iter().enumerate() {
-        task_messages(i, m, &mut msgs)?;
+        task_messages(i, m, &mut names, &mut msgs)?;
     }
     let priority = door::priority::<AnthropicShape>(None, headers)?;
     let mut body = json!({

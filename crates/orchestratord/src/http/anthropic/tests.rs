@@ -75,7 +75,7 @@ fn a_conversation_with_tools_becomes_a_chat_task() {
     );
     assert_eq!(
         m[3],
-        json!({"role": "tool", "tool_call_id": "toolu_1", "content": "18C"})
+        json!({"role": "tool", "tool_call_id": "toolu_1", "name": "get_weather", "content": "18C"})
     );
     assert_eq!(
         m[4],

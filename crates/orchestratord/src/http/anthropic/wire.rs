@@ -55,7 +55,7 @@ pub struct MsgToolChoice {
 /// `metadata`.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct MsgMetadata {
-    /// The caller's user id; logged (hashed) with the task, never a session (docs/ANTHROPIC.md).
+    /// The caller's user id: accepted and ignored, never a session (docs/ANTHROPIC.md).
     #[serde(default)]
     pub user_id: Option<String>,
 }
