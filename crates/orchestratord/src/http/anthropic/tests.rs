@@ -20,7 +20,7 @@ fn task(v: Value) -> Result<Value, AnthropicError> {
 }
 
 fn refused(v: Value, part: &str) {
-    let e = task(v).err().expect("refused");
+    let e = task(v).expect_err("refused");
     assert_eq!(e.status, StatusCode::BAD_REQUEST);
     assert!(e.message.contains(part), "{} lacks {part}", e.message);
 }
