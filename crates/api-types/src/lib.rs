@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 /// The version of the data and control plane API, reported by `/v1/capabilities`.
 pub const API_VERSION: &str = "1.0.0";
 
+pub mod anthropic;
 mod capabilities;
 pub mod embeddings;
 mod errors;

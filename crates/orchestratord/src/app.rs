@@ -202,7 +202,9 @@ impl AppState {
 /// in error bodies, auth (not for the public status page), handler. Every route is declared
 /// here, in one table.
 pub fn router(state: AppState) -> Router {
-    use http::{artifacts, catalog, embeddings, openai, pools, sessions, system, tasks, web};
+    use http::{
+        anthropic, artifacts, catalog, embeddings, openai, pools, sessions, system, tasks, web,
+    };
     let api = Router::new()
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
@@ -249,6 +251,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/rerank", post(embeddings::rerank))
         .route("/v1/reranking", post(embeddings::rerank))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         // `http.max_body_bytes` (the OpenAI door reads its body itself, with the same limit).

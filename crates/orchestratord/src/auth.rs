@@ -97,6 +97,20 @@ impl Auth {
     }
 }
 
+/// The `Authorization` header, else Anthropic's `x-api-key: <token>` (what Anthropic's
+/// clients send) as `Bearer <token>`: the same constant-time check applies to both.
+pub fn credentials(headers: &axum::http::HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
+    if let Some(h) = headers.get(axum::http::header::AUTHORIZATION) {
+        return h.to_str().ok().map(std::borrow::Cow::Borrowed);
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| std::borrow::Cow::Owned(format!("Bearer {k}")))
+}
+
 /// Middleware applying [`Auth::check`].
 pub async fn require_token(
     State(auth): State<Auth>,
@@ -104,11 +118,8 @@ pub async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    let header = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match auth.check(peer.ip().is_loopback(), req.uri().path(), header) {
+    let header = credentials(req.headers());
+    match auth.check(peer.ip().is_loopback(), req.uri().path(), header.as_deref()) {
         Ok(identity) => {
             tracing::Span::current().record("identity", identity.as_str());
             next.run(req).await
@@ -246,5 +257,21 @@ mod tests {
         assert!(!id.contains("s3cret"));
         assert_eq!(id.len(), "token:".len() + 6);
         assert!(!format!("{a:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn x_api_key_is_a_bearer_token_unless_authorization_is_sent() {
+        let mut h = axum::http::HeaderMap::new();
+        assert!(credentials(&h).is_none());
+        h.insert("x-api-key", "  ".parse().unwrap());
+        assert!(credentials(&h).is_none(), "an empty key is no key");
+        h.insert("x-api-key", "s3cret".parse().unwrap());
+        assert_eq!(credentials(&h).as_deref(), Some("Bearer s3cret"));
+        let a = Auth::new(Some("s3cret".into()), false);
+        assert!(a
+            .check(false, "/v1/messages", credentials(&h).as_deref())
+            .is_ok());
+        h.insert("authorization", "Bearer other".parse().unwrap());
+        assert_eq!(credentials(&h).as_deref(), Some("Bearer other"));
     }
 }

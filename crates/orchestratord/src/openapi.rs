@@ -49,6 +49,8 @@ pub mod rules;
         http::openai::chat_completions,
         http::embeddings::embeddings,
         http::embeddings::rerank,
+        http::anthropic::messages,
+        http::anthropic::count_tokens,
     ),
     components(schemas(
         api_types::StartedEvent,

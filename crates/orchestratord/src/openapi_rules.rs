@@ -162,6 +162,7 @@ pub fn apply(doc: &mut Value) {
     register_model(doc);
     openai(doc);
     embeddings(doc);
+    anthropic(doc);
     for (path, method, name, rule) in [
         ("/v1/tasks/{id}", "get", "id", id.clone()),
         ("/v1/tasks/{id}/stream", "get", "id", id.clone()),
@@ -476,6 +477,124 @@ fn embeddings(doc: &mut Value) {
     }
 }
 
+/// The Messages door (`http::anthropic::to_task`, then the task rules): bounds, content
+/// blocks per role (text and tool results from the user; text, tool calls and thinking from
+/// the assistant), `tool_choice` `tool` names one, `any`/`tool` need a client tool, and per
+/// endpoint what it needs (`max_tokens` for `/v1/messages`, not for count_tokens).
+fn anthropic(doc: &mut Value) {
+    for (prop, rule) in [
+        ("model", json!({"pattern": NOT_BLANK})),
+        ("max_tokens", json!({"minimum": 1})),
+        ("messages", json!({"minItems": 1})),
+        (
+            "temperature",
+            json!({"minimum": 0, "maximum": crate::admission::validate::MAX_TEMPERATURE}),
+        ),
+        ("top_p", json!({"minimum": 0, "maximum": 1})),
+        (
+            "system",
+            json!({"anyOf": [{"type": "null"}, {"type": "string"}, {"type": "array", "items": text_block()}]}),
+        ),
+    ] {
+        merge(property(doc, "MsgRequest", prop), rule);
+    }
+    let text_or = |blocks: Value| {
+        json!({"anyOf": [{"type": "string"},
+        {"type": "array", "minItems": 1, "items": {"anyOf": blocks}}]})
+    };
+    let tool_result = json!({"type": "object", "required": ["type", "tool_use_id"], "properties": {
+        "type": {"enum": ["tool_result"]}, "tool_use_id": {"type": "string", "minLength": 1},
+        "content": {"anyOf": [{"type": "null"}, {"type": "string"}, {"type": "array", "items": text_block()}]}}});
+    let tool_use = json!({"type": "object", "required": ["type", "id", "name"], "properties": {
+        "type": {"enum": ["tool_use"]}, "id": {"type": "string", "minLength": 1},
+        "name": {"type": "string", "minLength": 1}, "input": {"type": ["object", "null"]}}});
+    let thinking = json!({"type": "object", "required": ["type"],
+        "properties": {"type": {"enum": ["thinking", "redacted_thinking"]}}});
+    let content = property(doc, "MsgMessage", "content");
+    let description = content["description"].clone();
+    *content = json!({"description": description});
+    schema(doc, "MsgMessage").insert(
+        "anyOf".into(),
+        json!([
+            {"properties": {"role": {"enum": ["user"]},
+                "content": text_or(json!([text_block(), tool_result]))}},
+            {"properties": {"role": {"enum": ["assistant"]},
+                "content": text_or(json!([text_block(), tool_use, thinking]))}}
+        ]),
+    );
+    // A client tool's name is a function name; other tool types are dropped unread.
+    schema(doc, "MsgTool").insert(
+        "anyOf".into(),
+        json!([
+            {"properties": {"type": {"type": "string", "not": {"enum": ["custom"]}}}, "required": ["type"]},
+            {"properties": {"name": {"pattern": "^[A-Za-z0-9_-]{1,64}$"}}}
+        ]),
+    );
+    schema(doc, "MsgToolChoice").insert(
+        "anyOf".into(),
+        json!([
+            {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
+            {"properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}, "required": ["name"]}
+        ]),
+    );
+    schema(doc, "MsgRequest").insert(
+        "allOf".into(),
+        json!([{"anyOf": [
+            {"properties": {"tool_choice": {"anyOf": [{"type": "null"},
+                {"properties": {"type": {"enum": ["auto", "none"]}}}]}}},
+            {"properties": {"tools": {"type": "array", "minItems": 1, "contains": {"anyOf": [
+                {"properties": {"type": {"enum": ["custom", null]}}, "required": ["type"]},
+                {"not": {"required": ["type"]}}]}}},
+                "required": ["tools"]}
+        ]}]),
+    );
+    let base = doc
+        .pointer("/components/schemas/MsgRequest")
+        .cloned()
+        .expect("openapi rule: no schema MsgRequest");
+    let mut create = base.clone();
+    let mut count = base;
+    for (body, fields) in [
+        (&mut create, &["model", "max_tokens", "messages"][..]),
+        (&mut count, &["model", "messages"][..]),
+    ] {
+        body["required"] = json!(fields);
+    }
+    let schemas = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+        .expect("openapi rule: no schemas");
+    schemas.remove("MsgRequest");
+    schemas.insert("MsgCreateRequest".into(), create);
+    schemas.insert("MsgCountTokensRequest".into(), count);
+    for (path, name) in [
+        ("/v1/messages", "MsgCreateRequest"),
+        ("/v1/messages/count_tokens", "MsgCountTokensRequest"),
+    ] {
+        let ptr = format!(
+            "/paths/{}/post/requestBody/content/application~1json/schema",
+            path.replace('/', "~1")
+        );
+        *doc.pointer_mut(&ptr)
+            .unwrap_or_else(|| panic!("openapi rule: no JSON body of POST {path}")) =
+            json!({"$ref": format!("#/components/schemas/{name}")});
+    }
+    merge(
+        parameter(doc, "/v1/messages", "post", "X-Llorch-Priority"),
+        json!({"type": "string", "pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
+    );
+    merge(
+        parameter(doc, "/v1/messages", "post", "X-Llorch-Session"),
+        json!({"type": "string", "pattern": "^[ \\t]*([A-Za-z0-9._:-]{1,128})?[ \\t]*$"}),
+    );
+}
+
+/// An Anthropic text block.
+fn text_block() -> Value {
+    json!({"type": "object", "required": ["type", "text"],
+        "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}}})
+}
+
 fn merge(target: &mut Value, rule: Value) {
     if let (Value::Object(t), Value::Object(r)) = (target, rule) {
         t.extend(r);
@@ -545,8 +664,10 @@ fn security(doc: &mut Value) {
         return;
     };
     for (path, methods) in paths.iter_mut() {
-        // OpenAI's paths refuse in OpenAI's error shape (`auth::require_token`).
-        let body = if crate::http::openai::is_openai_path(path) {
+        // The doors' paths refuse in their own error shape (`auth::require_token`).
+        let body = if crate::http::anthropic::is_messages_path(path) {
+            "AnthropicErrorBody"
+        } else if crate::http::openai::is_openai_path(path) {
             "OaiErrorBody"
         } else {
             "ErrorEnvelope"

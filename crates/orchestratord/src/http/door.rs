@@ -469,6 +469,9 @@ pub async fn collect(task: Arc<Task>, guard: CancelOnDrop) -> Result<Collected, 
 /// Answers `e` before a handler ran (401, 404) in the error shape of the door `path` belongs
 /// to (agents' SDKs read only their own API's shape), else in the daemon's envelope.
 pub async fn refuse_on_path(path: &str, e: ServiceError, body: Body) -> Response {
+    if crate::http::anthropic::is_messages_path(path) {
+        return refuse(crate::http::anthropic::AnthropicError::from(e), body).await;
+    }
     if crate::http::openai::is_openai_path(path) {
         return refuse(crate::http::openai::OaiError::from(e), body).await;
     }
@@ -477,6 +480,10 @@ pub async fn refuse_on_path(path: &str, e: ServiceError, body: Body) -> Response
 
 /// 405 in the error shape of the door `path` belongs to; `None` off the doors' paths.
 pub async fn method_not_allowed_on_path(path: &str, body: Body) -> Option<Response> {
+    if crate::http::anthropic::is_messages_path(path) {
+        let e = crate::http::anthropic::AnthropicError::method_not_allowed();
+        return Some(refuse(e, body).await);
+    }
     if crate::http::openai::is_openai_path(path) {
         return Some(refuse(crate::http::openai::OaiError::method_not_allowed(), body).await);
     }

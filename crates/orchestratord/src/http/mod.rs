@@ -1,6 +1,7 @@
 //! HTTP handlers: thin, typed, state passed explicitly. Business rules live in the services
 //! (`admission`, `sessions`, `catalog`, `dispatch`, …) and the core crate.
 
+pub mod anthropic;
 pub mod artifacts;
 pub mod catalog;
 pub mod cors;

@@ -34,6 +34,7 @@ use crate::auth::Auth;
 pub mod fake_engine;
 
 mod admission_tests;
+mod anthropic_tests;
 mod artifacts_tests;
 mod budget_tests;
 mod control_tests;
