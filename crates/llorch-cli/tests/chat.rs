@@ -145,6 +145,12 @@ async fn the_real_model_answers_in_chat_and_submit() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let text = stdout(&out);
+    assert!(text.contains("Paris"), "{text}");
+    assert!(
+        !text.contains("Rome"),
+        "after /clear the follow-up has no context: {text}"
+    );
 
     // `submit` sends its text as a user message by default: a real answer, not an instant end.
     let out = run_with_input(
