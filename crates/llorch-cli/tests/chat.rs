@@ -93,7 +93,7 @@ async fn the_real_model_answers_in_chat_and_submit() {
     // One slot, so a second chat waits behind a first.
     let e = engine();
     let config = format!(
-        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{}",
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\nsessions: {{ max_turns: 2 }}\npools:\n{}",
         chat_pool("smol", &e, 1, 4096)
     );
     let d = Daemon::start(
@@ -131,6 +131,20 @@ async fn the_real_model_answers_in_chat_and_submit() {
     assert!(
         text.contains("Rome"),
         "the second turn needs the first: {text}"
+    );
+
+    // A third turn passes `sessions.max_turns: 2`: the chat goes on in a fresh daemon session
+    // with the whole history.
+    let out = run_with_input(
+        &d,
+        &args,
+        "What is the capital of France? Answer in one word.\nAnd of Italy? Answer in one word.\nAnd of Spain? Answer in one word.\n",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.contains("Madrid"),
+        "the third turn keeps the history: {text}"
     );
 
     // `/clear` forgets: the same follow-up without its context is not answered with Rome.
