@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod cancel;
 pub mod capabilities;
 pub mod catalog;
+pub mod chat;
 pub mod init;
 pub mod metrics;
 pub mod pools;
