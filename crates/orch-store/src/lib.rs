@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data_dir>/
-//!   state.db          SQLite (WAL): catalog, sessions + budgets, artifact metadata
+//!   state.db          SQLite (WAL): catalog, sessions + budgets, artifact metadata, stored responses
 //!   state.db-wal      WAL file (part of the database while the daemon runs)
 //!   artifacts/sha256/ab/cdef…   artifact bytes, named by their SHA-256
 //!   audit.jsonl       outbound-policy decisions, one JSON object per line
@@ -35,6 +35,7 @@ pub mod catalog;
 mod error;
 pub mod policy;
 pub mod redact;
+pub mod responses;
 mod schema;
 pub mod sessions;
 mod util;
@@ -54,6 +55,7 @@ pub use catalog::{Catalog, CatalogModel, ModelState, NewModel, VerifyOutcome, Ve
 pub use error::{Result, StoreError};
 pub use policy::{AuditLog, AuditRecord, Decision, Policy};
 pub use redact::{redact_text, redact_url};
+pub use responses::{Responses, StoredResponse};
 pub use sessions::{Budget, BudgetError, BudgetRemaining, Session, SessionError, Sessions, Spend};
 pub use util::{normalize_digest, sha256_digest, validate_id};
 
@@ -199,6 +201,11 @@ impl Store {
     /// Artifact operations.
     pub fn artifacts(&self) -> Artifacts<'_> {
         Artifacts { store: self }
+    }
+
+    /// Stored OpenAI Responses.
+    pub fn responses(&self) -> Responses<'_> {
+        Responses { store: self }
     }
 
     /// The outbound audit log (`audit.jsonl`), for [`Policy::enforce`].

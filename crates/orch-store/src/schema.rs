@@ -81,6 +81,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE artifacts ADD COLUMN content BLOB;
     "#,
+    // v5: stored OpenAI Responses (`POST /v1/responses` with `store`), for
+    // `previous_response_id` and `GET /v1/responses/{id}` across restarts.
+    r#"
+    CREATE TABLE responses (
+        id         TEXT PRIMARY KEY NOT NULL,
+        created_ms INTEGER NOT NULL,
+        response   TEXT NOT NULL,
+        history    TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX responses_created ON responses (created_ms, id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -198,7 +198,7 @@ impl AppState {
 /// in error bodies, auth (not for the public status page), handler. Every route is declared
 /// here, in one table.
 pub fn router(state: AppState) -> Router {
-    use http::{artifacts, catalog, openai, pools, sessions, system, tasks, web};
+    use http::{artifacts, catalog, openai, pools, responses, sessions, system, tasks, web};
     let api = Router::new()
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
@@ -242,6 +242,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/input_tokens", post(responses::input_tokens))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         // `http.max_body_bytes` (the OpenAI door reads its body itself, with the same limit).

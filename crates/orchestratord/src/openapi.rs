@@ -47,6 +47,10 @@ pub mod rules;
         http::openai::model,
         http::openai::completions,
         http::openai::chat_completions,
+        http::responses::create,
+        http::responses::input_tokens,
+        http::responses::get,
+        http::responses::delete,
     ),
     components(schemas(
         api_types::StartedEvent,

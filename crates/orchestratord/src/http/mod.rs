@@ -8,6 +8,7 @@ pub mod door;
 pub mod error;
 pub mod openai;
 pub mod pools;
+pub mod responses;
 pub mod sessions;
 pub mod system;
 pub mod tasks;
