@@ -7,6 +7,8 @@
 set -euo pipefail
 
 AGENTS_VERSION="0.24.0"
+# The openai SDK it resolved to when pinned (the Responses client it drives).
+OPENAI_VERSION="3.63.0"
 # Same cache directory as `cargo xtask provision-engine` and orch-harness.
 CACHE="${LLORCH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-orch}"
 VENV="$CACHE/venv-openai-agents"
@@ -24,5 +26,5 @@ fi
 mkdir -p "$CACHE"
 echo "[openai-agents] creating $VENV with openai-agents==$AGENTS_VERSION" >&2
 python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "openai-agents==$AGENTS_VERSION"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "openai-agents==$AGENTS_VERSION" "openai==$OPENAI_VERSION"
 "$VENV/bin/python" -c "import importlib.metadata as m; print('[openai-agents] openai-agents', m.version('openai-agents'), 'openai', m.version('openai'))" >&2

@@ -196,7 +196,7 @@ pub fn push_input(msgs: &mut Vec<ChatMessage>, input: Option<&Value>) -> Result<
 
 /// The function tools as task tools and as echoed, and the other tool types (dropped).
 #[allow(clippy::type_complexity)]
-fn tools_of(tools: Option<&Vec<Value>>) -> Result<(Vec<Value>, Vec<Value>, Vec<String>), OaiError> {
+pub(super) fn tools_of(tools: Option<&Vec<Value>>) -> Result<(Vec<Value>, Vec<Value>, Vec<String>), OaiError> {
     let (mut task_tools, mut echo, mut dropped) = (Vec::new(), Vec::new(), Vec::<String>::new());
     for (i, t) in tools.into_iter().flatten().enumerate() {
         let at = format!("tools[{i}]");
@@ -226,7 +226,7 @@ fn tools_of(tools: Option<&Vec<Value>>) -> Result<(Vec<Value>, Vec<Value>, Vec<S
 }
 
 /// `tool_choice` as the task's (`None`: the engine's default, `auto`).
-fn tool_choice_of(c: Option<&Value>) -> Result<Option<Value>, OaiError> {
+pub(super) fn tool_choice_of(c: Option<&Value>) -> Result<Option<Value>, OaiError> {
     match c {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(m)) if matches!(m.as_str(), "auto" | "none" | "required") => {
@@ -249,7 +249,7 @@ fn tool_choice_of(c: Option<&Value>) -> Result<Option<Value>, OaiError> {
 }
 
 /// `text.format` as the task's `response_format` (`None`: free text).
-fn format_of(text: Option<&Value>) -> Result<Option<Value>, OaiError> {
+pub(super) fn format_of(text: Option<&Value>) -> Result<Option<Value>, OaiError> {
     let Some(f) = text.and_then(|t| t.get("format")).filter(|f| !f.is_null()) else {
         return Ok(None);
     };
