@@ -8,7 +8,7 @@
 //! - `function` tools → the task's tools; other tool types are dropped and named;
 //! - `tool_choice`, `parallel_tool_calls`, `text.format` (→ `response_format`),
 //!   `max_output_tokens` (→ `max_tokens`, default [`DEFAULT_MAX_TOKENS`] capped by the
-//!   pool's context), `temperature`, `top_p`, `seed`;
+//!   pool's context), `temperature`, `top_p`, and the extensions `seed` and `logit_bias`;
 //! - priority and session from `X-Llorch-Priority` and `X-Llorch-Session`.
 
 use api_types::{ChatMessage, FunctionCall, TaskRequest, ToolCall};
@@ -343,6 +343,13 @@ pub fn to_task(
         }
     };
     put("seed", r.seed.map(|v| json!(v)));
+    put(
+        "logit_bias",
+        r.logit_bias
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|v| json!(v)),
+    );
     put("temperature", r.temperature.map(|v| json!(v)));
     put("top_p", r.top_p.map(|v| json!(v)));
     put("session_id", session.map(|v| json!(v)));

@@ -69,6 +69,10 @@ pub struct ResponsesRequest {
     /// llama-orch extension: sampling seed, passed through to the engine.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// llama-orch extension (llama-server's own `/v1/responses` takes it too): token id →
+    /// bias (-100 ..= 100), e.g. to make a model open a tool call.
+    #[serde(default)]
+    pub logit_bias: Option<api_types::LogitBias>,
     /// Accepted and ignored (the engine reasons as its template says).
     #[serde(default)]
     #[schema(value_type = Object)]
