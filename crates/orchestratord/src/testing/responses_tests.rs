@@ -136,7 +136,9 @@ async fn previous_response_id_chains_input_and_output_without_old_instructions()
         "user:hi there|assistant:Paris|user:and next?|assistant:Lyon|user:last"
     );
     // `store: false` is not kept: it cannot be retrieved nor continued.
-    let unstored = app.post("/v1/responses", req(json!({"store": false}))).await;
+    let unstored = app
+        .post("/v1/responses", req(json!({"store": false})))
+        .await;
     unstored.expect_status(200);
     assert_eq!(unstored.body["store"], false);
     let uid = unstored.body["id"].as_str().expect("id");
@@ -211,7 +213,10 @@ async fn a_stream_sends_the_responses_events_and_stores_the_result() {
     let app = TestApp::start(&cfg()).await;
     app.engine("p1").set_tokens(["a", "", "b\r"]);
     let s = app
-        .post_stream("/v1/responses", req(json!({"stream": true, "max_output_tokens": 5})))
+        .post_stream(
+            "/v1/responses",
+            req(json!({"stream": true, "max_output_tokens": 5})),
+        )
         .await;
     assert_eq!(s.status, StatusCode::OK);
     let id = s
@@ -241,18 +246,12 @@ async fn a_stream_sends_the_responses_events_and_stores_the_result() {
         assert_eq!(d["type"], e.event.as_str());
         assert_eq!(d["sequence_number"], n as u64);
     }
-    let deltas: String = data
-        .iter()
-        .filter_map(|d| d["delta"].as_str())
-        .collect();
+    let deltas: String = data.iter().filter_map(|d| d["delta"].as_str()).collect();
     assert_eq!(deltas, "ab\r", "the text as the engine sent it");
     let done = data.last().expect("completed");
     assert_eq!(done["response"]["id"], id.as_str());
     assert_eq!(done["response"]["status"], "completed");
-    assert_eq!(
-        done["response"]["output"][0]["content"][0]["text"],
-        "ab\r"
-    );
+    assert_eq!(done["response"]["output"][0]["content"][0]["text"], "ab\r");
     // Stored before `response.completed` went out.
     let g = app.get(&format!("/v1/responses/{id}")).await;
     g.expect_status(200);
@@ -293,7 +292,11 @@ async fn input_tokens_counts_the_translated_prompt() {
         .await;
     r.expect_status(200);
     assert_eq!(r.body["object"], "response.input_tokens");
-    assert!(r.body["input_tokens"].as_u64().is_some_and(|n| n > 0), "{}", r.text);
+    assert!(
+        r.body["input_tokens"].as_u64().is_some_and(|n| n > 0),
+        "{}",
+        r.text
+    );
     assert!(matches!(
         r.header("x-llorch-token-count"),
         Some("exact" | "upper-bound")

@@ -243,7 +243,10 @@ pub async fn get(
         .await?
         .ok_or_else(|| store::not_found(&id))?;
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         r.response,
     )
         .into_response())

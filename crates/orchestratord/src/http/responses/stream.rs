@@ -155,7 +155,13 @@ impl Render {
         }
     }
 
-    fn lifecycle(&mut self, ty: &'static str, status: &str, usage: Option<ResponseUsage>, error: Option<ResponseError>) -> Ev {
+    fn lifecycle(
+        &mut self,
+        ty: &'static str,
+        status: &str,
+        usage: Option<ResponseUsage>,
+        error: Option<ResponseError>,
+    ) -> Ev {
         let obj = self.object(status, usage, error);
         self.ev(ty, json!({ "response": obj }))
     }
@@ -281,11 +287,10 @@ impl Render {
                 let n = self.index();
                 let id = format!("fc_{}_{n}", self.suffix());
                 // A client answers a call by its id: make one if the engine gave none.
-                let call_id = d
-                    .id
-                    .clone()
-                    .filter(|i| !i.is_empty())
-                    .unwrap_or_else(|| format!("call_{}_{n}", self.suffix()));
+                let call_id =
+                    d.id.clone()
+                        .filter(|i| !i.is_empty())
+                        .unwrap_or_else(|| format!("call_{}_{n}", self.suffix()));
                 let name = d.function.name.clone().unwrap_or_default();
                 let e = self.ev(
                     "response.output_item.added",
@@ -322,7 +327,11 @@ impl Render {
     /// The last events for the task's `end`, and the final object.
     pub fn end(&mut self, e: &EndEvent) -> (Vec<Ev>, ResponseObject) {
         let incomplete = e.finish_reason == "length";
-        let status = if incomplete { "incomplete" } else { "completed" };
+        let status = if incomplete {
+            "incomplete"
+        } else {
+            "completed"
+        };
         let mut out = Vec::new();
         self.close(status, &mut out);
         let obj = self.object(status, Some(usage(e)), None);

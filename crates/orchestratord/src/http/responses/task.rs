@@ -196,7 +196,9 @@ pub fn push_input(msgs: &mut Vec<ChatMessage>, input: Option<&Value>) -> Result<
 
 /// The function tools as task tools and as echoed, and the other tool types (dropped).
 #[allow(clippy::type_complexity)]
-pub(super) fn tools_of(tools: Option<&Vec<Value>>) -> Result<(Vec<Value>, Vec<Value>, Vec<String>), OaiError> {
+pub(super) fn tools_of(
+    tools: Option<&Vec<Value>>,
+) -> Result<(Vec<Value>, Vec<Value>, Vec<String>), OaiError> {
     let (mut task_tools, mut echo, mut dropped) = (Vec::new(), Vec::new(), Vec::<String>::new());
     for (i, t) in tools.into_iter().flatten().enumerate() {
         let at = format!("tools[{i}]");
@@ -359,23 +361,27 @@ pub fn to_task(
     // `required`, which admission refuses with its reason.
     put(
         "tool_choice",
-        tool_choice
-            .clone()
-            .filter(|c| has_tools || c == "required"),
+        tool_choice.clone().filter(|c| has_tools || c == "required"),
     );
     put(
         "parallel_tool_calls",
-        r.parallel_tool_calls.filter(|_| has_tools).map(|v| json!(v)),
+        r.parallel_tool_calls
+            .filter(|_| has_tools)
+            .map(|v| json!(v)),
     );
     put("response_format", format);
-    let task: TaskRequest = serde_json::from_value(body)
-        .map_err(|e| invalid(format!("invalid request: {e}")))?;
+    let task: TaskRequest =
+        serde_json::from_value(body).map_err(|e| invalid(format!("invalid request: {e}")))?;
     Ok(Translated {
         task,
         history,
         dropped_tools,
         tools,
-        tool_choice: r.tool_choice.clone().filter(|c| !c.is_null()).unwrap_or_else(|| json!("auto")),
+        tool_choice: r
+            .tool_choice
+            .clone()
+            .filter(|c| !c.is_null())
+            .unwrap_or_else(|| json!("auto")),
         text: r
             .text
             .clone()

@@ -82,7 +82,10 @@ fn input_items_become_chat_messages() {
     assert_eq!(roles, ["system", "user", "assistant", "tool", "tool"]);
     assert_eq!(msgs[1].content, "weather?");
     let calls = msgs[2].tool_calls.as_ref().unwrap();
-    assert_eq!(msgs[2].content, "checking", "calls join the text they follow");
+    assert_eq!(
+        msgs[2].content, "checking",
+        "calls join the text they follow"
+    );
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0].function.arguments, "{\"city\":\"Paris\"}");
     assert_eq!(calls[1].function.arguments, "{}");
@@ -92,21 +95,26 @@ fn input_items_become_chat_messages() {
     // A string is one user message.
     let mut one = Vec::new();
     push_input(&mut one, Some(&json!("hi"))).unwrap();
-    assert_eq!((one[0].role.as_str(), one[0].content.as_str()), ("user", "hi"));
+    assert_eq!(
+        (one[0].role.as_str(), one[0].content.as_str()),
+        ("user", "hi")
+    );
 }
 
 #[test]
 fn bad_input_items_are_named() {
-    let err = |v: Value| {
-        push_input(&mut Vec::new(), Some(&v))
-            .unwrap_err()
-            .message
-    };
+    let err = |v: Value| push_input(&mut Vec::new(), Some(&v)).unwrap_err().message;
     let m = err(json!([{"role": "user", "content": "a"},
         {"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]));
-    assert!(m.contains("input[1].content[0]") && m.contains("input_image"), "{m}");
+    assert!(
+        m.contains("input[1].content[0]") && m.contains("input_image"),
+        "{m}"
+    );
     let m = err(json!([{"type": "web_search_call"}]));
-    assert!(m.contains("input[0]") && m.contains("web_search_call"), "{m}");
+    assert!(
+        m.contains("input[0]") && m.contains("web_search_call"),
+        "{m}"
+    );
     let m = err(json!([{"type": "function_call", "name": "f"}]));
     assert!(m.contains("call_id"), "{m}");
     let m = err(json!([{"role": "tool", "content": "x"}]));
@@ -127,8 +135,10 @@ fn function_tools_are_kept_and_others_dropped() {
     assert_eq!(dropped, ["local_shell", "web_search", "custom"]);
     assert_eq!(
         task,
-        [json!({"type": "function", "function": {"name": "shell", "description": "run",
-            "parameters": {"type": "object"}, "strict": false}})]
+        [
+            json!({"type": "function", "function": {"name": "shell", "description": "run",
+            "parameters": {"type": "object"}, "strict": false}})
+        ]
     );
     assert_eq!(echo[0]["name"], "shell");
     assert!(tools_of(Some(&vec![json!({"type": "function"})])).is_err());
@@ -156,11 +166,15 @@ fn text_format_becomes_response_format() {
         Some(json!({"type": "json_object"}))
     );
     assert_eq!(
-        format_of(Some(&json!({"format": {"type": "json_schema", "name": "city",
-            "schema": {"type": "object"}, "strict": true}})))
+        format_of(Some(
+            &json!({"format": {"type": "json_schema", "name": "city",
+            "schema": {"type": "object"}, "strict": true}})
+        ))
         .unwrap(),
-        Some(json!({"type": "json_schema", "json_schema": {"name": "city",
-            "schema": {"type": "object"}, "strict": true}}))
+        Some(
+            json!({"type": "json_schema", "json_schema": {"name": "city",
+            "schema": {"type": "object"}, "strict": true}})
+        )
     );
     assert!(format_of(Some(&json!({"format": {"type": "yaml"}}))).is_err());
 }
@@ -220,12 +234,27 @@ fn text_then_a_call_render_the_full_event_sequence() {
     assert!(obj.incomplete_details.is_none());
     assert_eq!(obj.usage.unwrap().total_tokens, 8);
     match &obj.output[..] {
-        [OutputItem::Message { id, content, status, .. }, OutputItem::FunctionCall { id: fid, call_id, name, arguments, .. }] =>
-        {
+        [OutputItem::Message {
+            id,
+            content,
+            status,
+            ..
+        }, OutputItem::FunctionCall {
+            id: fid,
+            call_id,
+            name,
+            arguments,
+            ..
+        }] => {
             assert_eq!((id.as_str(), status.as_str()), ("msg_abc_0", "completed"));
             assert_eq!(content[0].text, "Hello\u{2028}");
             assert_eq!(
-                (fid.as_str(), call_id.as_str(), name.as_str(), arguments.as_str()),
+                (
+                    fid.as_str(),
+                    call_id.as_str(),
+                    name.as_str(),
+                    arguments.as_str()
+                ),
                 ("fc_abc_1", "call_x", "f", "{\"a\": 1}")
             );
         }
@@ -250,10 +279,7 @@ fn a_cut_reply_is_incomplete_and_a_failure_is_failed() {
     let (evs, obj) = r.end(&end("length"));
     assert_eq!(evs.last().unwrap().0, "response.incomplete");
     assert_eq!(obj.status, "incomplete");
-    assert_eq!(
-        obj.incomplete_details.unwrap().reason,
-        "max_output_tokens"
-    );
+    assert_eq!(obj.incomplete_details.unwrap().reason, "max_output_tokens");
     assert!(matches!(&obj.output[0], OutputItem::Message { status, .. } if status == "incomplete"));
 
     let mut r = Render::new(meta());
@@ -264,7 +290,10 @@ fn a_cut_reply_is_incomplete_and_a_failure_is_failed() {
     assert_eq!(failed["type"], "response.failed");
     assert_eq!(failed["response"]["status"], "failed");
     assert_eq!(failed["response"]["error"]["message"], "boom");
-    assert_eq!(failed["response"]["output"][0]["content"][0]["text"], "partial");
+    assert_eq!(
+        failed["response"]["output"][0]["content"][0]["text"],
+        "partial"
+    );
 
     // A call without an engine id gets one; nothing at all is an empty output.
     let mut r = Render::new(meta());
