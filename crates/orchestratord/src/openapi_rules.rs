@@ -418,8 +418,10 @@ fn openai(doc: &mut Value) {
 }
 
 /// The Responses door (`http::responses::task`): `input` a string or items (message,
-/// function_call, function_call_output, reasoning) with at least one that is not reasoning,
-/// unless `previous_response_id` continues a stored conversation; text parts only; tools of
+/// function_call, function_call_output, reasoning), unless `previous_response_id` continues a
+/// stored conversation (only reasoning items is a 400 the schema leaves unsaid, as a named
+/// `tool_choice` missing from `tools`: the route may answer 400 to schema-valid bodies, as the
+/// chat route does); text parts only; tools of
 /// any type (non-function ones are dropped), function names as the task's; the choice modes;
 /// `text.format`; the refused fields only as `null`/false; the task's bounds.
 fn responses(doc: &mut Value) {
@@ -444,8 +446,6 @@ fn responses(doc: &mut Value) {
             "type": {"enum": ["function_call_output"]}, "call_id": call_id, "output": content}},
         {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["reasoning"]}}}
     ]});
-    let not_reasoning =
-        json!({"not": {"required": ["type"], "properties": {"type": {"enum": ["reasoning"]}}}});
     let tool = json!({"anyOf": [
         {"type": "object", "required": ["type", "name"], "properties": {
             "type": {"enum": ["function"]}, "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
@@ -466,7 +466,7 @@ fn responses(doc: &mut Value) {
         (
             "input",
             json!({"anyOf": [{"type": "null"}, {"type": "string"},
-                {"type": "array", "items": item, "contains": not_reasoning}]}),
+                {"type": "array", "items": item}]}),
         ),
         ("tools", json!({"type": ["array", "null"], "items": tool})),
         (
@@ -496,6 +496,11 @@ fn responses(doc: &mut Value) {
         }
         merge(p, rule);
     }
+    // The reply echoes `tool_choice` as sent: a mode or an object.
+    let echoed = property(doc, "ResponseObject", "tool_choice");
+    let description = echoed["description"].clone();
+    *echoed =
+        json!({"description": description, "anyOf": [{"type": "string"}, {"type": "object"}]});
     for prop in ["conversation", "prompt"] {
         let p = property(doc, "ResponsesRequest", prop);
         let description = p["description"].clone();
