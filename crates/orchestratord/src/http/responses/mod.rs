@@ -117,7 +117,8 @@ pub async fn create(
         text: t.text,
         max_output_tokens: r.max_output_tokens,
         previous_response_id: r.previous_response_id.clone(),
-        store: r.store.unwrap_or(true),
+        // `responses.max_stored: 0` stores nothing: the reply says so.
+        store: r.store.unwrap_or(true) && state.config.responses.max_stored > 0,
         temperature: r.temperature,
         top_p: r.top_p,
         metadata: r.metadata.clone().unwrap_or_default(),
