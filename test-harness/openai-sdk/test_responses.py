@@ -74,6 +74,24 @@ raw = list(client.responses.create(model=MODEL, input=ASK, max_output_tokens=4, 
 assert raw[0].type == "response.created" and raw[-1].type in ("response.incomplete", "response.completed"), [e.type for e in raw]
 assert raw[-1].response.status in ("incomplete", "completed"), raw[-1]
 
+# Structured output: `text.format` json_schema from a pydantic model (`responses.parse`); the
+# engine's grammar holds the output to the schema.
+from pydantic import BaseModel
+
+
+class Capital(BaseModel):
+    city: str
+    country: str
+
+
+parsed = client.responses.parse(
+    model=MODEL, input=ASK, text_format=Capital, max_output_tokens=64, temperature=0,
+)
+assert parsed.status == "completed", parsed
+assert isinstance(parsed.output_parsed, Capital), parsed.output_text
+assert parsed.text.format.type == "json_schema", parsed.text
+log("parse:", parsed.output_parsed)
+
 # 3. Chained with previous_response_id: the second turn sees the first.
 first = client.responses.create(
     model=MODEL, input="My name is Zorblax. Remember it.", max_output_tokens=16, temperature=0,
