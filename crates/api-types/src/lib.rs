@@ -18,6 +18,7 @@ mod events;
 pub mod openai;
 pub mod pools;
 mod pull;
+pub mod responses;
 mod state;
 mod status;
 mod tasks;

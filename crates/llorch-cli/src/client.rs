@@ -268,3 +268,16 @@ pub async fn json_body(r: Response, path: &str) -> Result<Value, CliError> {
         ))
     })
 }
+
+/// Percent-encodes a path segment.
+pub fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

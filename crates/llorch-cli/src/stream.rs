@@ -283,7 +283,7 @@ pub fn outcome_result(task_id: &str, o: Outcome) -> Result<(), CliError> {
 
 /// Cancels a task in the daemon (`POST /v1/tasks/{id}/cancel`, idempotent).
 pub async fn cancel(client: &Client, task_id: &str) -> Result<(), CliError> {
-    let path = format!("/v1/tasks/{}/cancel", crate::commands::seg(task_id));
+    let path = format!("/v1/tasks/{}/cancel", crate::client::seg(task_id));
     client
         .call_json(Method::POST, &path, None, Some(Duration::from_secs(10)))
         .await

@@ -58,6 +58,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// Artifact store retention.
     pub artifacts: ArtifactsConfig,
+    /// Stored OpenAI Responses (`POST /v1/responses` with `store`, `previous_response_id`).
+    pub responses: ResponsesConfig,
     /// Outbound HTTP policy.
     pub policy: PolicyConfig,
     /// Development switches. Never use these in production.
@@ -101,6 +103,7 @@ impl Default for Config {
             tasks: TasksConfig::default(),
             sessions: SessionsConfig::default(),
             artifacts: ArtifactsConfig::default(),
+            responses: ResponsesConfig::default(),
             policy: PolicyConfig::default(),
             dev: DevConfig::default(),
             log: LogConfig::default(),
@@ -217,6 +220,28 @@ impl Default for TasksConfig {
         Self {
             retain_ms: 600_000,
             max_retained: 10_000,
+        }
+    }
+}
+
+/// Stored OpenAI Responses: kept in the data directory's database (so `previous_response_id`
+/// survives a restart) until they are older than `retention_s` or beyond the newest
+/// `max_stored`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    /// Seconds a stored response stays readable and chainable (default 30 days, 2592000).
+    pub retention_s: u64,
+    /// At most this many responses are kept; the oldest go first (default 10000; 0 stores
+    /// none, as if every request said `store: false`).
+    pub max_stored: u64,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        Self {
+            retention_s: 30 * 86_400,
+            max_stored: 10_000,
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data_dir>/
-//!   state.db          SQLite (WAL): catalog, sessions + budgets, artifact metadata, learned rates
+//!   state.db          SQLite (WAL): catalog, sessions + budgets, artifact metadata, learned rates, stored responses
 //!   state.db-wal      WAL file (part of the database while the daemon runs)
 //!   artifacts/sha256/ab/cdef…   artifact bytes, named by their SHA-256
 //!   audit.jsonl       outbound-policy decisions, one JSON object per line
@@ -36,6 +36,7 @@ mod error;
 pub mod eta_rates;
 pub mod policy;
 pub mod redact;
+pub mod responses;
 mod schema;
 pub mod sessions;
 mod util;
@@ -56,6 +57,7 @@ pub use error::{Result, StoreError};
 pub use eta_rates::{EtaRates, RateRecord};
 pub use policy::{AuditLog, AuditRecord, Decision, Policy};
 pub use redact::{redact_text, redact_url};
+pub use responses::{Responses, StoredResponse};
 pub use sessions::{Budget, BudgetError, BudgetRemaining, Session, SessionError, Sessions, Spend};
 pub use util::{normalize_digest, sha256_digest, validate_id};
 
@@ -206,6 +208,11 @@ impl Store {
     /// Artifact operations.
     pub fn artifacts(&self) -> Artifacts<'_> {
         Artifacts { store: self }
+    }
+
+    /// Stored OpenAI Responses.
+    pub fn responses(&self) -> Responses<'_> {
+        Responses { store: self }
     }
 
     /// The outbound audit log (`audit.jsonl`), for [`Policy::enforce`].

@@ -82,7 +82,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE artifacts ADD COLUMN content BLOB;
     "#,
     // v5: the start-time model's learned rates per model × device kind × slots × context
-    // (`eta_rates.rs`); self-contained, renumber freely at merge.
+    // (`eta_rates.rs`).
     r#"
     CREATE TABLE eta_rates (
         model_digest TEXT NOT NULL,
@@ -93,6 +93,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         updated_ms   INTEGER NOT NULL,
         PRIMARY KEY (model_digest, device_kind, slots, ctx)
     ) STRICT;
+    "#,
+    // v6: stored OpenAI Responses (`POST /v1/responses` with `store`), for
+    // `previous_response_id` and `GET /v1/responses/{id}` across restarts.
+    r#"
+    CREATE TABLE responses (
+        id         TEXT PRIMARY KEY NOT NULL,
+        created_ms INTEGER NOT NULL,
+        response   TEXT NOT NULL,
+        history    TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX responses_created ON responses (created_ms, id);
     "#,
 ];
 

@@ -203,7 +203,8 @@ impl AppState {
 /// here, in one table.
 pub fn router(state: AppState) -> Router {
     use http::{
-        anthropic, artifacts, catalog, embeddings, openai, pools, sessions, system, tasks, web,
+        anthropic, artifacts, catalog, embeddings, openai, pools, responses, sessions, system,
+        tasks, web,
     };
     let api = Router::new()
         .route("/health", get(system::health))
@@ -253,6 +254,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reranking", post(embeddings::rerank))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/input_tokens", post(responses::input_tokens))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         // `http.max_body_bytes` (the OpenAI door reads its body itself, with the same limit).

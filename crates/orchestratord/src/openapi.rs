@@ -51,6 +51,10 @@ pub mod rules;
         http::embeddings::rerank,
         http::anthropic::messages,
         http::anthropic::count_tokens,
+        http::responses::create,
+        http::responses::input_tokens,
+        http::responses::get,
+        http::responses::delete,
     ),
     components(schemas(
         api_types::StartedEvent,

@@ -163,6 +163,7 @@ pub fn apply(doc: &mut Value) {
     openai(doc);
     embeddings(doc);
     anthropic(doc);
+    responses(doc);
     for (path, method, name, rule) in [
         ("/v1/tasks/{id}", "get", "id", id.clone()),
         ("/v1/tasks/{id}/stream", "get", "id", id.clone()),
@@ -475,6 +476,122 @@ fn embeddings(doc: &mut Value) {
             json!({"type": "string", "pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
         );
     }
+}
+
+/// The Responses door (`http::responses::task`): `input` a string or items (message,
+/// function_call, function_call_output, reasoning), unless `previous_response_id` continues a
+/// stored conversation (only reasoning items is a 400 the schema leaves unsaid, as a named
+/// `tool_choice` missing from `tools`: the route may answer 400 to schema-valid bodies, as the
+/// chat route does); text parts only; tools of
+/// any type (non-function ones are dropped), function names as the task's; the choice modes;
+/// `text.format`; the refused fields only as `null`/false; the task's bounds.
+fn responses(doc: &mut Value) {
+    let text_parts = json!({"type": "array", "items": {"anyOf": [
+        {"type": "object", "required": ["type", "text"], "properties": {
+            "type": {"enum": ["input_text", "output_text", "text", "summary_text"]},
+            "text": {"type": "string"}}},
+        {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["refusal"]}, "refusal": {"type": ["string", "null"]}}}
+    ]}});
+    let content = json!({"anyOf": [{"type": "null"}, {"type": "string"}, text_parts]});
+    let call_id = json!({"type": "string", "minLength": 1});
+    let item = json!({"anyOf": [
+        {"type": "object", "required": ["role"], "properties": {
+            "type": {"enum": ["message"]},
+            "role": {"enum": ["user", "system", "developer", "assistant"]},
+            "content": content}},
+        {"type": "object", "required": ["type", "call_id", "name"], "properties": {
+            "type": {"enum": ["function_call"]}, "call_id": call_id, "name": {"type": "string", "minLength": 1},
+            "arguments": {"type": ["string", "null"]}}},
+        {"type": "object", "required": ["type", "call_id"], "properties": {
+            "type": {"enum": ["function_call_output"]}, "call_id": call_id, "output": content}},
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["reasoning"]}}}
+    ]});
+    let tool = json!({"anyOf": [
+        {"type": "object", "required": ["type", "name"], "properties": {
+            "type": {"enum": ["function"]}, "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "description": {"type": ["string", "null"]}, "parameters": {"type": ["object", "null"]},
+            "strict": {"type": ["boolean", "null"]}}},
+        {"type": "object", "required": ["type"], "properties": {
+            "type": {"type": "string", "not": {"enum": ["function"]}}}}
+    ]});
+    let format = json!({"anyOf": [
+        {"type": "null"},
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["json_schema"]},
+            "name": {"type": ["string", "null"]}, "description": {"type": ["string", "null"]},
+            "schema": {"type": ["object", "null"]}, "strict": {"type": ["boolean", "null"]}}}
+    ]});
+    for (prop, rule) in [
+        ("model", json!({"pattern": NOT_BLANK})),
+        (
+            "input",
+            json!({"anyOf": [{"type": "null"}, {"type": "string"},
+                {"type": "array", "items": item}]}),
+        ),
+        ("tools", json!({"type": ["array", "null"], "items": tool})),
+        (
+            "tool_choice",
+            json!({"anyOf": [{"type": "null"}, {"enum": ["auto", "none", "required"]},
+                {"type": "object", "required": ["type", "name"], "properties": {
+                    "type": {"enum": ["function"]}, "name": {"type": "string", "minLength": 1}}}]}),
+        ),
+        (
+            "text",
+            json!({"type": ["object", "null"], "properties": {"format": format}}),
+        ),
+        ("max_output_tokens", json!({"minimum": 1})),
+        (
+            "temperature",
+            json!({"minimum": 0, "maximum": crate::admission::validate::MAX_TEMPERATURE}),
+        ),
+        ("top_p", json!({"minimum": 0, "maximum": 1})),
+        ("background", json!({"enum": [false, null]})),
+    ] {
+        let p = property(doc, "ResponsesRequest", prop);
+        // A rule with `anyOf` replaces the derived `type` (`Object` stands for any JSON).
+        if rule.get("anyOf").is_some() {
+            if let Some(m) = p.as_object_mut() {
+                m.remove("type");
+            }
+        }
+        merge(p, rule);
+    }
+    // The reply echoes `tool_choice` as sent: a mode or an object.
+    let echoed = property(doc, "ResponseObject", "tool_choice");
+    let description = echoed["description"].clone();
+    *echoed =
+        json!({"description": description, "anyOf": [{"type": "string"}, {"type": "object"}]});
+    for prop in ["conversation", "prompt"] {
+        let p = property(doc, "ResponsesRequest", prop);
+        let description = p["description"].clone();
+        *p = json!({"description": description, "type": "null"});
+    }
+    // Something to answer: input, or a stored conversation to continue; `required` needs a
+    // function tool.
+    schema(doc, "ResponsesRequest").insert(
+        "allOf".into(),
+        json!([
+            {"anyOf": [
+                {"required": ["input"], "properties": {"input": {"anyOf": [{"type": "string"}, {"type": "array"}]}}},
+                {"required": ["previous_response_id"], "properties": {"previous_response_id": {"type": "string", "minLength": 1}}}
+            ]},
+            {"anyOf": [
+                {"properties": {"tool_choice": {"not": {"enum": ["required"]}}}},
+                {"required": ["tools"], "properties": {"tools": {"type": "array",
+                    "contains": {"required": ["type"], "properties": {"type": {"enum": ["function"]}}}}}}
+            ]}
+        ]),
+    );
+    // The headers as on the OpenAI door (a header is never `null`).
+    merge(
+        parameter(doc, "/v1/responses", "post", "X-Llorch-Priority"),
+        json!({"type": "string", "pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
+    );
+    merge(
+        parameter(doc, "/v1/responses", "post", "X-Llorch-Session"),
+        json!({"type": "string", "pattern": "^[ \\t]*([A-Za-z0-9._:-]{1,128})?[ \\t]*$"}),
+    );
 }
 
 /// The Messages door (`http::anthropic::to_task`, then the task rules): bounds, content

@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod error;
 pub mod openai;
 pub mod pools;
+pub mod responses;
 pub mod sessions;
 pub mod system;
 pub mod tasks;
