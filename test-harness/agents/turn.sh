@@ -12,7 +12,9 @@
 # Prints the agent's answer on stdout, its chatter on stderr, and last one line on stderr:
 #   AGENT_TURN agent=A rc=N wall_ms=N input_tokens=N output_tokens=N
 # (tokens as the agent reported them, "?" when it did not). Exit status: the agent's.
-# AGENT_TIMEOUT_S (default 900) bounds the turn; a timeout exits 124.
+# AGENT_TIMEOUT_S (default 900) bounds the turn; a timeout exits 124. AGENT_PRIORITY (e.g.
+# batch) makes the agent send `X-Llorch-Priority: $AGENT_PRIORITY` on every request, each CLI
+# in its own way of adding a header.
 set -uo pipefail
 if [ $# -ne 5 ]; then
   echo "usage: $0 claude|codex|opencode BASE_URL TOKEN MODEL PROMPT" >&2
@@ -26,6 +28,7 @@ if [ ! -x "$bin/$agent" ]; then
   exit 3
 fi
 limit="${AGENT_TIMEOUT_S:-900}"
+prio="${AGENT_PRIORITY:-}"
 # Under $HOME-less /tmp names: codex refuses to put helper links under a temporary directory
 # and says so, which is harmless.
 home="$(mktemp -d "${TMPDIR:-/tmp}/llorch-agent-$agent.XXXXXX")"
@@ -54,6 +57,7 @@ claude)
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1" "DISABLE_AUTOUPDATER=1"
     "DISABLE_TELEMETRY=1" "DISABLE_ERROR_REPORTING=1" "DISABLE_BUG_COMMAND=1"
     "CLAUDE_CODE_DISABLE_TERMINAL_TITLE=1"
+    ${prio:+"ANTHROPIC_CUSTOM_HEADERS=X-Llorch-Priority: $prio"}
     "$bin/claude" -p "$prompt" --model "$model" --output-format json
     --no-session-persistence --setting-sources "" --strict-mcp-config)
   ;;
@@ -61,6 +65,8 @@ codex)
   # The provider's key comes from the env var it names; "responses" is the only wire Codex
   # 0.169 accepts. `--ephemeral`: no session files; read-only sandbox: the turn changes nothing.
   mkdir -p "$home/.codex"
+  codex_headers=""
+  [ -n "$prio" ] && codex_headers="http_headers = { \"X-Llorch-Priority\" = \"$prio\" }"
   cat >"$home/.codex/config.toml" <<EOF
 model = "$model"
 model_provider = "llorch"
@@ -71,6 +77,7 @@ name = "llama-orch"
 base_url = "$base/v1"
 env_key = "LLORCH_TOKEN"
 wire_api = "responses"
+$codex_headers
 
 [analytics]
 enabled = false
@@ -85,6 +92,8 @@ EOF
 opencode)
   # An OpenAI-compatible provider (the AI SDK's @ai-sdk/openai-compatible) named llorch.
   mkdir -p "$home/.config/opencode"
+  opencode_headers=""
+  [ -n "$prio" ] && opencode_headers=", \"headers\": { \"X-Llorch-Priority\": \"$prio\" }"
   cat >"$home/.config/opencode/opencode.json" <<EOF
 {
   "\$schema": "https://opencode.ai/config.json",
@@ -95,7 +104,7 @@ opencode)
     "llorch": {
       "npm": "@ai-sdk/openai-compatible",
       "name": "llama-orch",
-      "options": { "baseURL": "$base/v1", "apiKey": "${token:-none}" },
+      "options": { "baseURL": "$base/v1", "apiKey": "${token:-none}"$opencode_headers },
       "models": { "$model": { "name": "$model" } }
     }
   }
