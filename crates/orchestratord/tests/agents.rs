@@ -74,7 +74,13 @@ fn start_turn(agent: &str, d: &Daemon) -> (Child, Instant) {
     require(agent);
     let child = Command::new("bash")
         .arg(repo_root().join("test-harness/agents/turn.sh"))
-        .args([agent, &d.base, d.token.as_deref().unwrap_or(""), MODEL, PROMPT])
+        .args([
+            agent,
+            &d.base,
+            d.token.as_deref().unwrap_or(""),
+            MODEL,
+            PROMPT,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -149,12 +155,20 @@ fn opencode_finishes_a_turn_through_chat_completions() {
 /// Claude Code and Codex at once on a one-slot pool: while one runs, the other's task waits
 /// in the queue with its position (seen in `/v1/status`, as `llorch status` and the status
 /// page show it), and both finish.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claude_and_codex_share_one_slot_through_the_queue() {
+#[test]
+fn claude_and_codex_share_one_slot_through_the_queue() {
     require("claude");
     require("codex");
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let d = daemon("both-agents-token");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(both_at_once(daemon("both-agents-token")));
+}
+
+async fn both_at_once(d: Daemon) {
     let claude = start_turn("claude", &d);
     let codex = start_turn("codex", &d);
 
@@ -228,7 +242,10 @@ async fn claude_and_codex_share_one_slot_through_the_queue() {
         d.logs()
     );
     for (id, _) in &waited {
-        let state = states.iter().find(|(t, _)| t == id).map(|(_, s)| s.as_str());
+        let state = states
+            .iter()
+            .find(|(t, _)| t == id)
+            .map(|(_, s)| s.as_str());
         assert_eq!(
             state,
             Some("completed"),
