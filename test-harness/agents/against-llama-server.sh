@@ -6,19 +6,21 @@
 #   LLAMA_SERVER=... CHAT_MODEL=... bash test-harness/agents/against-llama-server.sh [agent...]
 # Needs `bash test-harness/agents/setup.sh` and the provisioned engine and chat model
 # (`cargo xtask provision-engine` prints LLAMA_SERVER= and CHAT_MODEL=).
-# CTX (default 8192, the chat model's own) and SLOTS (default 1) size the server.
+# CTX (default 8192, the chat model's own) and SLOTS (default 1) size the server; N_PREDICT
+# (default 128) caps every reply at the engine (`-n`), as the e2e test's pool does: the agents
+# ask for up to 32 000 tokens and a 135M model may ramble that long.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 : "${LLAMA_SERVER:?set LLAMA_SERVER (cargo xtask provision-engine prints it)}"
 : "${CHAT_MODEL:?set CHAT_MODEL (cargo xtask provision-engine prints it)}"
-ctx="${CTX:-8192}" slots="${SLOTS:-1}"
+ctx="${CTX:-8192}" slots="${SLOTS:-1}" n_predict="${N_PREDICT:-128}"
 agents=("$@")
 [ ${#agents[@]} -eq 0 ] && agents=(claude codex opencode)
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 log="$(mktemp "${TMPDIR:-/tmp}/llama-server-agents.XXXXXX.log")"
 # -c is the context of all slots together: each slot gets ctx.
 "$LLAMA_SERVER" -m "$CHAT_MODEL" --host 127.0.0.1 --port "$port" -c $((ctx * slots)) \
-  -np "$slots" --jinja -t 1 >"$log" 2>&1 &
+  -np "$slots" -n "$n_predict" --jinja -t 1 >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT
 for _ in $(seq 1 120); do
