@@ -7,8 +7,9 @@
 # Needs `bash test-harness/agents/setup.sh` and the provisioned engine and chat model
 # (`cargo xtask provision-engine` prints LLAMA_SERVER= and CHAT_MODEL=).
 # CTX (default 8192, the chat model's own) and SLOTS (default 1) size the server; N_PREDICT
-# (default 128) caps every reply at the engine (`-n`), as the e2e test's pool does: the agents
-# ask for up to 32 000 tokens and a 135M model may ramble that long.
+# (default 128) caps the replies of requests without a limit (Codex sends none) at the engine
+# (`-n`); a request's own max_tokens overrides it (set AGENT_MAX_OUTPUT_TOKENS, see turn.sh).
+# BOTH=0 skips the both-at-once turn.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 : "${LLAMA_SERVER:?set LLAMA_SERVER (cargo xtask provision-engine prints it)}"
@@ -34,7 +35,7 @@ fail=0
 for a in "${agents[@]}"; do
   bash "$here/turn.sh" "$a" "http://127.0.0.1:$port" "" chat "$prompt" || fail=1
 done
-if [ ${#agents[@]} -eq 3 ]; then
+if [ ${#agents[@]} -eq 3 ] && [ "${BOTH:-1}" = 1 ]; then
   echo "--- claude and codex at once" >&2
   bash "$here/turn.sh" claude "http://127.0.0.1:$port" "" chat "$prompt" &
   c=$!

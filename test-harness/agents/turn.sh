@@ -14,7 +14,10 @@
 # (tokens as the agent reported them, "?" when it did not). Exit status: the agent's.
 # AGENT_TIMEOUT_S (default 900) bounds the turn; a timeout exits 124. AGENT_PRIORITY (e.g.
 # batch) makes the agent send `X-Llorch-Priority: $AGENT_PRIORITY` on every request, each CLI
-# in its own way of adding a header.
+# in its own way of adding a header. AGENT_MAX_OUTPUT_TOKENS caps the agent's replies in its
+# own way (Claude Code: CLAUDE_CODE_MAX_OUTPUT_TOKENS; OpenCode: the model's `limit.output`;
+# Codex has no such setting and sends no limit); unset, each sends its default (32 000 for
+# Claude Code and OpenCode).
 set -uo pipefail
 if [ $# -ne 5 ]; then
   echo "usage: $0 claude|codex|opencode BASE_URL TOKEN MODEL PROMPT" >&2
@@ -29,6 +32,7 @@ if [ ! -x "$bin/$agent" ]; then
 fi
 limit="${AGENT_TIMEOUT_S:-900}"
 prio="${AGENT_PRIORITY:-}"
+max_out="${AGENT_MAX_OUTPUT_TOKENS:-}"
 # Under $HOME-less /tmp names: codex refuses to put helper links under a temporary directory
 # and says so, which is harmless.
 home="$(mktemp -d "${TMPDIR:-/tmp}/llorch-agent-$agent.XXXXXX")"
@@ -58,6 +62,7 @@ claude)
     "DISABLE_TELEMETRY=1" "DISABLE_ERROR_REPORTING=1" "DISABLE_BUG_COMMAND=1"
     "CLAUDE_CODE_DISABLE_TERMINAL_TITLE=1"
     ${prio:+"ANTHROPIC_CUSTOM_HEADERS=X-Llorch-Priority: $prio"}
+    ${max_out:+"CLAUDE_CODE_MAX_OUTPUT_TOKENS=$max_out"}
     "$bin/claude" -p "$prompt" --model "$model" --output-format json
     --no-session-persistence --setting-sources "" --strict-mcp-config)
   ;;
@@ -94,6 +99,8 @@ opencode)
   mkdir -p "$home/.config/opencode"
   opencode_headers=""
   [ -n "$prio" ] && opencode_headers=", \"headers\": { \"X-Llorch-Priority\": \"$prio\" }"
+  opencode_limit=""
+  [ -n "$max_out" ] && opencode_limit=", \"limit\": { \"context\": 8192, \"output\": $max_out }"
   cat >"$home/.config/opencode/opencode.json" <<EOF
 {
   "\$schema": "https://opencode.ai/config.json",
@@ -105,7 +112,7 @@ opencode)
       "npm": "@ai-sdk/openai-compatible",
       "name": "llama-orch",
       "options": { "baseURL": "$base/v1", "apiKey": "${token:-none}"$opencode_headers },
-      "models": { "$model": { "name": "$model" } }
+      "models": { "$model": { "name": "$model"$opencode_limit } }
     }
   }
 }

@@ -25,10 +25,11 @@ const MODEL: &str = "chat";
 /// Context per slot: the chat model's own (8k); the agents' prompts are 4–5k tokens.
 const CTX: u32 = 8192;
 const PROMPT: &str = "What is the capital of France? Answer in one sentence.";
-/// Replies capped at the engine (llama-server's `-n`): the agents ask for up to 32 000 tokens,
-/// which the doors clamp to what the context leaves (~3 500 here), and a 135M model may use
-/// them all: minutes on one CI core. The agents' requests stay as they send them.
-const ENGINE_MAX_TOKENS: u32 = 64;
+/// Replies capped by the agents themselves where they can (Claude Code and OpenCode; see
+/// turn.sh's AGENT_MAX_OUTPUT_TOKENS): by default they ask for 32 000 tokens, which the doors
+/// clamp to what the context leaves (~3 500 here), and a 135M model may use them all, minutes
+/// on one CI core. Codex sends no limit: the door's clamp bounds it.
+const AGENT_MAX_OUTPUT_TOKENS: u32 = 64;
 
 /// One daemon (and one llama-server) at a time: these turns are seconds of CPU each.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -59,17 +60,10 @@ fn require(agent: &str) {
 
 /// A daemon with one one-slot pool of the chat model, behind `token`.
 fn daemon(token: &str) -> Daemon {
-    let plain = chat_pool(MODEL, &engine(), 1, CTX);
-    let pool = plain.replace(
-        "flags: [\"-t\", \"1\"]",
-        &format!("flags: [\"-t\", \"1\", \"-n\", \"{ENGINE_MAX_TOKENS}\"]"),
+    let config = format!(
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{}",
+        chat_pool(MODEL, &engine(), 1, CTX)
     );
-    assert_ne!(
-        pool, plain,
-        "the engine cap did not go into the pool's flags"
-    );
-    let config =
-        format!("dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{pool}");
     Daemon::start(
         &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
         DaemonOptions {
@@ -92,6 +86,11 @@ fn start_turn(agent: &str, d: &Daemon) -> (Child, Instant) {
             MODEL,
             PROMPT,
         ])
+        .env(
+            "AGENT_MAX_OUTPUT_TOKENS",
+            AGENT_MAX_OUTPUT_TOKENS.to_string(),
+        )
+        .env_remove("AGENT_PRIORITY")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
