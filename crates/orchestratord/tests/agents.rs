@@ -98,8 +98,15 @@ fn start_turn(agent: &str, d: &Daemon) -> (Child, Instant) {
     (child, Instant::now())
 }
 
-/// Waits for a turn; asserts it finished with an answer, and returns the answer.
-fn finish_turn(agent: &str, (child, t0): (Child, Instant), d: &Daemon) -> String {
+/// Waits for a turn; asserts it finished with an answer.
+fn finish_turn(agent: &str, turn: (Child, Instant), d: &Daemon) {
+    if let Err(e) = turn_result(agent, turn) {
+        panic!("{e}\ndaemon log:\n{}", d.logs());
+    }
+}
+
+/// Waits for a turn: its answer, or why it did not finish.
+fn turn_result(agent: &str, (child, t0): (Child, Instant)) -> Result<String, String> {
     let out = child.wait_with_output().expect("wait for the agent");
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let chatter = String::from_utf8_lossy(&out.stderr);
@@ -112,14 +119,14 @@ fn finish_turn(agent: &str, (child, t0): (Child, Instant), d: &Daemon) -> String
         "--- {agent}: {summary} (test wall {:.1} s)\n--- {agent} answer: {answer}",
         t0.elapsed().as_secs_f64()
     );
-    assert!(
-        out.status.success() && !answer.is_empty(),
+    if out.status.success() && !answer.is_empty() {
+        return Ok(answer);
+    }
+    Err(format!(
         "{agent} did not finish its turn through the daemon ({:?}, answer {answer:?}); \
-         agent output:\n{chatter}\ndaemon log:\n{}",
-        out.status.code(),
-        d.logs()
-    );
-    answer
+         agent output:\n{chatter}",
+        out.status.code()
+    ))
 }
 
 /// How many tasks the daemon admitted and completed so far (from its log).
@@ -140,6 +147,11 @@ fn one_turn(agent: &str) {
     let turn = start_turn(agent, &d);
     finish_turn(agent, turn, &d);
     let (admitted, completed) = admitted_and_completed(&d);
+    eprintln!(
+        "--- {agent}: the daemon admitted {} and completed {} tasks for it",
+        admitted - admitted0,
+        completed - completed0
+    );
     assert!(
         admitted > admitted0 && completed > completed0,
         "{agent} answered, but no task went through the daemon's queue; daemon log:\n{}",
@@ -227,9 +239,16 @@ async fn both_at_once(d: Daemon) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let done = waiters.await.expect("agent watcher");
-    for (name, turn) in done {
-        finish_turn(name, turn, &d);
-    }
+    let failed: Vec<String> = done
+        .into_iter()
+        .filter_map(|(name, turn)| turn_result(name, turn).err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{}\ndaemon log:\n{}",
+        failed.join("\n"),
+        d.logs()
+    );
 
     let (_, snap) = d.get("/v1/status?recent=50").await;
     let states: Vec<(String, String)> = snap["tasks"]
