@@ -194,38 +194,18 @@ async fn both_at_once(d: Daemon) {
     let claude = start_turn("claude", &d);
     let codex = start_turn("codex", &d);
 
-    // Watch the queue until both agents exit: every task seen, and the waits seen.
-    let waiters = tokio::task::spawn_blocking(move || {
-        let (mut claude, mut codex) = (Some(claude), Some(codex));
-        let mut done = Vec::new();
-        while claude.is_some() || codex.is_some() {
-            for (name, slot) in [("claude", &mut claude), ("codex", &mut codex)] {
-                let exited = slot
-                    .as_mut()
-                    .is_some_and(|(c, _)| !matches!(c.try_wait(), Ok(None)));
-                if exited {
-                    if let Some(t) = slot.take() {
-                        done.push((name, t));
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        done
-    });
+    // Each agent's output is read while it runs (a full pipe would stall it).
+    let claude = tokio::task::spawn_blocking(move || turn_result("claude", claude));
+    let codex = tokio::task::spawn_blocking(move || turn_result("codex", codex));
     // (task id, queue position) of tasks seen queued while another task of the pool ran.
     let mut waited: Vec<(String, u64)> = Vec::new();
-    let mut seen: Vec<String> = Vec::new();
-    while !waiters.is_finished() {
+    while !(claude.is_finished() && codex.is_finished()) {
         let (code, snap) = d.get("/v1/status?recent=50").await;
         if code == 200 {
             let tasks = snap["tasks"].as_array().cloned().unwrap_or_default();
             let running = tasks.iter().any(|t| t["state"] == "running");
             for t in &tasks {
                 let id = t["task_id"].as_str().unwrap_or_default().to_owned();
-                if !seen.contains(&id) {
-                    seen.push(id.clone());
-                }
                 if t["state"] == "queued" && running {
                     if let Some(pos) = t["queue_position"].as_u64() {
                         if !waited.iter().any(|(w, _)| *w == id) {
@@ -238,11 +218,12 @@ async fn both_at_once(d: Daemon) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let done = waiters.await.expect("agent watcher");
-    let failed: Vec<String> = done
-        .into_iter()
-        .filter_map(|(name, turn)| turn_result(name, turn).err())
-        .collect();
+    let mut failed = Vec::new();
+    for turn in [claude, codex] {
+        if let Err(e) = turn.await.expect("agent turn") {
+            failed.push(e);
+        }
+    }
     assert!(
         failed.is_empty(),
         "{}\ndaemon log:\n{}",
