@@ -636,7 +636,9 @@ fn anthropic(doc: &mut Value) {
             {"properties": {"role": {"enum": ["user"]},
                 "content": text_or(json!([text_block(), tool_result]))}},
             {"properties": {"role": {"enum": ["assistant"]},
-                "content": text_or(json!([text_block(), tool_use, thinking]))}}
+                "content": text_or(json!([text_block(), tool_use, thinking]))}},
+            {"properties": {"role": {"enum": ["system"]},
+                "content": text_or(json!([text_block()]))}}
         ]),
     );
     // A client tool's name is a function name; other tool types are dropped unread.

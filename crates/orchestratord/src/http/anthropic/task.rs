@@ -79,16 +79,13 @@ fn task_messages(
     names: &mut HashMap<String, String>,
     out: &mut Vec<Value>,
 ) -> Result<(), AnthropicError> {
+    // Claude Code 2.1 also sends `system` messages among the turns (text only); they are
+    // system turns for the engine's template, as llama-server's own /v1/messages takes them.
     let role = match m.role.as_str() {
-        r @ ("user" | "assistant") => r,
-        "system" => {
-            return Err(AnthropicError::invalid(format!(
-                "messages[{i}] has role `system`; put the system prompt in the top-level `system` field"
-            )))
-        }
+        r @ ("user" | "assistant" | "system") => r,
         other => {
             return Err(AnthropicError::invalid(format!(
-                "messages[{i}] has role `{other}`; use `user` or `assistant`"
+                "messages[{i}] has role `{other}`; use `user`, `assistant` or `system`"
             )))
         }
     };

@@ -155,8 +155,13 @@ fn bad_requests_are_refused_with_why() {
         "must not be empty",
     );
     refused(
-        json!({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}),
-        "top-level `system`",
+        json!({"model": "m", "max_tokens": 1, "messages": [{"role": "tool", "content": "x"}]}),
+        "use `user`, `assistant` or `system`",
+    );
+    refused(
+        json!({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": [
+            {"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]}),
+        "does not belong in a `system` message",
     );
     refused(
         json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [
@@ -429,4 +434,22 @@ fn a_whole_reply_has_text_then_tool_uses() {
     assert_eq!(stop_reason("stop", true), "tool_use");
     assert_eq!(tool_input(""), Some(json!({})));
     assert_eq!(tool_input("[1]"), None);
+}
+
+/// Claude Code 2.1 sends `system` messages among the turns: they stay system turns, in order.
+#[test]
+fn system_messages_among_the_turns_are_kept_in_order() {
+    let t = task(json!({"model": "m", "max_tokens": 8, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": "and again"}]}))
+    .expect("accepted");
+    let roles: Vec<&str> = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["user", "system", "user"]);
+    assert_eq!(t["messages"][1]["content"], "Be brief.");
 }

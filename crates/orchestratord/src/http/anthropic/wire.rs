@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 /// One message of the conversation.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct MsgMessage {
-    /// `user` or `assistant`.
-    #[schema(pattern = "^(user|assistant)$")]
+    /// `user` or `assistant`; `system` (text only) as Claude Code sends it among the turns.
+    #[schema(pattern = "^(user|assistant|system)$")]
     pub role: String,
     /// Text, or blocks: `text`; `tool_use` (assistant); `tool_result` (user); `thinking` and
     /// `redacted_thinking` (assistant, dropped). `image` and `document` are refused.
