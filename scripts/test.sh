@@ -15,6 +15,11 @@ export LLAMA_SERVER TEST_MODEL TEST_MODEL_2 CHAT_MODEL
 bash test-harness/openai-sdk/setup.sh
 bash test-harness/openai-node/setup.sh
 bash test-harness/web/setup.sh
+# The official anthropic SDK and the OpenAI Agents SDK (PyPI, pinned venvs), and the real agent
+# CLIs Claude Code, Codex and OpenCode (npm, pinned) for the agent doors' tests.
+bash test-harness/anthropic-sdk/setup.sh
+bash test-harness/openai-agents/setup.sh
+bash test-harness/agents/setup.sh
 # schemathesis (PyPI, pinned venv) for the chaos harness's schema fuzzing.
 bash test-harness/chaos/setup-schemathesis.sh
 

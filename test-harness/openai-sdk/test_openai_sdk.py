@@ -356,10 +356,10 @@ try:
 except openai.BadRequestError as e:
     assert "role `wizard`" in e.body["message"], e.body
 try:
-    client.embeddings.create(model=MODEL, input="hi")
+    client.moderations.create(input="hi")
     raise AssertionError("expected NotFoundError")
 except openai.NotFoundError as e:
-    assert "no route /v1/embeddings" in e.body["message"], e.body
+    assert "no route /v1/moderations" in e.body["message"], e.body
 try:
     client.get("/chat/completions", cast_to=object)
     raise AssertionError("expected a 405")

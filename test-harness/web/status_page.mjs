@@ -55,7 +55,7 @@ try {
       const r = document.querySelector(`tr[data-task-id="${id}"]`);
       if (!r) return false;
       const cells = r.querySelectorAll("td");
-      return r.querySelector(".state")?.textContent === "running" && Number(cells[4]?.textContent) > 0;
+      return r.querySelector(".state")?.textContent === "running" && Number(cells[5]?.textContent) > 0;
     },
     taskId,
     { timeout: 30000, polling: 200 },

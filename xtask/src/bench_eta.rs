@@ -16,8 +16,13 @@
 //! a deadline spread around a rough guess of its end (0.5–2×), and the calibration table
 //! compares `on_time_probability` with how often the deadline was met.
 //!
-//! A warm-up round (not counted) lets the daemon measure the engine first: predictions before
-//! any measurement rest on priors and say so in docs/DECISIONS.md.
+//! The first round (the "warm-up", not counted in the later-burst rows) is the **first burst on
+//! a fresh data directory**: its 202s rest on the prior for the model file and the device
+//! (`orchestrator_core::prior`). After the measured rounds the daemon is stopped and started
+//! again on the same data directory, and one more round is the **first burst after a restart**:
+//! its 202s rest on the rates the first daemon learned and saved. Both get rows of their own.
+//! Reliability tables compare `on_time_probability` (in the 202, in the last waiting frame,
+//! and in a running task's first frame after `started`) with how often the deadline was met.
 //!
 //! It builds nothing; it runs `target/release/orchestratord` when it exists, else the debug
 //! build.
@@ -33,20 +38,14 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench_util::need_file;
+use crate::bench_util::{load_average, need_file, percentile, verdict, EngineArgs};
 
 /// Arguments of `cargo xtask bench eta`.
 #[derive(clap::Args)]
 pub struct EtaArgs {
-    /// orchestratord binary [default: <target>/release/orchestratord, else <target>/debug/orchestratord].
-    #[arg(long)]
-    pub orchestratord: Option<PathBuf>,
-    /// llama-server binary (from `cargo xtask provision-engine`).
-    #[arg(long, env = "LLAMA_SERVER")]
-    pub llama_server: Option<PathBuf>,
-    /// GGUF model (from `cargo xtask provision-engine`).
-    #[arg(long, env = "TEST_MODEL")]
-    pub model: Option<PathBuf>,
+    /// The daemon and the engine.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Measured rounds per workload.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -80,6 +79,7 @@ pub struct EtaArgs {
 }
 
 /// The engine the pool runs: llama-server launched by the daemon, or a double it points at.
+#[derive(Clone, Copy)]
 enum Engine<'a> {
     Llama {
         server: &'a Path,
@@ -138,7 +138,7 @@ const LENGTHS: [u32; 16] = [
 struct DaemonGuard {
     child: Child,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for DaemonGuard {
@@ -147,8 +147,25 @@ impl Drop for DaemonGuard {
     }
 }
 
-fn start_daemon(bin: &Path, engine: Engine<'_>, slots: u32) -> Result<DaemonGuard> {
-    let dir = tempfile::tempdir().context("tempdir")?;
+impl DaemonGuard {
+    /// Stops the daemon (SIGTERM) and starts another on the same data directory.
+    fn restart(mut self, bin: &Path, engine: Engine<'_>, slots: u32) -> Result<DaemonGuard> {
+        crate::bench_util::stop(&mut self.child);
+        let dir = self.dir.take();
+        start_daemon(bin, engine, slots, dir)
+    }
+}
+
+fn start_daemon(
+    bin: &Path,
+    engine: Engine<'_>,
+    slots: u32,
+    dir: Option<tempfile::TempDir>,
+) -> Result<DaemonGuard> {
+    let dir = match dir {
+        Some(d) => d,
+        None => tempfile::tempdir().context("tempdir")?,
+    };
     let source = match engine {
         Engine::Llama {
             server,
@@ -201,7 +218,7 @@ fn start_daemon(bin: &Path, engine: Engine<'_>, slots: u32) -> Result<DaemonGuar
     Ok(DaemonGuard {
         child,
         base: format!("http://{addr}"),
-        _dir: dir,
+        dir: Some(dir),
     })
 }
 
@@ -237,7 +254,7 @@ impl Rng {
 }
 
 /// What one task was told and what happened.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Outcome {
     id: String,
     round: String,
@@ -250,6 +267,8 @@ struct Outcome {
     adm_p: Option<f64>,
     /// The last waiting frame: `(queued_ms, predicted_start_ms, predicted_end_ms, p)`.
     last_frame: Option<(u64, u64, u64, f64)>,
+    /// `on_time_probability` of the first `metrics` frame after `started` (a running task's).
+    running_p: Option<f64>,
     frames: usize,
     waited: u64,
     ended: u64,
@@ -274,7 +293,11 @@ async fn follow(c: &reqwest::Client, base: &str, id: &str, mut o: Outcome) -> Re
         let ev = ev?;
         let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
         match ev.event.as_str() {
-            "metrics" if !started => {
+            "metrics" if started && o.running_p.is_none() => {
+                o.running_p = v["on_time_probability"].as_f64();
+            }
+            "metrics" if started => {}
+            "metrics" => {
                 if let (Some(q), Some(s), Some(e)) = (
                     v["queued_ms"].as_u64(),
                     v["predicted_start_ms"].as_u64(),
@@ -375,15 +398,6 @@ async fn round(
         out.push(r.await.map_err(|e| anyhow!("reader panicked: {e}"))??);
     }
     Ok(out)
-}
-
-/// Nearest-rank percentile of sorted values (NaN when empty).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Median and p90 of the relative errors `|p − a| / a`, and the median signed error.
@@ -496,39 +510,9 @@ fn calibration(out: &mut String, title: &str, samples: &[(f64, bool)]) {
     }
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "MET"
-    } else {
-        "MISSED"
-    }
-}
-
 /// Runs the benchmark and prints the results.
 pub async fn run(a: EtaArgs) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let bin = a.orchestratord.clone().unwrap_or_else(|| {
-        let release = root.join("target/release/orchestratord");
-        if release.is_file() {
-            release
-        } else {
-            root.join("target/debug/orchestratord")
-        }
-    });
-    let bin = need_file(
-        Some(bin),
-        "orchestratord binary (cargo build -p orchestratord)",
-    )?;
+    let bin = a.engine.daemon()?;
     if a.tasks == 0 || a.slots == 0 {
         bail!("--tasks and --slots must be at least 1");
     }
@@ -539,42 +523,54 @@ pub async fn run(a: EtaArgs) -> Result<()> {
         a.rounds,
         a.tasks
     );
-    let (engine_name, _double, d) = match &a.engine_double {
-        Some(double) => {
-            let double = need_file(Some(double.clone()), "engine-double binary")?;
-            let (g, url) = start_double(&double, a.slots, a.double_token_us, a.double_ttft_us)?;
-            let d = start_daemon(&bin, Engine::Endpoint(&url), a.slots)?;
-            let name = format!(
-                "engine-double (BENCHMARK DOUBLE: {} µs/token, TTFT {} µs, at any concurrency)",
-                a.double_token_us, a.double_ttft_us
-            );
-            (name, Some(g), d)
-        }
+    let double_bin = match &a.engine_double {
+        Some(b) => Some(need_file(Some(b.clone()), "engine-double binary")?),
+        None => None,
+    };
+    let (server, model) = match double_bin {
+        Some(_) => (None, None),
         None => {
-            let server = need_file(a.llama_server.clone(), "llama-server")?;
-            let model = need_file(a.model.clone(), "test model")?;
-            let d = start_daemon(
-                &bin,
-                Engine::Llama {
-                    server: &server,
-                    model: &model,
-                    threads: a.threads,
-                },
-                a.slots,
-            )?;
-            let name = format!("llama-server (CPU, tiny test model, -t {})", a.threads);
-            (name, None, d)
+            let (s, m) = a.engine.engine()?;
+            (Some(s), Some(m))
         }
     };
+    let double = match &double_bin {
+        Some(b) => Some(start_double(
+            b,
+            a.slots,
+            a.double_token_us,
+            a.double_ttft_us,
+        )?),
+        None => None,
+    };
+    let (engine, engine_name) = match (&double, &server, &model) {
+        (Some((_, url)), _, _) => (
+            Engine::Endpoint(url),
+            format!(
+                "engine-double (BENCHMARK DOUBLE: {} µs/token, TTFT {} µs, at any concurrency)",
+                a.double_token_us, a.double_ttft_us
+            ),
+        ),
+        (None, Some(server), Some(model)) => (
+            Engine::Llama {
+                server,
+                model,
+                threads: a.threads,
+            },
+            format!("llama-server (CPU, tiny test model, -t {})", a.threads),
+        ),
+        _ => bail!("no engine to run"),
+    };
+    let d = start_daemon(&bin, engine, a.slots, None)?;
     let c = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
     wait_ready(&c, &d.base).await?;
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
 
-    // Warm-up: the daemon measures the engine; the bench takes a rough aggregate rate for the
-    // deadlines it sets.
-    eprintln!("[bench eta] warm-up round");
+    // Warm-up, the first burst on a fresh data directory: the daemon measures the engine; the
+    // bench takes a rough aggregate rate for the deadlines it sets.
+    eprintln!("[bench eta] warm-up round (first burst on a fresh data directory)");
     let t0 = Instant::now();
     let warm = round(&c, &d.base, "warm", a.tasks, false, &mut rng, 1.0).await?;
     let warm_tokens: f64 = (0..warm.len())
@@ -611,17 +607,28 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             .await?,
         );
     }
+    // The first burst after a restart on the same data directory. Learned rates are saved
+    // within a second of the last task's end.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("[bench eta] restart, then one more round");
+    let d = d.restart(&bin, engine, a.slots)?;
+    wait_ready(&c, &d.base).await?;
+    let restart = round(&c, &d.base, "restart", a.tasks, false, &mut rng, guess).await?;
     drop(d);
 
     let all_fifo: Vec<&Outcome> = fifo.iter().collect();
     let all_mixed: Vec<&Outcome> = mixed.iter().collect();
     let inter: Vec<&Outcome> = mixed.iter().filter(|o| o.interactive).collect();
     let batch: Vec<&Outcome> = mixed.iter().filter(|o| !o.interactive).collect();
+    let all_warm: Vec<&Outcome> = warm.iter().collect();
+    let all_restart: Vec<&Outcome> = restart.iter().collect();
     let rows = [
         row("fifo", &all_fifo, a.min_wait_ms),
         row("mixed", &all_mixed, a.min_wait_ms),
         row("mixed: interactive", &inter, a.min_wait_ms),
         row("mixed: batch", &batch, a.min_wait_ms),
+        row("first burst, fresh", &all_warm, a.min_wait_ms),
+        row("first burst, restart", &all_restart, a.min_wait_ms),
     ];
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -641,13 +648,13 @@ pub async fn run(a: EtaArgs) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "{:<18} | {:>7} | {:>20} | {:>20} | {:>20} | {:>20}",
+        "{:<20} | {:>7} | {:>20} | {:>20} | {:>20} | {:>20}",
         "workload", "waited", "start (202)", "end (202)", "start (last frame)", "end (last frame)"
     );
     for r in &rows {
         let _ = writeln!(
             out,
-            "{:<18} | {:>3}/{:<3} | {:>20} | {:>20} | {:>20} | {:>20}",
+            "{:<20} | {:>3}/{:<3} | {:>20} | {:>20} | {:>20} | {:>20}",
             r.name,
             r.waited,
             r.all,
@@ -660,7 +667,14 @@ pub async fn run(a: EtaArgs) -> Result<()> {
     // The engine's own pace per round (a task's start to end over its tokens, averaged): how
     // much the machine's speed moved between rounds, which no prediction made a round earlier
     // can know.
-    for (name, set) in [("fifo", &fifo), ("mixed", &mixed)] {
+    for (name, set) in [
+        ("fifo", &fifo),
+        ("mixed", &mixed),
+        (
+            "first-burst (fresh, restart)",
+            &warm.iter().chain(&restart).cloned().collect(),
+        ),
+    ] {
         let mut rounds: Vec<(String, Vec<f64>)> = Vec::new();
         for o in set.iter().filter(|o| o.tokens > 0) {
             let pace = o.ended.saturating_sub(o.waited) as f64 / o.tokens as f64;
@@ -691,11 +705,18 @@ pub async fn run(a: EtaArgs) -> Result<()> {
         "waiting frames: {frames} over {waiting} tasks that waited (metrics frames before `started`)"
     );
     let (f90, m90) = (rows[0].start_202.1, rows[1].start_last.1);
+    let (fresh90, restart90) = (rows[4].start_202.1, rows[5].start_202.1);
     let _ = writeln!(
         out,
-        "targets: fifo p90 start error (202) {f90:.3} (≤ 0.2) {}; mixed p90 start error (last frame before start) {m90:.3} (≤ 0.3) {}",
+        "targets: later bursts (fifo) p90 start error (202) {f90:.3} (≤ 0.2) {}; mixed p90 start error (last frame before start) {m90:.3} (≤ 0.3) {}",
         verdict(f90 <= 0.2),
         verdict(m90 <= 0.3)
+    );
+    let _ = writeln!(
+        out,
+        "targets: first burst on a fresh data dir p90 start error (202) {fresh90:.3} (≤ 0.6) {}; first burst after a restart {restart90:.3} (≤ 0.3) {}",
+        verdict(fresh90 <= 0.6),
+        verdict(restart90 <= 0.3)
     );
     let adm: Vec<(f64, bool)> = fifo
         .iter()
@@ -717,6 +738,16 @@ pub async fn run(a: EtaArgs) -> Result<()> {
         "calibration, on_time_probability in the last waiting frame (tasks that waited):",
         &last,
     );
+    let running: Vec<(f64, bool)> = fifo
+        .iter()
+        .chain(&mixed)
+        .filter_map(|o| o.running_p.map(|p| (p, o.on_time())))
+        .collect();
+    calibration(
+        &mut out,
+        "calibration, on_time_probability of a running task (its first frame after `started`):",
+        &running,
+    );
     if a.dump {
         let _ = writeln!(
             out,
@@ -735,7 +766,7 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             "p",
             "dl"
         );
-        for o in fifo.iter().chain(&mixed) {
+        for o in warm.iter().chain(&fifo).chain(&mixed).chain(&restart) {
             let (ls, le, lp) = o
                 .last_frame
                 .map_or((0, 0, f64::NAN), |(q, s, e, p)| (q + s, q + e, p));

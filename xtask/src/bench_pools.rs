@@ -19,20 +19,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::bench_util::{median_min_max, need_file};
+use crate::bench_util::{median_min_max, second_model, EngineArgs};
 
 /// Arguments of `cargo xtask bench pools`.
 #[derive(clap::Args)]
 pub struct PoolsArgs {
-    /// orchestratord binary [default: <target>/release/orchestratord, else <target>/debug/orchestratord].
-    #[arg(long)]
-    pub orchestratord: Option<PathBuf>,
-    /// llama-server binary (from `cargo xtask provision-engine`).
-    #[arg(long, env = "LLAMA_SERVER")]
-    pub llama_server: Option<PathBuf>,
-    /// First model (from `cargo xtask provision-engine`).
-    #[arg(long, env = "TEST_MODEL")]
-    pub model: Option<PathBuf>,
+    /// The daemon and the engine.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Second model [default: tiny-llama-g2-s43.gguf next to the first; `cargo xtask gen-model --seed 43`].
     #[arg(long, env = "TEST_MODEL_2")]
     pub model2: Option<PathBuf>,
@@ -52,13 +46,6 @@ impl Drop for DaemonGuard {
     fn drop(&mut self) {
         crate::bench_util::stop(&mut self.child);
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn start_daemon(bin: &Path, server: &Path, model: &Path) -> Result<DaemonGuard> {
@@ -153,29 +140,9 @@ async fn reload(c: &reqwest::Client, base: &str, model: &Path) -> Result<(Durati
 
 /// Runs the benchmark and prints the results.
 pub async fn run(a: PoolsArgs) -> Result<()> {
-    let root = workspace_root();
-    let bin = match a.orchestratord {
-        Some(p) => p,
-        None => {
-            let release = root.join("target/release/orchestratord");
-            if release.is_file() {
-                release
-            } else {
-                root.join("target/debug/orchestratord")
-            }
-        }
-    };
-    let bin = need_file(
-        Some(bin),
-        "orchestratord binary (cargo build -p orchestratord)",
-    )?;
-    let server = need_file(a.llama_server, "llama-server")?;
-    let model = need_file(a.model, "test model")?;
-    let model2 = need_file(
-        a.model2
-            .or_else(|| model.parent().map(|d| d.join("tiny-llama-g2-s43.gguf"))),
-        "second test model",
-    )?;
+    let bin = a.engine.daemon()?;
+    let (server, model) = a.engine.engine()?;
+    let model2 = second_model(a.model2, &model)?;
     let runs = a.runs.max(1);
     eprintln!(
         "[bench pools] daemon {} · engine {} · {runs} runs each",

@@ -21,20 +21,14 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench_util::{median_min_max, need_file};
+use crate::bench_util::{free_port, median_min_max, second_model, EngineArgs};
 
 /// Arguments of `cargo xtask bench swap`.
 #[derive(clap::Args)]
 pub struct SwapArgs {
-    /// orchestratord binary [default: <target>/release/orchestratord, else <target>/debug/orchestratord].
-    #[arg(long)]
-    pub orchestratord: Option<PathBuf>,
-    /// llama-server binary (from `cargo xtask provision-engine`).
-    #[arg(long, env = "LLAMA_SERVER")]
-    pub llama_server: Option<PathBuf>,
-    /// First model (from `cargo xtask provision-engine`).
-    #[arg(long, env = "TEST_MODEL")]
-    pub model: Option<PathBuf>,
+    /// The daemon and the engine.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Second model [default: tiny-llama-g2-s43.gguf next to the first; `cargo xtask gen-model --seed 43`].
     #[arg(long, env = "TEST_MODEL_2")]
     pub model2: Option<PathBuf>,
@@ -52,11 +46,6 @@ impl Drop for Guard {
     fn drop(&mut self) {
         crate::bench_util::stop(&mut self.child);
     }
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// llama-server on `model`, as the daemon would start it, timed to its first good health check.
@@ -190,29 +179,9 @@ async fn first_token_ms(c: &reqwest::Client, base: &str, pool: &str, id: &str) -
 
 /// Runs the benchmark and prints the results.
 pub async fn run(a: SwapArgs) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let bin = a.orchestratord.unwrap_or_else(|| {
-        let release = root.join("target/release/orchestratord");
-        if release.is_file() {
-            release
-        } else {
-            root.join("target/debug/orchestratord")
-        }
-    });
-    let bin = need_file(
-        Some(bin),
-        "orchestratord binary (cargo build -p orchestratord)",
-    )?;
-    let server = need_file(a.llama_server, "llama-server")?;
-    let model = need_file(a.model, "test model")?;
-    let model2 = need_file(
-        a.model2
-            .or_else(|| model.parent().map(|d| d.join("tiny-llama-g2-s43.gguf"))),
-        "second test model",
-    )?;
+    let bin = a.engine.daemon()?;
+    let (server, model) = a.engine.engine()?;
+    let model2 = second_model(a.model2, &model)?;
     let runs = a.runs.max(1);
     eprintln!(
         "[bench swap] daemon {} · engine {} · {runs} runs each",

@@ -1,10 +1,62 @@
 //! What the engine benchmarks (`bench pools`, `bench swap`, `bench eta`) share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+
+/// The daemon and the engine an engine benchmark runs (`bench pools`, `swap`, `eta`).
+#[derive(clap::Args)]
+pub struct EngineArgs {
+    /// orchestratord binary [default: <target>/release/orchestratord, else <target>/debug/orchestratord].
+    #[arg(long)]
+    pub orchestratord: Option<PathBuf>,
+    /// llama-server binary (from `cargo xtask provision-engine`).
+    #[arg(long, env = "LLAMA_SERVER")]
+    pub llama_server: Option<PathBuf>,
+    /// GGUF model, the first one where there are two (from `cargo xtask provision-engine`).
+    #[arg(long, env = "TEST_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    /// The orchestratord binary: the one given, else the release build, else the debug build.
+    pub fn daemon(&self) -> Result<PathBuf> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let bin = self.orchestratord.clone().unwrap_or_else(|| {
+            let release = root.join("target/release/orchestratord");
+            if release.is_file() {
+                release
+            } else {
+                root.join("target/debug/orchestratord")
+            }
+        });
+        need_file(
+            Some(bin),
+            "orchestratord binary (cargo build -p orchestratord)",
+        )
+    }
+
+    /// llama-server and the model.
+    pub fn engine(&self) -> Result<(PathBuf, PathBuf)> {
+        Ok((
+            need_file(self.llama_server.clone(), "llama-server")?,
+            need_file(self.model.clone(), "test model")?,
+        ))
+    }
+}
+
+/// The second model: the one given, else `tiny-llama-g2-s43.gguf` next to `model`.
+pub fn second_model(given: Option<PathBuf>, model: &Path) -> Result<PathBuf> {
+    need_file(
+        given.or_else(|| model.parent().map(|d| d.join("tiny-llama-g2-s43.gguf"))),
+        "second test model",
+    )
+}
 
 /// `p` if it names a file, else an error saying how to provision it.
 pub fn need_file(p: Option<PathBuf>, what: &str) -> Result<PathBuf> {
@@ -47,4 +99,37 @@ pub fn median_min_max(v: &mut [f64]) -> (f64, f64, f64) {
         v.first().copied().unwrap_or(0.0),
         v.last().copied().unwrap_or(0.0),
     )
+}
+
+/// The 1-minute load average, where the OS tells it.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A port that was free a moment ago (for programs that cannot report the one they picked).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Nearest-rank percentile of sorted values (NaN when empty).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `MET` or `MISSED`, for a target.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
 }

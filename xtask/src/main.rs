@@ -26,8 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build (or reuse) a CPU-only llama-server and a tiny test model; prints
-    /// `LLAMA_SERVER=<path>` and `TEST_MODEL=<path>` on stdout.
+    /// Build (or reuse) a CPU-only llama-server, a tiny test model and fetch (or reuse) the
+    /// real chat model; prints `LLAMA_SERVER=`, `TEST_MODEL=` and `CHAT_MODEL=<path>` on stdout.
     ProvisionEngine(provision::ProvisionArgs),
     /// Build (or reuse) a llama-server for this machine, with CUDA when a CUDA toolkit is
     /// found (`scripts/install.sh` uses it); prints `LLAMA_SERVER=<path>`.

@@ -337,8 +337,9 @@ pub struct GenModelArgs {
     pub version: String,
 }
 
-/// Builds or reuses llama-server and the test model, then prints
-/// `LLAMA_SERVER=<path>` and `TEST_MODEL=<path>` (absolute) on stdout.
+/// Builds or reuses llama-server, the test model and the chat model, then prints
+/// `LLAMA_SERVER=<path>`, `TEST_MODEL=<path>` and `CHAT_MODEL=<path>` (absolute) on stdout,
+/// ready for `eval`.
 pub fn provision_engine(args: &ProvisionArgs) -> Result<()> {
     let p = provision(args)?;
     let mut out = io::stdout().lock();
@@ -579,15 +580,19 @@ fn ensure_server(cache: &Cache, ver: &str, jobs: usize, flavor: &Flavor) -> Resu
         }
     }
 
-    let src = ensure_source(cache, ver)?;
-    let llama = src.join("vendor").join("llama.cpp");
-    let build = llama.join(flavor.build_dir());
+    // The build tools first: a machine without them gets the install line at once, before
+    // any download, and nothing here ever builds a tool from source.
     let cmake = find_on_path("cmake").context(
         "`cmake` is not on PATH; it is needed once to build llama-server (plus a C++ compiler). \
          Install it, e.g. Debian/Ubuntu: `apt-get install -y cmake build-essential`; \
          Fedora: `dnf install -y cmake gcc-c++`; macOS: `brew install cmake`; \
-         or anywhere: `python3 -m pip install --user cmake`",
+         or anywhere: `python3 -m pip install --user cmake` (a prebuilt wheel)",
     )?;
+    let cxx = find_cxx(env::var_os("CXX"), find_on_path).context(NO_CXX)?;
+    log(format!("C++ compiler: {}", cxx.display()));
+    let src = ensure_source(cache, ver)?;
+    let llama = src.join("vendor").join("llama.cpp");
+    let build = llama.join(flavor.build_dir());
 
     log(format!(
         "building a {} llama-server {ver} in {} with {jobs} jobs (first time: tens of minutes on 2 cores)",
@@ -1014,6 +1019,32 @@ fn parse_progress(line: &str) -> Option<(u32, &str)> {
     Some((pct.min(100), what.trim()))
 }
 
+/// What to do when [`find_cxx`] finds nothing.
+const NO_CXX: &str = "no C++ compiler found (looked for $CXX, then c++, g++ and clang++ on PATH); \
+    one is needed once to build llama-server. Install one, e.g. Debian/Ubuntu: \
+    `apt-get install -y build-essential`; Fedora: `dnf install -y gcc-c++`; \
+    macOS: `xcode-select --install`; or point CXX at yours";
+
+/// The C++ compiler cmake will pick: `$CXX` (a path, or a name on PATH), else `c++`, `g++` or
+/// `clang++` on PATH. Checked before configuring, so a machine without one gets the install
+/// line instead of cmake's "No CMAKE_CXX_COMPILER could be found" deep in a log.
+fn find_cxx(
+    cxx_env: Option<OsString>,
+    on_path: impl Fn(&str) -> Option<PathBuf>,
+) -> Option<PathBuf> {
+    if let Some(cxx) = cxx_env.filter(|c| !c.is_empty()) {
+        // CMake reads `$CXX` as the compiler, possibly with arguments after it.
+        let first = cxx.to_string_lossy().split_whitespace().next()?.to_owned();
+        let p = PathBuf::from(&first);
+        return if p.components().count() > 1 {
+            p.is_file().then_some(p)
+        } else {
+            on_path(&first)
+        };
+    }
+    ["c++", "g++", "clang++"].into_iter().find_map(on_path)
+}
+
 /// Finds an executable file named `name` in `$PATH`.
 fn find_on_path(name: &str) -> Option<PathBuf> {
     env::split_paths(&env::var_os("PATH")?)
@@ -1039,6 +1070,30 @@ mod tests {
         assert!(!sdist.contains(&":all:"), "{sdist:?}");
         let wheel = wheel_download_args();
         assert!(!wheel.contains(&"--no-binary"), "{wheel:?}");
+    }
+
+    /// A missing compiler is found missing (and named in the error), `$CXX` wins when set,
+    /// and one set to something absent is not silently replaced by another compiler.
+    #[test]
+    fn the_cxx_compiler_is_checked_before_building() {
+        let none = |_: &str| None;
+        assert_eq!(find_cxx(None, none), None);
+        assert!(NO_CXX.contains("build-essential") && NO_CXX.contains("gcc-c++"));
+        let only_gpp = |n: &str| (n == "g++").then(|| PathBuf::from("/usr/bin/g++"));
+        assert_eq!(
+            find_cxx(None, only_gpp),
+            Some(PathBuf::from("/usr/bin/g++"))
+        );
+        let all = |n: &str| Some(PathBuf::from(format!("/usr/bin/{n}")));
+        assert_eq!(
+            find_cxx(Some("clang++ -stdlib=libc++".into()), all),
+            Some(PathBuf::from("/usr/bin/clang++"))
+        );
+        assert_eq!(find_cxx(Some("/no/such/c++".into()), all), None);
+        assert_eq!(
+            find_cxx(Some("".into()), all),
+            Some(PathBuf::from("/usr/bin/c++"))
+        );
     }
 
     #[test]

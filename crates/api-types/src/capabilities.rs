@@ -28,6 +28,10 @@ pub struct PoolCapabilities {
     pub ready: bool,
     /// Names `model_ref` may use.
     pub model_refs: Vec<String>,
+    /// What it serves: `chat` (generation), `embedding` (`/v1/embeddings`) or `rerank`
+    /// (`/v1/rerank`).
+    #[serde(default = "crate::pools::chat_kind")]
+    pub kind: String,
 }
 
 /// Body of `GET /v1/capabilities`.

@@ -1,5 +1,6 @@
 //! Payloads of the SSE events of `GET /v1/tasks/{id}/stream`:
-//! `started`, `token`*, `metrics`* (interleaved), then exactly one of `end` or `error`.
+//! `started`, `token`*, `metrics`* (interleaved), then exactly one of `end` or `error`; an
+//! `embedding` or `rerank` task sends one `result` instead of tokens, before its `end`.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -90,6 +91,29 @@ pub struct MetricsEvent {
     pub waiting_for: Option<String>,
 }
 
+/// `result`: the whole answer of an `embedding` or `rerank` task, just before its `end`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResultEvent {
+    /// `embedding`: one vector per input string, in input order, as the engine computed it
+    /// (32-bit floats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<Vec<Vec<f32>>>,
+    /// `rerank`: the documents' scores, best first (`top_n` of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<RerankScore>>,
+    /// Tokens the engine evaluated for all inputs together.
+    pub prompt_tokens: u64,
+}
+
+/// One document's rerank score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RerankScore {
+    /// The document's index in the request's `documents`.
+    pub index: u32,
+    /// Its relevance to the query, as the engine scored it (higher is more relevant).
+    pub relevance_score: f64,
+}
+
 /// `end`: the task finished normally.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EndEvent {
@@ -115,6 +139,8 @@ pub enum StreamEvent {
     Token(TokenEvent),
     /// `metrics`.
     Metrics(MetricsEvent),
+    /// `result`.
+    Result(ResultEvent),
     /// `end`.
     End(EndEvent),
     /// `error`.
@@ -128,6 +154,7 @@ impl StreamEvent {
             Self::Started(_) => "started",
             Self::Token(_) => "token",
             Self::Metrics(_) => "metrics",
+            Self::Result(_) => "result",
             Self::End(_) => "end",
             Self::Error(_) => "error",
         }
@@ -144,6 +171,7 @@ impl StreamEvent {
             Self::Started(e) => serde_json::to_string(e),
             Self::Token(e) => serde_json::to_string(e),
             Self::Metrics(e) => serde_json::to_string(e),
+            Self::Result(e) => serde_json::to_string(e),
             Self::End(e) => serde_json::to_string(e),
             Self::Error(e) => serde_json::to_string(e),
         };
@@ -158,6 +186,7 @@ impl StreamEvent {
             "started" => Self::Started(serde_json::from_str(data)?),
             "token" => Self::Token(serde_json::from_str(data)?),
             "metrics" => Self::Metrics(serde_json::from_str(data)?),
+            "result" => Self::Result(serde_json::from_str(data)?),
             "end" => Self::End(serde_json::from_str(data)?),
             _ => Self::Error(serde_json::from_str(data)?),
         })

@@ -12,11 +12,13 @@ pub const API_VERSION: &str = "1.0.0";
 
 pub mod anthropic;
 mod capabilities;
+pub mod embeddings;
 mod errors;
 mod events;
 pub mod openai;
 pub mod pools;
 mod pull;
+pub mod responses;
 mod state;
 mod status;
 mod tasks;
@@ -24,7 +26,9 @@ pub mod tools;
 
 pub use capabilities::{Capabilities, PoolCapabilities};
 pub use errors::{ErrorCode, ErrorEnvelope};
-pub use events::{EndEvent, MetricsEvent, StartedEvent, StreamEvent, TokenEvent};
+pub use events::{
+    EndEvent, MetricsEvent, RerankScore, ResultEvent, StartedEvent, StreamEvent, TokenEvent,
+};
 pub use pull::{PullFile, PullJob, PullState};
 pub use state::{
     Artifact, ArtifactCreate, ArtifactKind, ArtifactList, ArtifactMeta, BudgetRemaining,

@@ -192,6 +192,18 @@ pub struct PoolInfo {
     pub health: PoolHealth,
     /// Pool id.
     pub id: String,
+    /// What it serves: `embedding` or `rerank`; absent for `chat` (generation).
+    #[serde(default = "chat_kind", skip_serializing_if = "is_chat")]
+    pub kind: String,
+}
+
+/// A pool's `kind` when the answer has none (daemons before pool kinds).
+pub fn chat_kind() -> String {
+    "chat".into()
+}
+
+fn is_chat(k: &str) -> bool {
+    k == "chat"
 }
 
 /// Body of `GET /v1/pools`.

@@ -25,6 +25,29 @@ pub enum Workload {
     Completion,
     /// Chat over `messages`, templated by the engine.
     Chat,
+    /// One embedding vector per string of `input` (needs a `kind: embedding` pool); the
+    /// stream's `result` event holds them.
+    Embedding,
+    /// Relevance scores of `documents` for `query` (needs a `kind: rerank` pool); the stream's
+    /// `result` event holds them.
+    Rerank,
+}
+
+impl Workload {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completion => "completion",
+            Self::Chat => "chat",
+            Self::Embedding => "embedding",
+            Self::Rerank => "rerank",
+        }
+    }
+
+    /// Whether the task's answer is one `result` event instead of generated tokens.
+    pub fn is_scoring(self) -> bool {
+        matches!(self, Self::Embedding | Self::Rerank)
+    }
 }
 
 /// The door a task came through: the daemon's own API or one of the dialects agents speak
@@ -164,7 +187,7 @@ pub struct TaskRequest {
     /// Session for KV reuse and budgets.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// `completion` (default) or `chat`.
+    /// `completion` (default), `chat`, `embedding` or `rerank`.
     #[serde(default)]
     pub workload: Workload,
     /// A catalog model id, a pool id, or the file name (without `.gguf`) of a pool's model.
@@ -192,7 +215,20 @@ pub struct TaskRequest {
     /// Messages (`chat`).
     #[serde(default)]
     pub messages: Option<Vec<ChatMessage>>,
-    /// Tokens to generate, at least 1 and at most the context.
+    /// `embedding`: the texts to embed (1 ..= 2048 of them, none empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Vec<String>>,
+    /// `rerank`: the query the documents are scored against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// `rerank`: the documents to score (1 ..= 2048 of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<Vec<String>>,
+    /// `rerank`: how many of the best documents the result keeps (default all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_n: Option<u32>,
+    /// Tokens to generate, at least 1 and at most the context (`embedding` and `rerank` tasks
+    /// generate none: give 1).
     pub max_tokens: u32,
     /// Sampling temperature (engine default when absent).
     #[serde(default)]

@@ -70,6 +70,10 @@ pub enum Command {
     /// Submit a task: prints its queue position and predicted start (stderr), then streams the
     /// tokens to stdout byte for byte as they arrive.
     Submit(SubmitArgs),
+    /// Chat with a model: one line a turn, answers streamed, history kept (`/clear` forgets
+    /// it, `/exit` or Ctrl-D ends). Ctrl-C cancels the answer in progress. When stdin is not a
+    /// terminal, each line is one turn and each answer is printed on stdout.
+    Chat(ChatArgs),
     /// Follow a task's stream (from the start, even after it ended).
     Stream {
         /// Task id.
@@ -206,11 +210,16 @@ pub struct SubmitArgs {
     /// Stop string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Send the prompt as one user chat message (templated by the engine).
+    /// Send the prompt as a plain completion prompt, not as a user chat message. By default
+    /// the prompt is one user message, templated by the engine with the model's chat template:
+    /// an instruct model given a raw prompt often ends its turn at once.
     #[arg(long)]
+    pub raw: bool,
+    /// The default (the prompt is a user chat message); kept for older scripts.
+    #[arg(long, hide = true, conflicts_with = "raw")]
     pub chat: bool,
-    /// System message for `--chat`.
-    #[arg(long, requires = "chat")]
+    /// System message (chat only).
+    #[arg(long, conflicts_with = "raw")]
     pub system: Option<String>,
     /// Task id (default: `cli-<uuid>`).
     #[arg(long)]
@@ -231,6 +240,30 @@ pub struct SubmitArgs {
     /// Leave the task running when interrupted (Ctrl-C); by default it is canceled.
     #[arg(long)]
     pub detach_on_interrupt: bool,
+}
+
+/// `llorch chat`.
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// Model: a pool id, a catalog id or a model file name. Default: the config file's
+    /// `model`, else the daemon's only pool.
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// System message, first in the history (kept by `/clear`).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Priority.
+    #[arg(long, short, value_enum)]
+    pub priority: Option<PriorityArg>,
+    /// Tokens to generate at most per answer.
+    #[arg(long, short = 'n', default_value_t = 512)]
+    pub max_tokens: u32,
+    /// Sampling seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Sampling temperature (0: always the likeliest token).
+    #[arg(long)]
+    pub temperature: Option<f32>,
 }
 
 /// `llorch pull`.

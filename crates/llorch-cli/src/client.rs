@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{Method, Response, StatusCode};
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Settings;
+pub use crate::error::ErrorView;
 use crate::error::{CliError, Exit};
 
 /// A client bound to one daemon.
@@ -241,43 +241,6 @@ impl Client {
     }
 }
 
-/// What the CLI reads of an error body: our `api_types::ErrorEnvelope` `{code, message,
-/// retry_after_ms, …}` or the OpenAI door's `api_types::openai::OaiErrorBody`
-/// `{error: {message, …}}`. Every part is optional and codes are plain strings, so the
-/// answers of a newer daemon (new codes) or of a proxy in between still read.
-#[derive(Debug, Default, Deserialize)]
-pub struct ErrorView {
-    /// Our error code (`ADMISSION_REJECT`, …).
-    #[serde(default, deserialize_with = "lenient")]
-    pub code: Option<String>,
-    /// For people.
-    #[serde(default, deserialize_with = "lenient")]
-    pub message: Option<String>,
-    /// When to retry.
-    #[serde(default, deserialize_with = "lenient")]
-    pub retry_after_ms: Option<u64>,
-    /// OpenAI's shape.
-    #[serde(default, deserialize_with = "lenient")]
-    pub error: Option<Box<ErrorView>>,
-}
-
-impl ErrorView {
-    /// Reads what it can of `v`.
-    pub fn of(v: &Value) -> Self {
-        Self::deserialize(v).unwrap_or_default()
-    }
-}
-
-/// `None` for a field of an unexpected type, instead of failing the whole body.
-fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    let v = Value::deserialize(d)?;
-    Ok(T::deserialize(v).ok())
-}
-
 /// The Retry-After header, in seconds, as a duration.
 fn retry_after(r: &Response) -> Option<Duration> {
     r.headers()
@@ -304,4 +267,17 @@ pub async fn json_body(r: Response, path: &str) -> Result<Value, CliError> {
             "the daemon's answer to {path} is not JSON ({e}); is {path} served by orchestratord?"
         ))
     })
+}
+
+/// Percent-encodes a path segment.
+pub fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Process exit codes other than 0 (success); documented in docs/CLI.md, scripts rely on them.
@@ -81,7 +82,7 @@ impl CliError {
             v["error"]["http_status"] = json!(s);
         }
         if let Some(env) = &self.envelope {
-            if let Some(code) = crate::client::ErrorView::of(env).code {
+            if let Some(code) = ErrorView::of(env).code {
                 v["error"]["code"] = json!(code);
             }
             v["error"]["envelope"] = env.clone();
@@ -94,4 +95,41 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
+}
+
+/// What the CLI reads of an error body: our `api_types::ErrorEnvelope` `{code, message,
+/// retry_after_ms, …}` or the OpenAI door's `api_types::openai::OaiErrorBody`
+/// `{error: {message, …}}`. Every part is optional and codes are plain strings, so the
+/// answers of a newer daemon (new codes) or of a proxy in between still read.
+#[derive(Debug, Default, Deserialize)]
+pub struct ErrorView {
+    /// Our error code (`ADMISSION_REJECT`, …).
+    #[serde(default, deserialize_with = "lenient")]
+    pub code: Option<String>,
+    /// For people.
+    #[serde(default, deserialize_with = "lenient")]
+    pub message: Option<String>,
+    /// When to retry.
+    #[serde(default, deserialize_with = "lenient")]
+    pub retry_after_ms: Option<u64>,
+    /// OpenAI's shape.
+    #[serde(default, deserialize_with = "lenient")]
+    pub error: Option<Box<ErrorView>>,
+}
+
+impl ErrorView {
+    /// Reads what it can of `v`.
+    pub fn of(v: &Value) -> Self {
+        Self::deserialize(v).unwrap_or_default()
+    }
+}
+
+/// `None` for a field of an unexpected type, instead of failing the whole body.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = Value::deserialize(d)?;
+    Ok(T::deserialize(v).ok())
 }

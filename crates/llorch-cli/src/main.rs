@@ -80,6 +80,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let json_out = g.json;
     match cli.command {
         Command::Submit(a) => commands::submit::run(&client, &settings, a, json_out).await,
+        Command::Chat(a) => commands::chat::run(&client, &settings, a, json_out).await,
         Command::Stream { task_id } => commands::stream::run(&client, &task_id, json_out).await,
         Command::Cancel { task_id } => commands::cancel::run(&client, &task_id, json_out).await,
         Command::Task { task_id } => commands::task::run(&client, &task_id, json_out).await,

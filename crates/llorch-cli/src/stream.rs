@@ -102,16 +102,58 @@ impl WaitingLine {
     }
 }
 
+/// How much [`follow_with`] says besides the tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Show {
+    /// `submit` and `stream`: the `started` and `end` lines, the queue line, errors.
+    Everything,
+    /// `chat`: only the queue line while the task waits, and errors; the answer ends with a
+    /// newline on stdout.
+    Answer,
+    /// `--json`: every event as an NDJSON line, nothing else.
+    Json,
+}
+
+/// What a followed stream carried.
+#[derive(Debug)]
+pub struct Followed {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The token text, concatenated exactly as it arrived.
+    pub text: String,
+}
+
 /// Follows `/v1/tasks/{id}/stream` until its terminal event.
 pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Outcome, CliError> {
+    let show = if json_out {
+        Show::Json
+    } else {
+        Show::Everything
+    };
+    Ok(follow_with(client, task_id, show).await?.outcome)
+}
+
+/// Follows `/v1/tasks/{id}/stream` until its terminal event, printing what `show` says, and
+/// returns the text it carried.
+pub async fn follow_with(client: &Client, task_id: &str, show: Show) -> Result<Followed, CliError> {
+    let json_out = show == Show::Json;
+    let meta = show == Show::Everything;
     let path = format!("/v1/tasks/{task_id}/stream");
     let resp = client.send(Method::GET, &path, None, None).await?;
     let mut events = resp.bytes_stream().eventsource();
     let stdout_tty = std::io::stdout().is_terminal();
-    let mut wrote_text = false;
+    let mut text = String::new();
     let mut waiting = WaitingLine {
         tty: std::io::stderr().is_terminal(),
         ..WaitingLine::default()
+    };
+    // `chat` ends each answer on a line of its own; `submit` leaves stdout exactly the tokens.
+    let end_line = |text: &str| {
+        if show == Show::Answer && !text.ends_with('\n') {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out);
+            let _ = out.flush();
+        }
     };
     while let Some(ev) = events.next().await {
         let ev = match ev {
@@ -145,7 +187,7 @@ pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Ou
         }
         match parsed {
             StreamEvent::Started(s) => {
-                if !json_out {
+                if meta {
                     eprintln!(
                         "[started on {}/{} ({} {}, {}) after {} ms in the queue]",
                         s.pool_id, s.replica_id, s.engine, s.engine_version, s.device, s.queued_ms
@@ -157,17 +199,26 @@ pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Ou
                     let mut out = std::io::stdout().lock();
                     out.write_all(t.t.as_bytes()).map_err(stdout_error)?;
                     out.flush().map_err(stdout_error)?;
-                    wrote_text |= !t.t.is_empty();
                 }
+                text.push_str(&t.t);
             }
             StreamEvent::Metrics(m) => {
                 if !json_out {
                     waiting.show(&m);
                 }
             }
-            StreamEvent::End(e) => {
+            // An embedding or rerank task's answer: its JSON on stdout.
+            StreamEvent::Result(_) => {
                 if !json_out {
-                    if stdout_tty && wrote_text {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", ev.data).map_err(stdout_error)?;
+                    out.flush().map_err(stdout_error)?;
+                }
+            }
+            StreamEvent::End(e) => {
+                end_line(&text);
+                if meta {
+                    if stdout_tty && !text.is_empty() {
                         eprintln!();
                     }
                     let rate = if e.decode_ms > 0 {
@@ -183,16 +234,25 @@ pub async fn follow(client: &Client, task_id: &str, json_out: bool) -> Result<Ou
                         e.tokens_out, e.decode_ms, e.finish_reason
                     );
                 }
-                return Ok(Outcome::Completed);
+                return Ok(Followed {
+                    outcome: Outcome::Completed,
+                    text,
+                });
             }
             StreamEvent::Error(e) => {
+                if !text.is_empty() {
+                    end_line(&text);
+                }
                 if !json_out {
-                    if stdout_tty && wrote_text {
+                    if meta && stdout_tty && !text.is_empty() {
                         eprintln!();
                     }
                     eprintln!("[error {}: {}]", e.code.as_str(), e.message);
                 }
-                return Ok(Outcome::Failed(e.code, e.message));
+                return Ok(Followed {
+                    outcome: Outcome::Failed(e.code, e.message),
+                    text,
+                });
             }
         }
     }
@@ -221,6 +281,15 @@ pub fn outcome_result(task_id: &str, o: Outcome) -> Result<(), CliError> {
     }
 }
 
+/// Cancels a task in the daemon (`POST /v1/tasks/{id}/cancel`, idempotent).
+pub async fn cancel(client: &Client, task_id: &str) -> Result<(), CliError> {
+    let path = format!("/v1/tasks/{}/cancel", crate::client::seg(task_id));
+    client
+        .call_json(Method::POST, &path, None, Some(Duration::from_secs(10)))
+        .await
+        .map(|_| ())
+}
+
 /// Follows a task and, on Ctrl-C, cancels it (unless `detach`), exiting 130.
 pub async fn follow_interruptible(
     client: &Client,
@@ -232,12 +301,8 @@ pub async fn follow_interruptible(
         r = follow(client, task_id, json_out) => outcome_result(task_id, r?),
         _ = tokio::signal::ctrl_c() => {
             if cancel_on_interrupt {
-                let path = format!("/v1/tasks/{task_id}/cancel");
-                let r = client
-                    .call_json(Method::POST, &path, None, Some(Duration::from_secs(10)))
-                    .await;
-                match r {
-                    Ok(_) => eprintln!("\n[interrupted: task {task_id} canceled]"),
+                match cancel(client, task_id).await {
+                    Ok(()) => eprintln!("\n[interrupted: task {task_id} canceled]"),
                     Err(e) => eprintln!("\n[interrupted; canceling task {task_id} failed: {e}]"),
                 }
             } else {

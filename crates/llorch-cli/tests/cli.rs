@@ -220,13 +220,15 @@ async fn submit_stream_status_and_json_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_queue_full_and_wait() {
     // One slot and a queue of one: a long task runs, a second waits, a third gets 429.
-    // The long tasks are seeded: unseeded, the tiny random model may sample its end-of-sequence
-    // token and finish before the test cancels it (seed 4 runs all 20 000 tokens).
+    // The long tasks are seeded raw prompts: unseeded, the tiny random model may sample its
+    // end-of-sequence token and finish before the test cancels it (seed 4 runs all 20 000
+    // tokens of this prompt).
     let d = start(1, 32768, "queue: { capacity: 1 }\n");
     let out = run(
         &d,
         &[
             "submit",
+            "--raw",
             "Once upon a time",
             "-n",
             "20000",
@@ -246,6 +248,7 @@ async fn cancel_queue_full_and_wait() {
         &d,
         &[
             "submit",
+            "--raw",
             "Once upon a time",
             "-n",
             "20000",

@@ -58,6 +58,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// Artifact store retention.
     pub artifacts: ArtifactsConfig,
+    /// Stored OpenAI Responses (`POST /v1/responses` with `store`, `previous_response_id`).
+    pub responses: ResponsesConfig,
     /// Outbound HTTP policy.
     pub policy: PolicyConfig,
     /// Development switches. Never use these in production.
@@ -101,6 +103,7 @@ impl Default for Config {
             tasks: TasksConfig::default(),
             sessions: SessionsConfig::default(),
             artifacts: ArtifactsConfig::default(),
+            responses: ResponsesConfig::default(),
             policy: PolicyConfig::default(),
             dev: DevConfig::default(),
             log: LogConfig::default(),
@@ -217,6 +220,28 @@ impl Default for TasksConfig {
         Self {
             retain_ms: 600_000,
             max_retained: 10_000,
+        }
+    }
+}
+
+/// Stored OpenAI Responses: kept in the data directory's database (so `previous_response_id`
+/// survives a restart) until they are older than `retention_s` or beyond the newest
+/// `max_stored`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    /// Seconds a stored response stays readable and chainable (default 30 days, 2592000).
+    pub retention_s: u64,
+    /// At most this many responses are kept; the oldest go first (default 10000; 0 stores
+    /// none, as if every request said `store: false`).
+    pub max_stored: u64,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        Self {
+            retention_s: 30 * 86_400,
+            max_stored: 10_000,
         }
     }
 }
@@ -406,6 +431,58 @@ pub enum LoadPolicy {
     OnDemand,
 }
 
+/// What a pool serves: generation, embeddings or rerank scores. A llama.cpp engine serves one of
+/// them (`--embeddings` turns its completions off), so routing keeps each request to pools of
+/// its kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    /// Completions and chat (`/v1/tasks`, `/v1/chat/completions`, ...).
+    #[default]
+    Chat,
+    /// Embeddings (`/v1/embeddings`); llama-server runs with `--embeddings --pooling <pooling>`.
+    Embedding,
+    /// Rerank scores (`/v1/rerank`); llama-server runs with `--reranking`.
+    Rerank,
+}
+
+impl PoolKind {
+    /// Name in config, messages and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embedding => "embedding",
+            Self::Rerank => "rerank",
+        }
+    }
+}
+
+/// How an embedding pool's llama-server pools the token vectors of an input into one
+/// (`--pooling`). Use what the model card says: mean (e5, gte, nomic, and any decoder model),
+/// cls (BGE and other BERT-style models), last (Qwen3-Embedding and other last-token models).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The average of the token vectors (the default: works with every model).
+    #[default]
+    Mean,
+    /// The first token's vector.
+    Cls,
+    /// The last token's vector.
+    Last,
+}
+
+impl Pooling {
+    /// llama-server's `--pooling` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mean => "mean",
+            Self::Cls => "cls",
+            Self::Last => "last",
+        }
+    }
+}
+
 /// Whether a pool may be split across several GPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -543,6 +620,13 @@ pub struct PoolConfig {
     /// `auto`: split across several GPUs when none has room alone; `never`.
     #[serde(default)]
     pub split: SplitPolicy,
+    /// `chat` (default), `embedding` (`/v1/embeddings`) or `rerank` (`/v1/rerank`); requests
+    /// go only to pools of their kind.
+    #[serde(default)]
+    pub kind: PoolKind,
+    /// `embedding` pools launched by llama-orch: `mean` (default), `cls` or `last`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
 }
 
 fn one() -> u32 {
@@ -580,6 +664,8 @@ impl PoolConfig {
             load: LoadPolicy::Always,
             idle_unload_s: default_idle_unload(),
             split: SplitPolicy::Auto,
+            kind: PoolKind::Chat,
+            pooling: None,
         }
     }
 
@@ -806,11 +892,37 @@ fn validate_pool(p: &PoolConfig) -> Result<(), ConfigError> {
             MAX_SECONDS * 7
         ));
     }
+    validate_kind(p)?;
     if let Some(e) = &p.endpoint {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
             return bad(format!(
                 "endpoint `{e}` must start with http:// or https://"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// The engines that serve embeddings and rerank, and `pooling` only where we launch llama-server.
+fn validate_kind(p: &PoolConfig) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(format!("pool `{}`: {m}", p.id)));
+    if p.kind != PoolKind::Chat && matches!(p.engine, EngineKind::Tgi | EngineKind::Triton) {
+        return bad(format!(
+            "kind `{}` needs an engine that serves it: llamacpp (launched with `--embeddings`/`--reranking`), or a vllm/openai server that serves /v1/embeddings or /v1/rerank; engine `{}` serves only generation",
+            p.kind.as_str(),
+            p.engine.as_str()
+        ));
+    }
+    if let Some(pooling) = p.pooling {
+        if p.kind != PoolKind::Embedding {
+            return bad(format!(
+                "`pooling: {}` belongs to `kind: embedding` pools (this one is `{}`)",
+                pooling.as_str(),
+                p.kind.as_str()
+            ));
+        }
+        if p.engine != EngineKind::Llamacpp || p.endpoint.is_some() {
+            return bad("`pooling` is a flag of the llama-server llama-orch launches; an `endpoint:` or non-llamacpp engine pools as its own settings say, so leave `pooling` out".into());
         }
     }
     Ok(())

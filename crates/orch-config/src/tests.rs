@@ -270,3 +270,57 @@ fn http_body_limit_and_cors_origins() {
         assert!(m.contains(want), "{m}");
     }
 }
+
+#[test]
+fn pool_kinds_parse_and_nonsense_is_refused() {
+    let yaml = r#"
+pools:
+  - id: chat
+    model: /models/c.gguf
+  - id: emb
+    model: /models/e.gguf
+    kind: embedding
+  - id: bge
+    model: /models/bge.gguf
+    kind: embedding
+    pooling: cls
+  - id: rr
+    model: /models/r.gguf
+    kind: rerank
+"#;
+    let c = Config::from_str_for(Path::new("c.yaml"), yaml).unwrap();
+    c.validate(false).unwrap();
+    assert_eq!(c.pools[0].kind, PoolKind::Chat, "default");
+    assert_eq!(c.pools[1].kind, PoolKind::Embedding);
+    assert_eq!(c.pools[1].pooling, None, "the launch recipe uses mean");
+    assert_eq!(c.pools[2].pooling, Some(Pooling::Cls));
+    assert_eq!(c.pools[3].kind, PoolKind::Rerank);
+    let refused = |edit: fn(&mut PoolConfig), want: &str| {
+        let mut c = c.clone();
+        edit(&mut c.pools[3]);
+        let e = c.validate(false).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    };
+    refused(
+        |p| p.pooling = Some(Pooling::Mean),
+        "belongs to `kind: embedding`",
+    );
+    refused(
+        |p| {
+            p.engine = EngineKind::Tgi;
+        },
+        "engine `tgi` serves only generation",
+    );
+    refused(
+        |p| {
+            p.kind = PoolKind::Embedding;
+            p.pooling = Some(Pooling::Last);
+            p.model = None;
+            p.endpoint = Some("http://127.0.0.1:9".into());
+        },
+        "leave `pooling` out",
+    );
+    let bad = "pools:\n  - {id: x, model: /m.gguf, kind: embeddings}\n";
+    let e = Config::from_str_for(Path::new("c.yaml"), bad).unwrap_err();
+    assert!(e.to_string().contains("chat"), "{e}");
+}

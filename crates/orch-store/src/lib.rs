@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data_dir>/
-//!   state.db          SQLite (WAL): catalog, sessions + budgets, artifact metadata
+//!   state.db          SQLite (WAL): catalog, sessions + budgets, artifact metadata, learned rates, stored responses
 //!   state.db-wal      WAL file (part of the database while the daemon runs)
 //!   artifacts/sha256/ab/cdef…   artifact bytes, named by their SHA-256
 //!   audit.jsonl       outbound-policy decisions, one JSON object per line
@@ -33,8 +33,10 @@
 pub mod artifacts;
 pub mod catalog;
 mod error;
+pub mod eta_rates;
 pub mod policy;
 pub mod redact;
+pub mod responses;
 mod schema;
 pub mod sessions;
 mod util;
@@ -52,8 +54,10 @@ pub use artifacts::{
 };
 pub use catalog::{Catalog, CatalogModel, ModelState, NewModel, VerifyOutcome, VerifyReport};
 pub use error::{Result, StoreError};
+pub use eta_rates::{EtaRates, RateRecord};
 pub use policy::{AuditLog, AuditRecord, Decision, Policy};
 pub use redact::{redact_text, redact_url};
+pub use responses::{Responses, StoredResponse};
 pub use sessions::{Budget, BudgetError, BudgetRemaining, Session, SessionError, Sessions, Spend};
 pub use util::{normalize_digest, sha256_digest, validate_id};
 
@@ -196,9 +200,19 @@ impl Store {
         Sessions { store: self }
     }
 
+    /// The start-time model's learned rates.
+    pub fn eta_rates(&self) -> EtaRates<'_> {
+        EtaRates { store: self }
+    }
+
     /// Artifact operations.
     pub fn artifacts(&self) -> Artifacts<'_> {
         Artifacts { store: self }
+    }
+
+    /// Stored OpenAI Responses.
+    pub fn responses(&self) -> Responses<'_> {
+        Responses { store: self }
     }
 
     /// The outbound audit log (`audit.jsonl`), for [`Policy::enforce`].

@@ -81,6 +81,30 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE artifacts ADD COLUMN content BLOB;
     "#,
+    // v5: the start-time model's learned rates per model × device kind × slots × context
+    // (`eta_rates.rs`).
+    r#"
+    CREATE TABLE eta_rates (
+        model_digest TEXT NOT NULL,
+        device_kind  TEXT NOT NULL,
+        slots        INTEGER NOT NULL CHECK (slots >= 0),
+        ctx          INTEGER NOT NULL CHECK (ctx >= 0),
+        rates        TEXT NOT NULL,
+        updated_ms   INTEGER NOT NULL,
+        PRIMARY KEY (model_digest, device_kind, slots, ctx)
+    ) STRICT;
+    "#,
+    // v6: stored OpenAI Responses (`POST /v1/responses` with `store`), for
+    // `previous_response_id` and `GET /v1/responses/{id}` across restarts.
+    r#"
+    CREATE TABLE responses (
+        id         TEXT PRIMARY KEY NOT NULL,
+        created_ms INTEGER NOT NULL,
+        response   TEXT NOT NULL,
+        history    TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX responses_created ON responses (created_ms, id);
+    "#,
 ];
 
 /// The schema version this build writes.

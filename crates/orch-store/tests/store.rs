@@ -68,7 +68,7 @@ fn open_creates_layout_and_wal() {
     assert!(dir.join("state.db").is_file());
     assert!(dir.join("artifacts/sha256").is_dir());
     assert!(dir.join("audit.jsonl").is_file());
-    assert_eq!(store.open_report().schema_version, 4);
+    assert_eq!(store.open_report().schema_version, 6);
     drop(store);
     let conn = rusqlite::Connection::open(dir.join("state.db")).unwrap();
     let mode: String = conn
@@ -78,7 +78,7 @@ fn open_creates_layout_and_wal() {
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 6);
 }
 
 #[test]

@@ -32,7 +32,13 @@
 //!   forecast's error; the
 //!   probability of meeting a deadline is its CDF at `deadline / predicted_end`, smoothed and
 //!   blended with a log-normal prior while few tasks have finished. Calibrated by construction
-//!   when the recent past resembles the near future.
+//!   when the recent past resembles the near future. Running tasks' probabilities are
+//!   calibrated the same way on the errors of running tasks' ends predicted at dispatch
+//!   ([`ModelStats::on_time_running`]): queued and running tasks share this one model.
+//! * **Before measurements** ([`ModelStats::set_prior`]): a restarted daemon restores a
+//!   model's [`ModelStats`] (serde; `crate::rates`), and a model never measured uses the prior
+//!   of `crate::prior` (its file and the card) for what is not measured yet; without either,
+//!   the fixed `PRIOR_*` constants.
 //!
 //! Cost: [`forecast`] handles at most two events per task (prefill done, task done) plus one per
 //! replica becoming available, each scanning the running streams: O((queued + running) ·
@@ -40,8 +46,9 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::prior::RatePrior;
 use crate::queue::Priority;
 
 /// Per-slot decode time assumed before anything was measured: 20 tokens/s per stream,
@@ -92,14 +99,14 @@ fn sane(x: f64, fallback: f64) -> f64 {
 }
 
 /// Decayed sums of one concurrency's measurements.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Decayed {
     slot_ms: f64,
     tokens: f64,
 }
 
 /// Measured per-slot decode time at each concurrency of a replica.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DecodeRates {
     /// Index `c - 1`; `None` until concurrency `c` was measured.
     buckets: Vec<Option<Decayed>>,
@@ -136,6 +143,19 @@ impl DecodeRates {
             .map(|b| b.slot_ms / b.tokens)
     }
 
+    /// Whether any concurrency was measured.
+    pub fn any_measured(&self) -> bool {
+        (1..=self.buckets.len()).any(|c| self.measured(c).is_some())
+    }
+
+    /// The smallest and largest measured concurrencies.
+    pub fn measured_range(&self) -> (Option<usize>, Option<usize>) {
+        let measured = |c: &usize| self.measured(*c).is_some();
+        let lo = (1..=self.buckets.len()).find(measured);
+        let hi = (1..=self.buckets.len()).rev().find(measured);
+        (lo, hi)
+    }
+
     /// Per-slot milliseconds per token at `concurrency` (at least 1): measured, else
     /// interpolated between the nearest measured concurrencies, extrapolated linearly from the
     /// two largest beyond them (never faster than the largest), held flat below the smallest,
@@ -168,7 +188,7 @@ impl DecodeRates {
 }
 
 /// Exponentially weighted least-squares fit of first-token time against prompt tokens.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrefillFit {
     n: u64,
     mean_x: f64,
@@ -230,7 +250,7 @@ impl PrefillFit {
 }
 
 /// Recent output lengths of one model: `(tokens, cut off by max_tokens)`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LengthHistory {
     recent: VecDeque<(u64, bool)>,
 }
@@ -280,7 +300,7 @@ impl LengthHistory {
 
 /// The empirical distribution of forecast errors, `ln(actual / predicted)` of finished tasks'
 /// end times, and the on-time probability it gives.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OnTimeModel {
     residuals: VecDeque<f64>,
 }
@@ -332,7 +352,7 @@ impl OnTimeModel {
 }
 
 /// Everything measured about one model on one pool.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelStats {
     /// Per-slot decode time by concurrency.
     pub decode: DecodeRates,
@@ -345,7 +365,15 @@ pub struct ModelStats {
     /// wait carries the error of the whole queue ahead, where one that starts at once carries
     /// only its own; each kind of prediction is calibrated on errors of its own kind.
     pub on_time: [OnTimeModel; 4],
+    /// Forecast errors of running tasks' ends (predicted at dispatch), for the
+    /// `on_time_probability` of a running task's `metrics` frames.
+    #[serde(default)]
+    pub on_time_running: OnTimeModel,
     tokens_per_char: Option<f64>,
+    /// What is assumed before anything was measured (from the model file and the card);
+    /// the fixed `PRIOR_*` constants without one. Not persisted: derived anew at each start.
+    #[serde(skip)]
+    prior: Option<RatePrior>,
 }
 
 /// What kind of prediction an on-time probability is for.
@@ -368,6 +396,54 @@ impl OnTimeClass {
 }
 
 impl ModelStats {
+    /// Sets the prior that stands in for rates not measured yet.
+    pub fn set_prior(&mut self, prior: Option<RatePrior>) {
+        self.prior = prior;
+    }
+
+    /// The prior in use, if any.
+    pub fn prior(&self) -> Option<&RatePrior> {
+        self.prior.as_ref()
+    }
+
+    /// Whether both rates rest on measurements (restored or live) rather than priors.
+    pub fn is_measured(&self) -> bool {
+        self.prefill.samples() > 0 && self.decode.any_measured()
+    }
+
+    /// Per-slot decode milliseconds per token at `concurrency`: measured; between measured
+    /// concurrencies interpolated ([`DecodeRates::ms_per_token`]); outside them the prior's
+    /// shape scaled to the nearest measurement (a CPU engine slows with each stream, a GPU
+    /// barely); the prior alone when nothing was measured.
+    pub fn decode_ms(&self, concurrency: usize) -> f64 {
+        let c = concurrency.clamp(1, MAX_CONCURRENCY);
+        let Some(prior) = &self.prior else {
+            return self.decode.ms_per_token(c);
+        };
+        if let Some(m) = self.decode.measured(c) {
+            return m;
+        }
+        let (lo, hi) = self.decode.measured_range();
+        match (lo, hi) {
+            (Some(lo), Some(hi)) if lo < c && c < hi => self.decode.ms_per_token(c),
+            (Some(lo), Some(hi)) => {
+                let k = if c < lo { lo } else { hi };
+                let m = self.decode.measured(k).unwrap_or(PRIOR_DECODE_MS_PER_TOKEN);
+                sane(m * prior.decode_ms(c) / prior.decode_ms(k), m)
+            }
+            _ => prior.decode_ms(c),
+        }
+    }
+
+    /// Milliseconds from dispatch to the first token of a prompt of `prompt_tokens`: the fit
+    /// once a task was measured, else the prior.
+    pub fn prefill_ms(&self, prompt_tokens: f64) -> f64 {
+        match &self.prior {
+            Some(p) if self.prefill.samples() == 0 => p.prefill_ms(prompt_tokens),
+            _ => self.prefill.ms(prompt_tokens),
+        }
+    }
+
     /// The forecast errors of predictions of `class`.
     pub fn on_time(&self, class: OnTimeClass) -> &OnTimeModel {
         &self.on_time[class.index()]
@@ -412,7 +488,7 @@ impl ModelStats {
         expected_tokens: Option<u64>,
     ) -> Work {
         Work {
-            prefill_ms: self.prefill.ms(self.prompt_tokens(prompt_chars)),
+            prefill_ms: self.prefill_ms(self.prompt_tokens(prompt_chars)),
             tokens: self.expected_tokens(max_tokens, expected_tokens, 0),
         }
     }
@@ -430,7 +506,7 @@ impl ModelStats {
         elapsed_ms: f64,
     ) -> Work {
         let prefill_ms = if done == 0 {
-            (self.prefill.ms(self.prompt_tokens(prompt_chars)) - sane(elapsed_ms, 0.0)).max(0.0)
+            (self.prefill_ms(self.prompt_tokens(prompt_chars)) - sane(elapsed_ms, 0.0)).max(0.0)
         } else {
             0.0
         };
@@ -444,7 +520,7 @@ impl ModelStats {
     /// Milliseconds a task of `work` takes when it shares its replica with `concurrency`
     /// running tasks (itself included) throughout.
     pub fn task_ms(&self, work: Work, concurrency: usize) -> f64 {
-        work.prefill_ms + work.tokens * self.decode.ms_per_token(concurrency)
+        work.prefill_ms + work.tokens * self.decode_ms(concurrency)
     }
 }
 
@@ -953,6 +1029,34 @@ mod tests {
         let prior = OnTimeModel::default().probability(Some(1150.0), 1000.0);
         assert_eq!(p(class(Priority::Batch, true)), prior);
         assert_eq!(p(class(Priority::Batch, false)), prior);
+    }
+
+    #[test]
+    fn the_prior_fills_what_is_not_measured() {
+        let prior = RatePrior {
+            decode_ms_one: 2.0,
+            decode_ms_per_extra_stream: 1.0,
+            prefill_base_ms: 10.0,
+            prefill_ms_per_token: 0.5,
+        };
+        let mut s = ModelStats::default();
+        s.set_prior(Some(prior));
+        assert!(!s.is_measured());
+        assert_eq!(s.decode_ms(1), 2.0);
+        assert_eq!(s.decode_ms(3), 4.0);
+        assert_eq!(s.prefill_ms(20.0), 20.0);
+        // Measured at 2 streams: 6 ms (twice the prior's 3); 1 and 4 streams follow the
+        // prior's shape scaled to it.
+        s.decode.record(2, 100.0, 600.0);
+        assert_eq!(s.decode_ms(2), 6.0);
+        assert_eq!(s.decode_ms(1), 4.0);
+        assert_eq!(s.decode_ms(4), 10.0);
+        // Between two measurements: interpolated.
+        s.decode.record(4, 100.0, 800.0);
+        assert_eq!(s.decode_ms(3), 7.0);
+        s.prefill.record(10.0, 7.0);
+        assert!(s.is_measured());
+        assert_eq!(s.prefill_ms(10.0), 7.0, "the fit replaces the prior");
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! (durations in milliseconds, VRAM snapshots) in and gets decisions back, which keeps every rule
 //! deterministic and testable without GPUs or engines.
 //!
+//! - [`bytes`]: byte counts for people.
 //! - [`queue`]: admission, full policies (`reject`, `drop-lru`), dispatch order.
-//! - [`eta`]: the start-time model ("queue truth"): measured prefill and per-slot decode
-//!   rates, expected lengths, an event simulation of the pool giving each task's predicted start
-//!   and end, and calibrated on-time probabilities.
-//! - [`estimate`]: the earlier, simpler estimates (`predict_start` by slot openings, service
-//!   statistics, the normal-spread `on_time_probability` of running tasks).
+//! - [`eta`]: the one start-time model ("queue truth") of queued and running tasks: measured
+//!   prefill and per-slot decode rates, expected lengths, an event simulation of the pool
+//!   giving each task's predicted start and end, and calibrated on-time probabilities.
+//! - [`prior`]: the rates assumed for a model never measured, from its file and the card.
+//! - [`rates`]: learned rates kept per model × device kind × slots × context across restarts.
 //! - [`routing`]: the least-loaded pool for a task and replica for the next dispatch.
 //! - [`placement`]: which GPU a replica goes on, with a reservation ledger and headroom
 //!   (docs/PLACEMENT.md).
@@ -20,14 +21,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod estimate;
+pub mod bytes;
 pub mod eta;
 pub mod placement;
+pub mod prior;
 pub mod queue;
+pub mod rates;
 pub mod routing;
 pub mod vram;
 
-pub use estimate::{on_time_probability, predict_start, ServiceStats, StartEstimate};
 pub use placement::{
     estimate_footprint, place, Candidate, CandidateVerdict, GpuSnapshot, PlacementDecision,
     PlacementRequest, Reservation,

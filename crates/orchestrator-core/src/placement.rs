@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bytes::gib_or_mib as gib;
+
 /// One GPU as the inventory sees it right now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuSnapshot {
@@ -215,18 +217,9 @@ fn deductions(headroom: u64, reserved: u64) -> String {
     }
 }
 
-/// Human-readable size: GiB with one decimal, MiB below 1 GiB.
-fn gib(bytes: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    let b = bytes as f64;
-    if bytes >= GIB {
-        format!("{:.1} GiB", b / GIB as f64)
-    } else {
-        format!("{:.0} MiB", b / MIB)
-    }
-}
-
-const GIB: u64 = 1 << 30;
+/// VRAM kept free on every GPU beyond a model's estimate: estimates are often wrong, and the
+/// driver and other programs take some. (One value for the daemon and `llorch init`.)
+pub const HEADROOM_BYTES: u64 = 512 << 20;
 
 /// Fixed allowance for what a llama.cpp replica needs besides weights and KV cache: the CUDA
 /// context of the engine process and the compute (graph scratch) buffers at the default
@@ -266,6 +259,8 @@ pub fn estimate_footprint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GIB: u64 = 1 << 30;
 
     fn gpu(index: u32, name: &str, total_gib: u64, free_gib: f64, free_slots: u32) -> GpuSnapshot {
         GpuSnapshot {

@@ -20,6 +20,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::bytes::gib_or_mib as gib;
+
 /// One GPU as a room planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Card {
@@ -351,17 +353,6 @@ fn no_room(cards: &[Card], residents: &[Resident], need: &Need) -> String {
         s.push_str("; the pool has split: never");
     }
     s
-}
-
-/// Human-readable size: GiB with one decimal, MiB below 1 GiB.
-fn gib(bytes: u64) -> String {
-    const GIB: u64 = 1 << 30;
-    let b = bytes as f64;
-    if bytes >= GIB {
-        format!("{:.1} GiB", b / GIB as f64)
-    } else {
-        format!("{:.0} MiB", b / (1024.0 * 1024.0))
-    }
 }
 
 #[cfg(test)]

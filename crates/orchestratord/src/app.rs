@@ -137,6 +137,10 @@ impl AppState {
         let ctx = DispatchCtx {
             metrics: metrics.clone(),
             tasks: tasks.clone(),
+            rates: crate::forecast::RateMemory::new(
+                Some(services.store.clone()),
+                pools.gpus().into_iter().map(|g| (g.index, g.name)),
+            ),
         };
         let dispatchers = pools
             .pools()
@@ -198,7 +202,10 @@ impl AppState {
 /// in error bodies, auth (not for the public status page), handler. Every route is declared
 /// here, in one table.
 pub fn router(state: AppState) -> Router {
-    use http::{anthropic, artifacts, catalog, openai, pools, sessions, system, tasks, web};
+    use http::{
+        anthropic, artifacts, catalog, embeddings, openai, pools, responses, sessions, system,
+        tasks, web,
+    };
     let api = Router::new()
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
@@ -242,8 +249,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/rerank", post(embeddings::rerank))
+        .route("/v1/reranking", post(embeddings::rerank))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/input_tokens", post(responses::input_tokens))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         // `http.max_body_bytes` (the OpenAI door reads its body itself, with the same limit).

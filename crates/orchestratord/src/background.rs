@@ -11,9 +11,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_ms;
 use crate::sessions::SessionAccounts;
 use crate::storage::{blocking, store_err};
-use crate::task::{now_ms, Task, TaskTable};
+use crate::task::{Task, TaskTable};
 use crate::transcripts::Transcripts;
 
 /// How often expired sessions are swept.

@@ -14,9 +14,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::storage::{blocking, store_err};
-use crate::task::now_ms;
 
 /// `model_state{model_id,state}` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_types::{
-    EndEvent, ErrorCode, ErrorEnvelope, MetricsEvent, Priority, StartedEvent, StreamEvent,
+    EndEvent, ErrorCode, ErrorEnvelope, MetricsEvent, Priority, RerankScore, ResultEvent,
+    StartedEvent, StreamEvent, Workload,
 };
 use futures::StreamExt;
 use orch_config::FullPolicy;
-use orchestrator_core::estimate::{on_time_probability, ServiceStats};
 use orchestrator_core::queue::{self, Queue, Rejected};
 use orchestrator_core::{choose_replica, ReplicaCandidate};
 use pool_manager::{Pool, ReplicaState, ReplicaView};
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use worker_adapters::{AdapterError, EngineEvent};
 
-use crate::forecast::{Forecaster, WAIT_FRAME_EVERY};
+use crate::forecast::{Forecaster, RateMemory, WAIT_FRAME_EVERY};
 use crate::metrics::{
     Metrics, PoolPriority, Replica as ReplicaLabels, ReplicaPriority, ReplicaReason,
 };
@@ -33,14 +33,6 @@ pub use on_demand::admission_note;
 
 /// How often a running task emits a `metrics` frame.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
-
-/// The queue's priority for a request's.
-pub(crate) fn core_priority(p: Priority) -> queue::Priority {
-    match p {
-        Priority::Interactive => queue::Priority::Interactive,
-        Priority::Batch => queue::Priority::Batch,
-    }
-}
 
 fn core_policy(p: FullPolicy) -> queue::FullPolicy {
     match p {
@@ -110,6 +102,8 @@ pub struct DispatchCtx {
     pub metrics: Metrics,
     /// Task registry (for retention bookkeeping).
     pub tasks: Arc<TaskTable>,
+    /// Where the start-time model's learned rates are kept.
+    pub rates: RateMemory,
 }
 
 impl Dispatcher {
@@ -124,6 +118,7 @@ impl Dispatcher {
             policy,
             load_ms: Arc::new(AtomicU64::new(0)),
         };
+        let rates = ctx.rates.clone();
         let actor = Actor {
             queue: Queue::new(capacity, core_policy(policy)),
             pool,
@@ -131,11 +126,10 @@ impl Dispatcher {
             tx,
             inflight: HashMap::new(),
             running: HashMap::new(),
-            stats: ServiceStats::default(),
             depth: d.depth.clone(),
             running_count: d.running.clone(),
             ctx,
-            eta: Forecaster::new(d.load_ms.clone()),
+            eta: Forecaster::new(d.load_ms.clone(), rates),
             od: on_demand::OnDemandWatch::new(d.load_ms.clone(), &d.pool),
         };
         tokio::spawn(actor.run());
@@ -222,7 +216,6 @@ struct Actor {
     inflight: HashMap<String, usize>,
     /// Running tasks: start instant and estimated duration.
     running: HashMap<String, (Instant, f64)>,
-    stats: ServiceStats,
     depth: Arc<AtomicUsize>,
     running_count: Arc<AtomicUsize>,
     ctx: DispatchCtx,
@@ -234,6 +227,7 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self) {
+        self.eta.init(&self.pool).await;
         let mut changed = self.pool.subscribe();
         // Waiting tasks hear from the queue at least this often; decode rates are cut as often.
         let mut tick = tokio::time::interval(WAIT_FRAME_EVERY);
@@ -279,7 +273,7 @@ impl Actor {
             Cmd::Enqueue { task, reply } => {
                 self.od.publish_load(&self.pool);
                 let id = task.id.clone();
-                let prio = core_priority(task.priority());
+                let prio = crate::wire::core_priority(task.priority());
                 match self.queue.push(id, prio, task.clone()) {
                     Ok(adm) => {
                         if let Some(dropped) = adm.dropped {
@@ -344,9 +338,6 @@ impl Actor {
                 self.running_count
                     .store(self.running.len(), Ordering::Relaxed);
                 self.eta.finished(&task_id, &replica_id, sample);
-                if let Some((tokens, decode_ms, first_ms)) = sample {
-                    self.stats.record(tokens, decode_ms, first_ms);
-                }
                 self.ctx.tasks.note_finished(&task_id);
             }
             Cmd::DrainQueue { reply } => {
@@ -447,7 +438,6 @@ impl Actor {
             *self.inflight.entry(rid.clone()).or_insert(0) += 1;
             let est = self.est_task_ms(&task);
             self.running.insert(task.id.clone(), (Instant::now(), est));
-            let rate_prior = self.eta.tokens_per_s(&self.pool, &rid);
             self.eta.started(&self.pool, &task, &rid);
             self.running_count
                 .store(self.running.len(), Ordering::Relaxed);
@@ -459,7 +449,6 @@ impl Actor {
                 metrics: self.ctx.metrics.clone(),
                 depth: self.depth.clone(),
                 est_task_ms: est,
-                tokens_per_s_prior: rate_prior.or(self.stats.tokens_per_s()),
             };
             let done = self.tx.clone();
             let span = tracing::info_span!("task", correlation_id = %task.correlation_id, task_id = %task.id);
@@ -491,7 +480,6 @@ struct TaskRun {
     metrics: Metrics,
     depth: Arc<AtomicUsize>,
     est_task_ms: f64,
-    tokens_per_s_prior: Option<f64>,
 }
 
 /// Restores a session's saved KV into its slot; the slot to run in, or `None` (the engine
@@ -564,26 +552,19 @@ impl TaskRun {
             .filter(|s| *s > 0.0 && tokens > 1)
             .map(|s| (tokens - 1) as f64 / s)
             .unwrap_or(0.0);
-        let req = &self.task.req;
-        let expected = req
-            .expected_tokens
-            .map_or(req.max_tokens, |e| e.min(req.max_tokens));
-        let left = u64::from(expected).saturating_sub(tokens) as f64;
-        let rate_for_eta = if rate > 0.0 {
-            Some(rate)
-        } else {
-            self.tokens_per_s_prior
+        // The start-time model's forecast of this task's end (`forecast.rs`), refreshed as the
+        // pool changes and every second; before the first one, the expected run time.
+        let (remaining_ms, p) = match self.task.running_prediction() {
+            Some((end, p)) => (
+                end.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0,
+                p,
+            ),
+            None => ((self.est_task_ms - elapsed_ms).max(0.0), None),
         };
-        let remaining_ms = match rate_for_eta {
-            Some(r) if r > 0.0 => left / r * 1000.0,
-            _ => (self.est_task_ms - elapsed_ms).max(0.0),
-        };
-        let p = on_time_probability(
-            elapsed_ms as u64,
-            remaining_ms,
-            self.task.req.deadline_ms,
-            0.25,
-        );
+        let p = p.unwrap_or_else(|| {
+            let left = self.task.req.deadline_ms.map(|d| d as f64 - elapsed_ms);
+            orchestrator_core::eta::OnTimeModel::default().probability(left, remaining_ms)
+        });
         StreamEvent::Metrics(MetricsEvent {
             queue_depth: self.depth.load(Ordering::Relaxed),
             on_time_probability: p,
@@ -653,6 +634,10 @@ impl TaskRun {
             })
             .inc();
         tracing::info!(replica_id = %self.replica.status.id, queued_ms, "task started");
+        if task.req.workload.is_scoring() {
+            self.score(adapter.as_ref(), &version).await;
+            return None;
+        }
         // A session whose pool was unloaded gets its saved KV back into the same slot first.
         let slot = match task.ext.restore_kv() {
             Some(saved) => tokio::select! {
@@ -772,6 +757,83 @@ impl TaskRun {
                 }
             }
         }
+    }
+
+    /// An `embedding` or `rerank` task: one request, its answer as the `result` event, then
+    /// `end` with the tokens the engine evaluated. Apart from the generation loop so that loop
+    /// stays as it is; no decode sample (nothing is generated).
+    async fn score(&self, adapter: &dyn worker_adapters::EngineAdapter, version: &str) {
+        let task = &self.task;
+        let req = &task.req;
+        let started = Instant::now();
+        let work = async {
+            if req.workload == Workload::Embedding {
+                let e = adapter
+                    .embed(req.input.as_deref().unwrap_or_default())
+                    .await?;
+                Ok(ResultEvent {
+                    embeddings: Some(e.vectors),
+                    results: None,
+                    prompt_tokens: e.prompt_tokens,
+                })
+            } else {
+                let r = adapter
+                    .rerank(&worker_adapters::RerankRequest {
+                        query: req.query.clone().unwrap_or_default(),
+                        documents: req.documents.clone().unwrap_or_default(),
+                        top_n: req.top_n,
+                    })
+                    .await?;
+                Ok(ResultEvent {
+                    embeddings: None,
+                    results: Some(
+                        r.results
+                            .into_iter()
+                            .map(|(index, relevance_score)| RerankScore {
+                                index,
+                                relevance_score,
+                            })
+                            .collect(),
+                    ),
+                    prompt_tokens: r.prompt_tokens,
+                })
+            }
+        };
+        let abandoned = self.replica.abandoned();
+        let r: Result<ResultEvent, AdapterError> = tokio::select! {
+            biased;
+            _ = task.cancel.cancelled() => { self.end_canceled(version); return; }
+            why = abandoned => { self.abandon(why); return; }
+            r = work => r,
+        };
+        let res = match r {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::warn!(error = %e, "engine failed the task");
+                self.lost_engine(&e);
+                self.task.fail(adapter_error(&e, task.engine));
+                return;
+            }
+        };
+        let prompt_tokens = res.prompt_tokens;
+        let took_ms = started.elapsed().as_millis() as u64;
+        task.push(StreamEvent::Result(res));
+        task.push(StreamEvent::End(EndEvent {
+            tokens_out: 0,
+            prompt_tokens: Some(prompt_tokens),
+            decode_ms: 0,
+            finish_reason: "stop".into(),
+        }));
+        self.metrics
+            .tokens_in
+            .get_or_create(&self.labels(version))
+            .inc_by(prompt_tokens);
+        tracing::info!(
+            prompt_tokens,
+            took_ms,
+            workload = req.workload.as_str(),
+            "task completed"
+        );
     }
 
     /// The replica's supervisor gave up on its engine: the task ends with `WORKER_RESET`.

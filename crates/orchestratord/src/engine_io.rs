@@ -15,6 +15,8 @@ pub fn generate_request(req: &TaskRequest, slot: Option<u32>) -> GenerateRequest
     let prompt = match req.workload {
         Workload::Chat => Prompt::Chat(req.messages.iter().flatten().map(chat_turn).collect()),
         Workload::Completion => Prompt::Text(req.prompt.clone().unwrap_or_default()),
+        // Not generated: the dispatcher runs these through the adapter's embed/rerank.
+        Workload::Embedding | Workload::Rerank => Prompt::Text(String::new()),
     };
     GenerateRequest {
         prompt,

@@ -10,6 +10,14 @@
 //!   evaluated, prompt tokens per character, output length against `max_tokens`, and the
 //!   error of the end time the 202 predicted (for calibrated `on_time_probability`).
 //!
+//! The same model forecasts running tasks' ends (their `metrics` frames) and their
+//! `on_time_probability`, calibrated on the errors of running tasks' ends predicted at dispatch.
+//!
+//! What was learned is kept in the store per model digest × device kind × slots × context
+//! ([`RateMemory`]) and restored when the pool's dispatcher starts, so the first burst after a
+//! restart is predicted from measured rates; a model never measured starts from a prior derived
+//! from its GGUF header and the card (`orchestrator_core::prior`).
+//!
 //! Only the dispatcher actor calls this (it owns the queue), so nothing here locks.
 
 use std::collections::HashMap;
@@ -21,7 +29,9 @@ use api_types::{MetricsEvent, StreamEvent, Workload};
 use orchestrator_core::eta::{
     forecast, Forecast, ModelStats, OnTimeClass, Plan, ReplicaLoad, Work,
 };
+use orchestrator_core::prior::{bits_per_weight, Card, ModelShape, RatePrior};
 use orchestrator_core::queue::Queue;
+use orchestrator_core::rates::{RateBook, RateKey};
 use pool_manager::{Pool, ReplicaState};
 
 use crate::task::Task;
@@ -37,6 +47,135 @@ const REFRESH_MIN_GAP: Duration = Duration::from_millis(25);
 const CHANGE_SHARE: f64 = 0.1;
 /// …and by more than this.
 const CHANGE_MIN_MS: f64 = 100.0;
+
+/// Learned rates are written at most this often while tasks finish (and on the next tick after).
+const SAVE_MIN_GAP: Duration = Duration::from_millis(500);
+/// Bytes hashed from each end of a model file for its digest.
+const DIGEST_EDGE_BYTES: u64 = 1 << 20;
+
+/// Where learned rates are kept, and the cards' names that make a device kind.
+#[derive(Clone, Default)]
+pub struct RateMemory {
+    store: Option<Arc<orch_store::Store>>,
+    gpu_names: Arc<HashMap<u32, String>>,
+}
+
+impl RateMemory {
+    /// Rates kept in `store` (none: learned afresh at every start); `gpus` are `(index, product
+    /// name)` of the host's cards.
+    pub fn new(
+        store: Option<Arc<orch_store::Store>>,
+        gpus: impl IntoIterator<Item = (u32, String)>,
+    ) -> Self {
+        Self {
+            store,
+            gpu_names: Arc::new(gpus.into_iter().collect()),
+        }
+    }
+
+    /// The device kind of a replica's device (`cpu`, `gpu0`, `gpu0+gpu1`): `cpu`, or the cards'
+    /// product names joined by `+` (an unknown index keeps its `gpuN`).
+    fn device_kind(&self, device: &str) -> String {
+        device
+            .split('+')
+            .map(|d| {
+                d.strip_prefix("gpu")
+                    .and_then(|i| i.parse::<u32>().ok())
+                    .and_then(|i| self.gpu_names.get(&i).cloned())
+                    .unwrap_or_else(|| d.to_owned())
+            })
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
+/// What is known about a pool's model before any task: its digest, prior shape and the rates
+/// stored for it.
+struct ModelInfo {
+    digest: String,
+    shape: Option<ModelShape>,
+    book: RateBook,
+    /// Device kinds of the stored records, most recently written first.
+    recent_devices: Vec<String>,
+}
+
+/// A content fingerprint of a model file: SHA-256 over its size and its first and last MiB
+/// (hashing a 40 GB file at every start would take minutes; a different file of the same size
+/// with the same ends is not a case worth that).
+fn model_digest(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut buf = len.to_le_bytes().to_vec();
+    let head = len.min(DIGEST_EDGE_BYTES);
+    (&mut f).take(head).read_to_end(&mut buf)?;
+    if len > head {
+        let tail = (len - head).min(DIGEST_EDGE_BYTES);
+        f.seek(SeekFrom::Start(len - tail))?;
+        f.take(tail).read_to_end(&mut buf)?;
+    }
+    Ok(orch_store::sha256_digest(&buf).replacen("sha256:", "fp-sha256:", 1))
+}
+
+/// Reads what the rates of `model` (a file path, or an `endpoint:` URL) need: blocking I/O.
+fn load_model_info(memory: &RateMemory, model: &str, endpoint: bool) -> ModelInfo {
+    let path = std::path::Path::new(model);
+    let (digest, shape) = if endpoint {
+        (format!("endpoint:{model}"), None)
+    } else {
+        // A model that is not a local file (a vLLM/TGI model id) is keyed by its name.
+        let digest = model_digest(path).unwrap_or_else(|e| {
+            tracing::debug!(model, error = %e, "cannot fingerprint the model file; its rates are kept by name");
+            format!("name:{model}")
+        });
+        let shape = std::fs::metadata(path).ok().map(|m| {
+            let info = gguf_meta::read(path).ok();
+            ModelShape {
+                weight_bytes: m.len(),
+                bits_per_weight: info
+                    .as_ref()
+                    .and_then(|i| i.quant())
+                    .and_then(bits_per_weight),
+                layers: info.as_ref().and_then(|i| i.block_count),
+            }
+        });
+        (digest, shape)
+    };
+    let mut book = RateBook::default();
+    let mut recent_devices = Vec::new();
+    if let (Some(store), false) = (&memory.store, digest.is_empty()) {
+        match store.eta_rates().for_model(&digest) {
+            Ok(records) => {
+                for r in records {
+                    match serde_json::from_str::<ModelStats>(&r.rates) {
+                        Ok(stats) => {
+                            recent_devices.push(r.device_kind.clone());
+                            book.insert(
+                                RateKey {
+                                    model_digest: r.model_digest,
+                                    device_kind: r.device_kind,
+                                    slots: r.slots,
+                                    ctx: r.ctx,
+                                },
+                                stats,
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(model, error = %e, "ignoring unreadable learned rates")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(model, error = %e, "cannot read learned rates"),
+        }
+    }
+    ModelInfo {
+        digest,
+        shape,
+        book,
+        recent_devices,
+    }
+}
 
 /// Milliseconds of a duration, as the model's unit.
 fn ms(d: Duration) -> f64 {
@@ -63,6 +202,19 @@ fn prompt_chars(task: &Task) -> usize {
             .map(|m| m.content.chars().count())
             .sum(),
         Workload::Completion => task.req.prompt.as_deref().map_or(0, |p| p.chars().count()),
+        // Prefill only: every input, or the query once per document plus the documents.
+        Workload::Embedding => task
+            .req
+            .input
+            .iter()
+            .flatten()
+            .map(|s| s.chars().count())
+            .sum(),
+        Workload::Rerank => {
+            let docs = task.req.documents.as_deref().unwrap_or_default();
+            let query = task.req.query.as_deref().map_or(0, |q| q.chars().count());
+            docs.iter().map(|d| d.chars().count() + query).sum()
+        }
     }
 }
 
@@ -85,6 +237,8 @@ struct Live {
     model: String,
     /// What its 202 predicted (ms from admission), when that forecast used measured rates.
     admitted: Option<Forecast>,
+    /// Its run time as predicted at dispatch, when that forecast used measured rates.
+    run_predicted_ms: Option<f64>,
 }
 
 /// One replica's current decode epoch.
@@ -115,12 +269,20 @@ pub struct Forecaster {
     last_refresh: Option<Instant>,
     pending: bool,
     load_ms: Arc<AtomicU64>,
+    memory: RateMemory,
+    /// Per model key: its digest, prior shape and stored rates (read by [`Forecaster::init`]).
+    info: HashMap<String, ModelInfo>,
+    /// Per model key: where its rates are saved (known once the device kind is).
+    save_as: HashMap<String, RateKey>,
+    /// Model keys with rates learned since the last save.
+    dirty: Vec<String>,
+    saved_at: Option<Instant>,
 }
 
 impl Forecaster {
     /// A model with nothing measured. `load_ms` is the expected time until a replica that is
     /// not ready (an unloaded `on_demand` pool) takes work; 0 unless someone sets it.
-    pub fn new(load_ms: Arc<AtomicU64>) -> Self {
+    pub fn new(load_ms: Arc<AtomicU64>, memory: RateMemory) -> Self {
         Self {
             models: HashMap::new(),
             empty: ModelStats::default(),
@@ -131,6 +293,149 @@ impl Forecaster {
             last_refresh: None,
             pending: false,
             load_ms,
+            memory,
+            info: HashMap::new(),
+            save_as: HashMap::new(),
+            dirty: Vec::new(),
+            saved_at: None,
+        }
+    }
+
+    /// Reads the pool's model (digest, GGUF shape) and the rates stored for it, and seeds its
+    /// statistics: stored rates for this device kind and shape, else the prior. Called once
+    /// when the dispatcher starts, before the first task.
+    pub async fn init(&mut self, pool: &Pool) {
+        let key = Self::model_key(pool);
+        let memory = self.memory.clone();
+        let endpoint = pool.config().model.is_none();
+        let model = match &pool.config().endpoint {
+            Some(url) if endpoint => url.clone(),
+            _ => key.clone(),
+        };
+        let info = tokio::task::spawn_blocking(move || load_model_info(&memory, &model, endpoint))
+            .await
+            .unwrap_or_else(|_| ModelInfo {
+                digest: String::new(),
+                shape: None,
+                book: RateBook::default(),
+                recent_devices: Vec::new(),
+            });
+        if !info.book.is_empty() {
+            tracing::info!(pool_id = %pool.id(), records = info.book.len(), "learned rates restored");
+        }
+        self.info.insert(key, info);
+        self.ensure(pool);
+    }
+
+    /// The device kind `pool` runs on: its first replica's, else the last one rates were
+    /// stored for, else `cpu`/unknown.
+    fn device_kind(&self, pool: &Pool, key: &str) -> String {
+        if let Some(r) = pool.replicas().first() {
+            return self.memory.device_kind(&r.status.device);
+        }
+        self.save_as
+            .get(key)
+            .map(|k| k.device_kind.clone())
+            .or_else(|| {
+                self.info
+                    .get(key)
+                    .and_then(|i| i.recent_devices.first().cloned())
+            })
+            .unwrap_or_else(|| "cpu".into())
+    }
+
+    /// Makes sure the statistics of the pool's current model exist, seeded from the stored
+    /// rates for its shape and with the prior for its device, and knows where to save them.
+    fn ensure(&mut self, pool: &Pool) {
+        let key = Self::model_key(pool);
+        let Some(info) = self.info.get(&key) else {
+            return;
+        };
+        let device_kind = self.device_kind(pool, &key);
+        let cfg = pool.config();
+        let rate_key = RateKey {
+            model_digest: info.digest.clone(),
+            device_kind: device_kind.clone(),
+            slots: cfg.slots,
+            ctx: cfg.ctx,
+        };
+        if self.save_as.get(&key) == Some(&rate_key) {
+            return;
+        }
+        let card = if device_kind == "cpu" {
+            Card::cpu()
+        } else {
+            Card::gpu_named(&device_kind)
+        };
+        let prior = info.shape.map(|m| RatePrior::new(&m, &card));
+        let stats = self.models.entry(key.clone()).or_default();
+        // Seeded when new, and again when the device kind becomes known (an on-demand pool's
+        // first load) while nothing was measured live yet.
+        if stats.prefill.samples() == 0 || !self.save_as.contains_key(&key) {
+            if let Some(stored) = info.book.best(&rate_key) {
+                *stats = stored.clone();
+            }
+        }
+        stats.set_prior(prior);
+        if !info.digest.is_empty() {
+            self.save_as.insert(key, rate_key);
+        }
+    }
+
+    /// Writes the learned rates of the models that learned something since the last save
+    /// (at most every [`SAVE_MIN_GAP`] unless `force`); the write runs off the actor.
+    fn save(&mut self, force: bool) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if !force
+            && self
+                .saved_at
+                .is_some_and(|t| now.saturating_duration_since(t) < SAVE_MIN_GAP)
+        {
+            return;
+        }
+        self.saved_at = Some(now);
+        let Some(store) = self.memory.store.clone() else {
+            self.dirty.clear();
+            return;
+        };
+        let updated_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut records = Vec::new();
+        for key in std::mem::take(&mut self.dirty) {
+            let (Some(k), Some(stats)) = (self.save_as.get(&key), self.models.get(&key)) else {
+                continue;
+            };
+            match serde_json::to_string(stats) {
+                Ok(rates) => records.push(orch_store::RateRecord {
+                    model_digest: k.model_digest.clone(),
+                    device_kind: k.device_kind.clone(),
+                    slots: k.slots,
+                    ctx: k.ctx,
+                    rates,
+                    updated_ms,
+                }),
+                Err(e) => tracing::warn!(error = %e, "cannot serialise learned rates"),
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            for r in records {
+                if let Err(e) = store.eta_rates().put(&r) {
+                    tracing::warn!(error = %e, "cannot save learned rates");
+                }
+            }
+        });
+    }
+
+    fn mark_dirty(&mut self, key: &str) {
+        if !self.dirty.iter().any(|k| k == key) {
+            self.dirty.push(key.to_owned());
         }
     }
 
@@ -145,8 +450,7 @@ impl Forecaster {
 
     /// Whether forecasts for `key` rest on measurements rather than priors.
     fn informed(&self, key: &str) -> bool {
-        let s = self.stats(key);
-        s.prefill.samples() > 0 && (1..=64).any(|c| s.decode.measured(c).is_some())
+        self.stats(key).is_measured()
     }
 
     /// Expected time until a replica that is not ready takes work (see [`Forecaster::new`]).
@@ -154,9 +458,10 @@ impl Forecaster {
         self.load_ms.load(Ordering::Relaxed) as f64
     }
 
-    /// Whether the dispatcher should tick: something waits or runs.
+    /// Whether the dispatcher should tick: something waits or runs, or learned rates wait to be
+    /// saved.
     pub fn wants_tick(&self, queue_empty: bool) -> bool {
-        !queue_empty || !self.live.is_empty()
+        !queue_empty || !self.live.is_empty() || !self.dirty.is_empty()
     }
 
     /// When a refresh held back by [`REFRESH_MIN_GAP`] is due.
@@ -239,7 +544,7 @@ impl Forecaster {
             .iter()
             .map(|e| Self::queued_work(stats, &e.item))
             .collect();
-        let curve = |c: usize| stats.decode.ms_per_token(c);
+        let curve = |c: usize| stats.decode_ms(c);
         (forecast(&loads, &works, &curve), ids)
     }
 
@@ -264,6 +569,7 @@ impl Forecaster {
         task: &Arc<Task>,
         position: usize,
     ) -> Prediction {
+        self.ensure(pool);
         let now = Instant::now();
         let key = Self::model_key(pool);
         let (plan, _) = self.plan(pool, queue, now);
@@ -288,20 +594,6 @@ impl Forecaster {
         let stats = self.stats(&Self::model_key(pool));
         let slots = pool.config().slots.max(1) as usize;
         stats.task_ms(Self::queued_work(stats, task), slots)
-    }
-
-    /// Measured decode rate of one stream on `replica_id` with one more task on it, tokens/s.
-    pub fn tokens_per_s(&self, pool: &Pool, replica_id: &str) -> Option<f64> {
-        let stats = self.stats(&Self::model_key(pool));
-        let c = self
-            .live
-            .values()
-            .filter(|l| l.replica == replica_id)
-            .count()
-            + 1;
-        let measured = (1..=64).any(|k| stats.decode.measured(k).is_some());
-        let m = stats.decode.ms_per_token(c);
-        (measured && m > 0.0).then(|| 1000.0 / m)
     }
 
     /// Ends `replica`'s epoch at `now`, recording its decode rate.
@@ -354,23 +646,59 @@ impl Forecaster {
         );
     }
 
-    /// A task was dispatched to `replica_id`.
+    /// A task was dispatched to `replica_id`: its end is forecast at once (the pool's running
+    /// work simulated), for its first `metrics` frame and the calibration of running tasks.
     pub fn started(&mut self, pool: &Pool, task: &Arc<Task>, replica_id: &str) {
+        self.ensure(pool);
         let now = Instant::now();
         self.close_epoch(replica_id, now);
         self.waiting.remove(&task.id);
         let admitted = self.admitted.remove(&task.id);
+        let key = Self::model_key(pool);
         self.live.insert(
             task.id.clone(),
             Live {
                 task: task.clone(),
                 replica: replica_id.to_owned(),
                 started: now,
-                model: Self::model_key(pool),
+                model: key.clone(),
                 admitted,
+                run_predicted_ms: None,
             },
         );
         self.open_epoch(replica_id, now);
+        let stats = self.stats(&key);
+        let (loads, ids) = self.snapshot(pool, now);
+        let curve = |c: usize| stats.decode_ms(c);
+        let plan = forecast(&loads, &[], &curve);
+        let end = plan
+            .running
+            .iter()
+            .zip(&ids)
+            .flat_map(|(ends, ids)| ends.iter().zip(ids))
+            .find(|(_, id)| **id == task.id)
+            .map(|(end, _)| *end);
+        let Some(end) = end else {
+            return;
+        };
+        let p = self.on_time_running(&key, task, end, now);
+        task.set_running_prediction(instant_in(now, end), p);
+        let informed = self.informed(&key);
+        if let Some(l) = self.live.get_mut(&task.id) {
+            l.run_predicted_ms = informed.then_some(end);
+        }
+    }
+
+    /// The chance that a running `task` forecast to end `end_ms` from now ends within its
+    /// deadline, judged on the errors of running tasks' forecasts.
+    fn on_time_running(&self, key: &str, task: &Task, end_ms: f64, now: Instant) -> Option<f64> {
+        let deadline = task.req.deadline_ms? as f64;
+        let left = deadline - ms(now.saturating_duration_since(task.submitted));
+        Some(
+            self.stats(key)
+                .on_time_running
+                .probability(Some(left), end_ms),
+        )
     }
 
     /// A task ended; `sample` is `(tokens, decode_ms, first_token_ms)` of a completed one.
@@ -401,7 +729,7 @@ impl Forecaster {
         let t = &l.task;
         let chars = prompt_chars(t);
         let outcome = t.ext.outcome();
-        let stats = self.models.entry(l.model).or_default();
+        let stats = self.models.entry(l.model.clone()).or_default();
         let prompt_tokens = outcome
             .as_ref()
             .and_then(|o| Some(o.tokens_cached?.saturating_sub(o.tokens_out.unwrap_or(0))));
@@ -425,6 +753,13 @@ impl Forecaster {
                 ms(now.saturating_duration_since(t.submitted)),
             );
         }
+        if let Some(predicted) = l.run_predicted_ms {
+            stats
+                .on_time_running
+                .record(predicted, ms(now.saturating_duration_since(l.started)));
+        }
+        self.mark_dirty(&l.model);
+        self.save(false);
     }
 
     /// Cuts every replica's decode epoch (the 1 s tick), so long tasks keep the rates current.
@@ -435,6 +770,7 @@ impl Forecaster {
             self.close_epoch(&r, now);
             self.open_epoch(&r, now);
         }
+        self.save(true);
     }
 
     /// Recomputes every prediction and sends `metrics` frames to the waiting tasks whose
@@ -445,8 +781,10 @@ impl Forecaster {
         if queue.is_empty() {
             self.waiting.clear();
             self.admitted.clear();
-            self.pending = false;
-            return;
+            if self.live.is_empty() {
+                self.pending = false;
+                return;
+            }
         }
         if !tick
             && self
@@ -463,9 +801,13 @@ impl Forecaster {
         for (ends, ids) in plan.running.iter().zip(&ids) {
             for (end, id) in ends.iter().zip(ids) {
                 if let Some(l) = self.live.get(id) {
-                    l.task.set_prediction(None, instant_in(now, *end));
+                    let p = self.on_time_running(&key, &l.task, *end, now);
+                    l.task.set_running_prediction(instant_in(now, *end), p);
                 }
             }
+        }
+        if queue.is_empty() {
+            return;
         }
         let depth = queue.len();
         let mut waiting = HashMap::with_capacity(depth);
@@ -531,7 +873,7 @@ impl Forecaster {
 /// The kind of prediction `f` is for `task`.
 fn on_time_class(task: &Task, f: Forecast) -> OnTimeClass {
     OnTimeClass {
-        priority: crate::dispatch::core_priority(task.priority()),
+        priority: crate::wire::core_priority(task.priority()),
         // Under a millisecond is "at once".
         waits: f.start_ms >= 1.0,
     }
@@ -553,4 +895,70 @@ fn set_prediction(task: &Task, now: Instant, f: Forecast) -> Instant {
     let start = instant_in(now, f.start_ms);
     task.set_prediction(Some(start), instant_in(now, f.end_ms));
     start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_kinds_name_the_cards() {
+        let m = RateMemory::new(None, [(0, "NVIDIA H100 80GB HBM3".to_owned())]);
+        assert_eq!(m.device_kind("cpu"), "cpu");
+        assert_eq!(m.device_kind("gpu0"), "NVIDIA H100 80GB HBM3");
+        assert_eq!(
+            m.device_kind("gpu0+gpu1"),
+            "NVIDIA H100 80GB HBM3+gpu1",
+            "an unknown index keeps its name"
+        );
+    }
+
+    #[test]
+    fn stored_rates_come_back_for_the_same_file_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("m.gguf");
+        std::fs::write(&model, vec![7u8; 3 << 20]).expect("write");
+        let store = Arc::new(
+            orch_store::Store::open(&dir.path().join("data"), Default::default()).expect("store"),
+        );
+        let memory = RateMemory::new(Some(store.clone()), []);
+        let path = model.to_string_lossy().into_owned();
+        let info = load_model_info(&memory, &path, false);
+        assert!(info.book.is_empty());
+        assert!(info.digest.starts_with("fp-sha256:"), "{}", info.digest);
+        assert_eq!(info.shape.map(|s| s.weight_bytes), Some(3 << 20));
+        let mut stats = ModelStats::default();
+        stats.decode.record(2, 100.0, 300.0);
+        stats.prefill.record(10.0, 20.0);
+        store
+            .eta_rates()
+            .put(&orch_store::RateRecord {
+                model_digest: info.digest.clone(),
+                device_kind: "cpu".into(),
+                slots: 2,
+                ctx: 1024,
+                rates: serde_json::to_string(&stats).expect("json"),
+                updated_ms: 1,
+            })
+            .expect("put");
+        let again = load_model_info(&memory, &path, false);
+        assert_eq!(again.digest, info.digest, "the digest is stable");
+        let key = RateKey {
+            model_digest: info.digest.clone(),
+            device_kind: "cpu".into(),
+            slots: 2,
+            ctx: 1024,
+        };
+        assert_eq!(again.book.best(&key).map(|s| s.decode_ms(2)), Some(3.0));
+        assert_eq!(again.recent_devices, vec!["cpu".to_owned()]);
+        // Another file (one byte changed at its end) has other rates.
+        let mut bytes = vec![7u8; 3 << 20];
+        if let Some(b) = bytes.last_mut() {
+            *b = 8;
+        }
+        std::fs::write(&model, bytes).expect("write");
+        let other = load_model_info(&memory, &path, false);
+        assert_ne!(other.digest, info.digest);
+        assert!(other.book.is_empty());
+    }
 }

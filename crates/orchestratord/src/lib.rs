@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod background;
 pub mod catalog;
+pub mod clock;
 pub mod correlation;
 pub mod dispatch;
 pub mod engine_io;
@@ -32,6 +33,7 @@ pub mod task;
 #[cfg(test)]
 mod testing;
 pub mod transcripts;
+pub mod wire;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

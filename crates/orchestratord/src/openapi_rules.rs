@@ -103,15 +103,30 @@ pub fn apply(doc: &mut Value) {
         &mut property(doc, "ArtifactCreate", "tags")["items"],
         json!({"minLength": 1, "maxLength": orch_store::artifacts::MAX_TAG_LEN, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}),
     );
+    let max_items = crate::admission::validate::MAX_SCORING_ITEMS;
     let task = schema(doc, "TaskRequest");
     task.insert(
         "allOf".into(),
         json!([
             {"anyOf": [
                 {"properties": {"workload": {"enum": ["completion"]}, "prompt": {"type": "string"},
-                    "messages": {"type": "null"}}, "required": ["prompt"]},
+                    "messages": {"type": "null"}, "input": {"type": "null"}, "query": {"type": "null"},
+                    "documents": {"type": "null"}, "top_n": {"type": "null"}}, "required": ["prompt"]},
                 {"properties": {"workload": {"enum": ["chat"]}, "messages": {"type": "array", "minItems": 1},
-                    "prompt": {"type": "null"}}, "required": ["workload", "messages"]}
+                    "prompt": {"type": "null"}, "input": {"type": "null"}, "query": {"type": "null"},
+                    "documents": {"type": "null"}, "top_n": {"type": "null"}}, "required": ["workload", "messages"]},
+                {"properties": {"workload": {"enum": ["embedding"]},
+                    "input": {"type": "array", "minItems": 1, "maxItems": max_items,
+                        "items": {"type": "string", "minLength": 1}},
+                    "prompt": {"type": "null"}, "messages": {"type": "null"}, "query": {"type": "null"},
+                    "documents": {"type": "null"}, "top_n": {"type": "null"}, "session_id": {"type": "null"}},
+                    "required": ["workload", "input"]},
+                {"properties": {"workload": {"enum": ["rerank"]}, "query": {"type": "string", "minLength": 1},
+                    "documents": {"type": "array", "minItems": 1, "maxItems": max_items, "items": {"type": "string"}},
+                    "top_n": {"minimum": 1},
+                    "prompt": {"type": "null"}, "messages": {"type": "null"}, "input": {"type": "null"},
+                    "session_id": {"type": "null"}},
+                    "required": ["workload", "query", "documents"]}
             ]},
             {"anyOf": [
                 {"properties": {"determinism": {"enum": ["best_effort", null]}}},
@@ -146,7 +161,9 @@ pub fn apply(doc: &mut Value) {
     chat_messages(doc);
     register_model(doc);
     openai(doc);
+    embeddings(doc);
     anthropic(doc);
+    responses(doc);
     for (path, method, name, rule) in [
         ("/v1/tasks/{id}", "get", "id", id.clone()),
         ("/v1/tasks/{id}/stream", "get", "id", id.clone()),
@@ -415,6 +432,166 @@ fn openai(doc: &mut Value) {
             json!({"type": "string", "pattern": "^[ \\t]*([A-Za-z0-9._:-]{1,128})?[ \\t]*$"}),
         );
     }
+}
+
+/// `/v1/embeddings` and `/v1/rerank` (`http::embeddings`, then the task rules): `input` as
+/// text, `dimensions` refused, the encodings, documents as strings or `{text}` objects.
+fn embeddings(doc: &mut Value) {
+    let max_items = crate::admission::validate::MAX_SCORING_ITEMS;
+    let priority = json!({"enum": ["interactive", "batch", null]});
+    for (schema_name, prop, rule) in [
+        ("EmbeddingsRequest", "model", json!({"pattern": NOT_BLANK})),
+        ("EmbeddingsRequest", "priority", priority.clone()),
+        (
+            "EmbeddingsRequest",
+            "encoding_format",
+            json!({"enum": ["float", "base64", null]}),
+        ),
+        ("RerankRequest", "model", json!({"pattern": NOT_BLANK})),
+        ("RerankRequest", "priority", priority),
+        ("RerankRequest", "query", json!({"minLength": 1})),
+        ("RerankRequest", "top_n", json!({"minimum": 1})),
+    ] {
+        merge(property(doc, schema_name, prop), rule);
+    }
+    let dims = property(doc, "EmbeddingsRequest", "dimensions");
+    let description = dims["description"].clone();
+    *dims = json!({"description": description, "type": "null"});
+    let input = property(doc, "EmbeddingsRequest", "input");
+    let description = input["description"].clone();
+    *input = json!({"description": description, "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "minItems": 1, "maxItems": max_items, "items": {"type": "string", "minLength": 1}}
+    ]});
+    let docs = property(doc, "RerankRequest", "documents");
+    let description = docs["description"].clone();
+    *docs = json!({"description": description, "type": "array", "minItems": 1, "maxItems": max_items,
+    "items": {"anyOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+    ]}});
+    for path in ["/v1/embeddings", "/v1/rerank"] {
+        merge(
+            parameter(doc, path, "post", "X-Llorch-Priority"),
+            json!({"type": "string", "pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
+        );
+    }
+}
+
+/// The Responses door (`http::responses::task`): `input` a string or items (message,
+/// function_call, function_call_output, reasoning), unless `previous_response_id` continues a
+/// stored conversation (only reasoning items is a 400 the schema leaves unsaid, as a named
+/// `tool_choice` missing from `tools`: the route may answer 400 to schema-valid bodies, as the
+/// chat route does); text parts only; tools of
+/// any type (non-function ones are dropped), function names as the task's; the choice modes;
+/// `text.format`; the refused fields only as `null`/false; the task's bounds.
+fn responses(doc: &mut Value) {
+    let text_parts = json!({"type": "array", "items": {"anyOf": [
+        {"type": "object", "required": ["type", "text"], "properties": {
+            "type": {"enum": ["input_text", "output_text", "text", "summary_text"]},
+            "text": {"type": "string"}}},
+        {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["refusal"]}, "refusal": {"type": ["string", "null"]}}}
+    ]}});
+    let content = json!({"anyOf": [{"type": "null"}, {"type": "string"}, text_parts]});
+    let call_id = json!({"type": "string", "minLength": 1});
+    let item = json!({"anyOf": [
+        {"type": "object", "required": ["role"], "properties": {
+            "type": {"enum": ["message"]},
+            "role": {"enum": ["user", "system", "developer", "assistant"]},
+            "content": content}},
+        {"type": "object", "required": ["type", "call_id", "name"], "properties": {
+            "type": {"enum": ["function_call"]}, "call_id": call_id, "name": {"type": "string", "minLength": 1},
+            "arguments": {"type": ["string", "null"]}}},
+        {"type": "object", "required": ["type", "call_id"], "properties": {
+            "type": {"enum": ["function_call_output"]}, "call_id": call_id, "output": content}},
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["reasoning"]}}}
+    ]});
+    let tool = json!({"anyOf": [
+        {"type": "object", "required": ["type", "name"], "properties": {
+            "type": {"enum": ["function"]}, "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "description": {"type": ["string", "null"]}, "parameters": {"type": ["object", "null"]},
+            "strict": {"type": ["boolean", "null"]}}},
+        {"type": "object", "required": ["type"], "properties": {
+            "type": {"type": "string", "not": {"enum": ["function"]}}}}
+    ]});
+    let format = json!({"anyOf": [
+        {"type": "null"},
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["json_schema"]},
+            "name": {"type": ["string", "null"]}, "description": {"type": ["string", "null"]},
+            "schema": {"type": ["object", "null"]}, "strict": {"type": ["boolean", "null"]}}}
+    ]});
+    for (prop, rule) in [
+        ("model", json!({"pattern": NOT_BLANK})),
+        (
+            "input",
+            json!({"anyOf": [{"type": "null"}, {"type": "string"},
+                {"type": "array", "items": item}]}),
+        ),
+        ("tools", json!({"type": ["array", "null"], "items": tool})),
+        (
+            "tool_choice",
+            json!({"anyOf": [{"type": "null"}, {"enum": ["auto", "none", "required"]},
+                {"type": "object", "required": ["type", "name"], "properties": {
+                    "type": {"enum": ["function"]}, "name": {"type": "string", "minLength": 1}}}]}),
+        ),
+        (
+            "text",
+            json!({"type": ["object", "null"], "properties": {"format": format}}),
+        ),
+        ("max_output_tokens", json!({"minimum": 1})),
+        (
+            "temperature",
+            json!({"minimum": 0, "maximum": crate::admission::validate::MAX_TEMPERATURE}),
+        ),
+        ("top_p", json!({"minimum": 0, "maximum": 1})),
+        ("background", json!({"enum": [false, null]})),
+    ] {
+        let p = property(doc, "ResponsesRequest", prop);
+        // A rule with `anyOf` replaces the derived `type` (`Object` stands for any JSON).
+        if rule.get("anyOf").is_some() {
+            if let Some(m) = p.as_object_mut() {
+                m.remove("type");
+            }
+        }
+        merge(p, rule);
+    }
+    // The reply echoes `tool_choice` as sent: a mode or an object.
+    let echoed = property(doc, "ResponseObject", "tool_choice");
+    let description = echoed["description"].clone();
+    *echoed =
+        json!({"description": description, "anyOf": [{"type": "string"}, {"type": "object"}]});
+    for prop in ["conversation", "prompt"] {
+        let p = property(doc, "ResponsesRequest", prop);
+        let description = p["description"].clone();
+        *p = json!({"description": description, "type": "null"});
+    }
+    // Something to answer: input, or a stored conversation to continue; `required` needs a
+    // function tool.
+    schema(doc, "ResponsesRequest").insert(
+        "allOf".into(),
+        json!([
+            {"anyOf": [
+                {"required": ["input"], "properties": {"input": {"anyOf": [{"type": "string"}, {"type": "array"}]}}},
+                {"required": ["previous_response_id"], "properties": {"previous_response_id": {"type": "string", "minLength": 1}}}
+            ]},
+            {"anyOf": [
+                {"properties": {"tool_choice": {"not": {"enum": ["required"]}}}},
+                {"required": ["tools"], "properties": {"tools": {"type": "array",
+                    "contains": {"required": ["type"], "properties": {"type": {"enum": ["function"]}}}}}}
+            ]}
+        ]),
+    );
+    // The headers as on the OpenAI door (a header is never `null`).
+    merge(
+        parameter(doc, "/v1/responses", "post", "X-Llorch-Priority"),
+        json!({"type": "string", "pattern": "^[ \\t]*(interactive|batch)?[ \\t]*$"}),
+    );
+    merge(
+        parameter(doc, "/v1/responses", "post", "X-Llorch-Session"),
+        json!({"type": "string", "pattern": "^[ \\t]*([A-Za-z0-9._:-]{1,128})?[ \\t]*$"}),
+    );
 }
 
 /// The Messages door (`http::anthropic::to_task`, then the task rules): bounds, the content

@@ -10,9 +10,9 @@ use orch_store::policy::{ACTION_ENGINE_ENDPOINT, ACTION_MODEL_DOWNLOAD};
 use orch_store::{Decision, ModelState, Policy, Store};
 
 use crate::catalog::{is_remote_ref, local_path, Catalog};
+use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::storage::{blocking, store_err};
-use crate::task::now_ms;
 
 /// The outbound policy and the audit log it writes to.
 pub struct Outbound {

@@ -9,8 +9,9 @@ use api_types::{ErrorCode, ErrorEnvelope};
 use pool_manager::{Pool, ReloadErrorKind, ReloadOptions, ReloadReport};
 
 use crate::app::AppState;
+use crate::clock::now_ms;
 use crate::error::ServiceError;
-use crate::task::{now_ms, Task};
+use crate::task::Task;
 
 /// Default drain deadline.
 pub const DEFAULT_DRAIN_MS: u64 = 30_000;

@@ -17,8 +17,8 @@ use orch_store::Store;
 use pool_manager::{Pool, UnloadHook, UnloadingEngine};
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_ms;
 use crate::storage::{blocking, store_err};
-use crate::task::now_ms;
 
 /// A session's KV, saved when its pool unloaded.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,10 +17,11 @@ use orch_store::{BudgetError, SessionError, Store, StoreError};
 use pool_manager::PoolManager;
 use tokio::sync::watch;
 
+use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::session_kv::KvShelf;
 use crate::storage::{blocking, store_err};
-use crate::task::{now_ms, EngineOutcome, SessionBinding, Task};
+use crate::task::{EngineOutcome, SessionBinding, Task};
 
 /// How long an expired session id answers `SESSION_EXPIRED` before it may start afresh.
 const TOMBSTONE_MS: u64 = 600_000;

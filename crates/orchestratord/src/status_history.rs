@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use api_types::{PoolSample, Priority, QueueDepths, StatusSample, TaskState};
 use pool_manager::PoolManager;
 
-use crate::task::{now_ms, TaskTable};
+use crate::clock::now_ms;
+use crate::task::TaskTable;
 
 /// How often a sample is taken.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);

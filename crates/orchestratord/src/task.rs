@@ -44,6 +44,8 @@ struct Inner {
     admission: (usize, u64),
     /// The dispatcher's latest prediction: start (while queued) and end instants.
     prediction: Option<(Option<Instant>, Instant)>,
+    /// While running: the chance of ending within `deadline_ms` (the same start-time model).
+    running_on_time: Option<f64>,
 }
 
 /// An admitted task.
@@ -194,13 +196,8 @@ impl TaskExt {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// The clock's home is [`crate::clock`]; this re-export serves callers not moved yet.
+pub use crate::clock::now_ms;
 
 impl Task {
     /// A queued task.
@@ -234,6 +231,7 @@ impl Task {
                 cancel_reason: None,
                 admission: (0, 0),
                 prediction: None,
+                running_on_time: None,
             }),
             len: watch::channel(0).0,
             ended: CancellationToken::new(),
@@ -275,6 +273,23 @@ impl Task {
     /// and ends. `GET /v1/tasks/{id}` shows them as milliseconds from the request.
     pub fn set_prediction(&self, start: Option<Instant>, end: Instant) {
         self.lock().prediction = Some((start, end));
+    }
+
+    /// Records the dispatcher's latest prediction for the running task: its end and, with a
+    /// deadline, the chance of meeting it (its `metrics` frames show both).
+    pub fn set_running_prediction(&self, end: Instant, on_time: Option<f64>) {
+        let mut g = self.lock();
+        g.prediction = Some((None, end));
+        g.running_on_time = on_time;
+    }
+
+    /// The running task's predicted end and on-time chance, once the dispatcher made one.
+    pub fn running_prediction(&self) -> Option<(Instant, Option<f64>)> {
+        let g = self.lock();
+        match g.prediction {
+            Some((None, end)) => Some((end, g.running_on_time)),
+            _ => None,
+        }
     }
 
     /// Marks the task running on `replica_id`. False if it already ended.

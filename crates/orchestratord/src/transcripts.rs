@@ -9,8 +9,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::catalog::Catalog;
+use crate::clock::now_ms;
 use crate::storage::{blocking, store_err};
-use crate::task::{now_ms, EngineOutcome, Frame, Task};
+use crate::task::{EngineOutcome, Frame, Task};
 
 /// Writes transcripts into the artifact store.
 pub struct Transcripts {

@@ -108,3 +108,69 @@ fn openai_node_sdk() {
     cmd.arg("test_openai_node.mjs").current_dir(&dir);
     run_script(cmd, &d, token, "OPENAI NODE SDK OK");
 }
+
+/// The agent doors' context rules on the real llama-server and the real chat model: an agent's
+/// `max_tokens: 32000` is clamped to the context and the answer is real; a prompt longer than
+/// the pool's context is refused before it is queued, counted by the engine's own tokenizer,
+/// naming the pool that would hold it; a `model_aliases` glob routes an agent's model name.
+#[tokio::test]
+async fn agent_door_context_rules_on_a_real_engine() {
+    let e = engine();
+    let config = format!(
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\n\
+         model_aliases: {{ \"claude-*\": smol }}\npools:\n{}{}",
+        orch_harness::chat_pool("smol", &e, 1, 1024),
+        llama_pool("roomy", &e, 1, 1, 8192)
+    );
+    let d = Daemon::start(
+        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        DaemonOptions {
+            config,
+            ..Default::default()
+        },
+    );
+    let url = format!("{}/v1/chat/completions", d.base);
+    let r = d
+        .client()
+        .post(&url)
+        .json(&serde_json::json!({"model": "claude-sonnet-4", "max_tokens": 32000, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}]}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llorch-pool"], "smol");
+    let clamp = r.headers()["x-llorch-max-tokens-clamped"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(clamp.starts_with("32000->"), "{clamp}");
+    let v: serde_json::Value = r.json().await.expect("JSON");
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+    eprintln!("clamp {clamp}; answer {answer:?}");
+    assert!(answer.contains("Paris"), "{v}");
+    // ~3 000 tokens of text: over smol's 1024, within roomy's 8192.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
+    let r = d
+        .client()
+        .post(&url)
+        .json(&serde_json::json!({"model": "smol", "max_tokens": 8,
+            "messages": [{"role": "user", "content": long}]}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.expect("JSON");
+    let m = v["error"]["message"].as_str().unwrap_or("");
+    eprintln!("{m}");
+    assert!(
+        m.contains("1024 tokens per slot") && m.contains("roomy (") && m.contains("the prompt is "),
+        "{v}"
+    );
+    // The refused prompt was never queued: the status feed knows only the first task, and it
+    // shows the door it came through.
+    let (_, status) = d.get("/v1/status").await;
+    let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tasks.len(), 1, "{status}");
+    assert_eq!(tasks[0]["dialect"], "chat_completions", "{status}");
+}

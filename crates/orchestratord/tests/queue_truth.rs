@@ -1,11 +1,17 @@
 //! End-to-end queue truth: a real orchestratord launching a real llama-server on the tiny test
 //! model. A task queued behind a busy slot hears its position and predicted start and end in
-//! `metrics` frames before `started`, and the task's JSON carries the same predictions.
+//! `metrics` frames before `started`, and the task's JSON carries the same predictions; a
+//! restarted daemon predicts its first wait from the rates the last one learned.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use orch_harness::{engine, last_event, llama_pool, Daemon, DaemonOptions, SseEvent};
 use serde_json::{json, Value};
+
+/// The tests of this file run one at a time: each times a real engine, and two engines on a
+/// small box would slow each other down mid-measurement.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_orchestratord"))
@@ -33,6 +39,7 @@ fn before_started(ev: &[SseEvent]) -> (Vec<Value>, Option<Value>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_task_streams_live_predictions_before_it_starts() {
+    let _serial = SERIAL.lock().await;
     let e = engine();
     let config = format!(
         "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{}",
@@ -112,4 +119,80 @@ async fn a_queued_task_streams_live_predictions_before_it_starts() {
     let (_, status) = d.get("/v1/tasks/waiter").await;
     assert_eq!(status["state"], "completed");
     assert!(status["predicted_start_ms"].is_null(), "{status}");
+}
+
+/// Submits `first` (long) and `second` at once to a one-slot pool; `(second's predicted start
+/// in its 202, its real wait)`.
+async fn predicted_and_real_wait(d: &Daemon, first: &str, second: &str) -> (u64, u64) {
+    let r = d.submit(&task(first, 384)).await;
+    assert_eq!(r.status(), 202);
+    let r = d.submit(&task(second, 16)).await;
+    assert_eq!(r.status(), 202);
+    let adm: Value = r.json().await.unwrap();
+    let predicted = adm["predicted_start_ms"]
+        .as_u64()
+        .expect("predicted_start_ms");
+    let ev = d.stream(second).await;
+    assert_eq!(last_event(&ev).event, "end", "{ev:?}");
+    let (_, started) = before_started(&ev);
+    let waited = started.expect("a started event")["queued_ms"]
+        .as_u64()
+        .expect("queued_ms");
+    (predicted, waited)
+}
+
+/// The rates a daemon learned are kept in its data directory: a restarted daemon's very first
+/// prediction of a wait (before it has measured anything itself) comes from them and is
+/// within 30 % of the real wait. A fresh daemon's first prediction (from the prior for the
+/// model file and a CPU) is printed for comparison, not judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_predicts_its_first_wait_from_learned_rates() {
+    let _serial = SERIAL.lock().await;
+    let e = engine();
+    let config = format!(
+        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{}",
+        llama_pool("tiny", &e, 1, 1, 4096)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let opts = || DaemonOptions {
+        config: config.clone(),
+        data_dir: Some(data_dir.clone()),
+        ..Default::default()
+    };
+
+    let mut d = Daemon::start(&bin(), opts());
+    let (p, w) = predicted_and_real_wait(&d, "fresh-a", "fresh-b").await;
+    eprintln!(
+        "fresh daemon (prior): predicted {p} ms, waited {w} ms, error {:.2}",
+        (p as f64 - w as f64).abs() / w.max(1) as f64
+    );
+    // Teach it the engine's pace with the same workload as the check after the restart (a
+    // task nobody follows live, then one that is followed: a debug daemon relaying every token
+    // to a client takes CPU from a CPU engine).
+    for i in 0..3 {
+        let (p, w) =
+            predicted_and_real_wait(&d, &format!("learn{i}-a"), &format!("learn{i}-b")).await;
+        eprintln!("learning {i}: predicted {p} ms, waited {w} ms");
+    }
+    // Rates are saved at most every 0.5 s and on the next second's tick.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    d.terminate(Duration::from_secs(30));
+
+    let d = Daemon::start(&bin(), opts());
+    let (p, w) = predicted_and_real_wait(&d, "again-a", "again-b").await;
+    let err = (p as f64 - w as f64).abs() / w.max(1) as f64;
+    eprintln!("restarted daemon (learned rates): predicted {p} ms, waited {w} ms, error {err:.2}");
+    assert!(
+        d.logs().contains("learned rates restored"),
+        "the restart restored no rates; log:\n{}",
+        d.logs()
+    );
+    // A timing check on a CPU engine: it holds while the machine's load stays about the same
+    // across the restart (docs/PERFORMANCE.md, "Queue truth from the first task").
+    assert!(
+        err <= 0.3,
+        "the restarted daemon's first predicted wait {p} ms is {err:.2} off the real {w} ms; log:\n{}",
+        d.logs()
+    );
 }

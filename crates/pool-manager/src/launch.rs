@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orch_config::EngineKind;
+use orch_config::{EngineKind, PoolKind};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -119,6 +119,33 @@ impl LaunchPlan {
         a.extend(self.flags.iter().cloned());
         a
     }
+}
+
+/// The flags a pool's launch recipe appends: its kind's llama-server flags (`--embeddings
+/// --pooling P --kv-unified` for an embedding pool, `--reranking` for a rerank pool), then the pool's own
+/// `flags` (so a `--pooling` there wins: llama-server takes the last). Other engines find an
+/// embedding or rerank model on their own and get only `flags`.
+pub fn pool_flags(p: &orch_config::PoolConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if p.engine == EngineKind::Llamacpp {
+        match p.kind {
+            PoolKind::Chat => {}
+            // `--kv-unified`: with a KV stream per slot llama-server splits a batch of inputs
+            // of unequal lengths into equal parts, and the mean of the longer input then covers
+            // only its last part (measured: 0.13 off on a unit vector when batched with a
+            // shorter input). One shared stream keeps each input in one piece; embeddings keep
+            // no KV between requests, so sharing it costs nothing.
+            PoolKind::Embedding => out.extend([
+                "--embeddings".into(),
+                "--pooling".into(),
+                p.pooling.unwrap_or_default().as_str().into(),
+                "--kv-unified".into(),
+            ]),
+            PoolKind::Rerank => out.push("--reranking".into()),
+        }
+    }
+    out.extend(p.flags.iter().cloned());
+    out
 }
 
 /// Last lines an engine printed, kept to explain a crash.
@@ -359,6 +386,36 @@ mod recipe_tests {
             plan(EngineKind::Tgi).args(9000).join(" "),
             "--model-id /m/model --hostname 127.0.0.1 --port 9000 --max-total-tokens 4096 \
              --max-input-tokens 4095 --max-concurrent-requests 3 --extra"
+        );
+    }
+
+    #[test]
+    fn embedding_and_rerank_pools_get_their_llama_server_flags() {
+        use orch_config::{PoolConfig, Pooling};
+        let mut p = PoolConfig::llamacpp("e", "/m.gguf", None);
+        p.flags = vec!["--extra".into()];
+        assert_eq!(pool_flags(&p), ["--extra"], "chat: the pool's own flags");
+        p.kind = PoolKind::Embedding;
+        assert_eq!(
+            pool_flags(&p),
+            [
+                "--embeddings",
+                "--pooling",
+                "mean",
+                "--kv-unified",
+                "--extra"
+            ]
+        );
+        p.pooling = Some(Pooling::Cls);
+        assert_eq!(pool_flags(&p)[2], "cls");
+        p.pooling = None;
+        p.kind = PoolKind::Rerank;
+        assert_eq!(pool_flags(&p), ["--reranking", "--extra"]);
+        p.engine = EngineKind::Vllm;
+        assert_eq!(
+            pool_flags(&p),
+            ["--extra"],
+            "vllm finds the model's task itself"
         );
     }
 }

@@ -16,9 +16,7 @@ use crate::launch::{resolve_binary, LaunchPlan};
 use crate::metrics::{PlacementLabels, PoolMetrics};
 use crate::{lock, PoolError};
 
-/// VRAM kept free on every GPU beyond a model's estimate: estimates are often wrong, and the
-/// driver and other programs take some.
-pub const HEADROOM_BYTES: u64 = 512 << 20;
+pub use orchestrator_core::placement::HEADROOM_BYTES;
 
 /// Where engines run.
 #[derive(Clone)]
@@ -472,7 +470,7 @@ pub(crate) fn launch_on(
         gpu_layers: if fake { 0 } else { 999 },
         cuda_visible_devices: Some(uuids.join(",")),
         tensor_split,
-        flags: p.flags.clone(),
+        flags: crate::launch::pool_flags(p),
     }
 }
 
@@ -571,7 +569,7 @@ fn place_one(
                         gpu_layers: 0,
                         cuda_visible_devices: Some(String::new()),
                         tensor_split: None,
-                        flags: p.flags.clone(),
+                        flags: crate::launch::pool_flags(p),
                     }),
                     endpoint: None,
                     blocked: None,

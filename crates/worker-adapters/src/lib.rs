@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 pub mod http;
 pub mod llamacpp;
 pub mod openai;
+pub mod scoring;
 pub mod tgi;
 pub mod triton;
 
 pub use llamacpp::LlamaCppAdapter;
 pub use openai::OpenAiAdapter;
+pub use scoring::{Embeddings, Ranked, RerankRequest};
 pub use tgi::TgiAdapter;
 pub use triton::TritonAdapter;
 
@@ -441,6 +443,15 @@ pub trait EngineAdapter: Send + Sync + 'static {
     /// applied, then tokenized by the engine's own tokenizer.
     async fn count_tokens(&self, _req: &GenerateRequest) -> Result<u32, AdapterError> {
         Err(AdapterError::Unsupported("token counting"))
+    }
+    /// One embedding vector per input (an engine started for embeddings).
+    async fn embed(&self, _input: &[String]) -> Result<Embeddings, AdapterError> {
+        Err(AdapterError::Unsupported("embeddings"))
+    }
+    /// The documents' relevance scores for the query, best first (an engine started for
+    /// rerank).
+    async fn rerank(&self, _req: &RerankRequest) -> Result<Ranked, AdapterError> {
+        Err(AdapterError::Unsupported("rerank"))
     }
 }
 

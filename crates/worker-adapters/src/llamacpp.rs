@@ -593,6 +593,18 @@ impl EngineAdapter for LlamaCppAdapter {
     async fn restore_slot(&self, slot: u32, filename: &str) -> Result<SlotFile, AdapterError> {
         self.slot_file(slot, "restore", filename).await
     }
+
+    async fn embed(&self, input: &[String]) -> Result<crate::Embeddings, AdapterError> {
+        let body = crate::scoring::embeddings_body(input, None);
+        let v = crate::scoring::post(&self.http, &self.base, "/v1/embeddings", &body).await?;
+        crate::scoring::parse_embeddings(&v, input.len())
+    }
+
+    async fn rerank(&self, req: &crate::RerankRequest) -> Result<crate::Ranked, AdapterError> {
+        let body = crate::scoring::rerank_body(req, None);
+        let v = crate::scoring::post(&self.http, &self.base, "/v1/rerank", &body).await?;
+        crate::scoring::parse_ranked(&v, req.documents.len())
+    }
 }
 
 /// The counts of a slot save (`n_saved`, `n_written`, `save_ms`) or restore (`n_restored`,

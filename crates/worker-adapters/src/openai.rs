@@ -694,6 +694,20 @@ impl EngineAdapter for OpenAiAdapter {
         })?;
         Ok(parse_kv_cache_usage(&text))
     }
+
+    async fn embed(&self, input: &[String]) -> Result<crate::Embeddings, AdapterError> {
+        let model = self.model_name().await;
+        let body = crate::scoring::embeddings_body(input, model.as_deref());
+        let v = crate::scoring::post(&self.http, &self.base, "/v1/embeddings", &body).await?;
+        crate::scoring::parse_embeddings(&v, input.len())
+    }
+
+    async fn rerank(&self, req: &crate::RerankRequest) -> Result<crate::Ranked, AdapterError> {
+        let model = self.model_name().await;
+        let body = crate::scoring::rerank_body(req, model.as_deref());
+        let v = crate::scoring::post(&self.http, &self.base, "/v1/rerank", &body).await?;
+        crate::scoring::parse_ranked(&v, req.documents.len())
+    }
 }
 
 #[cfg(test)]

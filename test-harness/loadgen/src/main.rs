@@ -3,7 +3,8 @@
 //! One run is one phase: `--requests` streamed requests, `--concurrency` at a time (closed loop),
 //! either straight to a llama-server-protocol engine (`POST /completion`, `--target direct`) or
 //! through orchestratord (`POST /v1/tasks`, then `GET /v1/tasks/{id}/stream`, `--target
-//! relayed`). Stream `j` starts after `j × --stagger-us`, so equal-length requests do not stay
+//! relayed`), or through one of its agent doors (`--target chat|messages|responses`: the
+//! prompt as one user message, each door's own stream grammar). Stream `j` starts after `j × --stagger-us`, so equal-length requests do not stay
 //! in lockstep. It prints one JSON object on stdout: per request its time to first token, its
 //! total time, its token events and a hash of its text (identical requests must stream
 //! identical text on both paths), per stream the time it was busy, the errors, and the CPU
@@ -32,6 +33,12 @@ enum Target {
     Direct,
     /// orchestratord's `POST /v1/tasks` + `GET /v1/tasks/{id}/stream`, model_ref `bench`.
     Relayed,
+    /// orchestratord's OpenAI Chat Completions door, streamed, model `bench`.
+    Chat,
+    /// orchestratord's Anthropic Messages door, streamed, model `bench`.
+    Messages,
+    /// orchestratord's OpenAI Responses door, streamed, model `bench`.
+    Responses,
 }
 
 /// One phase of requests.
@@ -226,6 +233,123 @@ async fn relayed(http: &reqwest::Client, a: &Args, id: &str) -> Result<Sample> {
     bail!("the task stream ended without `end`")
 }
 
+/// The text of one event of an agent door's stream, `Some("")` for an event that carries no
+/// text, `None` for the event that ends the stream.
+#[derive(Deserialize)]
+struct ChatChunk<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<ChatChoice<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChatChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<ChatDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChatDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+}
+
+/// Anthropic's `content_block_delta` (`delta.text`) and OpenAI Responses'
+/// `response.output_text.delta` (`delta`, a string).
+#[derive(Deserialize)]
+struct DoorDelta<'a> {
+    #[serde(borrow)]
+    delta: DeltaText<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DeltaText<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Block {
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+    },
+}
+
+/// One streamed request through an agent door: the text of each event that carries some is a
+/// token (the doors send one event per engine token).
+async fn door(http: &reqwest::Client, a: &Args) -> Result<Sample> {
+    let msg = json!([{ "role": "user", "content": a.prompt }]);
+    let (path, body) = match a.target {
+        Target::Chat => (
+            "/v1/chat/completions",
+            json!({"model": "bench", "messages": msg, "max_tokens": a.tokens, "stream": true,
+                   "seed": a.seed, "temperature": 0.0}),
+        ),
+        Target::Messages => (
+            "/v1/messages",
+            json!({"model": "bench", "messages": msg, "max_tokens": a.tokens, "stream": true,
+                   "temperature": 0.0}),
+        ),
+        _ => (
+            "/v1/responses",
+            json!({"model": "bench", "input": a.prompt, "max_output_tokens": a.tokens,
+                   "stream": true, "temperature": 0.0, "store": false}),
+        ),
+    };
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{}{path}", a.base))
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("POST {path}: HTTP {}: {}", r.status(), r.text().await?);
+    }
+    let mut events = r.bytes_stream().eventsource();
+    let (mut ttft, mut tokens, mut hash) = (None, 0u64, Fnv::new());
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        let text: Option<Cow<'_, str>> = match (a.target, ev.event.as_str()) {
+            (Target::Chat, _) if ev.data == "[DONE]" => None,
+            (Target::Chat, _) => {
+                let c: ChatChunk<'_> = serde_json::from_str(&ev.data)?;
+                Some(
+                    c.choices
+                        .into_iter()
+                        .next()
+                        .and_then(|c| c.delta)
+                        .and_then(|d| d.content)
+                        .unwrap_or_default(),
+                )
+            }
+            (_, "message_stop" | "response.completed") => None,
+            (_, "error" | "response.failed") => bail!("{}: {}", ev.event, ev.data),
+            (_, "content_block_delta" | "response.output_text.delta") => {
+                let d: DoorDelta<'_> = serde_json::from_str(&ev.data)?;
+                Some(match d.delta {
+                    DeltaText::Text(t) => t,
+                    DeltaText::Block { text } => text.unwrap_or_default(),
+                })
+            }
+            _ => Some(Cow::Borrowed("")),
+        };
+        match text {
+            Some(t) if !t.is_empty() => {
+                tokens += 1;
+                ttft.get_or_insert_with(|| t0.elapsed());
+                hash.write(&t);
+            }
+            Some(_) => {}
+            None => {
+                let ttft = ttft.ok_or_else(|| anyhow!("the door streamed no token"))?;
+                return Ok((
+                    us(ttft),
+                    us(t0.elapsed()),
+                    tokens,
+                    format!("{:016x}", hash.0),
+                ));
+            }
+        }
+    }
+    bail!("the {path} stream ended before its last event")
+}
+
 /// CPU time this process used so far (user + system), µs; `None` off Linux.
 fn cpu_us() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -273,6 +397,9 @@ async fn run(a: Arc<Args>) -> Result<serde_json::Value> {
                             Target::Direct => direct(&http, &a).await,
                             Target::Relayed => {
                                 relayed(&http, &a, &format!("{}-{i}", a.label)).await
+                            }
+                            Target::Chat | Target::Messages | Target::Responses => {
+                                door(&http, &a).await
                             }
                         }
                     };

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod cancel;
 pub mod capabilities;
 pub mod catalog;
+pub mod chat;
 pub mod init;
 pub mod metrics;
 pub mod pools;
@@ -23,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::client::seg;
 use crate::error::CliError;
 
 /// Long operations (reload, verify, large uploads) may take this long.
@@ -60,19 +62,6 @@ pub(crate) fn wire_name<T: Serialize>(t: &T) -> String {
         Ok(v) => v.to_string(),
         Err(_) => "?".into(),
     }
-}
-
-/// Percent-encodes a path segment.
-pub fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// All of stdin.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use api_types::{CatalogModel, PullJob, PullState};
 use indicatif::{ProgressBar, ProgressStyle};
+use orchestrator_core::bytes::human as bytes;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -20,22 +21,6 @@ use crate::error::{CliError, Exit};
 const POLL: Duration = Duration::from_millis(250);
 /// How often a plain progress line is printed when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(1);
-
-/// `1.5 MiB`.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
 
 fn eta(ms: Option<u64>) -> String {
     match ms {

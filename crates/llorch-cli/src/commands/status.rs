@@ -119,11 +119,12 @@ pub fn render_status(s: &StatusSnapshot, max_tasks: usize) -> String {
         push(
             &mut o,
             format!(
-                "  {:<40} {:<9} {:<12} {:<11} {:>6} tok  {}{}",
+                "  {:<40} {:<9} {:<12} {:<11} {:<16} {:>6} tok  {}{}",
                 t.task_id,
                 state,
                 t.pool_id,
                 prio,
+                t.dialect.as_str(),
                 t.tokens_out,
                 ms_ago(s.time_ms, Some(t.submitted_ms)),
                 t.error

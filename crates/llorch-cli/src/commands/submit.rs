@@ -1,4 +1,5 @@
-//! `llorch submit`.
+//! `llorch submit`: by default the prompt is one user message (`workload: chat`, templated by
+//! the engine with the model's chat template); `--raw` sends it as a completion prompt.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -33,20 +34,8 @@ pub async fn run(
         }
         Some(p) => p.to_owned(),
     };
-    let model = match a.model.clone().or_else(|| settings.model.clone()) {
-        Some(m) => m,
-        None => default_model(client).await?,
-    };
-    let priority = match (a.priority, settings.priority.as_deref()) {
-        (Some(p), _) => p.as_str().to_owned(),
-        (None, Some(p)) if p == "interactive" || p == "batch" => p.to_owned(),
-        (None, Some(p)) => {
-            return Err(CliError::usage(format!(
-                "config file priority `{p}` is not interactive or batch"
-            )))
-        }
-        (None, None) => PriorityArg::Interactive.as_str().to_owned(),
-    };
+    let model = model_or_default(client, settings, a.model.clone()).await?;
+    let priority = priority(settings, a.priority)?;
     let task_id = a
         .task_id
         .clone()
@@ -58,7 +47,7 @@ pub async fn run(
         "priority": priority,
         "max_tokens": a.max_tokens,
     });
-    if a.chat {
+    if !a.raw {
         let mut messages = Vec::new();
         if let Some(s) = &a.system {
             messages.push(json!({"role": "system", "content": s}));
@@ -114,8 +103,35 @@ pub async fn run(
     stream::follow_interruptible(client, &adm.task_id, json_out, !a.detach_on_interrupt).await
 }
 
+/// `--model`, else the config file's `model`, else the daemon's only pool.
+pub(crate) async fn model_or_default(
+    client: &Client,
+    settings: &Settings,
+    given: Option<String>,
+) -> Result<String, CliError> {
+    match given.or_else(|| settings.model.clone()) {
+        Some(m) => Ok(m),
+        None => default_model(client).await,
+    }
+}
+
+/// `--priority`, else the config file's, else interactive.
+pub(crate) fn priority(
+    settings: &Settings,
+    given: Option<PriorityArg>,
+) -> Result<String, CliError> {
+    match (given, settings.priority.as_deref()) {
+        (Some(p), _) => Ok(p.as_str().to_owned()),
+        (None, Some(p)) if p == "interactive" || p == "batch" => Ok(p.to_owned()),
+        (None, Some(p)) => Err(CliError::usage(format!(
+            "config file priority `{p}` is not interactive or batch"
+        ))),
+        (None, None) => Ok(PriorityArg::Interactive.as_str().to_owned()),
+    }
+}
+
 /// `[task t admitted to pool p: queue position 2, start in ~1.2 s, end in ~3.4 s, on time 80 %]`.
-fn admission_line(adm: &AdmissionResponse) -> String {
+pub(crate) fn admission_line(adm: &AdmissionResponse) -> String {
     let mut s = format!(
         "[task {} admitted to pool {}: queue position {}, predicted start in ~{}",
         adm.task_id,

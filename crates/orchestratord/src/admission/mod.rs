@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use api_types::{
     AdmissionResponse, BudgetRemaining, Dialect, ErrorCode, ErrorEnvelope, StreamLinks,
-    TaskRequest, TaskState,
+    TaskRequest, TaskState, Workload,
 };
 use futures::StreamExt;
+use orch_config::PoolKind;
 use orchestrator_core::{choose_pool, PoolCandidate};
 use tracing::Instrument;
 
@@ -40,6 +41,64 @@ impl Admitted {
     }
 }
 
+/// The kind of pool a workload runs on.
+pub fn pool_kind_for(w: Workload) -> PoolKind {
+    match w {
+        Workload::Completion | Workload::Chat => PoolKind::Chat,
+        Workload::Embedding => PoolKind::Embedding,
+        Workload::Rerank => PoolKind::Rerank,
+    }
+}
+
+/// The model is served, but only by pools of another kind (an embedding request to a chat
+/// pool, a chat request to an embedding pool): which pools would take it.
+fn wrong_kind(
+    state: &AppState,
+    req: &TaskRequest,
+    want: PoolKind,
+    wrong: &[&Dispatcher],
+) -> ServiceError {
+    let mut right: Vec<String> = state
+        .pools
+        .pools()
+        .iter()
+        .filter(|p| p.config().kind == want)
+        .map(|p| {
+            format!(
+                "{} ({})",
+                p.id(),
+                p.model_names().last().cloned().unwrap_or_default()
+            )
+        })
+        .collect();
+    right.sort();
+    let theirs: Vec<String> = wrong
+        .iter()
+        .map(|d| {
+            format!(
+                "{} is `kind: {}`",
+                d.pool().id(),
+                d.pool().config().kind.as_str()
+            )
+        })
+        .collect();
+    ServiceError::new(
+        ErrorCode::InvalidParams,
+        format!(
+            "model `{}` is served only by pools of another kind ({}); {} requests need a `kind: {}` pool: {}",
+            req.model_ref,
+            theirs.join(", "),
+            req.workload.as_str(),
+            want.as_str(),
+            if right.is_empty() {
+                format!("none is configured (add one with `kind: {}`)", want.as_str())
+            } else {
+                format!("use one of {}", right.join(", "))
+            }
+        ),
+    )
+}
+
 /// Picks the pool for a request: the pools serving `model_ref` (a pool id, a model name or
 /// file, or the file of the catalog model it names), narrowed by `engine` and `pin_pool`, of
 /// which one must be ready; then the least loaded (see docs/PLACEMENT.md). `catalog_path` is the model file of the
@@ -60,6 +119,14 @@ fn route<'a>(
     if let Some(pin) = req.placement.as_ref().and_then(|p| p.pin_pool.as_deref()) {
         candidates.retain(|d| d.pool().id() == pin);
     }
+    let want = pool_kind_for(req.workload);
+    let (right, wrong): (Vec<&Dispatcher>, Vec<&Dispatcher>) = candidates
+        .into_iter()
+        .partition(|d| d.pool().config().kind == want);
+    if right.is_empty() && !wrong.is_empty() {
+        return Err(wrong_kind(state, req, want, &wrong));
+    }
+    let candidates = right;
     if candidates.is_empty() {
         let mut served: Vec<String> = state
             .pools

@@ -39,7 +39,21 @@ pub fn validate(req: &TaskRequest) -> Result<(), ServiceError> {
             )));
         }
     }
+    validate_scoring(req)?;
     match req.workload {
+        Workload::Embedding | Workload::Rerank => {
+            if req.prompt.is_some() || req.messages.is_some() {
+                return Err(ServiceError::invalid(format!(
+                    "`prompt` and `messages` belong to generation tasks; an `{}` task takes {}",
+                    req.workload.as_str(),
+                    if req.workload == Workload::Embedding {
+                        "`input`"
+                    } else {
+                        "`query` and `documents`"
+                    }
+                )));
+            }
+        }
         Workload::Completion => {
             if req.prompt.is_none() {
                 return Err(ServiceError::invalid("a `completion` task needs `prompt`"));
@@ -100,6 +114,64 @@ pub fn validate(req: &TaskRequest) -> Result<(), ServiceError> {
         }
     }
     validate_extras(req)
+}
+
+/// Most inputs of one `embedding` task and documents of one `rerank` task (OpenAI's limit for
+/// one embeddings request).
+pub const MAX_SCORING_ITEMS: usize = 2048;
+
+/// The fields of `embedding` and `rerank` tasks: present exactly where they belong.
+fn validate_scoring(req: &TaskRequest) -> Result<(), ServiceError> {
+    let embedding = req.workload == Workload::Embedding;
+    let rerank = req.workload == Workload::Rerank;
+    if req.input.is_some() && !embedding {
+        return Err(ServiceError::invalid(
+            "`input` belongs to `embedding` tasks; set workload: embedding",
+        ));
+    }
+    if (req.query.is_some() || req.documents.is_some() || req.top_n.is_some()) && !rerank {
+        return Err(ServiceError::invalid(
+            "`query`, `documents` and `top_n` belong to `rerank` tasks; set workload: rerank",
+        ));
+    }
+    if !(embedding || rerank) {
+        return Ok(());
+    }
+    if req.session_id.is_some() {
+        return Err(ServiceError::invalid(format!(
+            "an `{}` task takes no session: sessions keep a generation's KV cache and budget; leave out session_id",
+            req.workload.as_str()
+        )));
+    }
+    let (name, items) = if embedding {
+        ("input", req.input.as_deref())
+    } else {
+        if req.query.as_deref().is_none_or(str::is_empty) {
+            return Err(ServiceError::invalid(
+                "a `rerank` task needs a non-empty `query`",
+            ));
+        }
+        if req.top_n == Some(0) {
+            return Err(ServiceError::invalid("top_n must be at least 1"));
+        }
+        ("documents", req.documents.as_deref())
+    };
+    let items = items.unwrap_or_default();
+    if items.is_empty() || items.len() > MAX_SCORING_ITEMS {
+        return Err(ServiceError::invalid(format!(
+            "an `{}` task needs `{name}`: 1 to {MAX_SCORING_ITEMS} strings (got {})",
+            req.workload.as_str(),
+            items.len()
+        )));
+    }
+    if embedding {
+        if let Some(i) = items.iter().position(String::is_empty) {
+            return Err(ServiceError::invalid(format!(
+                "input[{i}] is empty; an embedding needs some text"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Roles a chat message may have.
@@ -414,5 +486,58 @@ mod tests {
         assert!(unsupported_extras("llamacpp", &none).is_empty());
         let text = chat(json!({"response_format": {"type": "text"}}));
         assert!(unsupported_extras("tgi", &text).is_empty());
+    }
+
+    #[test]
+    fn embedding_and_rerank_fields_belong_to_their_workloads() {
+        let task = |v: Value| -> TaskRequest {
+            let mut b =
+                json!({"task_id": "t", "model_ref": "m", "priority": "batch", "max_tokens": 1});
+            for (k, x) in v.as_object().into_iter().flatten() {
+                b[k] = x.clone();
+            }
+            serde_json::from_value(b).unwrap()
+        };
+        let ok = |v: Value| validate(&task(v)).unwrap();
+        let no = |v: Value, want: &str| {
+            let m = validate(&task(v)).unwrap_err().body.message;
+            assert!(m.contains(want), "{m}");
+        };
+        ok(json!({"workload": "embedding", "input": ["a", "b"]}));
+        ok(json!({"workload": "rerank", "query": "q", "documents": ["d"], "top_n": 1}));
+        no(json!({"workload": "embedding"}), "needs `input`: 1 to 2048");
+        no(json!({"workload": "embedding", "input": []}), "(got 0)");
+        no(
+            json!({"workload": "embedding", "input": ["a", ""]}),
+            "input[1] is empty",
+        );
+        no(
+            json!({"workload": "embedding", "input": ["a"], "prompt": "x"}),
+            "takes `input`",
+        );
+        no(
+            json!({"workload": "embedding", "input": ["a"], "session_id": "s"}),
+            "takes no session",
+        );
+        no(
+            json!({"workload": "rerank", "documents": ["d"]}),
+            "non-empty `query`",
+        );
+        no(
+            json!({"workload": "rerank", "query": "q"}),
+            "needs `documents`",
+        );
+        no(
+            json!({"workload": "rerank", "query": "q", "documents": ["d"], "top_n": 0}),
+            "top_n",
+        );
+        no(
+            json!({"prompt": "x", "input": ["a"]}),
+            "belongs to `embedding`",
+        );
+        no(
+            json!({"workload": "embedding", "input": ["a"], "query": "q"}),
+            "belong to `rerank`",
+        );
     }
 }

@@ -206,7 +206,7 @@ pub fn admission_note(pool: &Pool) -> Option<api_types::pools::PoolLoadNote> {
     }
     Some(api_types::pools::PoolLoadNote {
         expected_load_ms: pool.pending_load_ms(),
-        state: crate::http::pools::load_state(phase),
+        state: crate::wire::load_state(phase),
         waiting_for: waiting_for(pool),
     })
 }

@@ -9,12 +9,15 @@ use orch_config::Config;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 /// Response headers a browser client may read: the task id and queue headers, the
-/// backpressure headers, the correlation id and the session budget headers.
+/// backpressure headers, the correlation id, the session budget headers and the Responses
+/// door's dropped tools and token count.
 const EXPOSED: &[&str] = &[
     "x-llorch-task-id",
     "x-llorch-pool",
     "x-llorch-queue-position",
     "x-llorch-predicted-start-ms",
+    "x-llorch-dropped-tools",
+    "x-llorch-token-count",
     "retry-after",
     "x-backoff-ms",
     crate::correlation::HEADER,

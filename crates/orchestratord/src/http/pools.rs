@@ -12,8 +12,8 @@
 //! check, swap, retire the old after their in-flight tasks; any failure rolls back.
 
 use api_types::pools::{
-    DrainRequest, DrainResponse, EngineInfo, LoadResponse, LoadState, OnDemandInfo, PoolHealth,
-    PoolInfo, PoolList, ReloadRequest, ReloadResponse, ReplicaInfo, ReplicaState, UnloadRequest,
+    DrainRequest, DrainResponse, EngineInfo, LoadResponse, OnDemandInfo, PoolHealth, PoolInfo,
+    PoolList, ReloadRequest, ReloadResponse, ReplicaInfo, UnloadRequest,
 };
 use api_types::ErrorEnvelope;
 use axum::extract::{Path, State};
@@ -24,37 +24,7 @@ use crate::app::AppState;
 use crate::error::ServiceError;
 use crate::http::JsonBody;
 use crate::pool_control::{self, find_pool};
-
-/// The wire form of a replica state.
-fn replica_state(s: pool_manager::ReplicaState) -> ReplicaState {
-    use pool_manager::ReplicaState as S;
-    match s {
-        S::Starting => ReplicaState::Starting,
-        S::Ready => ReplicaState::Ready,
-        S::Unready => ReplicaState::Unready,
-        S::Crashed => ReplicaState::Crashed,
-        S::CircuitOpen => ReplicaState::CircuitOpen,
-        S::Retiring => ReplicaState::Retiring,
-        S::Stopped => ReplicaState::Stopped,
-        S::Unloaded => ReplicaState::Unloaded,
-        S::Loading => ReplicaState::Loading,
-        S::Draining => ReplicaState::Draining,
-        S::Unloading => ReplicaState::Unloading,
-        S::Failed => ReplicaState::Failed,
-    }
-}
-
-/// The wire form of an on_demand pool's load state.
-pub(crate) fn load_state(s: pool_manager::LoadPhase) -> LoadState {
-    use pool_manager::LoadPhase as P;
-    match s {
-        P::Unloaded => LoadState::Unloaded,
-        P::Loading => LoadState::Loading,
-        P::Loaded => LoadState::Loaded,
-        P::Unloading => LoadState::Unloading,
-        P::Failed => LoadState::Failed,
-    }
-}
+use crate::wire::{load_state, replica_state};
 
 fn on_demand_info(o: pool_manager::OnDemandHealth) -> OnDemandInfo {
     OnDemandInfo {
@@ -135,6 +105,7 @@ pub async fn list(State(state): State<AppState>) -> Json<PoolList> {
             engine: p.engine().to_owned(),
             health: pool_health(p.health()),
             id: p.id().to_owned(),
+            kind: p.config().kind.as_str().to_owned(),
         })
         .collect();
     Json(PoolList { pools })
@@ -311,32 +282,6 @@ mod tests {
     }
 
     #[test]
-    fn replica_state_names_match() {
-        use pool_manager::ReplicaState as S;
-        for s in [
-            S::Starting,
-            S::Ready,
-            S::Unready,
-            S::Crashed,
-            S::CircuitOpen,
-            S::Retiring,
-            S::Stopped,
-            S::Unloaded,
-            S::Loading,
-            S::Draining,
-            S::Unloading,
-            S::Failed,
-        ] {
-            assert_eq!(legacy(&s), legacy(&replica_state(s)));
-        }
-        use pool_manager::LoadPhase as P;
-        for p in [P::Unloaded, P::Loading, P::Loaded, P::Unloading, P::Failed] {
-            assert_eq!(legacy(&p), legacy(&load_state(p)));
-            assert_eq!(load_state(p).as_str(), p.as_str());
-        }
-    }
-
-    #[test]
     fn on_demand_health_is_byte_compatible() {
         let mut o = pool_manager::OnDemandHealth {
             expected_load_ms: 1200,
@@ -441,6 +386,7 @@ mod tests {
             engine: "llamacpp".into(),
             health: pool_health(h),
             id: "tiny".into(),
+            kind: "chat".into(),
         };
         assert_eq!(serde_json::to_string(&typed).unwrap(), today.to_string());
     }

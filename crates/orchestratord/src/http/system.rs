@@ -88,6 +88,7 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Capabilities> {
                     .unwrap_or(state.config.queue.capacity),
                 ready: p.is_ready(),
                 model_refs: p.model_names(),
+                kind: p.config().kind.as_str().into(),
             }
         })
         .collect();

@@ -4,11 +4,12 @@
 //! A pull is a job under its catalog id; each of its files (several for a split GGUF) is a
 //! [`Download`] keyed by its destination, so two pulls of one file share one transfer. Jobs and
 //! downloads run on the daemon's [`Background`] tracker: shutdown stops them, leaving partial
-//! files for the next pull to resume. The hub protocol is in [`hub`], the transfer in
-//! [`download`]. See docs/STATE.md, "Pulling models".
+//! files for the next pull to resume. The hub protocol and the transfer are the `orch-hub`
+//! crate ([`hub`], [`download`]); the daemon gives it its outbound policy ([`Outbound`]
+//! implements [`OutboundPolicy`]) and maps its [`HubError`]s to error envelopes. See
+//! docs/STATE.md, "Pulling models".
 
-pub mod download;
-pub mod hub;
+pub use orch_hub::{download, hub};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,12 +26,13 @@ use url::Url;
 
 use crate::background::Background;
 use crate::catalog::Catalog;
+use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::outbound::Outbound;
-use crate::task::now_ms;
 
-use download::{Download, DownloadEnv, Fetcher, FileDone, FileSpec, FreeSpace};
+use download::{Download, DownloadEnv, Fetcher, FileDone, FileSpec, FileState, FreeSpace};
 use hub::PullRef;
+use orch_hub::{ErrorKind, HubError, OutboundPolicy};
 
 /// The hub used when `HF_ENDPOINT` is not set.
 pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
@@ -141,15 +143,15 @@ impl Job {
             done += s.bytes_done;
             total = total.zip(s.size).map(|(a, b)| a + b);
             rate += s.rate;
-            any_downloading |= s.state == PullState::Downloading;
-            any_verifying |= s.state == PullState::Verifying;
+            any_downloading |= s.state == FileState::Downloading;
+            any_verifying |= s.state == FileState::Verifying;
             files.push(PullFile {
                 path: dl.spec.path.clone(),
                 dest: dl.spec.dest.to_string_lossy().into_owned(),
                 size: s.size,
                 bytes_done: s.bytes_done,
                 expected_digest: dl.spec.digest.clone(),
-                state: s.state,
+                state: pull_state(s.state),
                 resumed_from: s.resumed_from,
                 shared: *shared,
             });
@@ -305,8 +307,13 @@ impl PullService {
         let mut pre_allowed = HashSet::new();
         let specs: Vec<FileSpec> = match &r {
             PullRef::Url(url) => {
-                let d = self.env.fetcher_outbound_check(url).await?;
-                pre_allowed.insert(d);
+                // Checked at submit, so that a refusal is the POST's 403.
+                self.env
+                    .fetcher
+                    .policy()
+                    .allow_download(url.as_str())
+                    .await?;
+                pre_allowed.insert(url.as_str().to_owned());
                 let path = url.path().trim_start_matches('/').to_owned();
                 vec![FileSpec {
                     path: if path.is_empty() {
@@ -421,8 +428,7 @@ impl PullService {
             for s in specs {
                 match g.downloads.get(&s.dest) {
                     Some(d) if !d.retired() && !d.finished() => {
-                        d.subscribers
-                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        d.hold();
                         files.push((d.clone(), true));
                     }
                     prev => {
@@ -495,16 +501,13 @@ impl PullService {
         self.env
             .free
             .ensure(&self.models_dir, remaining, total, shown_ref)
-            .map_err(ServiceError::from_envelope)
+            .map_err(ServiceError::from)
     }
 
     /// Lets go of `dl` for one pull; the last one retires it. Returns whether it retired it.
     fn release(&self, dl: &Arc<Download>, delete_part: bool) -> bool {
         let _g = self.inner();
-        let left = dl
-            .subscribers
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            .saturating_sub(1);
+        let left = dl.let_go();
         if left == 0 && !dl.finished() {
             dl.retire(delete_part);
             return true;
@@ -548,7 +551,7 @@ impl PullService {
             match next {
                 None => break,
                 Some((i, Some(Ok(d)))) => done[i] = Some(d),
-                Some((_, Some(Err(e)))) => return self.fail(&job, e),
+                Some((_, Some(Err(e)))) => return self.fail(&job, envelope(e)),
                 Some((_, None)) => {
                     return self.fail(
                         &job,
@@ -642,18 +645,103 @@ impl PullService {
     }
 }
 
-impl DownloadEnv {
-    /// The outbound decision for a URL reference, taken when the pull is submitted (so a
-    /// refusal is the POST's 403); returns the URL to treat as allowed.
-    async fn fetcher_outbound_check(&self, url: &Url) -> Result<String, ServiceError> {
+/// The daemon's outbound policy (and audit log) for the hub crate's requests.
+#[async_trait::async_trait]
+impl OutboundPolicy for Outbound {
+    async fn allow_download(&self, url: &str) -> Result<(), HubError> {
         let d = self
-            .fetcher
-            .outbound()
-            .enforce(url.as_str(), ACTION_MODEL_DOWNLOAD)
-            .await?;
+            .enforce(url, ACTION_MODEL_DOWNLOAD)
+            .await
+            .map_err(|e| hub_error(e.body))?;
         if !d.allowed {
-            return Err(Outbound::denied(&d));
+            return Err(hub_error(Outbound::denied(&d).body));
         }
-        Ok(url.as_str().to_owned())
+        Ok(())
+    }
+}
+
+/// A file's state as the API shows it.
+fn pull_state(s: FileState) -> PullState {
+    match s {
+        FileState::Downloading => PullState::Downloading,
+        FileState::Verifying => PullState::Verifying,
+        FileState::Completed => PullState::Completed,
+        FileState::Failed => PullState::Failed,
+        FileState::Canceled => PullState::Canceled,
+    }
+}
+
+/// The error code of each kind of hub error (the inverse of [`hub_error`]'s mapping).
+fn code_of(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::Invalid => ErrorCode::InvalidParams,
+        ErrorKind::NotFound => ErrorCode::NotFound,
+        ErrorKind::Conflict => ErrorCode::Conflict,
+        ErrorKind::PolicyDenied => ErrorCode::PolicyDenied,
+        ErrorKind::Upstream => ErrorCode::EngineError,
+        ErrorKind::NoSpace => ErrorCode::PayloadTooLarge,
+        ErrorKind::DigestMismatch => ErrorCode::DigestMismatch,
+        ErrorKind::Canceled => ErrorCode::Canceled,
+        ErrorKind::Internal => ErrorCode::Internal,
+    }
+}
+
+/// A policy check's envelope as a hub error (codes without a kind are internal).
+fn hub_error(e: ErrorEnvelope) -> HubError {
+    let kind = match e.code {
+        ErrorCode::InvalidParams => ErrorKind::Invalid,
+        ErrorCode::NotFound => ErrorKind::NotFound,
+        ErrorCode::Conflict => ErrorKind::Conflict,
+        ErrorCode::PolicyDenied => ErrorKind::PolicyDenied,
+        ErrorCode::EngineError => ErrorKind::Upstream,
+        ErrorCode::PayloadTooLarge => ErrorKind::NoSpace,
+        ErrorCode::DigestMismatch => ErrorKind::DigestMismatch,
+        ErrorCode::Canceled => ErrorKind::Canceled,
+        _ => ErrorKind::Internal,
+    };
+    let h = HubError::new(kind, e.message);
+    match e.retry_after_ms {
+        Some(ms) => h.retry_after(ms),
+        None => h,
+    }
+}
+
+/// A hub error as the envelope a pull job or a response carries.
+fn envelope(e: HubError) -> ErrorEnvelope {
+    let env = ErrorEnvelope::new(code_of(e.kind), e.message);
+    match e.retry_after_ms {
+        Some(ms) => env.retry_after(ms),
+        None => env,
+    }
+}
+
+impl From<HubError> for ServiceError {
+    fn from(e: HubError) -> Self {
+        ServiceError::from_envelope(envelope(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_errors_round_trip_through_envelopes() {
+        for code in [
+            ErrorCode::InvalidParams,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::PolicyDenied,
+            ErrorCode::EngineError,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::DigestMismatch,
+            ErrorCode::Canceled,
+            ErrorCode::Internal,
+        ] {
+            let env = ErrorEnvelope::new(code, "m").retry_after(5);
+            assert_eq!(envelope(hub_error(env.clone())), env);
+            let env = ErrorEnvelope::new(code, "m");
+            assert_eq!(envelope(hub_error(env.clone())), env);
+        }
     }
 }

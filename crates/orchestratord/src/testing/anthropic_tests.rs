@@ -224,10 +224,9 @@ async fn count_tokens_counts_the_prompt_and_says_how() {
         )
         .await;
     r.expect_status(200);
-    let n = r.body["input_tokens"].as_u64().expect("input_tokens");
-    assert!(n >= 16, "at least the text's bytes: {n}");
-    // The fake engine has no tokenizer: the daemon's upper bound.
-    assert_eq!(r.header("x-llorch-token-count"), Some("upper-bound"));
+    // The fake engine's tokenizer counts words: "be brief" and "hi there".
+    assert_eq!(r.body["input_tokens"], 4, "{}", r.text);
+    assert_eq!(r.header("x-llorch-token-count"), Some("exact"));
     assert!(app.engine("p1").requests().is_empty(), "nothing generated");
     anth_error(
         &app.post(

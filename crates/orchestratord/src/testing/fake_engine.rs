@@ -393,4 +393,17 @@ impl EngineAdapter for FakeEngine {
             Ok(())
         })
     }
+
+    /// The double's tokenizer: a word is a token.
+    fn count_tokens<'a, 'c, 'b>(
+        &'a self,
+        req: &'c GenerateRequest,
+    ) -> BoxFut<'b, Result<u32, AdapterError>>
+    where
+        'a: 'b,
+        'c: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move { Ok(u32::try_from(prompt_tokens(&req.prompt)).unwrap_or(u32::MAX)) })
+    }
 }

@@ -41,6 +41,7 @@ mod control_tests;
 mod on_demand_tests;
 mod openai_tests;
 mod queue_truth_tests;
+mod responses_tests;
 mod routing_tests;
 mod sessions_tests;
 mod stream_tests;

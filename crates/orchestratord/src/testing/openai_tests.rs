@@ -292,3 +292,69 @@ async fn openai_priority_session_and_default_max_tokens_map_to_the_task() {
     s.expect_status(200);
     assert_eq!(s.body["turns"], 1);
 }
+
+/// The agent doors' context rules: an agent's own maximum `max_tokens` is clamped to what the
+/// prompt leaves (said in a header); a prompt that fills the context is refused before it is
+/// queued, with the numbers and the pool that would hold it; `model_aliases` map names no pool
+/// serves. The native door keeps refusing a `max_tokens` over the context.
+#[tokio::test]
+async fn agent_doors_clamp_refuse_long_prompts_and_follow_aliases() {
+    let cfg = yaml(
+        "model_aliases: { \"claude-*\": p1, \"claude-big\": p2 }",
+        &[
+            pool("p1", 1, &["model: /models/small.gguf"]),
+            pool("p2", 1, &["model: /models/big.gguf", "ctx: 1024"]),
+        ],
+    );
+    let app = TestApp::start(&cfg).await;
+    let r = app
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 32000, "model": "claude-sonnet-4"})),
+        )
+        .await;
+    r.expect_status(200);
+    assert_eq!(r.header("x-llorch-pool"), Some("p1"));
+    let clamped = r
+        .header("x-llorch-max-tokens-clamped")
+        .expect("clamp header");
+    assert!(clamped.starts_with("32000->"), "{clamped}");
+    let granted: u32 = clamped["32000->".len()..].parse().expect("a number");
+    assert!(granted > 0 && granted < 256, "{clamped}");
+    assert_eq!(app.engine("p1").requests()[0].max_tokens, granted);
+    let r = app
+        .post("/v1/chat/completions", chat(json!({"model": "claude-big"})))
+        .await;
+    assert_eq!(r.header("x-llorch-pool"), Some("p2"));
+    oai_error(
+        &app.post("/v1/chat/completions", chat(json!({"model": "gpt-5"})))
+            .await,
+        404,
+        "not_found_error",
+        "model_not_found",
+    );
+    // 300 words: the double counts 300 tokens, over p1's 256.
+    let long = vec!["word"; 300].join(" ");
+    let r = app
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "p1", "messages": [{"role": "user", "content": long}]}),
+        )
+        .await;
+    oai_error(&r, 400, "invalid_request_error", "invalid_params");
+    let m = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("300 tokens")
+            && m.contains("256 tokens per slot")
+            && m.contains("p2 (big, 1024"),
+        "{m}"
+    );
+    let native = app
+        .post(
+            "/v1/tasks",
+            json!({"task_id": "n1", "model_ref": "p1", "priority": "interactive",
+                   "prompt": "x", "max_tokens": 32000}),
+        )
+        .await;
+    native.expect_error(400, "INVALID_PARAMS", "exceeds the context of 256 tokens");
+}

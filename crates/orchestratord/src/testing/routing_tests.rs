@@ -228,3 +228,57 @@ async fn catalog_id_routes_to_the_pool_of_its_file_and_retired_is_409() {
         .await
         .expect_error(409, "MODEL_RETIRED", "catalog model `qwen-cat` is Retired");
 }
+
+/// The same model in a chat pool and an embedding pool: each request goes to the pool of its
+/// kind; naming a pool of the other kind is refused with the pools that would take it.
+#[tokio::test]
+async fn requests_go_to_pools_of_their_kind() {
+    let app = TestApp::start(&yaml(
+        "",
+        &[
+            pool("chat", 1, &[QWEN]),
+            pool("emb", 1, &[QWEN, "kind: embedding"]),
+            pool("rr", 1, &[QWEN, "kind: rerank"]),
+        ],
+    ))
+    .await;
+    let embed = |id: &str, model: &str| {
+        json!({"task_id": id, "model_ref": model, "priority": "batch", "max_tokens": 1,
+            "workload": "embedding", "input": ["x"]})
+    };
+    assert_eq!(pool_of(&app, embed("e1", "qwen2.5-7b-q4")).await, "emb");
+    assert_eq!(
+        pool_of(
+            &app,
+            with(task("c1"), json!({"model_ref": "qwen2.5-7b-q4"}))
+        )
+        .await,
+        "chat"
+    );
+    app.submit(embed("e2", "chat")).await.expect_error(
+        400,
+        "INVALID_PARAMS",
+        "chat is `kind: chat`); embedding requests need a `kind: embedding` pool: use one of emb (",
+    );
+    app.submit(with(task("c2"), json!({"model_ref": "rr"})))
+        .await
+        .expect_error(
+            400,
+            "INVALID_PARAMS",
+            "need a `kind: chat` pool: use one of chat (",
+        );
+    let r = app
+        .post(
+            "/v1/rerank",
+            json!({"model": "emb", "query": "q", "documents": ["d"]}),
+        )
+        .await;
+    r.expect_status(400);
+    assert_eq!(r.body["error"]["code"], "invalid_params", "{}", r.text);
+    assert!(
+        r.text
+            .contains("rerank requests need a `kind: rerank` pool: use one of rr ("),
+        "{}",
+        r.text
+    );
+}

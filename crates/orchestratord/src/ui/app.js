@@ -285,7 +285,7 @@ function render(s) {
     const err = t.error && t.state !== "canceled" ? ' <span class="muted" title="' + esc(t.error.message) + '">' + esc(t.error.code) + "</span>" : "";
     return '<tr data-task-id="' + esc(t.task_id) + '"><td class="id" title="' + esc(t.task_id) + '">' + esc(t.task_id) +
       "</td><td>" + badge(t.state, "state") + err + "</td><td>" + esc(t.pool_id) + "</td><td>" + esc(t.priority) +
-      "</td><td>" + esc(t.tokens_out) + "</td><td>" + ago(s.time_ms, t.submitted_ms) + "</td><td>" +
+      "</td><td>" + esc(t.dialect || "native") + "</td><td>" + esc(t.tokens_out) + "</td><td>" + ago(s.time_ms, t.submitted_ms) + "</td><td>" +
       (live ? '<button class="cancel" type="button" data-task="' + esc(t.task_id) + '"' + (busy ? " disabled" : "") + ">" +
         (busy ? "canceling…" : "Cancel") + "</button>" : "") + "</td></tr>";
   }).join("");

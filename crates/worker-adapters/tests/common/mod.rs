@@ -41,7 +41,15 @@ impl LlamaServer {
 
     /// [`Self::start`] with extra command-line arguments.
     pub fn start_with(slots: u32, ctx_per_slot: u32, extra: &[&str]) -> Self {
-        let e = orch_harness::engine();
+        Self::start_model(&orch_harness::engine().model, slots, ctx_per_slot, extra)
+    }
+
+    /// [`Self::start_with`] on another model (e.g. `orch_harness::chat_model()`, the real one).
+    pub fn start_model(model: &Path, slots: u32, ctx_per_slot: u32, extra: &[&str]) -> Self {
+        let e = orch_harness::Engine {
+            model: model.to_owned(),
+            ..orch_harness::engine()
+        };
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("llama-server.log");
         let port = free_port();

@@ -42,6 +42,9 @@ const OPENAI_RESOURCES: &[&str] = &[
     "conversations",
     "containers",
     "evals",
+    // Not OpenAI's, but served beside `/v1/embeddings` in the same shape (`http/embeddings.rs`).
+    "rerank",
+    "reranking",
 ];
 
 /// Whether `path` is one of OpenAI's API paths.

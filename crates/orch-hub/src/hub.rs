@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use orchestrator_core::bytes::human as human_size;
 use serde::Deserialize;
 use url::Url;
 
-use crate::error::ServiceError;
-
-use super::download::{FetchError, Fetcher};
+use crate::download::{describe_reqwest, FetchError, Fetcher};
+use crate::{ErrorKind, HubError};
 
 /// The revision pulled; the spec's layout names `main`.
 pub const REVISION: &str = "main";
@@ -69,17 +69,17 @@ pub fn safe_rel_path(p: &str) -> bool {
 }
 
 /// Parses a pull reference (`hf:ORG/REPO/FILE.gguf`, `hf:ORG/REPO:QUANT`, `http(s)://…`).
-pub fn parse_ref(r: &str) -> Result<PullRef, ServiceError> {
+pub fn parse_ref(r: &str) -> Result<PullRef, HubError> {
     let forms = "use hf:ORG/REPO/FILE.gguf, hf:ORG/REPO:QUANT or an https:// URL of a .gguf file";
     if !is_hub_ref(r) {
         let url = Url::parse(r).map_err(|e| {
-            ServiceError::invalid(format!(
+            HubError::invalid(format!(
                 "`{}` is not a pull reference ({e}); {forms}",
                 orch_store::redact_url(r)
             ))
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-            return Err(ServiceError::invalid(format!(
+            return Err(HubError::invalid(format!(
                 "`{}` is not a pull reference; {forms}",
                 orch_store::redact_url(r)
             )));
@@ -89,7 +89,7 @@ pub fn parse_ref(r: &str) -> Result<PullRef, ServiceError> {
             .and_then(|mut s| s.next_back())
             .unwrap_or("");
         if last.is_empty() {
-            return Err(ServiceError::invalid(format!(
+            return Err(HubError::invalid(format!(
                 "the URL `{}` names no file; {forms}",
                 orch_store::redact_url(r)
             )));
@@ -97,7 +97,7 @@ pub fn parse_ref(r: &str) -> Result<PullRef, ServiceError> {
         return Ok(PullRef::Url(url));
     }
     let rest = &r[3..];
-    let bad = |why: &str| ServiceError::invalid(format!("bad hub reference `{r}`: {why}; {forms}"));
+    let bad = |why: &str| HubError::invalid(format!("bad hub reference `{r}`: {why}; {forms}"));
     let mut parts = rest.splitn(3, '/');
     let org = parts.next().unwrap_or("");
     let second = parts.next().ok_or_else(|| bad("expected ORG/REPO"))?;
@@ -232,7 +232,7 @@ pub fn resolve_url(endpoint: &Url, repo: &str, path: &str) -> Url {
 
 /// Every file of `repo`, following the listing's pages; each request passes the outbound
 /// policy (in `fetcher`).
-pub async fn list_repo(fetcher: &Fetcher, repo: &str) -> Result<Vec<RemoteFile>, ServiceError> {
+pub async fn list_repo(fetcher: &Fetcher, repo: &str) -> Result<Vec<RemoteFile>, HubError> {
     let mut url = tree_url(fetcher.endpoint(), repo);
     let mut files = Vec::new();
     let mut seen = HashSet::new();
@@ -241,7 +241,7 @@ pub async fn list_repo(fetcher: &Fetcher, repo: &str) -> Result<Vec<RemoteFile>,
             .get(&url, None, &mut seen)
             .await
             .map_err(|e| match e {
-                FetchError::Fatal(env) => ServiceError::from_envelope(env),
+                FetchError::Fatal(e) => e,
                 FetchError::Retry(why) => hub_unreachable(fetcher, &why),
             })?;
         let status = resp.status();
@@ -256,10 +256,10 @@ pub async fn list_repo(fetcher: &Fetcher, repo: &str) -> Result<Vec<RemoteFile>,
         let body = resp
             .bytes()
             .await
-            .map_err(|e| hub_unreachable(fetcher, &super::download::describe_reqwest(e)))?;
+            .map_err(|e| hub_unreachable(fetcher, &describe_reqwest(e)))?;
         files.extend(parse_tree(&body).map_err(|why| {
-            ServiceError::new(
-                api_types::ErrorCode::EngineError,
+            HubError::new(
+                ErrorKind::Upstream,
                 format!(
                     "the hub {} answered the file list of {repo} oddly: {why}",
                     fetcher.endpoint_shown()
@@ -271,42 +271,38 @@ pub async fn list_repo(fetcher: &Fetcher, repo: &str) -> Result<Vec<RemoteFile>,
             None => return Ok(files),
         }
     }
-    Err(ServiceError::new(
-        api_types::ErrorCode::EngineError,
+    Err(HubError::new(
+        ErrorKind::Upstream,
         format!("the file list of {repo} has more than {MAX_TREE_PAGES} pages; name the file (hf:{repo}/FILE.gguf)"),
     ))
 }
 
-fn hub_unreachable(fetcher: &Fetcher, why: &str) -> ServiceError {
-    ServiceError::from_envelope(
-        api_types::ErrorEnvelope::new(
-            api_types::ErrorCode::EngineError,
-            format!(
-                "cannot list the files from the hub {}: {why}; check the network or HF_ENDPOINT",
-                fetcher.endpoint_shown()
-            ),
-        )
-        .retry_after(5_000),
+fn hub_unreachable(fetcher: &Fetcher, why: &str) -> HubError {
+    HubError::new(
+        ErrorKind::Upstream,
+        format!(
+            "cannot list the files from the hub {}: {why}; check the network or HF_ENDPOINT",
+            fetcher.endpoint_shown()
+        ),
     )
+    .retry_after(5_000)
 }
 
-fn hub_status(fetcher: &Fetcher, repo: &str, status: u16) -> ServiceError {
+fn hub_status(fetcher: &Fetcher, repo: &str, status: u16) -> HubError {
     match status {
-        401 | 403 | 404 => ServiceError::not_found(format!(
+        401 | 403 | 404 => HubError::not_found(format!(
             "the hub {} has no repository {repo} that this daemon may read (HTTP {status}); check \
              the name, and for a gated or private repository set HF_TOKEN for the daemon",
             fetcher.endpoint_shown()
         )),
-        _ => ServiceError::from_envelope(
-            api_types::ErrorEnvelope::new(
-                api_types::ErrorCode::EngineError,
-                format!(
-                    "the hub {} answered HTTP {status} to the file list of {repo}; try again later",
-                    fetcher.endpoint_shown()
-                ),
-            )
-            .retry_after(5_000),
-        ),
+        _ => HubError::new(
+            ErrorKind::Upstream,
+            format!(
+                "the hub {} answered HTTP {status} to the file list of {repo}; try again later",
+                fetcher.endpoint_shown()
+            ),
+        )
+        .retry_after(5_000),
     }
 }
 
@@ -375,21 +371,6 @@ fn candidates(files: &[RemoteFile]) -> Vec<Candidate> {
     singles
 }
 
-fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 fn describe(c: &Candidate) -> String {
     let size: u64 = c.files.iter().map(|f| f.size).sum();
     if c.expected_parts > 1 {
@@ -414,10 +395,10 @@ fn inventory(repo: &str, files: &[RemoteFile]) -> String {
     format!("{repo} has: {}", list.join(", "))
 }
 
-fn complete(repo: &str, c: Candidate) -> Result<Vec<RemoteFile>, ServiceError> {
+fn complete(repo: &str, c: Candidate) -> Result<Vec<RemoteFile>, HubError> {
     if c.files.len() as u32 != c.expected_parts {
         let have: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
-        return Err(ServiceError::invalid(format!(
+        return Err(HubError::invalid(format!(
             "the split model {} in {repo} lists {} of its {} parts ({}); it cannot be pulled whole",
             c.name,
             c.files.len(),
@@ -430,11 +411,11 @@ fn complete(repo: &str, c: Candidate) -> Result<Vec<RemoteFile>, ServiceError> {
 
 /// The files `r` (a hub reference) names among `files`: one file, or every part of a split
 /// GGUF in order. Missing, ambiguous or incomplete → 400/404 with what the repo has.
-pub fn select(r: &PullRef, files: &[RemoteFile]) -> Result<Vec<RemoteFile>, ServiceError> {
+pub fn select(r: &PullRef, files: &[RemoteFile]) -> Result<Vec<RemoteFile>, HubError> {
     match r {
         PullRef::HubFile { repo, path } => {
             let Some(f) = files.iter().find(|f| f.path == *path) else {
-                return Err(ServiceError::not_found(format!(
+                return Err(HubError::not_found(format!(
                     "{repo} has no file {path}; {}",
                     inventory(repo, files)
                 )));
@@ -450,9 +431,7 @@ pub fn select(r: &PullRef, files: &[RemoteFile]) -> Result<Vec<RemoteFile>, Serv
                                     .and_then(|f| split_part(&f.path))
                                     .is_some_and(|(p, _, _)| p == prefix)
                         })
-                        .ok_or_else(|| {
-                            ServiceError::not_found(format!("{repo}: {path} not found"))
-                        })?;
+                        .ok_or_else(|| HubError::not_found(format!("{repo}: {path} not found")))?;
                     complete(repo, c)
                 }
                 None => Ok(vec![f.clone()]),
@@ -470,14 +449,14 @@ pub fn select(r: &PullRef, files: &[RemoteFile]) -> Result<Vec<RemoteFile>, Serv
                 .collect();
             match matching.len() {
                 1 => complete(repo, matching.remove(0)),
-                0 => Err(ServiceError::invalid(format!(
+                0 => Err(HubError::invalid(format!(
                     "no GGUF file in {repo} matches `{quant}`; {}; pull one by name \
                      (hf:{repo}/FILE.gguf) or by another quantization",
                     inventory(repo, files)
                 ))),
                 n => {
                     let list: Vec<String> = matching.iter().map(describe).collect();
-                    Err(ServiceError::invalid(format!(
+                    Err(HubError::invalid(format!(
                         "`{quant}` matches {n} GGUF files in {repo}: {}; name the one you want: \
                          hf:{repo}/FILE.gguf",
                         list.join(", ")
@@ -658,12 +637,12 @@ mod tests {
         let parts = pick("f16").unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0].path, "big-F16-00001-of-00002.gguf");
-        let none = pick("IQ2_XS").unwrap_err().body.message;
+        let none = pick("IQ2_XS").unwrap_err().message;
         assert!(
             none.contains("m-Q4_K_M.gguf") && none.contains("2 parts"),
             "{none}"
         );
-        let many = pick("m-").unwrap_err().body.message;
+        let many = pick("m-").unwrap_err().message;
         assert!(
             many.contains("matches 2") && many.contains("m-q8_0.gguf"),
             "{many}"
@@ -688,11 +667,7 @@ mod tests {
             &torn,
         )
         .unwrap_err();
-        assert!(
-            e.body.message.contains("1 of its 2 parts"),
-            "{}",
-            e.body.message
-        );
+        assert!(e.message.contains("1 of its 2 parts"), "{}", e.message);
     }
 
     #[test]

@@ -1,6 +1,3 @@
-//! `cargo xtask bench <what>`: measurements that are not timed tests. Each benchmark is one
-//! variant of [`Bench`]; `overhead` lives here, with its process, HTTP and statistics helpers.
-//!
 //! `bench overhead` measures what orchestratord adds to a stream: the same requests go directly
 //! to an engine (`POST /completion`) and through the daemon (`POST /v1/tasks`, then
 //! `GET /v1/tasks/{id}/stream`), at several concurrencies, first against `engine-double` (a
@@ -9,55 +6,19 @@
 //! `cargo build --release -p orchestratord -p engine-double` produced. Every process it starts
 //! is killed when it returns, on error and on Ctrl-C included.
 
-use std::fmt::Write as _;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+pub(super) mod doors;
+mod procs;
 
-use anyhow::{anyhow, bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
 use serde_json::Value;
 
-/// The command that builds what the benchmarks run.
-const BUILD_CMD: &str = "cargo build --release -p orchestratord -p engine-double -p loadgen";
-
-/// Benchmarks, one subcommand each.
-#[derive(clap::Subcommand)]
-pub enum Bench {
-    /// Added time-to-first-token and relayed tokens/s of orchestratord versus talking to the
-    /// engine directly, with the engine double and with the real llama-server.
-    Overhead(OverheadArgs),
-    /// Pool reload time and crash-restart time (median of several runs).
-    Pools(crate::bench_pools::PoolsArgs),
-    /// How true `predicted_start_ms`, `predicted_end_ms` and `on_time_probability` are: FIFO
-    /// and mixed-priority rounds of mixed-length tasks on the real llama-server.
-    Eta(crate::bench_eta::EtaArgs),
-    /// Models on demand: cold load, swap (evict one, load another) and the first token of a
-    /// task at an unloaded pool, against the engine's load time alone.
-    Swap(crate::bench_swap::SwapArgs),
-}
-
-/// Runs a benchmark on a multi-threaded tokio runtime; Ctrl-C stops it (and its processes).
-pub fn run(cmd: Bench) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    rt.block_on(async {
-        // Dropping the benchmark future drops its process guards, which kill the processes.
-        tokio::select! {
-            r = async {
-                match cmd {
-                    Bench::Overhead(a) => overhead(a).await,
-                    Bench::Pools(a) => crate::bench_pools::run(a).await,
-                    Bench::Eta(a) => crate::bench_eta::run(a).await,
-                    Bench::Swap(a) => crate::bench_swap::run(a).await,
-                }
-            } => r,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
-        }
-    })
-}
+use crate::bench_util::{load_average, percentile, verdict};
+use procs::*;
 
 /// Arguments of `cargo xtask bench overhead`.
 #[derive(clap::Args)]
@@ -129,275 +90,6 @@ pub struct OverheadArgs {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Processes
-
-/// A child process that is killed when dropped. Its stdout and stderr go to a log file whose
-/// tail explains an early exit.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self> {
-        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt;
-            // Also when the bench itself is killed outright (no destructors): the kernel kills
-            // the child once the spawning thread is gone. Spawns happen on the main thread.
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
-        Ok(Self { name, child, log })
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// An error if the process has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        if let Some(st) = self.child.try_wait()? {
-            bail!(
-                "{} exited early ({st}); its last output:\n{}",
-                self.name,
-                self.tail(20)
-            );
-        }
-        Ok(())
-    }
-
-    /// Polls the log until a line contains `needle`; returns that line.
-    async fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(l) = text.lines().find(|l| l.contains(needle)) {
-                return Ok(l.to_owned());
-            }
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "{} printed no `{needle}` within {timeout:?}; its output:\n{}",
-                    self.name,
-                    self.tail(20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Polls `url` until `ok` accepts its JSON body.
-    async fn wait_http(
-        &mut self,
-        http: &reqwest::Client,
-        url: &str,
-        timeout: Duration,
-        ok: impl Fn(&Value) -> bool,
-    ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await {
-                if r.status().is_success() && r.json::<Value>().await.is_ok_and(|v| ok(&v)) {
-                    return Ok(());
-                }
-            }
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "{} not ready at {url} within {timeout:?}; its output:\n{}",
-                    self.name,
-                    self.tail(20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The 1-minute load average, where the OS tells it.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// CPU time process `pid` has used so far (user + system, all threads); `None` off Linux.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After `(comm) `: state is field 3; utime and stime are fields 14 and 15, in USER_HZ
-    // ticks, which are 10 ms on every Linux ABI.
-    let mut f = stat.rsplit_once(") ")?.1.split_whitespace().skip(11);
-    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// CPU time used by the bench client, the engine and orchestratord.
-#[derive(Clone, Copy)]
-struct Cpu {
-    client: Duration,
-    engine: Duration,
-    daemon: Duration,
-}
-
-/// A port that was free a moment ago (for programs that cannot report the one they picked).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Cargo's target directory: the one this xtask binary was built into (`<target>/debug/xtask`),
-/// which also honours `CARGO_TARGET_DIR` and `build.target-dir`.
-fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.to_owned()))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-/// `given`, or the release binary `name`; an error naming the build command if it is missing.
-fn release_binary(given: Option<PathBuf>, name: &str, flag: &str) -> Result<PathBuf> {
-    let path = given.unwrap_or_else(|| target_dir().join("release").join(name));
-    if !path.is_file() {
-        bail!(
-            "no {name} binary at {}; build it first with `{BUILD_CMD}`, or pass {flag} PATH",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// Starts the engine double; returns it and its base URL.
-async fn start_double(
-    bin: &Path,
-    dir: &Path,
-    a: &OverheadArgs,
-    slots: usize,
-) -> Result<(Proc, String)> {
-    let mut cmd = Command::new(bin);
-    cmd.args(["--port", "0", "--ctx", "4096"])
-        .arg("--slots")
-        .arg(slots.to_string())
-        .arg("--token-interval-us")
-        .arg(a.token_interval_us.to_string())
-        .arg("--ttft-us")
-        .arg(a.ttft_us.to_string());
-    let mut p = Proc::spawn("engine-double", cmd, dir.join("engine-double.log"))?;
-    let line = p
-        .wait_for_line("listening on ", Duration::from_secs(10))
-        .await?;
-    let addr = line
-        .split_once("listening on ")
-        .map(|(_, a)| a.trim().to_owned())
-        .ok_or_else(|| anyhow!("unexpected line from engine-double: {line}"))?;
-    Ok((p, format!("http://{addr}")))
-}
-
-/// Starts llama-server on the model with `slots` slots of `ctx` tokens; waits for `/health`.
-async fn start_llama_server(
-    http: &reqwest::Client,
-    bin: &Path,
-    model: &Path,
-    dir: &Path,
-    slots: usize,
-    ctx: u32,
-    a: &OverheadArgs,
-) -> Result<(Proc, String)> {
-    let (threads, ngl) = (a.real_threads, a.real_ngl);
-    let port = free_port()?;
-    let mut cmd = Command::new(bin);
-    if let Some(t) = threads {
-        cmd.args(["-t", &t.to_string()]);
-    }
-    // `-c` is the total context shared by the slots, as orchestratord launches it.
-    cmd.arg("-m")
-        .arg(model)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["-c", &(ctx as usize * slots).to_string()])
-        .args(["-np", &slots.to_string(), "-ngl", &ngl.to_string()]);
-    let mut p = Proc::spawn("llama-server", cmd, dir.join("llama-server.log"))?;
-    let base = format!("http://127.0.0.1:{port}");
-    p.wait_http(
-        http,
-        &format!("{base}/health"),
-        Duration::from_secs(120),
-        |_| true,
-    )
-    .await?;
-    Ok((p, base))
-}
-
-/// Starts orchestratord with one `endpoint:` pool `bench` on `engine`; waits until it is ready.
-async fn start_daemon(
-    http: &reqwest::Client,
-    bin: &Path,
-    dir: &Path,
-    engine: &str,
-    slots: usize,
-    ctx: u32,
-    log_filter: &str,
-) -> Result<(Proc, String)> {
-    let port = free_port()?;
-    let cfg = dir.join("orchestratord.yaml");
-    let data = dir.join("data");
-    std::fs::write(
-        &cfg,
-        format!(
-            "bind: \"127.0.0.1:{port}\"\ndata_dir: \"{}\"\nqueue:\n  capacity: 1024\npools:\n  - id: bench\n    engine: llamacpp\n    endpoint: \"{engine}\"\n    slots: {slots}\n    ctx: {ctx}\n",
-            data.display()
-        ),
-    )?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(&cfg);
-    for k in [
-        "AUTH_TOKEN",
-        "AUTH_OPTIONAL",
-        "LLORCH_ADDR",
-        "LLORCH_MODEL",
-        "LLORCH_CONFIG",
-        "LLORCH_DATA_DIR",
-    ] {
-        cmd.env_remove(k);
-    }
-    cmd.env("RUST_LOG", log_filter);
-    let mut p = Proc::spawn("orchestratord", cmd, dir.join("orchestratord.log"))?;
-    let base = format!("http://127.0.0.1:{port}");
-    p.wait_http(
-        http,
-        &format!("{base}/health"),
-        Duration::from_secs(30),
-        |v| v["pools_total"].as_u64() >= Some(1) && v["pools_ready"] == v["pools_total"],
-    )
-    .await?;
-    Ok((p, base))
-}
-
-// ---------------------------------------------------------------------------------------------
 // Requests
 
 /// What one request asks for; the same for both paths.
@@ -417,6 +109,9 @@ enum Target {
     Direct { base: String, close: bool },
     /// orchestratord at this base URL, model_ref `bench`.
     Relayed(String),
+    /// One of orchestratord's agent doors (`chat`, `messages`, `responses`: loadgen's
+    /// `--target`) at this base URL, model `bench`.
+    Door(&'static str, String),
 }
 
 /// One finished request.
@@ -508,19 +203,22 @@ impl Phase {
         percentile(&v, q)
     }
 
+    /// orchestratord's CPU per token of the phase, µs.
+    fn daemon_us_per_token(&self) -> Option<f64> {
+        let tokens: u64 = self.samples.iter().map(|s| s.tokens).sum();
+        self.cpu
+            .map(|c| c.daemon.as_secs_f64() * 1e6 / tokens.max(1) as f64)
+    }
+
+    /// The hashes of the texts the requests streamed.
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        self.samples.iter().map(|s| s.text.as_str())
+    }
+
     fn tokens_per_request(&self) -> f64 {
         let n: u64 = self.samples.iter().map(|s| s.tokens).sum();
         n as f64 / self.samples.len().max(1) as f64
     }
-}
-
-/// Nearest-rank percentile of sorted values (NaN when empty).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// One phase: `total` requests, `conc` at a time (closed loop), run by the load generator (its
@@ -548,6 +246,9 @@ async fn phase(
         }
         Target::Relayed(base) => {
             cmd.args(["--target", "relayed", "--base", base]);
+        }
+        Target::Door(door, base) => {
+            cmd.args(["--target", door, "--base", base]);
         }
     }
     cmd.arg("--concurrency")
@@ -642,10 +343,7 @@ impl Row {
 
     /// orchestratord's CPU per relayed token, µs.
     fn daemon_us_per_token(&self) -> Option<f64> {
-        let tokens: u64 = self.relayed.samples.iter().map(|s| s.tokens).sum();
-        self.relayed
-            .cpu
-            .map(|c| c.daemon.as_secs_f64() * 1e6 / tokens.max(1) as f64)
+        self.relayed.daemon_us_per_token()
     }
 }
 
@@ -872,14 +570,6 @@ fn table(rows: &[Row]) -> String {
     s
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "MET"
-    } else {
-        "MISSED"
-    }
-}
-
 /// The first few failed requests and, with `check_text`, any response whose text differs from
 /// the first direct one. Only the double is checked: llama-server's output may legitimately
 /// vary with how requests happen to be batched together.
@@ -914,7 +604,7 @@ fn problems(rows: &[Row], check_text: bool) -> Vec<String> {
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog. Once upon a time";
 
-async fn overhead(a: OverheadArgs) -> Result<()> {
+pub async fn run(a: OverheadArgs) -> Result<()> {
     let daemon_bin = release_binary(a.orchestratord.clone(), "orchestratord", "--orchestratord")?;
     let double_bin = release_binary(a.double.clone(), "engine-double", "--double")?;
     let loadgen = release_binary(a.loadgen.clone(), "loadgen", "--loadgen")?;
@@ -955,7 +645,8 @@ async fn overhead(a: OverheadArgs) -> Result<()> {
     } else {
         let sub = dir.path().join("double");
         std::fs::create_dir_all(&sub)?;
-        let (double_proc, engine) = start_double(&double_bin, &sub, &a, slots).await?;
+        let (double_proc, engine) =
+            start_double(&double_bin, &sub, a.token_interval_us, a.ttft_us, slots).await?;
         let (daemon_proc, daemon) = start_daemon(
             &http,
             &daemon_bin,

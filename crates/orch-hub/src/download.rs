@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use api_types::{ErrorCode, ErrorEnvelope, PullState};
 use futures::StreamExt;
-use orch_store::policy::ACTION_MODEL_DOWNLOAD;
 use orch_store::redact_url;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -29,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::outbound::Outbound;
+use crate::{ErrorKind, HubError, OutboundPolicy};
 
 /// Redirect hops followed at most.
 const MAX_REDIRECTS: usize = 10;
@@ -61,7 +59,7 @@ impl std::fmt::Debug for HubToken {
 #[derive(Debug)]
 pub enum FetchError {
     /// Do not retry: refused by the policy, a bad redirect.
-    Fatal(ErrorEnvelope),
+    Fatal(HubError),
     /// A transport failure worth retrying (the message names no URL).
     Retry(String),
 }
@@ -69,7 +67,7 @@ pub enum FetchError {
 /// Makes the requests of every pull (see the module docs).
 pub struct Fetcher {
     http: reqwest::Client,
-    outbound: Arc<Outbound>,
+    policy: Arc<dyn OutboundPolicy>,
     endpoint: Url,
     token: Option<HubToken>,
 }
@@ -102,28 +100,33 @@ pub fn describe_reqwest(e: reqwest::Error) -> String {
 impl Fetcher {
     /// A fetcher for hub `endpoint`, sending `token` (as `Authorization: Bearer`) to it.
     pub fn new(
-        outbound: Arc<Outbound>,
+        policy: Arc<dyn OutboundPolicy>,
         endpoint: Url,
         token: Option<String>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, HubError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(READ_TIMEOUT)
             .user_agent(concat!("llama-orch/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for pulls: {e}"))?;
+            .map_err(|e| {
+                HubError::new(
+                    ErrorKind::Internal,
+                    format!("cannot build the HTTP client for pulls: {e}"),
+                )
+            })?;
         Ok(Self {
             http,
-            outbound,
+            policy,
             endpoint,
             token: token.filter(|t| !t.trim().is_empty()).map(HubToken),
         })
     }
 
     /// The outbound policy every request passes.
-    pub fn outbound(&self) -> &Outbound {
-        &self.outbound
+    pub fn policy(&self) -> &dyn OutboundPolicy {
+        &*self.policy
     }
 
     /// The hub base URL (`HF_ENDPOINT`).
@@ -148,14 +151,10 @@ impl Fetcher {
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             if !seen.contains(url.as_str()) {
-                let d = self
-                    .outbound
-                    .enforce(url.as_str(), ACTION_MODEL_DOWNLOAD)
+                self.policy
+                    .allow_download(url.as_str())
                     .await
-                    .map_err(|e| FetchError::Fatal(e.body))?;
-                if !d.allowed {
-                    return Err(FetchError::Fatal(Outbound::denied(&d).body));
-                }
+                    .map_err(FetchError::Fatal)?;
                 seen.insert(url.as_str().to_owned());
             }
             let mut rb = self.http.get(url.clone());
@@ -180,8 +179,8 @@ impl Fetcher {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|loc| url.join(loc).ok())
                 .ok_or_else(|| {
-                    FetchError::Fatal(ErrorEnvelope::new(
-                        ErrorCode::EngineError,
+                    FetchError::Fatal(HubError::new(
+                        ErrorKind::Upstream,
                         format!(
                             "{} answered a redirect without a usable Location",
                             redact_url(url.as_str())
@@ -190,8 +189,8 @@ impl Fetcher {
                 })?;
             url = next;
         }
-        Err(FetchError::Fatal(ErrorEnvelope::new(
-            ErrorCode::EngineError,
+        Err(FetchError::Fatal(HubError::new(
+            ErrorKind::Upstream,
             format!(
                 "more than {MAX_REDIRECTS} redirects; stopped at {}",
                 redact_url(url.as_str())
@@ -230,11 +229,11 @@ fn statvfs_free(_path: &Path) -> std::io::Result<u64> {
 
 impl FreeSpace {
     /// From [`FREE_DISK_ENV`].
-    pub fn from_env() -> anyhow::Result<Self> {
+    pub fn from_env() -> Result<Self, HubError> {
         match std::env::var(FREE_DISK_ENV) {
             Ok(v) => Ok(Self {
                 fixed: Some(v.trim().parse().map_err(|e| {
-                    anyhow::anyhow!("{FREE_DISK_ENV}={v:?} is not a byte count: {e}")
+                    HubError::invalid(format!("{FREE_DISK_ENV}={v:?} is not a byte count: {e}"))
                 })?),
             }),
             Err(_) => Ok(Self::default()),
@@ -265,7 +264,7 @@ impl FreeSpace {
         remaining: u64,
         total: u64,
         what: &str,
-    ) -> Result<(), ErrorEnvelope> {
+    ) -> Result<(), HubError> {
         if remaining == 0 {
             return Ok(());
         }
@@ -278,8 +277,8 @@ impl FreeSpace {
             }
         };
         if free < need {
-            return Err(ErrorEnvelope::new(
-                ErrorCode::PayloadTooLarge,
+            return Err(HubError::new(
+                ErrorKind::NoSpace,
                 format!(
                     "not enough disk space for {what}: it needs {need} bytes ({remaining} still to \
                      download plus 5% of {total}) but the file system of {} has {free} bytes free; \
@@ -337,7 +336,7 @@ struct PartMarker {
 
 #[derive(Debug)]
 struct Progress {
-    state: PullState,
+    state: FileState,
     bytes_done: u64,
     size: Option<u64>,
     resumed_from: u64,
@@ -349,7 +348,7 @@ struct Progress {
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {
     /// Its state.
-    pub state: PullState,
+    pub state: FileState,
     /// Bytes on disk and hashed.
     pub bytes_done: u64,
     /// Its size, once known.
@@ -360,7 +359,23 @@ pub struct Snapshot {
     pub rate: u64,
 }
 
-type Outcome = Option<Result<FileDone, ErrorEnvelope>>;
+/// A download's end: `None` while it runs.
+pub type Outcome = Option<Result<FileDone, HubError>>;
+
+/// A file's state in a pull (the API's pull states, minus the job-level ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    /// Bytes are arriving (or about to).
+    Downloading,
+    /// Hashing what is on disk (a partial file to resume, a complete file to check).
+    Verifying,
+    /// Verified and in place.
+    Completed,
+    /// Ended with an error.
+    Failed,
+    /// Stopped by request.
+    Canceled,
+}
 
 /// One file being downloaded, shared by every pull that wants it.
 #[derive(Debug)]
@@ -369,7 +384,7 @@ pub struct Download {
     pub spec: FileSpec,
     progress: Mutex<Progress>,
     /// Pulls holding it; the last one to let go cancels it (changed under the service lock).
-    pub(super) subscribers: AtomicUsize,
+    subscribers: AtomicUsize,
     cancel: CancellationToken,
     delete_part: AtomicBool,
     outcome: watch::Sender<Outcome>,
@@ -391,10 +406,10 @@ fn meta_path(dest: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> ErrorEnvelope {
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> HubError {
     tracing::error!(path = %path.display(), error = %e, "pull: {what} failed");
-    ErrorEnvelope::new(
-        ErrorCode::Internal,
+    HubError::new(
+        ErrorKind::Internal,
         format!(
             "{what} {} failed: {e}; check the data directory's disk",
             path.display()
@@ -402,8 +417,8 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> ErrorEnvelope {
     )
 }
 
-fn canceled() -> ErrorEnvelope {
-    ErrorEnvelope::new(ErrorCode::Canceled, "the pull was canceled by request")
+fn canceled() -> HubError {
+    HubError::new(ErrorKind::Canceled, "the pull was canceled by request")
 }
 
 /// One attempt's end.
@@ -422,7 +437,7 @@ struct Cursor {
 }
 
 impl Cursor {
-    async fn restart(&mut self, part: &Path) -> Result<(), ErrorEnvelope> {
+    async fn restart(&mut self, part: &Path) -> Result<(), HubError> {
         self.file
             .set_len(0)
             .await
@@ -460,7 +475,7 @@ impl Download {
         let (tx, _) = watch::channel(None);
         Arc::new(Self {
             progress: Mutex::new(Progress {
-                state: PullState::Downloading,
+                state: FileState::Downloading,
                 bytes_done: 0,
                 size: spec.size,
                 resumed_from: 0,
@@ -487,7 +502,7 @@ impl Download {
         let now = Instant::now();
         let since = now.duration_since(p.sample.0);
         // No sample for a while means no bytes arrived: let the rate decay towards zero.
-        let rate = if p.state != PullState::Downloading {
+        let rate = if p.state != FileState::Downloading {
             0
         } else if since > RATE_EVERY * 3 {
             let fresh = p.bytes_done.saturating_sub(p.sample.1) as f64 / since.as_secs_f64();
@@ -504,7 +519,7 @@ impl Download {
         }
     }
 
-    fn set_state(&self, s: PullState) {
+    fn set_state(&self, s: FileState) {
         self.progress().state = s;
     }
 
@@ -523,6 +538,18 @@ impl Download {
         let mut p = self.progress();
         p.bytes_done = bytes_done;
         p.sample = (Instant::now(), bytes_done);
+    }
+
+    /// One more pull holds it (call under the lock that guards the pulls' shared downloads).
+    pub fn hold(&self) {
+        self.subscribers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// One pull lets go of it; returns how many still hold it (under the same lock).
+    pub fn let_go(&self) -> usize {
+        self.subscribers
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1)
     }
 
     /// Its outcome, once it ended.
@@ -562,16 +589,16 @@ impl Download {
         };
         let part = part_path(&self.spec.dest);
         match &r {
-            Ok(_) => self.set_state(PullState::Completed),
+            Ok(_) => self.set_state(FileState::Completed),
             Err(e) => {
-                let state = if e.code == ErrorCode::Canceled {
-                    PullState::Canceled
+                let state = if e.kind == ErrorKind::Canceled {
+                    FileState::Canceled
                 } else {
-                    PullState::Failed
+                    FileState::Failed
                 };
                 self.set_state(state);
-                let delete = e.code == ErrorCode::DigestMismatch
-                    || (e.code == ErrorCode::Canceled && self.delete_part.load(Ordering::SeqCst));
+                let delete = e.kind == ErrorKind::DigestMismatch
+                    || (e.kind == ErrorKind::Canceled && self.delete_part.load(Ordering::SeqCst));
                 if delete {
                     for p in [part.clone(), meta_path(&self.spec.dest)] {
                         if let Err(err) = tokio::fs::remove_file(&p).await {
@@ -587,13 +614,10 @@ impl Download {
     }
 
     /// Hashes `path` (all of it) off the async threads, showing progress; `None` when canceled.
-    async fn hash_file(
-        self: &Arc<Self>,
-        path: &Path,
-    ) -> Result<Option<(Sha256, u64)>, ErrorEnvelope> {
+    async fn hash_file(self: &Arc<Self>, path: &Path) -> Result<Option<(Sha256, u64)>, HubError> {
         let me = self.clone();
         let p = path.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<Option<(Sha256, u64)>, ErrorEnvelope> {
+        tokio::task::spawn_blocking(move || -> Result<Option<(Sha256, u64)>, HubError> {
             let mut f = std::fs::File::open(&p).map_err(|e| io_err("opening", &p, e))?;
             let mut h = Sha256::new();
             let mut buf = vec![0u8; WRITE_BUF];
@@ -615,10 +639,10 @@ impl Download {
             Ok(Some((h, n_total)))
         })
         .await
-        .map_err(|e| ErrorEnvelope::new(ErrorCode::Internal, format!("hashing task failed: {e}")))?
+        .map_err(|e| HubError::new(ErrorKind::Internal, format!("hashing task failed: {e}")))?
     }
 
-    async fn fetch(self: &Arc<Self>, env: &DownloadEnv) -> Result<FileDone, ErrorEnvelope> {
+    async fn fetch(self: &Arc<Self>, env: &DownloadEnv) -> Result<FileDone, HubError> {
         let spec = &self.spec;
         let dest = &spec.dest;
         let part = part_path(dest);
@@ -630,7 +654,7 @@ impl Download {
         }
         // A complete file from an earlier pull: verify it instead of downloading it again.
         if let (Some(want), true) = (&spec.digest, dest.is_file()) {
-            self.set_state(PullState::Verifying);
+            self.set_state(FileState::Verifying);
             let Some((h, size)) = self.hash_file(dest).await? else {
                 return Err(canceled());
             };
@@ -656,7 +680,7 @@ impl Download {
         if let Some(len) = part_len.filter(|l| *l > 0) {
             let fits = spec.size.is_none_or(|s| len <= s);
             if old_marker.as_ref() == Some(&marker) && fits {
-                self.set_state(PullState::Verifying);
+                self.set_state(FileState::Verifying);
                 resume = self.hash_file(&part).await?;
                 if resume.is_none() {
                     return Err(canceled());
@@ -719,8 +743,8 @@ impl Download {
             }
             failures += 1;
             if failures > MAX_FAILURES {
-                return Err(ErrorEnvelope::new(
-                    ErrorCode::EngineError,
+                return Err(HubError::new(
+                    ErrorKind::Upstream,
                     format!(
                         "downloading {} failed {MAX_FAILURES} times in a row without progress \
                          (last: {why}); the {} bytes received are kept in {}: pull again to resume",
@@ -748,8 +772,8 @@ impl Download {
         let got = format!("sha256:{}", hex::encode(cur.hasher.finalize()));
         if let Some(want) = &spec.digest {
             if got != *want {
-                return Err(ErrorEnvelope::new(
-                    ErrorCode::DigestMismatch,
+                return Err(HubError::new(
+                    ErrorKind::DigestMismatch,
                     format!(
                         "{} hashes to {got}, but {} is {want}; the download was deleted and \
                          nothing was registered. Pull again; if it persists, the file on the \
@@ -785,7 +809,7 @@ impl Download {
         cur: &mut Cursor,
         part: &Path,
         seen: &mut HashSet<String>,
-    ) -> Result<Attempt, ErrorEnvelope> {
+    ) -> Result<Attempt, HubError> {
         let spec = &self.spec;
         let range = (cur.offset > 0).then_some(cur.offset);
         let resp = tokio::select! {
@@ -835,8 +859,8 @@ impl Download {
                 ));
             }
             401 | 403 | 404 | 410 => {
-                return Err(ErrorEnvelope::new(
-                    ErrorCode::NotFound,
+                return Err(HubError::new(
+                    ErrorKind::NotFound,
                     format!(
                         "the server refused {} (HTTP {status}); check the reference, and for a \
                          gated or private repository set HF_TOKEN for the daemon",
@@ -846,16 +870,16 @@ impl Download {
             }
             408 | 429 | 500..=599 => return Ok(Attempt::Retry(format!("HTTP {status}"))),
             _ => {
-                return Err(ErrorEnvelope::new(
-                    ErrorCode::EngineError,
+                return Err(HubError::new(
+                    ErrorKind::Upstream,
                     format!("the server answered HTTP {status} for {}", spec.path),
                 ))
             }
         };
         let size = match (spec.size, total) {
             (Some(s), Some(t)) if s != t => {
-                return Err(ErrorEnvelope::new(
-                    ErrorCode::EngineError,
+                return Err(HubError::new(
+                    ErrorKind::Upstream,
                     format!(
                         "{} is {t} bytes on the server but the hub lists {s}; the hub's file \
                          list and the file disagree, try again later",
@@ -871,7 +895,7 @@ impl Download {
             env.free
                 .ensure(part, total.saturating_sub(cur.offset), total, &spec.path)?;
         }
-        self.set_state(PullState::Downloading);
+        self.set_state(FileState::Downloading);
         let mut w = tokio::io::BufWriter::with_capacity(WRITE_BUF, &mut cur.file);
         let mut body = resp.bytes_stream();
         let mut broke = None;
@@ -889,8 +913,8 @@ impl Download {
                 Some(Ok(chunk)) => {
                     let end = cur.offset + chunk.len() as u64;
                     if size.is_some_and(|s| end > s) {
-                        return Err(ErrorEnvelope::new(
-                            ErrorCode::EngineError,
+                        return Err(HubError::new(
+                            ErrorKind::Upstream,
                             format!("the server sent more bytes of {} than its size", spec.path),
                         ));
                     }
@@ -942,7 +966,7 @@ mod tests {
         let dir = Path::new("/");
         assert!(f.ensure(dir, 1000, 1000, "m").is_ok());
         let e = f.ensure(dir, 1001, 1001, "m").unwrap_err();
-        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+        assert_eq!(e.kind, ErrorKind::NoSpace);
         assert!(
             e.message.contains("1051") && e.message.contains("1050"),
             "{}",
