@@ -31,7 +31,8 @@ pub const CHECKS: &str = "all";
 /// cannot reach (the coverage phase still sends the pull forms).
 const PINS: &str = "[[operations]]\ninclude-path = \"/v1/tasks\"\ninclude-method = \"POST\"\nparameters = { \"body.max_tokens\" = 4, \"body.ctx\" = 64 }\n\n[[operations]]\ninclude-path = \"/v1/catalog/models\"\ninclude-method = \"POST\"\nparameters = { \"body.ref\" = \"/nonexistent/fuzz.gguf\", \"body.pull\" = false }\n\n[[operations]]\ninclude-path-regex = \"/reload$\"\nparameters = { \"body.new_model_ref\" = \"{model}\" }\n\n";
 
-/// The two OpenAI generation routes may answer 400 to schema-valid data: their bodies have
+/// The agent doors' generation routes (OpenAI's two, Anthropic's Messages and its token
+/// count) may answer 400 to schema-valid data: their bodies have
 /// rules a JSON Schema cannot state (`max_tokens` within the serving pool's context, which
 /// depends on the pool a `model` routes to; llama-server's rule on trailing assistant
 /// messages with tool calls), so positive-data acceptance also expects 400 there, and only
@@ -39,10 +40,15 @@ const PINS: &str = "[[operations]]\ninclude-path = \"/v1/tasks\"\ninclude-method
 /// `model` may name a pool of another kind (a chat pool: 400 naming the right pools).
 const OPENAI_EXPECT: &str = "checks = { positive_data_acceptance = { expected-statuses = [\"2xx\", \"3xx\", \"400\", \"401\", \"403\", \"404\", \"409\", \"429\", \"5xx\"] } }";
 
-/// `[[operations]]` entries for the OpenAI generation routes (the Responses door's too: a
-/// named `tool_choice` must name one of its tools, which the document cannot state): `params`
-/// (a TOML inline table body, may be empty) and [`OPENAI_EXPECT`].
-fn openai_ops(completion_params: &str, chat_params: &str, responses_params: &str) -> String {
+/// `[[operations]]` entries for the agent doors' generation routes (the Responses and Messages
+/// doors' too: a named `tool_choice` must name one of their tools, which the document cannot
+/// state): `params` (a TOML inline table body, may be empty) and [`OPENAI_EXPECT`].
+fn openai_ops(
+    completion_params: &str,
+    chat_params: &str,
+    responses_params: &str,
+    messages_params: &str,
+) -> String {
     let mut out = String::new();
     for (path, params) in [
         ("/v1/completions", completion_params),
@@ -51,6 +57,8 @@ fn openai_ops(completion_params: &str, chat_params: &str, responses_params: &str
         ("/v1/rerank", ""),
         ("/v1/responses", responses_params),
         ("/v1/responses/input_tokens", responses_params),
+        ("/v1/messages", messages_params),
+        ("/v1/messages/count_tokens", ""),
     ] {
         out.push_str(&format!(
             "[[operations]]\ninclude-path = \"{path}\"\ninclude-method = \"POST\"\n{OPENAI_EXPECT}\n"
@@ -294,8 +302,11 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
     };
     let pins = PINS.replace("{model}", &ctx.engine.model.display().to_string());
     let pins_config = dir.path().join("schemathesis-pins.toml");
-    std::fs::write(&pins_config, format!("{pins}{}", openai_ops("", "", "")))
-        .expect("write schemathesis-pins.toml");
+    std::fs::write(
+        &pins_config,
+        format!("{pins}{}", openai_ops("", "", "", "")),
+    )
+    .expect("write schemathesis-pins.toml");
     // Pass 1: every parameter fuzzed (ids are mostly unknown: 404 paths).
     run_st(
         &mut o,
@@ -329,6 +340,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
         "{ \"body.model\" = \"tiny\", \"body.max_tokens\" = 4, \"body.max_completion_tokens\" = 4, \"body.prompt\" = \"Once\", \"body.priority\" = \"batch\" }",
         "{ \"body.model\" = \"tiny\", \"body.max_tokens\" = 4, \"body.max_completion_tokens\" = 4, \"body.messages\" = [{ role = \"user\", content = \"hi\" }], \"body.priority\" = \"batch\" }",
         "{ \"body.model\" = \"tiny\", \"body.max_output_tokens\" = 4, \"body.input\" = \"hi\" }",
+        "{ \"body.model\" = \"tiny\", \"body.max_tokens\" = 4, \"body.messages\" = [{ role = \"user\", content = \"hi\" }] }",
     ));
     std::fs::write(&config, toml).expect("write schemathesis.toml");
     run_st(

@@ -237,6 +237,17 @@ async fn count_tokens_counts_the_prompt_and_says_how() {
         404,
         "not_found_error",
     );
+    // The request's rules hold though nothing is generated.
+    anth_error(
+        &app.post(
+            "/v1/messages/count_tokens",
+            json!({"model": "p1", "messages": [{"role": "user", "content": "x"}],
+                   "tool_choice": {"type": "any"}}),
+        )
+        .await,
+        400,
+        "invalid_request_error",
+    );
 }
 
 #[tokio::test]

@@ -174,6 +174,8 @@ pub async fn count_tokens(
     let r = request(&state, &headers, body).await?;
     let task_id = format!("count_{}", uuid::Uuid::new_v4().simple());
     let Translated { req, .. } = to_task(&r, &headers, &task_id, true)?;
+    // The request's own rules hold here too, though nothing is admitted.
+    crate::admission::validate::validate(&req)?;
     let n = crate::admission::context::count(&state, req).await?;
     let mut h = HeaderMap::new();
     put_header(

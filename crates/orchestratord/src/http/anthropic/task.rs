@@ -198,7 +198,7 @@ fn tools_of(tools: &[MsgTool]) -> (Vec<Value>, Vec<String>) {
         match t.kind.as_deref() {
             None | Some("custom") => {
                 let mut f = json!({"name": t.name,
-                    "parameters": t.input_schema.clone().unwrap_or_else(|| json!({"type": "object"}))});
+                    "parameters": t.input_schema.clone().map(Value::Object).unwrap_or_else(|| json!({"type": "object"}))});
                 if let Some(d) = &t.description {
                     f["description"] = json!(d);
                 }

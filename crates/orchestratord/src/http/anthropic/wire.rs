@@ -3,7 +3,7 @@
 //! `cache_control` on blocks, …) are accepted and ignored; docs/ANTHROPIC.md lists each.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 /// One message of the conversation.
@@ -29,7 +29,7 @@ pub struct MsgTool {
     /// JSON schema of its input (an object schema).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub input_schema: Option<Value>,
+    pub input_schema: Option<Map<String, Value>>,
     /// `custom` (or absent) for a tool the client runs; Anthropic's server and versioned
     /// tools (`web_search_…`, `bash_…`, …) are dropped and named in the header
     /// `x-llorch-tools-dropped`.
@@ -100,7 +100,7 @@ pub struct MsgRequest {
     /// Extended thinking: accepted and ignored (docs/ANTHROPIC.md).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub thinking: Option<Value>,
+    pub thinking: Option<Map<String, Value>>,
     /// Stream the reply's events as SSE.
     #[serde(default)]
     pub stream: bool,
