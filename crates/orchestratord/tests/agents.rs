@@ -58,12 +58,21 @@ fn require(agent: &str) {
     );
 }
 
-/// A daemon with one one-slot pool of the chat model, behind `token`.
+/// A daemon with one one-slot pool of the chat model, behind `token`. The engine samples
+/// greedily unless a request says otherwise (`--temp 0`): the agents send no temperature, and
+/// sampled, the 135M model sometimes rambles past the reply cap, which Claude Code reports as
+/// an error; greedy, its answer to the agents' prompts ends in 6–21 tokens.
 fn daemon(token: &str) -> Daemon {
-    let config = format!(
-        "dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{}",
-        chat_pool(MODEL, &engine(), 1, CTX)
+    let pool = chat_pool(MODEL, &engine(), 1, CTX).replace(
+        "flags: [\"-t\", \"1\"]",
+        "flags: [\"-t\", \"1\", \"--temp\", \"0\", \"--seed\", \"42\"]",
     );
+    assert!(
+        pool.contains("--temp"),
+        "the pool's flags changed shape: {pool}"
+    );
+    let config =
+        format!("dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{pool}");
     Daemon::start(
         &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
         DaemonOptions {

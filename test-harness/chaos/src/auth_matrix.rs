@@ -295,7 +295,8 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
             for (p, (status, body)) in probes.iter().zip(results) {
                 ctx.audit.scan("auth matrix response body", body.as_bytes());
                 c.requests += 1;
-                // OpenAI's paths answer in OpenAI's shape, the code in lower case.
+                // OpenAI's paths answer in OpenAI's shape, the code in lower case; Anthropic's
+                // (`/v1/messages*`) carries only the error's type, one for both token codes.
                 let code = serde_json::from_str::<Value>(&body)
                     .ok()
                     .and_then(|v| {
@@ -303,6 +304,11 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
                             .as_str()
                             .map(str::to_owned)
                             .or_else(|| v["error"]["code"].as_str().map(str::to_ascii_uppercase))
+                            .or_else(|| {
+                                (v["type"] == "error")
+                                    .then(|| v["error"]["type"].as_str().map(str::to_owned))
+                                    .flatten()
+                            })
                     })
                     .unwrap_or_default();
                 let trick = !routes
@@ -329,7 +335,9 @@ pub async fn run(ctx: Arc<Ctx>) -> Outcome {
                         ));
                     }
                     (Some(want), _) => {
-                        if code == want {
+                        let anthropic_ok = code == "authentication_error"
+                            && matches!(want, "MISSING_TOKEN" | "BAD_TOKEN");
+                        if code == want || anthropic_ok {
                             c.refused_ok += 1;
                         } else {
                             c.wrong_code += 1;

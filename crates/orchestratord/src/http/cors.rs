@@ -9,8 +9,8 @@ use orch_config::Config;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 /// Response headers a browser client may read: the task id and queue headers, the
-/// backpressure headers, the correlation id, the session budget headers and the Responses
-/// door's dropped tools and token count.
+/// backpressure headers, the correlation id, the session budget headers and the agent doors'
+/// notes (dropped tools, token counts, clamped `max_tokens`, prompt tokens).
 const EXPOSED: &[&str] = &[
     "x-llorch-task-id",
     "x-llorch-pool",
@@ -18,6 +18,8 @@ const EXPOSED: &[&str] = &[
     "x-llorch-predicted-start-ms",
     "x-llorch-dropped-tools",
     "x-llorch-token-count",
+    "x-llorch-max-tokens-clamped",
+    "x-llorch-prompt-tokens",
     "retry-after",
     "x-backoff-ms",
     crate::correlation::HEADER,

@@ -87,7 +87,7 @@ async fn handle(
     if !dropped_tools.is_empty() {
         put_header(
             &mut hdrs,
-            "x-llorch-tools-dropped",
+            "x-llorch-dropped-tools",
             &dropped_tools.join(","),
         );
     }

@@ -6,7 +6,7 @@
 //!   `tool_result` blocks → `tool` messages with `tool_call_id` (and the tool's `name`), in
 //!   block order;
 //!   `thinking`/`redacted_thinking` blocks are dropped; `image`/`document` are refused;
-//! - `tools` → function tools (server tools dropped, named in `x-llorch-tools-dropped`),
+//! - `tools` → function tools (server tools dropped, named in `x-llorch-dropped-tools`),
 //!   `tool_choice` auto/any/tool/none → auto/required/named/none,
 //!   `disable_parallel_tool_use` → `parallel_tool_calls: false`;
 //! - `stop_sequences`, `temperature`, `top_p`, `top_k` pass through;

@@ -32,7 +32,7 @@ pub struct MsgTool {
     pub input_schema: Option<Map<String, Value>>,
     /// `custom` (or absent) for a tool the client runs; Anthropic's server and versioned
     /// tools (`web_search_…`, `bash_…`, …) are dropped and named in the header
-    /// `x-llorch-tools-dropped`.
+    /// `x-llorch-dropped-tools`.
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
 }
