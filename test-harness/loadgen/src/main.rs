@@ -318,7 +318,7 @@ async fn door(http: &reqwest::Client, a: &Args) -> Result<Sample> {
                         .unwrap_or_default(),
                 )
             }
-            (_, "message_stop" | "response.completed") => None,
+            (_, "message_stop" | "response.completed" | "response.incomplete") => None,
             (_, "error" | "response.failed") => bail!("{}: {}", ev.event, ev.data),
             (_, "content_block_delta" | "response.output_text.delta") => {
                 let d: DoorDelta<'_> = serde_json::from_str(&ev.data)?;
