@@ -65,8 +65,8 @@ enum Open {
     },
 }
 
-/// One event: its `type` and its JSON (which holds `type` and `sequence_number`).
-pub type Ev = (&'static str, Value);
+/// One event: its `type` and its JSON text (which holds `type` and `sequence_number`).
+pub type Ev = (&'static str, String);
 
 /// The state machine from task events to Responses events and the final object.
 pub struct Render {
@@ -90,7 +90,7 @@ pub fn usage(e: &EndEvent) -> ResponseUsage {
 
 /// An SSE event named by its type.
 pub fn sse(ev: &Ev) -> Event {
-    Event::default().event(ev.0).data(compact(&ev.1))
+    Event::default().event(ev.0).data(ev.1.as_str())
 }
 
 impl Render {
@@ -113,7 +113,36 @@ impl Render {
         v["type"] = json!(ty);
         v["sequence_number"] = json!(self.seq);
         self.seq += 1;
-        (ty, v)
+        (ty, compact(&v))
+    }
+
+    /// A `response.output_text.delta`, rendered from typed fields: it is the stream's hot path
+    /// (one per token), where a `json!` tree per token cost ~10 % more daemon CPU per token
+    /// than the chat door's typed chunks (docs/PERFORMANCE.md, "Agent doors").
+    fn text_delta(&mut self, item_id: &str, output_index: usize, delta: &str) -> Ev {
+        #[derive(serde::Serialize)]
+        struct TextDelta<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            item_id: &'a str,
+            output_index: usize,
+            content_index: u32,
+            delta: &'a str,
+            logprobs: [u8; 0],
+            sequence_number: u64,
+        }
+        const TY: &str = "response.output_text.delta";
+        let d = TextDelta {
+            kind: TY,
+            item_id,
+            output_index,
+            content_index: 0,
+            delta,
+            logprobs: [],
+            sequence_number: self.seq,
+        };
+        self.seq += 1;
+        (TY, compact(&d))
     }
 
     fn suffix(&self) -> &str {
@@ -273,11 +302,7 @@ impl Render {
             if let Some(Open::Message { text }) = &mut self.open {
                 text.push_str(&t.t);
             }
-            let e = self.ev(
-                "response.output_text.delta",
-                json!({"item_id": item_id, "output_index": output_index, "content_index": 0,
-                       "delta": t.t, "logprobs": []}),
-            );
+            let e = self.text_delta(&item_id, output_index, &t.t);
             out.push(e);
         }
         for d in t.tool_calls.into_iter().flatten() {

@@ -179,8 +179,15 @@ fn text_format_becomes_response_format() {
     assert!(format_of(Some(&json!({"format": {"type": "yaml"}}))).is_err());
 }
 
-fn types(evs: &[super::stream::Ev]) -> Vec<&str> {
+fn types<T>(evs: &[(&'static str, T)]) -> Vec<&'static str> {
     evs.iter().map(|e| e.0).collect()
+}
+
+/// The events with their JSON text parsed, as a client reads them.
+fn parsed(evs: Vec<super::stream::Ev>) -> Vec<(&'static str, Value)> {
+    evs.into_iter()
+        .map(|(ty, json)| (ty, serde_json::from_str(&json).expect("each event is JSON")))
+        .collect()
 }
 
 #[test]
@@ -193,6 +200,7 @@ fn text_then_a_call_render_the_full_event_sequence() {
     evs.extend(r.token(call(0, None, None, ": 1}")));
     let (last, obj) = r.end(&end("tool_calls"));
     evs.extend(last);
+    let evs = parsed(evs);
     assert_eq!(
         types(&evs),
         [
@@ -285,7 +293,7 @@ fn a_cut_reply_is_incomplete_and_a_failure_is_failed() {
     let mut r = Render::new(meta());
     r.start();
     r.token(text("partial"));
-    let evs = r.fail("engine_error", "boom");
+    let evs = parsed(r.fail("engine_error", "boom"));
     let failed = &evs.last().unwrap().1;
     assert_eq!(failed["type"], "response.failed");
     assert_eq!(failed["response"]["status"], "failed");
@@ -297,7 +305,7 @@ fn a_cut_reply_is_incomplete_and_a_failure_is_failed() {
 
     // A call without an engine id gets one; nothing at all is an empty output.
     let mut r = Render::new(meta());
-    let evs = r.token(call(0, None, Some("f"), "{}"));
+    let evs = parsed(r.token(call(0, None, Some("f"), "{}")));
     assert_eq!(evs[0].1["item"]["call_id"], "call_abc_0");
     let (_, obj) = Render::new(meta()).end(&end("stop"));
     assert!(obj.output.is_empty() && reply_message(&obj.output).is_none());
