@@ -242,6 +242,20 @@ pub async fn read_body<S: ErrorShape>(
     Ok(Bytes::from(buf))
 }
 
+/// The request body as `T`: read under `http.max_body_bytes` ([`read_body`]) and parsed
+/// ([`parse_json`]); a refusal is counted in the rejection metrics with its code.
+pub async fn read_json<T: DeserializeOwned, S: ErrorShape>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, DoorError<S>> {
+    let count = |e: &DoorError<S>| state.metrics.rejected("", &e.code.to_ascii_uppercase());
+    let bytes = read_body(headers, body, state.config.http.max_body_bytes)
+        .await
+        .inspect_err(count)?;
+    parse_json(&bytes).inspect_err(count)
+}
+
 /// A header's trimmed, non-empty text.
 pub fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name)

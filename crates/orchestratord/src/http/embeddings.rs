@@ -28,7 +28,7 @@ use crate::admission::validate::MAX_SCORING_ITEMS;
 use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ServiceError;
-use crate::http::door::{self, read_body, CancelOnDrop, Entered};
+use crate::http::door::{self, CancelOnDrop, Entered};
 use crate::http::openai::{OaiError, OpenAiShape};
 
 /// `input` as texts: a string or an array of strings. Token arrays are refused by name.
@@ -191,11 +191,7 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OaiError> {
-    let bytes = read_body(&headers, body, state.config.http.max_body_bytes)
-        .await
-        .inspect_err(|e| count_refusal(&state, e))?;
-    let r: EmbeddingsRequest =
-        door::parse_json(&bytes).inspect_err(|e| count_refusal(&state, e))?;
+    let r: EmbeddingsRequest = door::read_json(&state, &headers, body).await?;
     let task_id = format!("embd-{}", uuid::Uuid::new_v4().simple());
     let (req, base64) =
         embeddings_task(&r, &headers, &task_id).inspect_err(|e| count_refusal(&state, e))?;
@@ -287,10 +283,7 @@ pub async fn rerank(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OaiError> {
-    let bytes = read_body(&headers, body, state.config.http.max_body_bytes)
-        .await
-        .inspect_err(|e| count_refusal(&state, e))?;
-    let r: RerankRequest = door::parse_json(&bytes).inspect_err(|e| count_refusal(&state, e))?;
+    let r: RerankRequest = door::read_json(&state, &headers, body).await?;
     let task_id = format!("rerank-{}", uuid::Uuid::new_v4().simple());
     let (req, docs) =
         rerank_task(&r, &headers, &task_id).inspect_err(|e| count_refusal(&state, e))?;

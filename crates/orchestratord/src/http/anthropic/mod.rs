@@ -35,7 +35,7 @@ pub use wire::{MsgMessage, MsgMetadata, MsgRequest, MsgTool, MsgToolChoice};
 use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ServiceError;
-use crate::http::door::{self, parse_json, read_body, CancelOnDrop, Entered};
+use crate::http::door::{self, CancelOnDrop, Entered};
 use stream::Events;
 use task::{to_task, Translated};
 
@@ -45,14 +45,7 @@ async fn request(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<MsgRequest, AnthropicError> {
-    let body = read_body(headers, body, state.config.http.max_body_bytes)
-        .await
-        .inspect_err(|e: &AnthropicError| {
-            state.metrics.rejected("", &e.code.to_ascii_uppercase());
-        })?;
-    parse_json(&body).inspect_err(|e: &AnthropicError| {
-        state.metrics.rejected("", &e.code.to_ascii_uppercase());
-    })
+    door::read_json(state, headers, body).await
 }
 
 /// Adds `name: value` to `h` when `value` is a valid header value.

@@ -40,7 +40,7 @@ pub use wire::{OaiMessage, OaiRequest, OaiSseFrame, StreamOptions};
 use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ServiceError;
-use crate::http::door::{self, now_s, parse_json, read_body, CancelOnDrop, Entered};
+use crate::http::door::{self, now_s, CancelOnDrop, Entered};
 use stream::{chat_logprobs, text_logprobs, usage, Chunks};
 use task::to_task;
 
@@ -51,14 +51,7 @@ async fn handle(
     body: Body,
     kind: Kind,
 ) -> Result<Response, OaiError> {
-    let body = read_body(&headers, body, state.config.http.max_body_bytes)
-        .await
-        .inspect_err(|e| {
-            state.metrics.rejected("", &e.code.to_ascii_uppercase());
-        })?;
-    let r: OaiRequest = parse_json(&body).inspect_err(|e: &OaiError| {
-        state.metrics.rejected("", &e.code.to_ascii_uppercase());
-    })?;
+    let r: OaiRequest = door::read_json(&state, &headers, body).await?;
     let (prefix, dialect) = match kind {
         Kind::Chat => ("chatcmpl", Dialect::ChatCompletions),
         Kind::Completion => ("cmpl", Dialect::Completions),

@@ -37,7 +37,7 @@ pub use wire::ResponsesRequest;
 use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ServiceError;
-use crate::http::door::{self, now_s, parse_json, read_body, CancelOnDrop, Entered};
+use crate::http::door::{self, now_s, CancelOnDrop, Entered};
 use crate::http::openai::OaiError;
 
 /// Header naming the tool types dropped from `tools` (the engine cannot run them).
@@ -53,10 +53,7 @@ async fn translate(
     id: &str,
 ) -> Result<(ResponsesRequest, Translated), OaiError> {
     let reject = |e: &OaiError| state.metrics.rejected("", &e.code.to_ascii_uppercase());
-    let bytes = read_body(headers, body, state.config.http.max_body_bytes)
-        .await
-        .inspect_err(reject)?;
-    let r: ResponsesRequest = parse_json(&bytes).inspect_err(reject)?;
+    let r: ResponsesRequest = door::read_json(state, headers, body).await?;
     let prior = match r.previous_response_id.as_deref().filter(|p| !p.is_empty()) {
         Some(prev) => store::history(state, prev).await.inspect_err(reject)?,
         None => Vec::new(),
