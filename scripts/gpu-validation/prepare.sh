@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 eval "$(cargo xtask provision-engine)"
 cache="${LLORCH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-orch}"
-cargo build --release -p orchestratord -p gpu-inventory --example gpu_probe
+cargo build --release -p orchestratord -p orch-gpu-inventory --example gpu_probe
 # `bench overhead` (run-overhead.sh): the bench itself, the engine double and the load generator.
 cargo build --release -p xtask -p engine-double -p loadgen
 mkdir -p .gpu

@@ -18,7 +18,7 @@
 //!
 //! The first round (the "warm-up", not counted in the later-burst rows) is the **first burst on
 //! a fresh data directory**: its 202s rest on the prior for the model file and the device
-//! (`orchestrator_core::prior`). After the measured rounds the daemon is stopped and started
+//! (`orch_core::prior`). After the measured rounds the daemon is stopped and started
 //! again on the same data directory, and one more round is the **first burst after a restart**:
 //! its 202s rest on the rates the first daemon learned and saved. Both get rows of their own.
 //! Reliability tables compare `on_time_probability` (in the 202, in the last waiting frame,

@@ -383,8 +383,8 @@ fn code_map_dependency_columns_match_cargo_metadata() {
     // A parser that silently found nothing would pass everything.
     let core = rows
         .iter()
-        .find(|r| r.paths.iter().any(|p| p == "crates/orchestrator-core"))
-        .expect("a row for crates/orchestrator-core");
+        .find(|r| r.paths.iter().any(|p| p == "crates/orch-core"))
+        .expect("a row for crates/orch-core");
     assert!(core.never.contains("tokio"), "parsed: {core:?}");
 
     let g = Graph::from_metadata(&cargo_metadata(&root)).expect("metadata shape");

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use api_types::HealthResponse;
-use gpu_inventory::{GpuInventory, NvmlInventory};
+use orch_api_types::HealthResponse;
+use orch_gpu_inventory::{GpuInventory, NvmlInventory};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;

@@ -97,8 +97,8 @@ impl fmt::Display for CliError {
     }
 }
 
-/// What the CLI reads of an error body: our `api_types::ErrorEnvelope` `{code, message,
-/// retry_after_ms, …}` or the OpenAI door's `api_types::openai::OaiErrorBody`
+/// What the CLI reads of an error body: our `orch_api_types::ErrorEnvelope` `{code, message,
+/// retry_after_ms, …}` or the OpenAI door's `orch_api_types::openai::OaiErrorBody`
 /// `{error: {message, …}}`. Every part is optional and codes are plain strings, so the
 /// answers of a newer daemon (new codes) or of a proxy in between still read.
 #[derive(Debug, Default, Deserialize)]

@@ -8,9 +8,9 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use api_types::{ErrorCode, MetricsEvent, StreamEvent};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
+use orch_api_types::{ErrorCode, MetricsEvent, StreamEvent};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -156,7 +156,7 @@ async fn submit_stream_status_and_json_output() {
 
     // `status`: JSON parses as the snapshot, the human view names the pool and the task.
     let v = json_one(&run(&d, &["--json", "status"]));
-    let snap: api_types::StatusSnapshot = serde_json::from_value(v).expect("status snapshot");
+    let snap: orch_api_types::StatusSnapshot = serde_json::from_value(v).expect("status snapshot");
     assert_eq!(snap.pools[0].id, "tiny");
     assert!(snap.pools[0].ready);
     assert!(snap.tasks.iter().any(|t| t.task_id == "cli-t1"));

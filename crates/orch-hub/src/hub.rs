@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use orchestrator_core::bytes::human as human_size;
+use orch_core::bytes::human as human_size;
 use serde::Deserialize;
 use url::Url;
 

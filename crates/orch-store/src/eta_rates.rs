@@ -2,7 +2,7 @@
 //! context (table `eta_rates`), so a restarted daemon predicts from what the last one learned.
 //!
 //! The rates themselves are an opaque JSON document (the daemon's
-//! `orchestrator_core::eta::ModelStats`): the store only keys, keeps and returns them, so the
+//! `orch_core::eta::ModelStats`): the store only keys, keeps and returns them, so the
 //! model can grow fields without a migration. One row per key; a put replaces it.
 
 use rusqlite::params;

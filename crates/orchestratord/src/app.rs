@@ -9,7 +9,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use orch_config::Config;
-use pool_manager::PoolManager;
+use orch_pool_manager::PoolManager;
 use prometheus_client::registry::Registry;
 use tower_http::catch_panic::CatchPanicLayer;
 

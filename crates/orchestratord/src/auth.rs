@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use api_types::ErrorCode;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use orch_api_types::ErrorCode;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

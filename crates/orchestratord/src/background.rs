@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use orch_pool_manager::PoolManager;
 use orch_store::Store;
-use pool_manager::PoolManager;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use api_types::ErrorCode;
+use orch_api_types::ErrorCode;
+use orch_pool_manager::PoolManager;
 use orch_store::{CatalogModel, ModelState, NewModel, Store, VerifyReport};
-use pool_manager::PoolManager;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

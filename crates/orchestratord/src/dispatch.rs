@@ -9,18 +9,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_types::{
+use futures::StreamExt;
+use orch_api_types::{
     EndEvent, ErrorCode, ErrorEnvelope, MetricsEvent, Priority, RerankScore, ResultEvent,
     StartedEvent, StreamEvent, Workload,
 };
-use futures::StreamExt;
 use orch_config::FullPolicy;
-use orchestrator_core::queue::{self, Queue, Rejected};
-use orchestrator_core::{choose_replica, ReplicaCandidate};
-use pool_manager::{Pool, ReplicaState, ReplicaView};
+use orch_core::queue::{self, Queue, Rejected};
+use orch_core::{choose_replica, ReplicaCandidate};
+use orch_engine_adapters::{AdapterError, EngineEvent};
+use orch_pool_manager::{Pool, ReplicaState, ReplicaView};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
-use worker_adapters::{AdapterError, EngineEvent};
 
 use crate::forecast::{Forecaster, RateMemory, WAIT_FRAME_EVERY};
 use crate::metrics::{
@@ -473,7 +473,7 @@ impl Actor {
 struct TaskRun {
     /// Holds the replica's slot until the run ends (a reload waits for it before stopping a
     /// retiring replica).
-    _lease: pool_manager::Lease,
+    _lease: orch_pool_manager::Lease,
     task: Arc<Task>,
     replica: ReplicaView,
     pool: Arc<Pool>,
@@ -485,7 +485,7 @@ struct TaskRun {
 /// Restores a session's saved KV into its slot; the slot to run in, or `None` (the engine
 /// chooses, the task runs cold) when the engine could not.
 async fn restore_kv(
-    adapter: &dyn worker_adapters::EngineAdapter,
+    adapter: &dyn orch_engine_adapters::EngineAdapter,
     saved: &crate::session_kv::SavedKv,
 ) -> Option<u32> {
     match adapter.restore_slot(saved.slot, &saved.file).await {
@@ -563,7 +563,7 @@ impl TaskRun {
         };
         let p = p.unwrap_or_else(|| {
             let left = self.task.req.deadline_ms.map(|d| d as f64 - elapsed_ms);
-            orchestrator_core::eta::OnTimeModel::default().probability(left, remaining_ms)
+            orch_core::eta::OnTimeModel::default().probability(left, remaining_ms)
         });
         StreamEvent::Metrics(MetricsEvent {
             queue_depth: self.depth.load(Ordering::Relaxed),
@@ -762,7 +762,7 @@ impl TaskRun {
     /// An `embedding` or `rerank` task: one request, its answer as the `result` event, then
     /// `end` with the tokens the engine evaluated. Apart from the generation loop so that loop
     /// stays as it is; no decode sample (nothing is generated).
-    async fn score(&self, adapter: &dyn worker_adapters::EngineAdapter, version: &str) {
+    async fn score(&self, adapter: &dyn orch_engine_adapters::EngineAdapter, version: &str) {
         let task = &self.task;
         let req = &task.req;
         let started = Instant::now();
@@ -778,7 +778,7 @@ impl TaskRun {
                 })
             } else {
                 let r = adapter
-                    .rerank(&worker_adapters::RerankRequest {
+                    .rerank(&orch_engine_adapters::RerankRequest {
                         query: req.query.clone().unwrap_or_default(),
                         documents: req.documents.clone().unwrap_or_default(),
                         top_n: req.top_n,

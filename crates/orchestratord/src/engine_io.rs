@@ -3,12 +3,12 @@
 //! engine chunk as a `token` event. The adapter crate knows nothing of our wire types, so the
 //! conversions live here, in both directions.
 
-use api_types::{
+use orch_api_types::{
     ChatMessage, FunctionCallDelta, ResponseFormat as WireFormat, TaskRequest, TokenEvent,
     TokenLogprob, ToolCallDelta, ToolChoice, TopLogprob, Workload,
 };
+use orch_engine_adapters::{ChatTurn, Chunk, EngineEvent, GenerateRequest, Prompt, ResponseFormat};
 use serde_json::Value;
-use worker_adapters::{ChatTurn, Chunk, EngineEvent, GenerateRequest, Prompt, ResponseFormat};
 
 /// The engine request for `req`, run in engine slot `slot` (session affinity).
 pub fn generate_request(req: &TaskRequest, slot: Option<u32>) -> GenerateRequest {
@@ -27,7 +27,7 @@ pub fn generate_request(req: &TaskRequest, slot: Option<u32>) -> GenerateRequest
         top_k: req.top_k,
         stop: req.stop.clone().unwrap_or_default(),
         slot,
-        cache_prompt: !matches!(req.kv_hint, Some(api_types::KvHint::Cold)),
+        cache_prompt: !matches!(req.kv_hint, Some(orch_api_types::KvHint::Cold)),
         frequency_penalty: req.frequency_penalty,
         presence_penalty: req.presence_penalty,
         logit_bias: req
@@ -201,24 +201,24 @@ mod tests {
     fn chunks_become_token_events_exactly() {
         let c = Chunk {
             text: "a\u{2028}b\r".into(),
-            logprobs: vec![worker_adapters::TokenLogprob {
+            logprobs: vec![orch_engine_adapters::TokenLogprob {
                 token: "a".into(),
                 logprob: -0.5,
                 bytes: Some(vec![97]),
-                top: vec![worker_adapters::TopLogprob {
+                top: vec![orch_engine_adapters::TopLogprob {
                     token: "b".into(),
                     logprob: -1.0,
                     bytes: None,
                 }],
             }],
             tool_calls: vec![
-                worker_adapters::ToolCallDelta {
+                orch_engine_adapters::ToolCallDelta {
                     index: 0,
                     id: Some("c1".into()),
                     name: Some("f".into()),
                     arguments: Some("{".into()),
                 },
-                worker_adapters::ToolCallDelta {
+                orch_engine_adapters::ToolCallDelta {
                     index: 0,
                     arguments: Some("}".into()),
                     ..Default::default()

@@ -1,7 +1,7 @@
 //! The daemon's domain error: the error envelope every refusal and failure carries. It knows
 //! nothing of HTTP; `http::error` maps it to a status and headers, in one place.
 
-use api_types::{ErrorCode, ErrorEnvelope};
+use orch_api_types::{ErrorCode, ErrorEnvelope};
 
 /// A refusal or failure of a daemon service (admission, sessions, catalog, store, …).
 #[derive(Debug, Clone)]

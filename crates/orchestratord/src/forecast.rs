@@ -1,4 +1,4 @@
-//! The dispatcher's side of the start-time model (`orchestrator_core::eta`): what it measures,
+//! The dispatcher's side of the start-time model (`orch_core::eta`): what it measures,
 //! the pool state it simulates, and the `metrics` frames of waiting tasks.
 //!
 //! Measured per model (the pool's model file; a reload starts a new set, an old one is kept):
@@ -16,7 +16,7 @@
 //! What was learned is kept in the store per model digest × device kind × slots × context
 //! ([`RateMemory`]) and restored when the pool's dispatcher starts, so the first burst after a
 //! restart is predicted from measured rates; a model never measured starts from a prior derived
-//! from its GGUF header and the card (`orchestrator_core::prior`).
+//! from its GGUF header and the card (`orch_core::prior`).
 //!
 //! Only the dispatcher actor calls this (it owns the queue), so nothing here locks.
 
@@ -25,14 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_types::{MetricsEvent, StreamEvent, Workload};
-use orchestrator_core::eta::{
-    forecast, Forecast, ModelStats, OnTimeClass, Plan, ReplicaLoad, Work,
-};
-use orchestrator_core::prior::{bits_per_weight, Card, ModelShape, RatePrior};
-use orchestrator_core::queue::Queue;
-use orchestrator_core::rates::{RateBook, RateKey};
-use pool_manager::{Pool, ReplicaState};
+use orch_api_types::{MetricsEvent, StreamEvent, Workload};
+use orch_core::eta::{forecast, Forecast, ModelStats, OnTimeClass, Plan, ReplicaLoad, Work};
+use orch_core::prior::{bits_per_weight, Card, ModelShape, RatePrior};
+use orch_core::queue::Queue;
+use orch_core::rates::{RateBook, RateKey};
+use orch_pool_manager::{Pool, ReplicaState};
 
 use crate::task::Task;
 
@@ -129,7 +127,7 @@ fn load_model_info(memory: &RateMemory, model: &str, endpoint: bool) -> ModelInf
             format!("name:{model}")
         });
         let shape = std::fs::metadata(path).ok().map(|m| {
-            let info = gguf_meta::read(path).ok();
+            let info = orch_gguf_meta::read(path).ok();
             ModelShape {
                 weight_bytes: m.len(),
                 bits_per_weight: info

@@ -39,9 +39,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use api_types::{ErrorCode, ErrorEnvelope};
+use orch_api_types::{ErrorCode, ErrorEnvelope};
 use orch_config::Config;
-use pool_manager::PoolManager;
+use orch_pool_manager::PoolManager;
 
 use crate::app::AppState;
 use crate::auth::Auth;

@@ -64,7 +64,7 @@ pub struct EngineReason {
 }
 
 /// `{engine,engine_version,pool_id,replica_id}`: the pool manager's per-replica label set.
-pub use pool_manager::ReplicaLabels as Replica;
+pub use orch_pool_manager::ReplicaLabels as Replica;
 
 /// `{engine,policy}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,4 +1,4 @@
-//! The OpenAPI document, generated from the handlers and `api-types`. Committed as
+//! The OpenAPI document, generated from the handlers and `orch-api-types`. Committed as
 //! `contracts/openapi.json`; a test fails when the two differ.
 
 use utoipa::OpenApi;
@@ -57,17 +57,17 @@ pub mod rules;
         http::responses::delete,
     ),
     components(schemas(
-        api_types::StartedEvent,
-        api_types::TokenEvent,
-        api_types::MetricsEvent,
-        api_types::ResultEvent,
-        api_types::RerankScore,
-        api_types::EndEvent,
-        api_types::BudgetSpec,
-        api_types::BudgetRemaining,
-        api_types::PullJob,
-        api_types::PullFile,
-        api_types::PullState,
+        orch_api_types::StartedEvent,
+        orch_api_types::TokenEvent,
+        orch_api_types::MetricsEvent,
+        orch_api_types::ResultEvent,
+        orch_api_types::RerankScore,
+        orch_api_types::EndEvent,
+        orch_api_types::BudgetSpec,
+        orch_api_types::BudgetRemaining,
+        orch_api_types::PullJob,
+        orch_api_types::PullFile,
+        orch_api_types::PullState,
     ))
 )]
 pub struct ApiDoc;

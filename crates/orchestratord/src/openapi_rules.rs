@@ -199,7 +199,7 @@ pub fn apply(doc: &mut Value) {
     }
 }
 
-/// A task's chat messages (`api_types::ChatMessage`, then `validate_extras`): no unknown
+/// A task's chat messages (`orch_api_types::ChatMessage`, then `validate_extras`): no unknown
 /// fields; `content` unless `tool_calls` stand in for it; `tool_calls` only on an assistant
 /// message; a `tool` message names the call it answers. Tool choice: a mode is `none`, `auto`
 /// or `required` (which needs tools); tools, a choice and `parallel_tool_calls` only in chat.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use api_types::{ErrorCode, ErrorEnvelope};
+use orch_api_types::{ErrorCode, ErrorEnvelope};
 use orch_config::Config;
 use orch_store::policy::{ACTION_ENGINE_ENDPOINT, ACTION_MODEL_DOWNLOAD};
 use orch_store::{Decision, ModelState, Policy, Store};

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_types::{ErrorCode, ErrorEnvelope};
-use pool_manager::{Pool, ReloadErrorKind, ReloadOptions, ReloadReport};
+use orch_api_types::{ErrorCode, ErrorEnvelope};
+use orch_pool_manager::{Pool, ReloadErrorKind, ReloadOptions, ReloadReport};
 
 use crate::app::AppState;
 use crate::clock::now_ms;
@@ -241,8 +241,8 @@ pub async fn reload(
 }
 
 /// The envelope of a refused or failed load or unload.
-fn load_error(pool: Option<&Pool>, e: pool_manager::LoadError) -> ServiceError {
-    use pool_manager::LoadErrorKind as K;
+fn load_error(pool: Option<&Pool>, e: orch_pool_manager::LoadError) -> ServiceError {
+    use orch_pool_manager::LoadErrorKind as K;
     let (code, retry) = match e.kind {
         K::UnknownPool => (ErrorCode::NotFound, None),
         K::NotOnDemand | K::NoRoom => (ErrorCode::Conflict, None),
@@ -261,7 +261,10 @@ fn load_error(pool: Option<&Pool>, e: pool_manager::LoadError) -> ServiceError {
 }
 
 /// Loads on_demand pool `id` now (`POST /v1/pools/{id}/load`).
-pub async fn load(state: &AppState, id: &str) -> Result<pool_manager::LoadReport, ServiceError> {
+pub async fn load(
+    state: &AppState,
+    id: &str,
+) -> Result<orch_pool_manager::LoadReport, ServiceError> {
     let pool = find_pool(state, id)?;
     refuse_while_shutting_down(state)?;
     state
@@ -279,10 +282,10 @@ pub async fn unload(
     state: &AppState,
     id: &str,
     force: bool,
-) -> Result<(pool_manager::LoadReport, usize), ServiceError> {
+) -> Result<(orch_pool_manager::LoadReport, usize), ServiceError> {
     let pool = find_pool(state, id)?;
     refuse_while_shutting_down(state)?;
-    let is_busy = |r: &Result<_, pool_manager::LoadError>| matches!(r, Err(e) if e.kind == pool_manager::LoadErrorKind::Busy);
+    let is_busy = |r: &Result<_, orch_pool_manager::LoadError>| matches!(r, Err(e) if e.kind == orch_pool_manager::LoadErrorKind::Busy);
     let mut first = state.pools.unload(id).await;
     // A task that just ended gives its slot back a moment after its last event: when no task
     // of the pool is left, that moment is not "busy".

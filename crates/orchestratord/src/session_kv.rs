@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use orch_pool_manager::{Pool, UnloadHook, UnloadingEngine};
 use orch_store::Store;
-use pool_manager::{Pool, UnloadHook, UnloadingEngine};
 use sha2::{Digest, Sha256};
 
 use crate::clock::now_ms;

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use api_types::{ErrorCode, TaskRequest};
+use orch_api_types::{ErrorCode, TaskRequest};
 use orch_config::Config;
+use orch_pool_manager::PoolManager;
 use orch_store::{BudgetError, SessionError, Store, StoreError};
-use pool_manager::PoolManager;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
@@ -204,15 +204,15 @@ pub fn live_metrics(task: &Task, tokens_out: u64) -> LiveMetrics {
     }
 }
 
-fn to_api_remaining(r: orch_store::BudgetRemaining) -> api_types::BudgetRemaining {
-    api_types::BudgetRemaining {
+fn to_api_remaining(r: orch_store::BudgetRemaining) -> orch_api_types::BudgetRemaining {
+    orch_api_types::BudgetRemaining {
         tokens: r.tokens,
         time_ms: r.time_ms,
         cost: r.cost,
     }
 }
 
-fn to_store_budget(b: &api_types::BudgetSpec) -> orch_store::Budget {
+fn to_store_budget(b: &orch_api_types::BudgetSpec) -> orch_store::Budget {
     orch_store::Budget {
         tokens: b.tokens,
         time_ms: b.time_ms,
@@ -489,7 +489,7 @@ impl SessionAccounts {
         }
         let p = path.clone();
         let v = tokio::task::spawn_blocking(move || {
-            pool_manager::gguf::kv_bytes_per_token(std::path::Path::new(&p))
+            orch_pool_manager::gguf::kv_bytes_per_token(std::path::Path::new(&p))
         })
         .await
         .ok()
@@ -629,7 +629,7 @@ impl SessionAccounts {
         &self,
         pools: &PoolManager,
         sid: &str,
-    ) -> Result<api_types::SessionEvicted, ServiceError> {
+    ) -> Result<orch_api_types::SessionEvicted, ServiceError> {
         let store = self.store.clone();
         let id = sid.to_owned();
         let s = blocking(move || store.sessions().evict(&id).map_err(store_err)).await?;
@@ -640,7 +640,7 @@ impl SessionAccounts {
         }
         let slot_erased = self.free_slot(pools, &s).await;
         tracing::info!(session_id = %sid, slot_erased, "session evicted");
-        Ok(api_types::SessionEvicted {
+        Ok(orch_api_types::SessionEvicted {
             session_id: s.id,
             replica_id: s.replica_id,
             slot: s.slot,

@@ -9,8 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use api_types::{PoolSample, Priority, QueueDepths, StatusSample, TaskState};
-use pool_manager::PoolManager;
+use orch_api_types::{PoolSample, Priority, QueueDepths, StatusSample, TaskState};
+use orch_pool_manager::PoolManager;
 
 use crate::clock::now_ms;
 use crate::task::TaskTable;

@@ -1,6 +1,6 @@
 //! Calling the blocking `orch-store` from async code, and its errors as domain errors.
 
-use api_types::ErrorCode;
+use orch_api_types::ErrorCode;
 use orch_store::StoreError;
 
 use crate::error::ServiceError;

@@ -10,13 +10,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use api_types::{
+use futures::Stream;
+use orch_api_types::{
     ErrorCode, ErrorEnvelope, Priority, StreamEvent, TaskRequest, TaskState, TaskStatus,
 };
-use futures::Stream;
+use orch_engine_adapters::Completion;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use worker_adapters::Completion;
 
 /// One SSE frame: event name and JSON data.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ pub struct Task {
     /// Session binding, engine outcome and transcript artifact.
     pub ext: TaskExt,
     /// The door it came through.
-    pub dialect: api_types::Dialect,
+    pub dialect: orch_api_types::Dialect,
     inner: Mutex<Inner>,
     len: watch::Sender<usize>,
     /// Fired with the terminal event: what waits for the end alone is not woken per token.
@@ -85,7 +85,7 @@ pub struct SessionBinding {
     /// Replica and engine slot holding the session's KV (from its last finished task).
     pub pin: Option<(String, u32)>,
     /// Budget left at admission (after what running tasks of the session reserved).
-    pub remaining: Option<api_types::BudgetRemaining>,
+    pub remaining: Option<orch_api_types::BudgetRemaining>,
     /// Tokens this task reserves against the budget until it is charged.
     pub reserved_tokens: u64,
     /// The session's KV saved when its pool unloaded, to restore before this task runs.
@@ -217,7 +217,7 @@ impl Task {
             submitted_ms: now_ms(),
             cancel: CancellationToken::new(),
             ext: TaskExt::default(),
-            dialect: api_types::Dialect::Native,
+            dialect: orch_api_types::Dialect::Native,
             inner: Mutex::new(Inner {
                 state: TaskState::Queued,
                 replica_id: None,

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use orch_pool_manager::PoolManager;
 use orch_store::{ArtifactInput, ArtifactKind, Store};
-use pool_manager::PoolManager;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -136,10 +136,10 @@ impl Transcripts {
             }
         }
         let state = match st.state {
-            api_types::TaskState::Completed => "completed",
-            api_types::TaskState::Failed => "failed",
-            api_types::TaskState::Canceled => "canceled",
-            api_types::TaskState::Queued | api_types::TaskState::Running => "unfinished",
+            orch_api_types::TaskState::Completed => "completed",
+            orch_api_types::TaskState::Failed => "failed",
+            orch_api_types::TaskState::Canceled => "canceled",
+            orch_api_types::TaskState::Queued | orch_api_types::TaskState::Running => "unfinished",
         };
         let mut tags = vec![format!("pool:{}", task.pool_id), format!("state:{state}")];
         for (prefix, v) in [

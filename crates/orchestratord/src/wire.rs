@@ -1,9 +1,9 @@
-//! Domain types as their wire forms (`api_types`) and back, in one place: the pool manager's
+//! Domain types as their wire forms (`orch_api_types`) and back, in one place: the pool manager's
 //! states as the API shows them, a request's priority as the queue's.
 
-use api_types::pools::{LoadState, ReplicaState};
-use api_types::Priority;
-use orchestrator_core::queue;
+use orch_api_types::pools::{LoadState, ReplicaState};
+use orch_api_types::Priority;
+use orch_core::queue;
 
 /// The queue's priority for a request's.
 pub(crate) fn core_priority(p: Priority) -> queue::Priority {
@@ -14,8 +14,8 @@ pub(crate) fn core_priority(p: Priority) -> queue::Priority {
 }
 
 /// The wire form of a replica state.
-pub(crate) fn replica_state(s: pool_manager::ReplicaState) -> ReplicaState {
-    use pool_manager::ReplicaState as S;
+pub(crate) fn replica_state(s: orch_pool_manager::ReplicaState) -> ReplicaState {
+    use orch_pool_manager::ReplicaState as S;
     match s {
         S::Starting => ReplicaState::Starting,
         S::Ready => ReplicaState::Ready,
@@ -33,8 +33,8 @@ pub(crate) fn replica_state(s: pool_manager::ReplicaState) -> ReplicaState {
 }
 
 /// The wire form of an on_demand pool's load state.
-pub(crate) fn load_state(s: pool_manager::LoadPhase) -> LoadState {
-    use pool_manager::LoadPhase as P;
+pub(crate) fn load_state(s: orch_pool_manager::LoadPhase) -> LoadState {
+    use orch_pool_manager::LoadPhase as P;
     match s {
         P::Unloaded => LoadState::Unloaded,
         P::Loading => LoadState::Loading,
@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn replica_state_names_match() {
-        use pool_manager::ReplicaState as S;
+        use orch_pool_manager::ReplicaState as S;
         for s in [
             S::Starting,
             S::Ready,
@@ -72,7 +72,7 @@ mod tests {
         ] {
             assert_eq!(legacy(&s), legacy(&replica_state(s)));
         }
-        use pool_manager::LoadPhase as P;
+        use orch_pool_manager::LoadPhase as P;
         for p in [P::Unloaded, P::Loading, P::Loaded, P::Unloading, P::Failed] {
             assert_eq!(legacy(&p), legacy(&load_state(p)));
             assert_eq!(load_state(p).as_str(), p.as_str());

@@ -7,7 +7,7 @@
 //! stream ends with `WORKER_RESET` within [`HANG_BOUND`]; `engine_restarts_total` counts every
 //! crash.
 //!
-//! The circuit breaker (`pool_manager::supervisor`: [`CIRCUIT_CRASHES`] crashes within
+//! The circuit breaker (`orch_pool_manager::supervisor`: [`CIRCUIT_CRASHES`] crashes within
 //! [`CIRCUIT_WINDOW`]) is part of what is tested, not avoided: kills come in cycles of
 //! `CIRCUIT_CRASHES`. After each of the first `CIRCUIT_CRASHES - 1` kills of a cycle the
 //! supervisor must restart the replica (state `ready`, `restarts` + 1, a new pid); the last kill
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orch_harness::signal;
-use pool_manager::{CIRCUIT_CRASHES, CIRCUIT_WINDOW};
+use orch_pool_manager::{CIRCUIT_CRASHES, CIRCUIT_WINDOW};
 use serde_json::{json, Value};
 
 use crate::{metric_sum, percentile, task, wait_until, Api, Ctx, Outcome, StreamEnd};

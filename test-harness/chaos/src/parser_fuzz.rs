@@ -7,7 +7,7 @@
 //! - Config files: `orch_config::Config::from_str_for` on arbitrary text and on mutated valid
 //!   YAML and TOML, then everything the daemon derives from a parsed config (`validate`,
 //!   `bind_addr`, `data_dir`, env overrides, token lookup). Target: never a panic.
-//! - Engine stream parsing: `worker_adapters::llamacpp::parse_chunk` already has proptests
+//! - Engine stream parsing: `orch_engine_adapters::llamacpp::parse_chunk` already has proptests
 //!   (never panics on any text; content round-trips exactly); not repeated here.
 
 use std::collections::{BTreeMap, HashMap};

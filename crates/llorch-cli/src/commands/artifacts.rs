@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use api_types::{Artifact, ArtifactList, ArtifactMeta, ContentEncoding};
 use base64::Engine as _;
+use orch_api_types::{Artifact, ArtifactList, ArtifactMeta, ContentEncoding};
 use reqwest::Method;
 use serde_json::json;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use api_types::CancelResponse;
+use orch_api_types::CancelResponse;
 use reqwest::Method;
 
 use super::{parse, print_json, seg, wire_name};

@@ -1,6 +1,6 @@
 //! `llorch capabilities`.
 
-use api_types::Capabilities;
+use orch_api_types::Capabilities;
 
 use super::{parse, print_json};
 use crate::client::Client;

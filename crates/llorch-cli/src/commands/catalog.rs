@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use api_types::{CatalogList, ModelState, SetModelStateRequest};
+use orch_api_types::{CatalogList, ModelState, SetModelStateRequest};
 use reqwest::Method;
 use serde_json::json;
 

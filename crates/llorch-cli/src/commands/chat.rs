@@ -10,7 +10,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
-use api_types::AdmissionResponse;
+use orch_api_types::AdmissionResponse;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;

@@ -1,6 +1,6 @@
 //! The commands, one module each; here only what several of them share.
 //!
-//! Replies are read as their `api_types` types; `--json` prints the daemon's reply as it came.
+//! Replies are read as their `orch_api_types` types; `--json` prints the daemon's reply as it came.
 
 pub mod artifacts;
 pub mod cancel;
@@ -101,17 +101,20 @@ mod tests {
 
     #[test]
     fn wire_names() {
-        assert_eq!(wire_name(&api_types::TaskState::Completed), "completed");
-        assert_eq!(wire_name(&api_types::ModelState::Active), "Active");
         assert_eq!(
-            wire_name(&api_types::pools::ReplicaState::CircuitOpen),
+            wire_name(&orch_api_types::TaskState::Completed),
+            "completed"
+        );
+        assert_eq!(wire_name(&orch_api_types::ModelState::Active), "Active");
+        assert_eq!(
+            wire_name(&orch_api_types::pools::ReplicaState::CircuitOpen),
             "circuit_open"
         );
     }
 
     #[test]
     fn parse_names_the_path_on_a_wrong_shape() {
-        let e = parse::<api_types::pools::PoolList>(&serde_json::json!({"x": 1}), "/v1/pools")
+        let e = parse::<orch_api_types::pools::PoolList>(&serde_json::json!({"x": 1}), "/v1/pools")
             .unwrap_err();
         assert!(e.message.contains("/v1/pools"), "{}", e.message);
     }

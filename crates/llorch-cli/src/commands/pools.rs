@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use api_types::pools::{
+use indicatif::{ProgressBar, ProgressStyle};
+use orch_api_types::pools::{
     DrainRequest, LoadResponse, PoolHealth, PoolList, ReloadRequest, UnloadRequest,
 };
-use api_types::StatusSnapshot;
-use indicatif::{ProgressBar, ProgressStyle};
+use orch_api_types::StatusSnapshot;
 use reqwest::Method;
 
 use super::{body, parse, print_json, seg, LONG};
@@ -293,7 +293,7 @@ async fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use api_types::pools::{ReplicaInfo, ReplicaState};
+    use orch_api_types::pools::{ReplicaInfo, ReplicaState};
 
     #[test]
     fn pool_line_shows_state_replicas_and_last_error() {
@@ -341,12 +341,12 @@ mod tests {
         // An unloaded on_demand pool says so, with its expected load time and why it waits.
         h.last_error = None;
         h.replicas[0].state = ReplicaState::Unloaded;
-        h.on_demand = Some(api_types::pools::OnDemandInfo {
+        h.on_demand = Some(orch_api_types::pools::OnDemandInfo {
             expected_load_ms: 2500,
             idle_ms: None,
             idle_unload_s: 600,
             queued: 1,
-            state: api_types::pools::LoadState::Unloaded,
+            state: orch_api_types::pools::LoadState::Unloaded,
             waiting: Some("no room for 5.0 GiB".into()),
         });
         let s = pool_line("coder", "llamacpp", &h);

@@ -6,9 +6,9 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use api_types::{CatalogModel, PullJob, PullState};
 use indicatif::{ProgressBar, ProgressStyle};
-use orchestrator_core::bytes::human as bytes;
+use orch_api_types::{CatalogModel, PullJob, PullState};
+use orch_core::bytes::human as bytes;
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -10,7 +10,7 @@ use crate::cli::SessionsCmd;
 use crate::client::Client;
 use crate::error::CliError;
 
-/// Shows or evicts a session. The reply (`api_types::SessionInfo` or `SessionEvicted`) is
+/// Shows or evicts a session. The reply (`orch_api_types::SessionInfo` or `SessionEvicted`) is
 /// printed field by field as it came, so fields of a newer daemon show too.
 pub async fn run(client: &Client, cmd: SessionsCmd, json_out: bool) -> Result<(), CliError> {
     let v = match &cmd {

@@ -2,9 +2,9 @@
 
 use std::io::{IsTerminal, Write};
 
-use api_types::StatusSnapshot;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
+use orch_api_types::StatusSnapshot;
 use reqwest::Method;
 
 use super::{ms_ago, parse, print_json, wire_name};

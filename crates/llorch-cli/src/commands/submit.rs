@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use api_types::{AdmissionResponse, Capabilities};
+use orch_api_types::{AdmissionResponse, Capabilities};
 use reqwest::Method;
 use serde_json::{json, Value};
 

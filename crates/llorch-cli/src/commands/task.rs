@@ -1,6 +1,6 @@
 //! `llorch task`.
 
-use api_types::TaskStatus;
+use orch_api_types::TaskStatus;
 
 use super::{ms_ago, now_ms, parse, print_json, seg, wire_name};
 use crate::client::Client;

@@ -8,9 +8,9 @@
 //! so it is done only when a cheap bound says the prompt might not fit; the bound also serves
 //! the clamp when the prompt surely fits.
 
-use api_types::{ChatMessage, ErrorCode, TaskRequest, Workload};
-use orchestrator_core::{alias_for, context_fit, ContextFit};
-use pool_manager::Pool;
+use orch_api_types::{ChatMessage, ErrorCode, TaskRequest, Workload};
+use orch_core::{alias_for, context_fit, ContextFit};
+use orch_pool_manager::Pool;
 
 use crate::app::AppState;
 use crate::engine_io::generate_request;
@@ -96,7 +96,7 @@ async fn count_on(pool: &Pool, req: &TaskRequest) -> Option<u32> {
     let adapter = pool
         .replicas()
         .into_iter()
-        .filter(|r| r.status.state == pool_manager::ReplicaState::Ready)
+        .filter(|r| r.status.state == orch_pool_manager::ReplicaState::Ready)
         .find_map(|r| r.adapter)?;
     match adapter.count_tokens(&generate_request(req, None)).await {
         Ok(n) => Some(n),

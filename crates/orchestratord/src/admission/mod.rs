@@ -8,13 +8,13 @@ pub mod validate;
 
 use std::sync::Arc;
 
-use api_types::{
+use futures::StreamExt;
+use orch_api_types::{
     AdmissionResponse, BudgetRemaining, Dialect, ErrorCode, ErrorEnvelope, StreamLinks,
     TaskRequest, TaskState, Workload,
 };
-use futures::StreamExt;
 use orch_config::PoolKind;
-use orchestrator_core::{choose_pool, PoolCandidate};
+use orch_core::{choose_pool, PoolCandidate};
 use tracing::Instrument;
 
 use crate::app::AppState;

@@ -1,7 +1,7 @@
 //! Validation of task requests: each rule with its actionable message.
 
-use api_types::{Determinism, ResponseFormat, TaskRequest, ToolChoice, Workload};
-use pool_manager::Pool;
+use orch_api_types::{Determinism, ResponseFormat, TaskRequest, ToolChoice, Workload};
+use orch_pool_manager::Pool;
 
 use crate::error::ServiceError;
 

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use api_types::{ErrorCode, ErrorEnvelope, MetricsEvent, StreamEvent};
-use pool_manager::{LoadPhase, Pool};
+use orch_api_types::{ErrorCode, ErrorEnvelope, MetricsEvent, StreamEvent};
+use orch_pool_manager::{LoadPhase, Pool};
 
 use super::Actor;
 
@@ -199,12 +199,12 @@ impl Actor {
 
 /// The 202's word on the pool's load, for a task admitted to an on_demand pool that is not
 /// ready.
-pub fn admission_note(pool: &Pool) -> Option<api_types::pools::PoolLoadNote> {
+pub fn admission_note(pool: &Pool) -> Option<orch_api_types::pools::PoolLoadNote> {
     let phase = pool.load_phase()?;
     if pool.is_ready() {
         return None;
     }
-    Some(api_types::pools::PoolLoadNote {
+    Some(orch_api_types::pools::PoolLoadNote {
         expected_load_ms: pool.pending_load_ms(),
         state: crate::wire::load_state(phase),
         waiting_for: waiting_for(pool),

@@ -11,10 +11,6 @@
 //! `url` is built from the request's `Host` header (and `X-Forwarded-Proto` when it says
 //! `https`), so it works from the machine that made the request, e.g. through an SSH tunnel.
 
-use api_types::{
-    Artifact, ArtifactCreate, ArtifactKind, ArtifactList, ArtifactMeta, ContentEncoding, ErrorCode,
-    ErrorEnvelope,
-};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -22,6 +18,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
+use orch_api_types::{
+    Artifact, ArtifactCreate, ArtifactKind, ArtifactList, ArtifactMeta, ContentEncoding, ErrorCode,
+    ErrorEnvelope,
+};
 use serde::Deserialize;
 
 use crate::app::AppState;

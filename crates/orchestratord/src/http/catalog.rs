@@ -2,17 +2,17 @@
 //! models (docs/STATE.md, "Catalog"). The store is the truth; `Persist` mirrors it for routing
 //! and the `model_state` gauge.
 
-use api_types::{
-    CatalogList, CatalogModel, ErrorCode, ErrorEnvelope, ModelState, PullJob, RegisterModelRequest,
-    SetModelStateRequest, VerifyOutcome, VerifyResponse,
-};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use orch_api_types::{
+    CatalogList, CatalogModel, ErrorCode, ErrorEnvelope, ModelState, PullJob, RegisterModelRequest,
+    SetModelStateRequest, VerifyOutcome, VerifyResponse,
+};
+use orch_pool_manager::PoolManager;
 use orch_store::policy::ACTION_MODEL_DOWNLOAD;
 use orch_store::{redact_url, NewModel};
-use pool_manager::PoolManager;
 
 use crate::app::AppState;
 use crate::catalog::Catalog;

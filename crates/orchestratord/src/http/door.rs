@@ -12,14 +12,14 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use api_types::{
-    Dialect, EndEvent, ErrorCode, FunctionCall, StreamEvent, TaskRequest, TokenLogprob, ToolCall,
-    ToolCallDelta,
-};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use orch_api_types::{
+    Dialect, EndEvent, ErrorCode, FunctionCall, StreamEvent, TaskRequest, TokenLogprob, ToolCall,
+    ToolCallDelta,
+};
 use serde::de::DeserializeOwned;
 
 use crate::admission::{self, Admitted};
@@ -543,7 +543,7 @@ mod tests {
                 index,
                 id: id.map(str::to_owned),
                 kind: id.map(|_| "function".to_owned()),
-                function: api_types::FunctionCallDelta {
+                function: orch_api_types::FunctionCallDelta {
                     name: name.map(str::to_owned),
                     arguments: args.map(str::to_owned),
                 },

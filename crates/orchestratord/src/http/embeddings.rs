@@ -9,12 +9,6 @@
 //! engine's answer arrives as the task's `result` event; the reply is built from it. Errors are
 //! in OpenAI's shape.
 
-use api_types::embeddings::{
-    Embedding, EmbeddingList, EmbeddingVector, EmbeddingsRequest, RerankDocument, RerankRequest,
-    RerankResponse, RerankResult, ScoringUsage,
-};
-use api_types::openai::OaiErrorBody;
-use api_types::{Dialect, ErrorCode, ResultEvent, StreamEvent, TaskRequest};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -22,6 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
 use futures::StreamExt;
+use orch_api_types::embeddings::{
+    Embedding, EmbeddingList, EmbeddingVector, EmbeddingsRequest, RerankDocument, RerankRequest,
+    RerankResponse, RerankResult, ScoringUsage,
+};
+use orch_api_types::openai::OaiErrorBody;
+use orch_api_types::{Dialect, ErrorCode, ResultEvent, StreamEvent, TaskRequest};
 use serde_json::{json, Value};
 
 use crate::admission::validate::MAX_SCORING_ITEMS;
@@ -353,7 +353,7 @@ mod tests {
         )
         .unwrap();
         assert!(b64);
-        assert_eq!(t.workload, api_types::Workload::Embedding);
+        assert_eq!(t.workload, orch_api_types::Workload::Embedding);
         assert_eq!(t.input.as_deref(), Some(&["x".to_owned()][..]));
         for (bad, want) in [
             (

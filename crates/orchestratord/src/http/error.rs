@@ -1,10 +1,10 @@
 //! The one mapping from domain errors to HTTP: status per error code, and the backpressure
 //! headers (`Retry-After`, `X-Backoff-Ms`) for errors that carry a retry hint.
 
-use api_types::{ErrorCode, ErrorEnvelope};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use orch_api_types::{ErrorCode, ErrorEnvelope};
 
 use crate::error::ServiceError;
 

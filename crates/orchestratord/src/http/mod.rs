@@ -66,7 +66,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ServiceError::new(
-                    api_types::ErrorCode::PayloadTooLarge,
+                    orch_api_types::ErrorCode::PayloadTooLarge,
                     "the request body is larger than http.max_body_bytes allows",
                 )
             } else {

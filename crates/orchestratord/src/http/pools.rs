@@ -1,24 +1,24 @@
 //! `GET /v1/pools`, `GET /v1/pools/{id}/health`, and the pool control plane
 //! `POST /v1/pools/{id}/drain` and `POST /v1/pools/{id}/reload`.
 //!
-//! The wire types are `api_types::pools`; this module converts the pool manager's own types
+//! The wire types are `orch_api_types::pools`; this module converts the pool manager's own types
 //! into them (neither crate depends on the other).
 //!
 //! Drain: the pool stops admitting at once (503 `POOL_UNAVAILABLE` naming the drain); queued
 //! and running tasks go on until `deadline_ms`, then what is left ends with `CANCELED`. The
 //! pool stays drained until `POST …/drain {"resume": true}` or a successful reload.
 //!
-//! Reload: see `pool_manager::PoolManager::reload` — new replicas beside the old, health
+//! Reload: see `orch_pool_manager::PoolManager::reload` — new replicas beside the old, health
 //! check, swap, retire the old after their in-flight tasks; any failure rolls back.
 
-use api_types::pools::{
-    DrainRequest, DrainResponse, EngineInfo, LoadResponse, OnDemandInfo, PoolHealth, PoolInfo,
-    PoolList, ReloadRequest, ReloadResponse, ReplicaInfo, UnloadRequest,
-};
-use api_types::ErrorEnvelope;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use orch_api_types::pools::{
+    DrainRequest, DrainResponse, EngineInfo, LoadResponse, OnDemandInfo, PoolHealth, PoolInfo,
+    PoolList, ReloadRequest, ReloadResponse, ReplicaInfo, UnloadRequest,
+};
+use orch_api_types::ErrorEnvelope;
 
 use crate::app::AppState;
 use crate::error::ServiceError;
@@ -26,7 +26,7 @@ use crate::http::JsonBody;
 use crate::pool_control::{self, find_pool};
 use crate::wire::{load_state, replica_state};
 
-fn on_demand_info(o: pool_manager::OnDemandHealth) -> OnDemandInfo {
+fn on_demand_info(o: orch_pool_manager::OnDemandHealth) -> OnDemandInfo {
     OnDemandInfo {
         expected_load_ms: o.expected_load_ms,
         idle_ms: o.idle_ms,
@@ -37,7 +37,7 @@ fn on_demand_info(o: pool_manager::OnDemandHealth) -> OnDemandInfo {
     }
 }
 
-fn load_response(r: pool_manager::LoadReport, canceled: usize) -> LoadResponse {
+fn load_response(r: orch_pool_manager::LoadReport, canceled: usize) -> LoadResponse {
     LoadResponse {
         pool_id: r.pool_id,
         state: load_state(r.state),
@@ -50,7 +50,7 @@ fn load_response(r: pool_manager::LoadReport, canceled: usize) -> LoadResponse {
 }
 
 /// The wire form of what an engine reports about itself.
-fn engine_info(i: worker_adapters::EngineInfo) -> EngineInfo {
+fn engine_info(i: orch_engine_adapters::EngineInfo) -> EngineInfo {
     EngineInfo {
         ctx_per_slot: i.ctx_per_slot,
         model: i.model,
@@ -60,7 +60,7 @@ fn engine_info(i: worker_adapters::EngineInfo) -> EngineInfo {
 }
 
 /// The wire form of a replica's status.
-pub(crate) fn replica_info(r: pool_manager::ReplicaStatus) -> ReplicaInfo {
+pub(crate) fn replica_info(r: orch_pool_manager::ReplicaStatus) -> ReplicaInfo {
     ReplicaInfo {
         device: r.device,
         endpoint: r.endpoint,
@@ -77,8 +77,8 @@ pub(crate) fn replica_info(r: pool_manager::ReplicaStatus) -> ReplicaInfo {
 }
 
 /// The wire form of a pool's health.
-pub(crate) fn pool_health(h: pool_manager::PoolHealth) -> PoolHealth {
-    let list = |v: Vec<pool_manager::ReplicaStatus>| v.into_iter().map(replica_info).collect();
+pub(crate) fn pool_health(h: orch_pool_manager::PoolHealth) -> PoolHealth {
+    let list = |v: Vec<orch_pool_manager::ReplicaStatus>| v.into_iter().map(replica_info).collect();
     PoolHealth {
         drain_deadline_ms: h.drain_deadline_ms,
         draining: h.draining,
@@ -255,8 +255,11 @@ pub async fn unload(
 mod tests {
     use super::*;
 
-    fn status(id: &str, state: pool_manager::ReplicaState) -> pool_manager::ReplicaStatus {
-        pool_manager::ReplicaStatus {
+    fn status(
+        id: &str,
+        state: orch_pool_manager::ReplicaState,
+    ) -> orch_pool_manager::ReplicaStatus {
+        orch_pool_manager::ReplicaStatus {
             id: id.into(),
             state,
             endpoint: Some("http://127.0.0.1:9".into()),
@@ -264,7 +267,7 @@ mod tests {
             pid: Some(42),
             restarts: 2,
             last_error: Some("exited: signal 9".into()),
-            info: Some(worker_adapters::EngineInfo {
+            info: Some(orch_engine_adapters::EngineInfo {
                 version: "b1-x".into(),
                 ctx_per_slot: Some(1024),
                 slots: Some(4),
@@ -283,12 +286,12 @@ mod tests {
 
     #[test]
     fn on_demand_health_is_byte_compatible() {
-        let mut o = pool_manager::OnDemandHealth {
+        let mut o = orch_pool_manager::OnDemandHealth {
             expected_load_ms: 1200,
             idle_ms: Some(5),
             idle_unload_s: 600,
             queued: 2,
-            state: pool_manager::LoadPhase::Loaded,
+            state: orch_pool_manager::LoadPhase::Loaded,
             waiting: Some("no room".into()),
         };
         assert_eq!(
@@ -307,7 +310,7 @@ mod tests {
 
     #[test]
     fn engine_info_is_byte_compatible() {
-        let i = worker_adapters::EngineInfo {
+        let i = orch_engine_adapters::EngineInfo {
             version: "b2".into(),
             ctx_per_slot: None,
             slots: Some(1),
@@ -321,7 +324,7 @@ mod tests {
 
     #[test]
     fn replica_info_is_byte_compatible() {
-        let mut r = status("tiny-g1-r0", pool_manager::ReplicaState::CircuitOpen);
+        let mut r = status("tiny-g1-r0", orch_pool_manager::ReplicaState::CircuitOpen);
         assert_eq!(
             serde_json::to_string(&replica_info(r.clone())).unwrap(),
             legacy(&r)
@@ -338,16 +341,19 @@ mod tests {
 
     #[test]
     fn pool_health_is_byte_compatible() {
-        let mut h = pool_manager::PoolHealth {
+        let mut h = orch_pool_manager::PoolHealth {
             live: true,
             ready: false,
             draining: true,
             drain_deadline_ms: Some(1_700_000_000_000),
             model: Some("/m/tiny.gguf".into()),
             generation: 1,
-            replicas: vec![status("tiny-g1-r0", pool_manager::ReplicaState::Ready)],
-            incoming: vec![status("tiny-g2-r0", pool_manager::ReplicaState::Starting)],
-            retiring: vec![status("tiny-r0", pool_manager::ReplicaState::Retiring)],
+            replicas: vec![status("tiny-g1-r0", orch_pool_manager::ReplicaState::Ready)],
+            incoming: vec![status(
+                "tiny-g2-r0",
+                orch_pool_manager::ReplicaState::Starting,
+            )],
+            retiring: vec![status("tiny-r0", orch_pool_manager::ReplicaState::Retiring)],
             last_error: Some("reload rolled back".into()),
             on_demand: None,
         };
@@ -368,7 +374,7 @@ mod tests {
 
     #[test]
     fn pool_list_entry_is_byte_compatible() {
-        let h = pool_manager::PoolHealth {
+        let h = orch_pool_manager::PoolHealth {
             live: false,
             ready: false,
             draining: false,

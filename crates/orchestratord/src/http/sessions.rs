@@ -1,10 +1,10 @@
 //! `GET /v1/sessions/{id}` and `DELETE /v1/sessions/{id}` (docs/STATE.md, "Sessions").
 
-use api_types::{
-    BudgetRemaining, BudgetSpec, ErrorEnvelope, SessionEvicted, SessionInfo, SessionSpend,
-};
 use axum::extract::{Path, State};
 use axum::Json;
+use orch_api_types::{
+    BudgetRemaining, BudgetSpec, ErrorEnvelope, SessionEvicted, SessionInfo, SessionSpend,
+};
 
 use crate::app::AppState;
 use crate::error::ServiceError;

@@ -3,12 +3,12 @@
 
 use std::any::Any;
 
-use api_types::{Capabilities, ErrorCode, ErrorEnvelope, HealthResponse, PoolCapabilities};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use orch_api_types::{Capabilities, ErrorCode, ErrorEnvelope, HealthResponse, PoolCapabilities};
 
 use crate::app::AppState;
 use crate::error::ServiceError;
@@ -31,7 +31,7 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
             .filter(|p| {
                 p.is_ready()
                     || p.load_phase()
-                        .is_some_and(|l| l != pool_manager::LoadPhase::Failed)
+                        .is_some_and(|l| l != orch_pool_manager::LoadPhase::Failed)
             })
             .count(),
         pools_total: pools.len(),
@@ -93,7 +93,7 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Capabilities> {
         })
         .collect();
     Json(Capabilities {
-        api_version: api_types::API_VERSION.into(),
+        api_version: orch_api_types::API_VERSION.into(),
         daemon_version: env!("CARGO_PKG_VERSION").into(),
         queue_policy: match state.config.queue.full_policy {
             orch_config::FullPolicy::Reject => "reject",

@@ -3,15 +3,15 @@
 
 use std::convert::Infallible;
 
-use api_types::{
-    AdmissionResponse, BudgetRemaining, CancelResponse, ErrorEnvelope, TaskRequest, TaskStatus,
-};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
+use orch_api_types::{
+    AdmissionResponse, BudgetRemaining, CancelResponse, ErrorEnvelope, TaskRequest, TaskStatus,
+};
 
 use crate::admission::{self, Admitted};
 use crate::app::AppState;

@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use api_types::{
-    GpuPoolUse, GpuStatus, PoolStatus, QueueDepths, ReplicaSummary, StatusSnapshot, TaskState,
-    WaitingTask,
-};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use orch_api_types::{
+    GpuPoolUse, GpuStatus, PoolStatus, QueueDepths, ReplicaSummary, StatusSnapshot, TaskState,
+    WaitingTask,
+};
 
 use axum::Json;
 use futures::Stream;
@@ -285,8 +285,8 @@ pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
 
 /// The daemon at a glance: queue per priority, GPUs, pools and replicas, recent tasks.
 #[utoipa::path(get, path = "/v1/status", params(StatusQuery),
-    responses((status = 200, body = StatusSnapshot), (status = 400, description = "Bad query", body = api_types::ErrorEnvelope),
-        (status = 401, body = api_types::ErrorEnvelope)))]
+    responses((status = 200, body = StatusSnapshot), (status = 400, description = "Bad query", body = orch_api_types::ErrorEnvelope),
+        (status = 401, body = orch_api_types::ErrorEnvelope)))]
 pub async fn status(
     State(state): State<AppState>,
     q: Result<Query<StatusQuery>, QueryRejection>,
@@ -302,7 +302,7 @@ pub async fn status(
     .map(Json)
     .map_err(|e| {
         ServiceError::new(
-            api_types::ErrorCode::Internal,
+            orch_api_types::ErrorCode::Internal,
             format!("status snapshot failed: {e}"),
         )
     })
@@ -311,8 +311,8 @@ pub async fn status(
 /// The same snapshot as `GET /v1/status`, as one SSE `status` event per second.
 #[utoipa::path(get, path = "/v1/status/stream", params(StatusQuery),
     responses((status = 200, description = "`text/event-stream` of `status` events, each a StatusSnapshot", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Bad query", body = api_types::ErrorEnvelope),
-        (status = 401, body = api_types::ErrorEnvelope)))]
+        (status = 400, description = "Bad query", body = orch_api_types::ErrorEnvelope),
+        (status = 401, body = orch_api_types::ErrorEnvelope)))]
 pub async fn status_stream(
     State(state): State<AppState>,
     q: Result<Query<StatusQuery>, QueryRejection>,

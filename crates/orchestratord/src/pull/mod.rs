@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use api_types::{ErrorCode, ErrorEnvelope, PullFile, PullJob, PullState};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use orch_api_types::{ErrorCode, ErrorEnvelope, PullFile, PullJob, PullState};
 use orch_store::policy::ACTION_MODEL_DOWNLOAD;
 use orch_store::{redact_url, CatalogModel, NewModel};
 use tokio_util::sync::CancellationToken;

@@ -3,7 +3,7 @@
 //! 401/404/405/413 under `/v1/messages*`) and `x-api-key`. The real proof is
 //! tests/anthropic_sdk.rs (the `anthropic` SDK, a real llama-server and model).
 
-use worker_adapters::{AdapterError, Prompt};
+use orch_engine_adapters::{AdapterError, Prompt};
 
 use super::*;
 

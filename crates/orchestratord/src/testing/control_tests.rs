@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use worker_adapters::EngineInfo;
+use orch_engine_adapters::EngineInfo;
 
 use super::*;
 

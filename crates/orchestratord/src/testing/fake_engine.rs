@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::{watch, Semaphore};
-use worker_adapters::{
+use orch_engine_adapters::{
     AdapterError, Completion, EngineAdapter, EngineEvent, EngineInfo, EngineStream, FinishReason,
     GenerateRequest, Prompt, SlotState,
 };
+use tokio::sync::{watch, Semaphore};
 
 /// How long the `wait_*` helpers wait before failing the test.
 const WAIT: Duration = Duration::from_secs(10);

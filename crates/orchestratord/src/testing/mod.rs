@@ -23,10 +23,10 @@ use axum::Router;
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use orch_config::{Config, PoolConfig};
-use pool_manager::{AdapterFactory, PoolManager, StartOptions};
+use orch_engine_adapters::EngineAdapter;
+use orch_pool_manager::{AdapterFactory, PoolManager, StartOptions};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use worker_adapters::EngineAdapter;
 
 use crate::app::AppState;
 use crate::auth::Auth;

@@ -89,7 +89,7 @@ async fn an_unloaded_pool_admits_tasks_loads_once_and_serves_them_all() {
     assert_eq!(p["replicas"][0]["state"], "unloaded", "{p}");
     assert_eq!(p["live"], false);
     let expected = p["on_demand"]["expected_load_ms"].as_u64().unwrap_or(0);
-    assert!(expected >= pool_manager::ENGINE_START_MS, "{p}");
+    assert!(expected >= orch_pool_manager::ENGINE_START_MS, "{p}");
     // Three tasks at once: all admitted, one load.
     let (r1, r2, r3) = tokio::join!(
         app.submit(task_for("t1", "a")),

@@ -1,7 +1,7 @@
 //! The OpenAI-compatible door: `/v1/models`, `/v1/chat/completions` and `/v1/completions`,
 //! streamed and not, and its error shape; the same admission underneath.
 
-use worker_adapters::{AdapterError, Prompt};
+use orch_engine_adapters::{AdapterError, Prompt};
 
 use super::*;
 

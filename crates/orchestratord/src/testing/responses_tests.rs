@@ -4,7 +4,7 @@
 //! `tests/responses_sdk.rs` (the official SDKs, a real llama-server).
 
 use axum::http::StatusCode;
-use worker_adapters::AdapterError;
+use orch_engine_adapters::AdapterError;
 
 use super::*;
 

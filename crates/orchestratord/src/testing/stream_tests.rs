@@ -1,7 +1,7 @@
 //! The task stream: event order, exact token text, late and concurrent readers, engine errors,
 //! and what reaches the engine.
 
-use worker_adapters::{AdapterError, Prompt};
+use orch_engine_adapters::{AdapterError, Prompt};
 
 use super::*;
 

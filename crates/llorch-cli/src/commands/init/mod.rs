@@ -2,7 +2,7 @@
 //!
 //! Finds the GPUs (NVML, or `LLORCH_FAKE_GPUS`) and the GGUF models under `--models-dir`,
 //! plans which model goes where with the daemon's own footprint estimate and split planner
-//! (`orchestrator_core`), shows the plan, then writes `orchestratord.yaml` (a pool per
+//! (`orch_core`), shows the plan, then writes `orchestratord.yaml` (a pool per
 //! model: `load: always` when all fit together, else `load: on_demand`), a token file
 //! (mode 0600) and the CLI config pointing at both. Never overwrites without `--force`.
 
@@ -12,7 +12,7 @@ mod scan;
 
 use std::path::{Path, PathBuf};
 
-use gpu_inventory::{GpuInventory, NvmlInventory, StaticInventory, FAKE_GPUS_ENV};
+use orch_gpu_inventory::{GpuInventory, NvmlInventory, StaticInventory, FAKE_GPUS_ENV};
 use serde_json::json;
 
 use crate::cli::{GlobalOpts, InitArgs};

@@ -1,12 +1,12 @@
 //! The plan: which model goes where, with the daemon's own footprint estimate, placement
-//! rule and split planner (`orchestrator_core`).
+//! rule and split planner (`orch_core`).
 
-use gpu_inventory::GpuDevice;
-use orchestrator_core::placement::{
+use orch_core::placement::{
     estimate_footprint, place, GpuSnapshot, PlacementRequest, COMPUTE_OVERHEAD_BYTES,
     HEADROOM_BYTES,
 };
-use orchestrator_core::vram::{plan_split, Card, Need};
+use orch_core::vram::{plan_split, Card, Need};
+use orch_gpu_inventory::GpuDevice;
 
 use super::scan::Model;
 

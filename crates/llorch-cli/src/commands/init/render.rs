@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use gpu_inventory::FAKE_GPUS_ENV;
+use orch_gpu_inventory::FAKE_GPUS_ENV;
 
 use crate::error::CliError;
 

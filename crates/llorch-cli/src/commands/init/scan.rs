@@ -1,4 +1,4 @@
-//! Finding the models: every `.gguf` file under `--models-dir`, read with `gguf-meta`, one
+//! Finding the models: every `.gguf` file under `--models-dir`, read with `orch-gguf-meta`, one
 //! [`Model`] per model (split GGUFs as one).
 
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ pub fn scan(dir: &Path) -> Result<(Vec<Model>, Vec<String>), CliError> {
         if part.is_some_and(|p| p != 1) {
             continue; // counted with its first part
         }
-        let info = match gguf_meta::read(path) {
+        let info = match orch_gguf_meta::read(path) {
             Ok(i) => i,
             Err(e) => {
                 notes.push(format!("{shown}: skipped (not a readable GGUF file: {e})"));

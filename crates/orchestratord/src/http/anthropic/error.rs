@@ -6,8 +6,8 @@
 //! 429 `rate_limit_error`. The same shape answers 401, 404, 405 and 413 on `/v1/messages*`
 //! ([`is_messages_path`]).
 
-use api_types::anthropic::{AnthropicErrorBody, AnthropicErrorDetail};
 use axum::http::StatusCode;
+use orch_api_types::anthropic::{AnthropicErrorBody, AnthropicErrorDetail};
 
 use crate::http::door::{DoorError, ErrorShape};
 

@@ -19,8 +19,6 @@ mod tests;
 
 use std::convert::Infallible;
 
-use api_types::anthropic::{AnthropicErrorBody, CountTokensReply, MsgReply, MsgSseFrame};
-use api_types::{Dialect, StreamEvent};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -28,6 +26,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
+use orch_api_types::anthropic::{AnthropicErrorBody, CountTokensReply, MsgReply, MsgSseFrame};
+use orch_api_types::{Dialect, StreamEvent};
 
 pub use error::{error_body, is_messages_path, AnthropicError, AnthropicShape};
 pub use wire::{MsgMessage, MsgMetadata, MsgRequest, MsgTool, MsgToolChoice};
@@ -71,7 +71,7 @@ async fn handle(
         to_task(&r, &headers, &task_id, false).inspect_err(|_| {
             state
                 .metrics
-                .rejected("", api_types::ErrorCode::InvalidParams.as_str());
+                .rejected("", orch_api_types::ErrorCode::InvalidParams.as_str());
         })?;
     let Entered {
         adm,

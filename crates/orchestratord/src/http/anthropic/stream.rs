@@ -5,9 +5,9 @@
 //! `message_stop`; a failure as `error`. Text and tool arguments go out exactly as the engine
 //! produced them.
 
-use api_types::anthropic::{ContentBlock, MsgReply, MsgUsage};
-use api_types::{EndEvent, TokenEvent, ToolCall};
 use axum::http::StatusCode;
+use orch_api_types::anthropic::{ContentBlock, MsgReply, MsgUsage};
+use orch_api_types::{EndEvent, TokenEvent, ToolCall};
 use serde_json::{json, Value};
 
 use super::error::error_body;

@@ -14,8 +14,8 @@
 
 use std::collections::HashMap;
 
-use api_types::TaskRequest;
 use axum::http::HeaderMap;
+use orch_api_types::TaskRequest;
 use serde_json::{json, Value};
 
 use super::error::{AnthropicError, AnthropicShape};

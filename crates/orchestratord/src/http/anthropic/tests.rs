@@ -1,7 +1,7 @@
 //! The Messages translation and event rendering, pure.
 
-use api_types::{EndEvent, FunctionCallDelta, TokenEvent, ToolCallDelta};
 use axum::http::{HeaderMap, StatusCode};
+use orch_api_types::{EndEvent, FunctionCallDelta, TokenEvent, ToolCallDelta};
 use serde_json::{json, Value};
 
 use super::stream::{reply, stop_reason, tool_input, Events};
@@ -385,18 +385,18 @@ fn a_stream_has_anthropics_event_grammar() {
 #[test]
 fn a_whole_reply_has_text_then_tool_uses() {
     let calls = vec![
-        api_types::ToolCall {
+        orch_api_types::ToolCall {
             id: "call_1".into(),
             kind: "function".into(),
-            function: api_types::FunctionCall {
+            function: orch_api_types::FunctionCall {
                 name: "f".into(),
                 arguments: "{\"x\": [1]}".into(),
             },
         },
-        api_types::ToolCall {
+        orch_api_types::ToolCall {
             id: "call_2".into(),
             kind: "function".into(),
-            function: api_types::FunctionCall {
+            function: orch_api_types::FunctionCall {
                 name: "g".into(),
                 arguments: "not json".into(),
             },

@@ -1,4 +1,4 @@
-//! The Messages door's request types (the replies are `api_types::anthropic`). Fields
+//! The Messages door's request types (the replies are `orch_api_types::anthropic`). Fields
 //! Anthropic defines that are not listed (`service_tier`, `container`, `mcp_servers`,
 //! `cache_control` on blocks, …) are accepted and ignored; docs/ANTHROPIC.md lists each.
 

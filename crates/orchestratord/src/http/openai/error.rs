@@ -3,8 +3,8 @@
 //! The same shape answers 401, 404 and 405 on OpenAI's paths ([`is_openai_path`]) and 413 for
 //! a body over `http.max_body_bytes`.
 
-use api_types::openai::{OaiErrorBody, OaiErrorDetail};
 use axum::http::StatusCode;
+use orch_api_types::openai::{OaiErrorBody, OaiErrorDetail};
 
 use crate::http::door::{DoorError, ErrorShape};
 

@@ -19,11 +19,6 @@ mod tests;
 
 use std::convert::Infallible;
 
-use api_types::openai::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChunkDelta, OaiErrorBody, OaiModel, OaiModelList,
-    TextChoice, TextCompletion,
-};
-use api_types::{Dialect, ErrorCode, StreamEvent};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -31,6 +26,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
+use orch_api_types::openai::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChunkDelta, OaiErrorBody, OaiModel, OaiModelList,
+    TextChoice, TextCompletion,
+};
+use orch_api_types::{Dialect, ErrorCode, StreamEvent};
 
 pub use error::{error_body, is_openai_path, OaiError, OpenAiShape};
 pub use stream::{compact, data_event};

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use api_types::openai::{
+use axum::http::StatusCode;
+use axum::response::sse::Event;
+use orch_api_types::openai::{
     ChatCompletionChunk, ChatLogprobs, ChunkChoice, ChunkDelta, CompletionUsage, TextChoice,
     TextCompletion, TextLogprobs,
 };
-use api_types::{EndEvent, TokenEvent, TokenLogprob};
-use axum::http::StatusCode;
-use axum::response::sse::Event;
+use orch_api_types::{EndEvent, TokenEvent, TokenLogprob};
 use serde::Serialize;
 
 use super::error::error_body;

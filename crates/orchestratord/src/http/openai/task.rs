@@ -9,8 +9,8 @@
 //! - `tools`, `tool_choice`, `parallel_tool_calls`, tool messages and assistant messages with
 //!   `tool_calls`, `response_format` and `logprobs` become the task's own fields.
 
-use api_types::{ResponseFormat, TaskRequest};
 use axum::http::HeaderMap;
+use orch_api_types::{ResponseFormat, TaskRequest};
 use serde_json::{json, Value};
 
 use super::error::{OaiError, OpenAiShape};

@@ -4,8 +4,10 @@ use super::error::*;
 use super::stream::*;
 use super::task::*;
 use super::*;
-use api_types::{EndEvent, ResponseFormat, TokenEvent, TokenLogprob, ToolCallDelta, ToolChoice};
 use axum::http::StatusCode;
+use orch_api_types::{
+    EndEvent, ResponseFormat, TokenEvent, TokenLogprob, ToolCallDelta, ToolChoice,
+};
 use serde_json::{json, Value};
 
 #[test]
@@ -247,7 +249,7 @@ fn lp(token: &str, logprob: f64, top: &[(&str, f64)]) -> TokenLogprob {
         bytes: Some(token.as_bytes().to_vec()),
         top_logprobs: top
             .iter()
-            .map(|(t, l)| api_types::TopLogprob {
+            .map(|(t, l)| orch_api_types::TopLogprob {
                 token: (*t).into(),
                 logprob: *l,
                 bytes: None,
@@ -298,7 +300,7 @@ fn token_events_become_chunks_with_tool_calls_and_logprobs() {
         index: 0,
         id: Some("c1".into()),
         kind: Some("function".into()),
-        function: api_types::FunctionCallDelta {
+        function: orch_api_types::FunctionCallDelta {
             name: Some("f".into()),
             arguments: Some("{".into()),
         },
@@ -332,7 +334,7 @@ fn token_events_become_chunks_with_tool_calls_and_logprobs() {
 #[test]
 fn error_shape_and_retry_after() {
     let e = OaiError::from(ServiceError::from_envelope(
-        api_types::ErrorEnvelope::new(ErrorCode::AdmissionReject, "full").retry_after(1500),
+        orch_api_types::ErrorEnvelope::new(ErrorCode::AdmissionReject, "full").retry_after(1500),
     ));
     let r = e.into_response();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -1,6 +1,6 @@
-//! The OpenAI door's request types (the replies are `api_types::openai`).
+//! The OpenAI door's request types (the replies are `orch_api_types::openai`).
 
-use api_types::{LogitBias, ResponseFormat, Tool, ToolCall, ToolChoice};
+use orch_api_types::{LogitBias, ResponseFormat, Tool, ToolCall, ToolChoice};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;

@@ -19,9 +19,6 @@ mod tests;
 
 use std::convert::Infallible;
 
-use api_types::openai::OaiErrorBody;
-use api_types::responses::{InputTokens, ResponseDeleted, ResponseObject, ResponsesSseFrame};
-use api_types::{Dialect, ErrorCode, StreamEvent};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -29,6 +26,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
+use orch_api_types::openai::OaiErrorBody;
+use orch_api_types::responses::{InputTokens, ResponseDeleted, ResponseObject, ResponsesSseFrame};
+use orch_api_types::{Dialect, ErrorCode, StreamEvent};
 
 pub use stream::{Meta, Render};
 pub use task::{to_task, Translated};
@@ -165,7 +165,7 @@ async fn follow_to_end<S>(
     state: &AppState,
     mut frames: S,
     render: &mut Render,
-    history: &[api_types::ChatMessage],
+    history: &[orch_api_types::ChatMessage],
 ) -> Result<ResponseObject, OaiError>
 where
     S: futures::Stream<Item = std::sync::Arc<crate::task::Frame>> + Unpin,
@@ -190,7 +190,7 @@ where
 }
 
 /// Stores `obj` with the conversation it ends.
-async fn save(state: &AppState, obj: &ResponseObject, history: &[api_types::ChatMessage]) {
+async fn save(state: &AppState, obj: &ResponseObject, history: &[orch_api_types::ChatMessage]) {
     let mut all = history.to_vec();
     all.extend(stream::reply_message(&obj.output));
     store::save(state, obj, &all).await;

@@ -3,9 +3,9 @@
 //! and remove. Bounded by `responses.retention_s` and `responses.max_stored` at each write;
 //! an expired one is not found even before it is pruned.
 
-use api_types::responses::ResponseObject;
-use api_types::ChatMessage;
 use axum::http::StatusCode;
+use orch_api_types::responses::ResponseObject;
+use orch_api_types::ChatMessage;
 use orch_store::StoredResponse;
 
 use crate::app::AppState;

@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use api_types::responses::{
+use axum::response::sse::Event;
+use orch_api_types::responses::{
     IncompleteDetails, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
     ResponseError, ResponseObject, ResponseUsage,
 };
-use api_types::{ChatMessage, EndEvent, FunctionCall, TokenEvent, ToolCall};
-use axum::response::sse::Event;
+use orch_api_types::{ChatMessage, EndEvent, FunctionCall, TokenEvent, ToolCall};
 use serde_json::{json, Value};
 
 use crate::http::openai::compact;

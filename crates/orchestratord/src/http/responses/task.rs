@@ -11,8 +11,8 @@
 //!   pool's context), `temperature`, `top_p`, and the extensions `seed` and `logit_bias`;
 //! - priority and session from `X-Llorch-Priority` and `X-Llorch-Session`.
 
-use api_types::{ChatMessage, FunctionCall, TaskRequest, ToolCall};
 use axum::http::HeaderMap;
+use orch_api_types::{ChatMessage, FunctionCall, TaskRequest, ToolCall};
 use serde_json::{json, Value};
 
 use super::wire::ResponsesRequest;

@@ -1,7 +1,7 @@
 //! The Responses translation and event rendering, without a daemon.
 
-use api_types::responses::OutputItem;
-use api_types::{ChatMessage, EndEvent, FunctionCallDelta, TokenEvent, ToolCallDelta};
+use orch_api_types::responses::OutputItem;
+use orch_api_types::{ChatMessage, EndEvent, FunctionCallDelta, TokenEvent, ToolCallDelta};
 use serde_json::{json, Value};
 
 use super::stream::{reply_message, Meta, Render};

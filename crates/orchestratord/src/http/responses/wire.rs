@@ -1,4 +1,4 @@
-//! The Responses door's request type (the replies are `api_types::responses`). `input`,
+//! The Responses door's request type (the replies are `orch_api_types::responses`). `input`,
 //! `tools`, `tool_choice` and `text` are read by hand (`task.rs`) so that each bad item is
 //! named by its place and the tool types the engine cannot run are dropped, not refused.
 
@@ -72,7 +72,7 @@ pub struct ResponsesRequest {
     /// llama-orch extension (llama-server's own `/v1/responses` takes it too): token id →
     /// bias (-100 ..= 100), e.g. to make a model open a tool call.
     #[serde(default)]
-    pub logit_bias: Option<api_types::LogitBias>,
+    pub logit_bias: Option<orch_api_types::LogitBias>,
     /// Accepted and ignored (the engine reasons as its template says).
     #[serde(default)]
     #[schema(value_type = Object)]
