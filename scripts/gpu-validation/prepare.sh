@@ -18,5 +18,5 @@ cp "$TEST_MODEL" .gpu/tiny-llama-g2-s42.gguf
 cp target/release/orchestratord target/release/examples/gpu_probe .gpu/
 cp target/release/xtask target/release/engine-double target/release/loadgen .gpu/
 cp scripts/gpu-validation/run.sh scripts/gpu-validation/build.sh .gpu/
-cp scripts/gpu-validation/run-overhead.sh scripts/gpu-validation/run-ondemand.sh scripts/gpu-validation/gen-model.py .gpu/
+cp scripts/gpu-validation/run-overhead.sh scripts/gpu-validation/run-on_demand.sh scripts/gpu-validation/gen-model.py .gpu/
 echo "ready: .gpu/ ($(du -sh .gpu | cut -f1))"

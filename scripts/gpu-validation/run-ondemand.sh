@@ -4,13 +4,13 @@
 # every switch between them is an eviction plus a load. Prints each task's queue wait and TTFT,
 # the pools' states, the load/eviction counters and the load-time histogram, and NVML's view.
 # Prepare with scripts/gpu-validation/prepare.sh, then on the GPU machine from the repo root:
-#   OUT=<dir> bash .gpu/run-ondemand.sh
+#   OUT=<dir> bash .gpu/run-on_demand.sh
 # Knobs: CAP_MIB (usable VRAM of GPU 0, default 4096), LS (a llama-server binary), MODEL_ARGS.
 set -u
 G=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$G/out}
 mkdir -p "$OUT"
-exec > >(tee -a "$OUT/ondemand.txt") 2>&1
+exec > >(tee -a "$OUT/on_demand.txt") 2>&1
 nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv
 if [ -z "${LS:-}" ]; then
   if [ ! -x "$G/src/llama.cpp/build/bin/llama-server" ]; then

@@ -26,7 +26,7 @@ pub mod gguf;
 pub mod launch;
 mod load_times;
 mod metrics;
-mod ondemand;
+mod on_demand;
 mod placement;
 mod pool;
 mod reload;
@@ -35,7 +35,7 @@ mod supervisor;
 
 pub use load_times::ENGINE_START_MS;
 pub use metrics::{PoolMetrics, ReplicaLabels};
-pub use ondemand::{LoadError, LoadErrorKind, LoadReport, UnloadHook, UnloadingEngine};
+pub use on_demand::{LoadError, LoadErrorKind, LoadReport, UnloadHook, UnloadingEngine};
 pub use placement::{GpuMode, HEADROOM_BYTES};
 pub use pool::{LoadPhase, OnDemandHealth, Pool, PoolHealth};
 pub use reload::{ReloadError, ReloadErrorKind, ReloadOptions, ReloadReport};
@@ -91,7 +91,7 @@ pub struct PoolManager {
     /// controller and its loads).
     tasks: TaskTracker,
     /// Models on demand: the controller's wake-up, load times, the plan lock.
-    od: ondemand::OnDemand,
+    od: on_demand::OnDemand,
 }
 
 impl PoolManager {
@@ -124,7 +124,7 @@ impl PoolManager {
             cancel: CancellationToken::new(),
             adapters: opts.adapters,
             tasks: TaskTracker::new(),
-            od: ondemand::OnDemand::new(
+            od: on_demand::OnDemand::new(
                 times,
                 std::time::Duration::from_millis(cfg.placement.max_swap_wait_ms),
             ),
@@ -150,8 +150,8 @@ impl PoolManager {
             mgr.cancel.clone(),
         );
         if any_on_demand {
-            ondemand::spawn_estimates(&mgr);
-            ondemand::spawn_controller(
+            on_demand::spawn_estimates(&mgr);
+            on_demand::spawn_controller(
                 Arc::downgrade(&mgr),
                 mgr.od.wake.clone(),
                 &mgr.tasks,
