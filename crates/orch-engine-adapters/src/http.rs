@@ -43,6 +43,63 @@ pub(crate) fn unreachable(base: &str, e: reqwest::Error) -> AdapterError {
     }
 }
 
+/// `GET url` answers with a success status within two seconds: the readiness probe of engines
+/// that have a health route (llama-server and TGI `/health`, Triton `/v2/health/ready`).
+pub(crate) async fn get_ok(
+    client: &reqwest::Client,
+    base: &str,
+    url: String,
+) -> Result<(), AdapterError> {
+    let resp = client
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| unreachable(base, e))?;
+    check_status(resp).await.map(|_| ())
+}
+
+/// The sampling fields llama-server's native API and the OpenAI-compatible APIs spell alike:
+/// seed, temperature, top_p, top_k, stop, the penalties and `logit_bias` (OpenAI's object
+/// form, which llama-server accepts too: keys are token ids, or token text). Only what the
+/// request sets is sent, so each engine keeps its own defaults.
+pub(crate) fn insert_sampling(
+    o: &mut serde_json::Map<String, Value>,
+    req: &crate::GenerateRequest,
+) {
+    use serde_json::json;
+    if let Some(s) = req.seed {
+        o.insert("seed".into(), json!(s));
+    }
+    if let Some(t) = req.temperature {
+        o.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        o.insert("top_p".into(), json!(p));
+    }
+    // Not in OpenAI's API, but vLLM, SGLang and llama-server take it.
+    if let Some(k) = req.top_k {
+        o.insert("top_k".into(), json!(k));
+    }
+    if !req.stop.is_empty() {
+        o.insert("stop".into(), json!(req.stop));
+    }
+    if let Some(p) = req.frequency_penalty {
+        o.insert("frequency_penalty".into(), json!(p));
+    }
+    if let Some(p) = req.presence_penalty {
+        o.insert("presence_penalty".into(), json!(p));
+    }
+    if !req.logit_bias.is_empty() {
+        let m = req
+            .logit_bias
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        o.insert("logit_bias".into(), Value::Object(m));
+    }
+}
+
 /// Maps a non-success HTTP status to an error carrying the engine's own message:
 /// 4xx → [`AdapterError::Rejected`], anything else → [`AdapterError::Engine`].
 pub(crate) async fn check_status(

@@ -235,38 +235,9 @@ pub fn completion_body(req: &GenerateRequest, prompt: &str) -> Value {
         "cache_prompt": req.cache_prompt,
     });
     let o = b.as_object_mut().expect("json! object literal");
-    if let Some(s) = req.seed {
-        o.insert("seed".into(), json!(s));
-    }
-    if let Some(t) = req.temperature {
-        o.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        o.insert("top_p".into(), json!(p));
-    }
-    if let Some(k) = req.top_k {
-        o.insert("top_k".into(), json!(k));
-    }
-    if !req.stop.is_empty() {
-        o.insert("stop".into(), json!(req.stop));
-    }
+    http::insert_sampling(o, req);
     if let Some(s) = req.slot {
         o.insert("id_slot".into(), json!(s));
-    }
-    if let Some(p) = req.frequency_penalty {
-        o.insert("frequency_penalty".into(), json!(p));
-    }
-    if let Some(p) = req.presence_penalty {
-        o.insert("presence_penalty".into(), json!(p));
-    }
-    if !req.logit_bias.is_empty() {
-        // OpenAI's object form, which llama-server accepts (keys: token ids, or token text).
-        let m: serde_json::Map<String, Value> = req
-            .logit_bias
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        o.insert("logit_bias".into(), Value::Object(m));
     }
     // `n_probs: 0` means none at all: ask for one alternative and drop it in the decoder.
     if let Some(n) = req.logprobs {
@@ -464,14 +435,7 @@ impl EngineAdapter for LlamaCppAdapter {
     }
 
     async fn health(&self) -> Result<(), AdapterError> {
-        let resp = self
-            .http
-            .get(self.url("/health"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        http::check_status(resp).await.map(|_| ())
+        http::get_ok(&self.http, &self.base, self.url("/health")).await
     }
 
     async fn info(&self) -> Result<EngineInfo, AdapterError> {

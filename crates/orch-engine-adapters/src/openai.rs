@@ -187,36 +187,7 @@ fn common_fields(
     if include_usage {
         o.insert("stream_options".into(), json!({ "include_usage": true }));
     }
-    if let Some(s) = req.seed {
-        o.insert("seed".into(), json!(s));
-    }
-    if let Some(t) = req.temperature {
-        o.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        o.insert("top_p".into(), json!(p));
-    }
-    // Not in OpenAI's API, but vLLM, SGLang and llama-server take it; only sent when asked for.
-    if let Some(k) = req.top_k {
-        o.insert("top_k".into(), json!(k));
-    }
-    if !req.stop.is_empty() {
-        o.insert("stop".into(), json!(req.stop));
-    }
-    if let Some(p) = req.frequency_penalty {
-        o.insert("frequency_penalty".into(), json!(p));
-    }
-    if let Some(p) = req.presence_penalty {
-        o.insert("presence_penalty".into(), json!(p));
-    }
-    if !req.logit_bias.is_empty() {
-        let m: Map<String, Value> = req
-            .logit_bias
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        o.insert("logit_bias".into(), Value::Object(m));
-    }
+    http::insert_sampling(o, req);
     if let Some(f) = &req.response_format {
         o.insert("response_format".into(), f.to_openai());
     }

@@ -156,14 +156,7 @@ impl EngineAdapter for TgiAdapter {
     }
 
     async fn health(&self) -> Result<(), AdapterError> {
-        let resp = self
-            .http
-            .get(self.url("/health"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| http::unreachable(&self.base, e))?;
-        http::check_status(resp).await.map(|_| ())
+        http::get_ok(&self.http, &self.base, self.url("/health")).await
     }
 
     async fn info(&self) -> Result<EngineInfo, AdapterError> {

@@ -232,14 +232,8 @@ impl EngineAdapter for TritonAdapter {
     }
 
     async fn health(&self) -> Result<(), AdapterError> {
-        let resp = self
-            .http
-            .get(format!("{}/v2/health/ready", self.base))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| http::unreachable(&self.base, e))?;
-        http::check_status(resp).await?;
+        let ready = format!("{}/v2/health/ready", self.base);
+        http::get_ok(&self.http, &self.base, ready).await?;
         match self.get(self.model_url("ready")?).await {
             Ok(_) => Ok(()),
             Err(AdapterError::Rejected { status, message }) => Err(AdapterError::Engine {
