@@ -15,8 +15,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::seg;
 use super::submit::{admission_line, model_or_default, priority};
-use super::{parse, seg};
 use crate::cli::ChatArgs;
 use crate::client::{Client, ErrorView};
 use crate::config::Settings;
@@ -246,16 +246,7 @@ impl Chat<'_> {
         if let Some(t) = self.a.temperature {
             body["temperature"] = json!(t);
         }
-        let v = self
-            .client
-            .call_json(
-                Method::POST,
-                "/v1/tasks",
-                Some(&body),
-                Some(Duration::from_secs(60)),
-            )
-            .await?;
-        let adm: AdmissionResponse = parse(&v, "/v1/tasks")?;
+        let (adm, v) = super::admit_task(self.client, &body).await?;
         if self.json_out {
             stream::ndjson("admitted", &v);
         } else if adm.queue_position > 0

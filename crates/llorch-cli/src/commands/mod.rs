@@ -50,6 +50,22 @@ pub(crate) fn parse<T: DeserializeOwned>(v: &Value, path: &str) -> Result<T, Cli
     })
 }
 
+/// `POST /v1/tasks` with `body`: the admission as its wire type, and as sent (for `--json`).
+pub(crate) async fn admit_task(
+    client: &crate::client::Client,
+    body: &Value,
+) -> Result<(orch_api_types::AdmissionResponse, Value), CliError> {
+    let v = client
+        .call_json(
+            reqwest::Method::POST,
+            "/v1/tasks",
+            Some(body),
+            Some(Duration::from_secs(60)),
+        )
+        .await?;
+    Ok((parse(&v, "/v1/tasks")?, v))
+}
+
 /// A typed request body as JSON.
 pub(crate) fn body<T: Serialize>(t: &T) -> Result<Value, CliError> {
     serde_json::to_value(t).map_err(|e| CliError::usage(format!("cannot encode the request: {e}")))

@@ -2,10 +2,8 @@
 //! the engine with the model's chat template); `--raw` sends it as a completion prompt.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use orch_api_types::{AdmissionResponse, Capabilities};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{parse, read_stdin};
@@ -80,15 +78,7 @@ pub async fn run(
     if let Some(p) = &a.pool {
         body["placement"] = json!({ "pin_pool": p });
     }
-    let v = client
-        .call_json(
-            Method::POST,
-            "/v1/tasks",
-            Some(&body),
-            Some(Duration::from_secs(60)),
-        )
-        .await?;
-    let adm: AdmissionResponse = parse(&v, "/v1/tasks")?;
+    let (adm, v) = super::admit_task(client, &body).await?;
     if json_out {
         stream::ndjson("admitted", &v);
     } else {
