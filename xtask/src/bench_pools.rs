@@ -11,15 +11,14 @@
 //! It builds nothing; it runs `target/release/orchestratord` when it exists, else the debug
 //! build (the daemon's build profile barely matters here; the engine's start dominates).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
-use crate::bench_util::{median_min_max, second_model, EngineArgs};
+use crate::bench_util::{median_min_max, second_model, Daemon, EngineArgs};
 
 /// Arguments of `cargo xtask bench pools`.
 #[derive(clap::Args)]
@@ -35,65 +34,15 @@ pub struct PoolsArgs {
     pub runs: usize,
 }
 
-/// Kills the daemon (and so, by process group and parent-death signal, its engines) on drop.
-struct DaemonGuard {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for DaemonGuard {
-    fn drop(&mut self) {
-        crate::bench_util::stop(&mut self.child);
-    }
-}
-
-fn start_daemon(bin: &Path, server: &Path, model: &Path) -> Result<DaemonGuard> {
-    let dir = tempfile::tempdir().context("tempdir")?;
-    let cfg = format!(
-        "bind: \"127.0.0.1:0\"\ndata_dir: \"{}\"\ndev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: bench\n    model: \"{}\"\n    engine_binary: \"{}\"\n    slots: 2\n    ctx: 4096\n    startup_timeout_s: 60\n",
-        dir.path().join("data").display(),
-        model.display(),
-        server.display()
-    );
-    let cfg_path = dir.path().join("config.yaml");
-    std::fs::write(&cfg_path, cfg).context("write config")?;
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(&cfg_path)
-        .env("RUST_LOG", "warn,orchestratord=info")
-        .env("AUTH_OPTIONAL", "true")
-        .env_remove("LLORCH_ADDR")
-        .env_remove("LLORCH_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("\"listening\"") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(l) => l,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("orchestratord did not start listening within 60 s");
-        }
-    };
-    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-    let addr = v["fields"]["addr"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no addr in the listening line: {line}"))?;
-    Ok(DaemonGuard {
-        child,
-        base: format!("http://{addr}"),
-        _dir: dir,
+/// The daemon with one 2-slot pool `bench` on `model`.
+fn start_daemon(bin: &Path, server: &Path, model: &Path) -> Result<Daemon> {
+    Daemon::start(bin, |data| {
+        format!(
+            "bind: \"127.0.0.1:0\"\ndata_dir: \"{}\"\ndev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: bench\n    model: \"{}\"\n    engine_binary: \"{}\"\n    slots: 2\n    ctx: 4096\n    startup_timeout_s: 60\n",
+            data.display(),
+            model.display(),
+            server.display()
+        )
     })
 }
 

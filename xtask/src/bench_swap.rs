@@ -11,7 +11,6 @@
 //!
 //! The orchestration's share of a load is the cold load less the engine alone.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench_util::{free_port, median_min_max, second_model, EngineArgs};
+use crate::bench_util::{free_port, median_min_max, second_model, Daemon, EngineArgs};
 
 /// Arguments of `cargo xtask bench swap`.
 #[derive(clap::Args)]
@@ -86,13 +85,8 @@ async fn engine_alone(c: &reqwest::Client, server: &Path, model: &Path) -> Resul
     }
 }
 
-fn start_daemon(
-    bin: &Path,
-    server: &Path,
-    model: &Path,
-    model2: &Path,
-) -> Result<(Guard, String, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().context("tempdir")?;
+/// The daemon with two on-demand pools, `a` and `b`, on a card with room for one.
+fn start_daemon(bin: &Path, server: &Path, model: &Path, model2: &Path) -> Result<Daemon> {
     let pool = |id: &str, m: &Path| {
         format!(
             "  - id: {id}\n    model: \"{}\"\n    engine_binary: \"{}\"\n    load: on_demand\n    idle_unload_s: 0\n    slots: 1\n    ctx: 1024\n    flags: [\"-t\", \"1\"]\n",
@@ -101,43 +95,14 @@ fn start_daemon(
         )
     };
     // One card with room for one of these pools (~785 MiB each by the estimate, 888 MiB free).
-    let cfg = format!(
-        "bind: \"127.0.0.1:0\"\ndata_dir: \"{}\"\ndev: {{ allow_cpu_inference: true, fake_gpus: \"1400MiB:Bench\" }}\nshutdown_grace_s: 2\npools:\n{}{}",
-        dir.path().join("data").display(),
-        pool("a", model),
-        pool("b", model2),
-    );
-    let cfg_path = dir.path().join("config.yaml");
-    std::fs::write(&cfg_path, cfg).context("write config")?;
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(&cfg_path)
-        .env("RUST_LOG", "warn,orchestratord=info")
-        .env("AUTH_OPTIONAL", "true")
-        .env_remove("LLORCH_ADDR")
-        .env_remove("LLORCH_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let guard = Guard { child };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("\"listening\"") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .map_err(|_| anyhow!("orchestratord did not start listening within 60 s"))?;
-    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-    let addr = v["fields"]["addr"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no addr in the listening line: {line}"))?;
-    Ok((guard, format!("http://{addr}"), dir))
+    Daemon::start(bin, |data| {
+        format!(
+            "bind: \"127.0.0.1:0\"\ndata_dir: \"{}\"\ndev: {{ allow_cpu_inference: true, fake_gpus: \"1400MiB:Bench\" }}\nshutdown_grace_s: 2\npools:\n{}{}",
+            data.display(),
+            pool("a", model),
+            pool("b", model2),
+        )
+    })
 }
 
 /// `POST path` and the answer, failing on an error status.
@@ -193,7 +158,8 @@ pub async fn run(a: SwapArgs) -> Result<()> {
     for _ in 0..runs {
         alone.push(engine_alone(&c, &server, &model).await?);
     }
-    let (_daemon, base, _dir) = start_daemon(&bin, &server, &model, &model2)?;
+    let daemon = start_daemon(&bin, &server, &model, &model2)?;
+    let base = daemon.base.clone();
     let load = |p: &str| format!("{base}/v1/pools/{p}/load");
     let unload = |p: &str| format!("{base}/v1/pools/{p}/unload");
     let (mut cold, mut cold_srv, mut swap, mut ttft) =

@@ -1,10 +1,11 @@
 //! What the engine benchmarks (`bench pools`, `bench swap`, `bench eta`) share.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 /// The daemon and the engine an engine benchmark runs (`bench pools`, `swap`, `eta`).
 #[derive(clap::Args)]
@@ -66,6 +67,67 @@ pub fn need_file(p: Option<PathBuf>, what: &str) -> Result<PathBuf> {
         None => bail!(
             "no {what}: run `eval \"$(cargo xtask provision-engine)\"` (sets LLAMA_SERVER and TEST_MODEL) and `cargo xtask gen-model --seed 43`"
         ),
+    }
+}
+
+/// A daemon a benchmark started in a temporary directory, stopped (SIGTERM, then SIGKILL) and
+/// its directory removed when dropped.
+pub struct Daemon {
+    child: Child,
+    /// `http://addr` it listens on.
+    pub base: String,
+    /// Holds `data_dir` (`<dir>/data`) and the config.
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Writes `config(data_dir)` to a config file in a new temporary directory, starts `bin` on
+    /// it (auth optional, info logs) and waits up to 60 s for its "listening" log line.
+    pub fn start(bin: &Path, config: impl FnOnce(&Path) -> String) -> Result<Daemon> {
+        let dir = tempfile::tempdir().context("tempdir")?;
+        let cfg_path = dir.path().join("config.yaml");
+        std::fs::write(&cfg_path, config(&dir.path().join("data"))).context("write config")?;
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("RUST_LOG", "warn,orchestratord=info")
+            .env("AUTH_OPTIONAL", "true")
+            .env_remove("LLORCH_ADDR")
+            .env_remove("LLORCH_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        // From here on, dropping `d` stops the daemon on every error path.
+        let mut d = Daemon {
+            child,
+            base: String::new(),
+            _dir: dir,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("\"listening\"") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| anyhow!("orchestratord did not start listening within 60 s"))?;
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let addr = v["fields"]["addr"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no addr in the listening line: {line}"))?;
+        d.base = format!("http://{addr}");
+        Ok(d)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        stop(&mut self.child);
     }
 }
 
