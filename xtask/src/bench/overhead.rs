@@ -20,9 +20,9 @@ use serde_json::Value;
 use crate::bench_util::{load_average, percentile, verdict};
 use procs::*;
 
-/// Arguments of `cargo xtask bench overhead`.
+/// The release binaries a relay benchmark runs (`bench overhead`, `bench doors`).
 #[derive(clap::Args)]
-pub struct OverheadArgs {
+pub struct Binaries {
     /// orchestratord binary [default: <target>/release/orchestratord].
     #[arg(long)]
     pub orchestratord: Option<PathBuf>,
@@ -32,6 +32,28 @@ pub struct OverheadArgs {
     /// loadgen binary, the load generator [default: <target>/release/loadgen].
     #[arg(long)]
     pub loadgen: Option<PathBuf>,
+}
+
+impl Binaries {
+    /// `(orchestratord, engine-double, loadgen)`: those given, else the release builds.
+    pub fn resolve(&self) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        Ok((
+            release_binary(
+                self.orchestratord.clone(),
+                "orchestratord",
+                "--orchestratord",
+            )?,
+            release_binary(self.double.clone(), "engine-double", "--double")?,
+            release_binary(self.loadgen.clone(), "loadgen", "--loadgen")?,
+        ))
+    }
+}
+
+/// Arguments of `cargo xtask bench overhead`.
+#[derive(clap::Args)]
+pub struct OverheadArgs {
+    #[command(flatten)]
+    pub bins: Binaries,
     /// Skip the engine double (measure only the real llama-server).
     #[arg(long)]
     pub skip_double: bool,
@@ -605,9 +627,7 @@ fn problems(rows: &[Row], check_text: bool) -> Vec<String> {
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog. Once upon a time";
 
 pub async fn run(a: OverheadArgs) -> Result<()> {
-    let daemon_bin = release_binary(a.orchestratord.clone(), "orchestratord", "--orchestratord")?;
-    let double_bin = release_binary(a.double.clone(), "engine-double", "--double")?;
-    let loadgen = release_binary(a.loadgen.clone(), "loadgen", "--loadgen")?;
+    let (daemon_bin, double_bin, loadgen) = a.bins.resolve()?;
     let real = if a.skip_real_engine {
         None
     } else {

@@ -7,27 +7,19 @@
 //! reported as a failure.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use super::procs::{release_binary, start_daemon, start_double};
+use super::procs::{start_daemon, start_double};
 use super::{progress, Phase, Setup, Spec, Target};
 use crate::bench_util::load_average;
 
 /// Arguments of `cargo xtask bench doors`.
 #[derive(clap::Args)]
 pub struct DoorsArgs {
-    /// orchestratord binary [default: <target>/release/orchestratord].
-    #[arg(long)]
-    pub orchestratord: Option<PathBuf>,
-    /// engine-double binary [default: <target>/release/engine-double].
-    #[arg(long)]
-    pub double: Option<PathBuf>,
-    /// loadgen binary [default: <target>/release/loadgen].
-    #[arg(long)]
-    pub loadgen: Option<PathBuf>,
+    #[command(flatten)]
+    pub bins: super::Binaries,
     /// Concurrent streams, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
     pub concurrency: Vec<usize>,
@@ -52,9 +44,7 @@ const PROMPT: &str = "The quick brown fox jumps over the lazy dog. Once upon a t
 
 /// Runs the benchmark and prints its table.
 pub async fn run(a: DoorsArgs) -> Result<()> {
-    let daemon_bin = release_binary(a.orchestratord.clone(), "orchestratord", "--orchestratord")?;
-    let double_bin = release_binary(a.double.clone(), "engine-double", "--double")?;
-    let loadgen = release_binary(a.loadgen.clone(), "loadgen", "--loadgen")?;
+    let (daemon_bin, double_bin, loadgen) = a.bins.resolve()?;
     if a.concurrency.contains(&0) || a.segments == 0 {
         bail!("a concurrency and --segments must be at least 1");
     }
