@@ -181,13 +181,7 @@ impl PoolManager {
                 Arc::new(r)
             })
             .collect();
-        Arc::new(Generation {
-            number,
-            cfg,
-            replicas,
-            cancel: self.cancel.child_token(),
-            tracker: TaskTracker::new(),
-        })
+        Generation::new(number, cfg, replicas, &self.cancel)
     }
 
     /// One supervisor per replica of `generation`, tracked by the generation.

@@ -394,16 +394,14 @@ mod tests {
     use crate::Replica;
 
     fn generation(pool: &str, number: u64, ids: &[&str]) -> Arc<Generation> {
-        Arc::new(Generation {
+        Generation::new(
             number,
-            cfg: Arc::new(PoolConfig::llamacpp(pool, "m.gguf", None)),
-            replicas: ids
-                .iter()
+            Arc::new(PoolConfig::llamacpp(pool, "m.gguf", None)),
+            ids.iter()
                 .map(|id| Arc::new(Replica::new((*id).into(), "gpu0".into(), 2, number)))
                 .collect(),
-            cancel: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        })
+            &CancellationToken::new(),
+        )
     }
 
     fn ready(r: &Replica, pid: u32, version: Option<&str>) {

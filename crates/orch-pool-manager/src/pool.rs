@@ -35,6 +35,23 @@ pub(crate) struct Generation {
 }
 
 impl Generation {
+    /// Generation `number` of `cfg` with these replicas (supervisors are started later, under
+    /// a child token of `parent`, so stopping the manager stops every generation).
+    pub(crate) fn new(
+        number: u64,
+        cfg: Arc<PoolConfig>,
+        replicas: Vec<Arc<Replica>>,
+        parent: &CancellationToken,
+    ) -> Arc<Generation> {
+        Arc::new(Generation {
+            number,
+            cfg,
+            replicas,
+            cancel: parent.child_token(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
     /// Stops every engine of this generation and waits until they are gone.
     pub(crate) async fn stop(&self) {
         self.cancel.cancel();

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use orch_config::{EngineKind, PoolConfig};
 use orch_core::vram::Layout;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::plan::{Target, Victim};
 use super::{ms, LoadError, LoadErrorKind, LoadReport, UnloadingEngine, TICK, UNLOAD_HOOK_LIMIT};
@@ -57,13 +56,7 @@ impl PoolManager {
                 Arc::new(r)
             })
             .collect();
-        Arc::new(Generation {
-            number,
-            cfg,
-            replicas,
-            cancel: self.cancel.child_token(),
-            tracker: TaskTracker::new(),
-        })
+        Generation::new(number, cfg, replicas, &self.cancel)
     }
 
     /// Starts loading `pool` if it is unloaded or failed: plans room, evicts, reserves and
