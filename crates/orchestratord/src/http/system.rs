@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orch_api_types::{Capabilities, ErrorCode, ErrorEnvelope, HealthResponse, PoolCapabilities};
 
-use crate::app::AppState;
 use crate::error::ServiceError;
+use crate::state::AppState;
 
 /// Liveness.
 #[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse)),
@@ -61,7 +61,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
 
 /// The OpenAPI document of this daemon.
 pub async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
+    Json(super::openapi::document())
 }
 
 /// What the pools can do, from their live engines.
