@@ -31,6 +31,7 @@ mod pull;
 mod serve;
 mod session_kv;
 mod sessions;
+mod shutdown;
 mod stall;
 mod state;
 mod status;

@@ -4,7 +4,6 @@
 //! `http/pools.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use crate::clock::now_ms;
 use crate::dispatch::Dispatcher;
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
+use crate::shutdown::ShutdownFlag;
 use crate::task::{end_within, Task, TaskTable, CANCEL_GRACE};
 
 /// What pool control uses: the pools and their queues, the task table (to wait for and end a
@@ -33,7 +33,7 @@ pub struct PoolControl {
     /// Cancels of queued tasks are counted.
     pub metrics: Metrics,
     /// Set once shutdown began (by [`PoolControl::shut_down`]).
-    pub shutting_down: Arc<AtomicBool>,
+    pub shutting_down: ShutdownFlag,
     /// Catalog ids as reload targets.
     pub catalog: Arc<Catalog>,
     /// Where drain enforcers run (stopped together at shutdown).
@@ -41,16 +41,11 @@ pub struct PoolControl {
 }
 
 impl PoolControl {
-    /// Whether shutdown began.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
     /// Shutdown: stop admitting, end every queued task at once and the running ones after
     /// `grace` (SIGTERM; `orchestratord::drain`).
     pub async fn shut_down(&self, grace: Duration) {
         tracing::info!(grace_s = grace.as_secs(), "shutdown: no longer admitting");
-        self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutting_down.begin();
         let bye = || {
             ErrorEnvelope::new(
                 ErrorCode::ShuttingDown,
@@ -94,7 +89,7 @@ pub fn find_pool(state: &PoolControl, id: &str) -> Result<Arc<Pool>, ServiceErro
 
 /// `SHUTTING_DOWN` once shutdown began.
 pub fn refuse_while_shutting_down(state: &PoolControl) -> Result<(), ServiceError> {
-    if state.is_shutting_down() {
+    if state.shutting_down.began() {
         return Err(ServiceError::from_envelope(
             ErrorEnvelope::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
                 .retry_after(5000),

@@ -3,7 +3,6 @@
 //! handlers get this state explicitly (axum `State`); nothing global.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use orch_config::Config;
@@ -20,6 +19,7 @@ use crate::outbound::Outbound;
 use crate::pool_control::PoolControl;
 use crate::pull::{PullService, PullSetup};
 use crate::sessions::SessionAccounts;
+use crate::shutdown::ShutdownFlag;
 use crate::status::StatusView;
 use crate::status_history::StatusHistory;
 use crate::task::TaskTable;
@@ -37,7 +37,7 @@ pub struct AppState {
     /// Prometheus registry holding `metrics` and the pool manager's series.
     pub prom: Arc<Registry>,
     /// Set once shutdown began (shared with the services, which refuse work from then on).
-    pub shutting_down: Arc<AtomicBool>,
+    pub shutting_down: ShutdownFlag,
     /// Authentication.
     pub auth: Auth,
     /// The persistent store: catalog, sessions and budgets, artifacts, audit log
@@ -153,7 +153,7 @@ impl AppState {
                 .collect(),
         );
         let config = Arc::new(config);
-        let shutting_down = Arc::new(AtomicBool::new(false));
+        let shutting_down = ShutdownFlag::default();
         let background = Arc::new(Background::default());
         let history = Arc::new(StatusHistory::default());
         let pulls = Arc::new(PullService::new(
@@ -214,10 +214,5 @@ impl AppState {
             pool_control,
             status,
         }
-    }
-
-    /// Whether shutdown began.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
     }
 }

@@ -3,7 +3,6 @@
 //! what it reads and nothing else ([`StatusView`]). Served by `http/web.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use orch_api_types::{
@@ -12,6 +11,7 @@ use orch_api_types::{
 };
 use orch_pool_manager::PoolManager;
 
+use crate::shutdown::ShutdownFlag;
 use crate::status_history::StatusHistory;
 use crate::task::TaskTable;
 
@@ -27,17 +27,12 @@ pub struct StatusView {
     /// Recent throughput and queue samples (the handlers send the part a reader has not seen).
     pub history: Arc<StatusHistory>,
     /// Set once shutdown began.
-    pub shutting_down: Arc<AtomicBool>,
+    pub shutting_down: ShutdownFlag,
     /// `queue.capacity`: a pool's queue capacity unless the pool sets its own.
     pub default_queue_capacity: usize,
 }
 
 impl StatusView {
-    /// Whether shutdown began.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
     /// What each pool's replicas hold per GPU index: the engine process's memory where NVML lists
     /// its pid on the card, else placement's reservation for the replica there. `gpus`: each GPU's
     /// index and the `(pid, bytes)` of the processes NVML lists on it.
@@ -216,7 +211,7 @@ impl StatusView {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             time_ms: crate::clock::now_ms(),
             gpu_mode: self.pools.gpu_mode().describe(),
-            shutting_down: self.is_shutting_down(),
+            shutting_down: self.shutting_down.began(),
             queue: total,
             gpus,
             pools,

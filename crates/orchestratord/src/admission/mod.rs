@@ -7,7 +7,6 @@ pub mod context;
 pub mod validate;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -26,6 +25,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::sessions::SessionAccounts;
+use crate::shutdown::ShutdownFlag;
 use crate::task::{Task, TaskTable};
 use crate::transcripts::Transcripts;
 use context::ContextNote;
@@ -46,7 +46,7 @@ pub struct Admission {
     /// Rejections, backpressure and cancels are counted.
     pub metrics: Metrics,
     /// Set once shutdown began: admission answers 503.
-    pub shutting_down: Arc<AtomicBool>,
+    pub shutting_down: ShutdownFlag,
     /// Catalog ids as `model_ref`.
     pub catalog: Arc<Catalog>,
     /// Session turns, TTLs and budget reservations.
@@ -55,13 +55,6 @@ pub struct Admission {
     pub transcripts: Arc<Transcripts>,
     /// Runs each task's follow-ups (charges, transcript) once it ends.
     pub background: Arc<Background>,
-}
-
-impl Admission {
-    /// Whether shutdown began.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
 }
 
 /// A task that passed admission.
@@ -309,7 +302,7 @@ async fn admit_to_end(
         state.metrics.rejected(engine, e.body.code.as_str());
         e
     };
-    if state.is_shutting_down() {
+    if state.shutting_down.began() {
         return Err(reject(
             "",
             ServiceError::from_envelope(

@@ -110,7 +110,7 @@ pub async fn register(
     JsonBody(req): JsonBody<RegisterModelRequest>,
 ) -> Result<Response, ServiceError> {
     if wants_pull(&req)? {
-        if state.is_shutting_down() {
+        if state.shutting_down.began() {
             return Err(ServiceError::from_envelope(
                 ErrorEnvelope::new(
                     ErrorCode::ShuttingDown,

@@ -19,7 +19,7 @@ use crate::state::AppState;
 pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
     let pools = state.pools.pools();
     Json(HealthResponse {
-        status: if state.is_shutting_down() {
+        status: if state.shutting_down.began() {
             "shutting_down"
         } else {
             "ok"
