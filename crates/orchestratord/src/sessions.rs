@@ -204,22 +204,6 @@ pub fn metrics_event(task: &Task, tokens_out: u64) -> MetricsEvent {
     ev
 }
 
-fn to_api_remaining(r: orch_store::BudgetRemaining) -> orch_api_types::BudgetRemaining {
-    orch_api_types::BudgetRemaining {
-        tokens: r.tokens,
-        time_ms: r.time_ms,
-        cost: r.cost,
-    }
-}
-
-fn to_store_budget(b: &orch_api_types::BudgetSpec) -> orch_store::Budget {
-    orch_store::Budget {
-        tokens: b.tokens,
-        time_ms: b.time_ms,
-        cost: b.cost,
-    }
-}
-
 impl SessionAccounts {
     /// Accounts over the store's sessions, with `sessions.ttl_ms` and `sessions.max_turns`.
     pub fn new(cfg: &Config, store: Arc<Store>) -> Self {
@@ -336,7 +320,7 @@ impl SessionAccounts {
                         )));
                     }
                     if let Some(b) = &budget {
-                        if Some(to_store_budget(b)) != s.budget {
+                        if Some(crate::wire::store_budget(b)) != s.budget {
                             return Err(Refusal::refused(ServiceError::invalid(format!(
                                 "session '{sid2}' already exists and its budget is fixed at \
                                  creation; omit `budget` on later tasks, or DELETE \
@@ -410,7 +394,7 @@ impl SessionAccounts {
                     };
                     let s = match &budget {
                         Some(b) => sessions
-                            .set_budget(&sid2, Some(to_store_budget(b)))
+                            .set_budget(&sid2, Some(crate::wire::store_budget(b)))
                             .map_err(|e| Refusal::Refused(Box::new(store_err(e))))?,
                         None => s,
                     };
@@ -433,7 +417,7 @@ impl SessionAccounts {
             Err(Refusal::Refused(e)) => return Err(*e),
         };
         let remaining = remaining.map(|r| {
-            let mut r = to_api_remaining(r);
+            let mut r = crate::wire::budget_remaining(r);
             r.tokens = r.tokens.map(|t| t.saturating_sub(reserved_others));
             r
         });
