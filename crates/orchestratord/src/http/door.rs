@@ -346,7 +346,7 @@ fn queue_headers(adm: &Admitted) -> HeaderMap {
 /// Cancels the task when dropped before it ended (the client went away). Streams hold it for
 /// as long as they are read; non-streamed answers until the reply is complete.
 pub struct CancelOnDrop {
-    state: AppState,
+    admission: Arc<admission::Admission>,
     task: Arc<Task>,
 }
 
@@ -354,7 +354,7 @@ impl CancelOnDrop {
     /// Guards `task`.
     pub fn new(state: &AppState, task: &Arc<Task>) -> Self {
         Self {
-            state: state.clone(),
+            admission: state.admission.clone(),
             task: task.clone(),
         }
     }
@@ -365,12 +365,12 @@ impl Drop for CancelOnDrop {
         if self.task.state().is_terminal() {
             return;
         }
-        let state = self.state.clone();
+        let admission = self.admission.clone();
         let id = self.task.id.clone();
         tracing::info!(task_id = %id, "client disconnected; canceling its task");
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = admission::cancel(&state.admission, &id).await;
+                let _ = admission::cancel(&admission, &id).await;
             });
         }
     }

@@ -120,15 +120,15 @@ pub async fn status_stream(
     // `seen`: the newest history sample this stream sent (0: none, so the first event carries
     // all of it).
     let s = futures::stream::unfold(
-        (state, true, 0u64),
-        move |(state, first, seen)| async move {
+        (state.status.clone(), true, 0u64),
+        move |(view, first, seen)| async move {
             if !first {
                 tokio::time::sleep(STATUS_EVERY).await;
             }
-            let st = state.clone();
+            let st = view.clone();
             let (snap, seen) = tokio::task::spawn_blocking(move || {
-                let mut snap = st.status.snapshot(recent);
-                let (history, newest) = st.status.history.since(seen);
+                let mut snap = st.snapshot(recent);
+                let (history, newest) = st.history.since(seen);
                 snap.history = history;
                 (snap, newest)
             })
@@ -137,7 +137,7 @@ pub async fn status_stream(
             let data = serde_json::to_string(&snap).unwrap_or_else(|_| "{}".into());
             Some((
                 Ok(Event::default().event("status").data(data)),
-                (state, false, seen),
+                (view, false, seen),
             ))
         },
     );
