@@ -18,9 +18,10 @@
 //! `cargo metadata --offline --filter-platform <host>` (no network; dependencies of other
 //! platforms only are not seen), with features unified across the workspace as cargo builds it.
 //!
-//! Inside each crate, the top-level modules must import each other without cycles
-//! (`architecture/modules.rs`, which lists the cycles known today), and no source file is over
-//! 1 000 lines before its tests (`architecture/file_size.rs`).
+//! Inside each crate, the top-level modules must import each other without cycles, and where
+//! ARCHITECTURE.md orders a crate's modules in layers ("Module layers of …"), never upwards
+//! (`architecture/modules.rs`); no source file is over 1 000 lines before its tests
+//! (`architecture/file_size.rs`).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};

@@ -284,6 +284,30 @@ pub(crate) struct PlaceItem<'a> {
     pub replica_id: String,
 }
 
+/// The GPUs as placement sees them now: the inventory's devices with what the ledger's limits
+/// let placement use, and the same as `orch_core` snapshots with each device's `free_slots`
+/// (engine slots of running replicas not busy with a task). The one place both the start-time
+/// placement and on_demand planning read the GPUs.
+pub(crate) fn usable_snapshot(
+    gpu: &GpuMode,
+    ledger: &Ledger,
+    free_slots: &HashMap<u32, u32>,
+) -> (Vec<GpuDevice>, Vec<GpuSnapshot>) {
+    let devices = ledger.usable(gpu.snapshot());
+    let snapshots = devices
+        .iter()
+        .map(|d| GpuSnapshot {
+            index: d.index,
+            name: d.name.clone(),
+            total_bytes: d.total_bytes,
+            free_bytes: d.free_bytes,
+            utilization_pct: d.utilization_pct,
+            free_slots: free_slots.get(&d.index).copied().unwrap_or(0),
+        })
+        .collect();
+    (devices, snapshots)
+}
+
 /// Places a batch of replicas, largest estimated footprint first (big models get the big cards
 /// before small ones fill them), each decision seeing the ledger with every earlier one.
 /// `free_slots` gives, per device index, the engine slots of running replicas not busy with a
@@ -296,18 +320,7 @@ pub(crate) fn place_batch(
     ledger: &Ledger,
     free_slots: &HashMap<u32, u32>,
 ) -> Vec<ReplicaPlan> {
-    let devices = ledger.usable(gpu.snapshot());
-    let snapshots: Vec<GpuSnapshot> = devices
-        .iter()
-        .map(|d| GpuSnapshot {
-            index: d.index,
-            name: d.name.clone(),
-            total_bytes: d.total_bytes,
-            free_bytes: d.free_bytes,
-            utilization_pct: d.utilization_pct,
-            free_slots: free_slots.get(&d.index).copied().unwrap_or(0),
-        })
-        .collect();
+    let (devices, snapshots) = usable_snapshot(gpu, ledger, free_slots);
     let needs: Vec<u64> = items.iter().map(|it| footprint(it.pool)).collect();
     let mut order: Vec<usize> = (0..items.len()).collect();
     // Stable: equal sizes keep configuration order.

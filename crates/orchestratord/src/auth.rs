@@ -4,10 +4,9 @@
 //! are never trusted. Tokens are compared in constant time and never logged: logs name the
 //! caller as `localhost` or `token:<first 6 hex of sha256(token)>`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use orch_api_types::ErrorCode;
@@ -109,27 +108,6 @@ pub fn credentials(headers: &axum::http::HeaderMap) -> Option<std::borrow::Cow<'
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .map(|k| std::borrow::Cow::Owned(format!("Bearer {k}")))
-}
-
-/// Middleware applying [`Auth::check`].
-pub async fn require_token(
-    State(auth): State<Auth>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let header = credentials(req.headers());
-    match auth.check(peer.ip().is_loopback(), req.uri().path(), header.as_deref()) {
-        Ok(identity) => {
-            tracing::Span::current().record("identity", identity.as_str());
-            next.run(req).await
-        }
-        Err(e) => {
-            tracing::warn!(code = e.body.code.as_str(), peer = %peer.ip(), "request refused");
-            let path = req.uri().path().to_owned();
-            crate::http::door::refuse_on_path(&path, e, req.into_body()).await
-        }
-    }
 }
 
 /// Middleware: error answers (status ≥ 400) never carry the token, even when they echo the

@@ -156,12 +156,6 @@ impl Dispatcher {
         self.running.load(Ordering::Relaxed)
     }
 
-    /// Sets the expected time (ms from now) until a replica of this pool that is not ready yet
-    /// (an unloaded or loading `on_demand` pool) takes work; predictions add it. 0 by default.
-    pub fn set_expected_load_ms(&self, ms: u64) {
-        self.load_ms.store(ms, Ordering::Relaxed);
-    }
-
     /// Queues a task.
     pub async fn enqueue(
         &self,
@@ -545,7 +539,6 @@ impl TaskRun {
     }
 
     fn metrics_event(&self, tokens: u64, decode_started: Option<Instant>) -> StreamEvent {
-        let extra = crate::sessions::live_metrics(&self.task, tokens);
         let elapsed_ms = self.task.submitted.elapsed().as_secs_f64() * 1000.0;
         let rate = decode_started
             .map(|t| t.elapsed().as_secs_f64())
@@ -568,17 +561,9 @@ impl TaskRun {
         StreamEvent::Metrics(MetricsEvent {
             queue_depth: self.depth.load(Ordering::Relaxed),
             on_time_probability: p,
-            tokens_out: tokens,
             tokens_per_s: rate,
-            kv_warmth: extra.kv_warmth,
-            tokens_budget_remaining: extra.tokens,
-            time_budget_remaining_ms: extra.time_ms,
-            cost_budget_remaining: extra.cost,
-            queue_position: None,
-            predicted_start_ms: None,
             predicted_end_ms: Some(remaining_ms.max(0.0).ceil() as u64),
-            queued_ms: None,
-            waiting_for: None,
+            ..crate::sessions::metrics_event(&self.task, tokens)
         })
     }
 

@@ -849,21 +849,14 @@ impl Forecaster {
         f: Forecast,
         now: Instant,
     ) -> StreamEvent {
-        let extra = crate::sessions::live_metrics(task, 0);
         StreamEvent::Metrics(MetricsEvent {
             queue_depth: depth,
             on_time_probability: self.on_time(key, task, f, now).unwrap_or(1.0),
-            tokens_out: 0,
-            tokens_per_s: 0.0,
-            kv_warmth: extra.kv_warmth,
-            tokens_budget_remaining: extra.tokens,
-            time_budget_remaining_ms: extra.time_ms,
-            cost_budget_remaining: extra.cost,
             queue_position: Some(position),
             predicted_start_ms: Some(whole_ms(f.start_ms)),
             predicted_end_ms: Some(whole_ms(f.end_ms)),
             queued_ms: Some(now.saturating_duration_since(task.submitted).as_millis() as u64),
-            waiting_for: None,
+            ..crate::sessions::metrics_event(task, 0)
         })
     }
 }

@@ -1,50 +1,59 @@
 //! `orchestratord`: admits tasks over HTTP into a bounded two-priority queue per pool,
 //! dispatches them to engine replicas run by the pool manager, and streams results back as SSE.
 //!
-//! Layout: [`app`] builds state and routes; [`http`] holds thin handlers; [`dispatch`] owns
-//! each pool's queue and runs tasks; [`task`] keeps tasks and transcripts; [`auth`] and
-//! [`correlation`] are middleware; [`metrics`] and [`logging`] are observability.
+//! Layout, top to bottom (ARCHITECTURE.md, "Code map"; a module imports only its own layer or
+//! lower ones): [`run`] and [`serve`]; `http` (the router and thin handlers); `state` (the
+//! `AppState` handlers get); the services (`admission`, `pool_control`, `status`, `pull`,
+//! `background`); the domain (`dispatch` owns each pool's queue and runs tasks, `task` keeps
+//! tasks and transcripts, sessions, catalog, …); and the ground (`error`, `clock`, `wire`,
+//! `metrics`, [`auth`], [`logging`]).
+//!
+//! Modules are private to the crate except what other crates use: [`run`], [`auth`]
+//! (`fingerprint`, for the e2e tests), [`logging`] (the binary) and [`openapi`] (the contract
+//! test).
 
-pub mod admission;
-pub mod app;
+mod admission;
 pub mod auth;
-pub mod background;
-pub mod catalog;
-pub mod clock;
-pub mod correlation;
-pub mod dispatch;
-pub mod engine_io;
-pub mod error;
-pub mod forecast;
-pub mod http;
+mod background;
+mod catalog;
+mod clock;
+mod correlation;
+mod dispatch;
+mod engine_io;
+mod error;
+mod forecast;
+mod http;
 pub mod logging;
-pub mod metrics;
-pub mod openapi;
-pub mod outbound;
-pub mod pool_control;
-pub mod pull;
-pub mod serve;
-pub mod session_kv;
-pub mod sessions;
-pub mod stall;
-pub mod status_history;
-pub mod storage;
-pub mod task;
+mod metrics;
+mod outbound;
+mod pool_control;
+mod pull;
+mod serve;
+mod session_kv;
+mod sessions;
+mod shutdown;
+mod stall;
+mod state;
+mod status;
+mod status_history;
+mod storage;
+mod task;
 #[cfg(test)]
 mod testing;
-pub mod transcripts;
-pub mod wire;
+mod transcripts;
+mod wire;
 
-use std::sync::atomic::Ordering;
+/// The OpenAPI document (`contracts/openapi.json`), generated from the handlers.
+pub use http::openapi;
+
 use std::time::Duration;
 
 use anyhow::Context;
-use orch_api_types::{ErrorCode, ErrorEnvelope};
 use orch_config::Config;
 use orch_pool_manager::PoolManager;
 
-use crate::app::AppState;
 use crate::auth::Auth;
+use crate::state::AppState;
 
 /// Runs the daemon until SIGTERM/SIGINT, then shuts down cleanly: stop admitting, end every
 /// queued task with `SHUTTING_DOWN`, let running tasks finish within `shutdown_grace_s`, end the
@@ -56,7 +65,7 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     let addr = cfg.bind_addr()?;
     // The data directory, the outbound policy (engine endpoints, model URLs) and catalog ids
     // named as pool models, all before any engine starts.
-    let services = app::Services::open(&mut cfg, token.as_deref()).await?;
+    let services = state::Services::open(&mut cfg, token.as_deref()).await?;
     let pools = PoolManager::start(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(gpu_mode = %pools.gpu_mode().describe(), pools = pools.pools().len(), "pool manager started");
     let auth = Auth::new(token, cfg.auth.optional);
@@ -70,7 +79,7 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "listening");
 
-    let app = app::router(state.clone());
+    let app = http::router(state.clone());
     let shutdown_state = state.clone();
     serve::serve(
         stall::StallListener::new(listener, stall),
@@ -111,52 +120,7 @@ async fn wait_for_signal() {
     }
 }
 
-/// How long runners get to end their tasks after being asked to, before their streams are ended
-/// for them.
-const RUNNER_GRACE: Duration = Duration::from_secs(3);
-
-/// Resolves once every task in `tasks` has its terminal event.
-async fn all_ended(tasks: &[std::sync::Arc<task::Task>]) {
-    futures::future::join_all(tasks.iter().map(|t| t.clone().finished())).await;
-}
-
-/// Ends every task: queued ones at once, running ones after `grace`.
-pub async fn drain(state: &AppState, grace: Duration) {
-    tracing::info!(grace_s = grace.as_secs(), "shutdown: no longer admitting");
-    state.shutting_down.store(true, Ordering::SeqCst);
-    let bye = || {
-        ErrorEnvelope::new(
-            ErrorCode::ShuttingDown,
-            "the daemon is shutting down; resubmit once it is back",
-        )
-        .retry_after(5000)
-    };
-    for d in state.dispatchers.values() {
-        for t in d.drain_queue().await {
-            t.fail(bye());
-        }
-    }
-    let active = state.tasks.active();
-    if tokio::time::timeout(grace, all_ended(&active))
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            tasks = active.len(),
-            "shutdown: grace over, ending running tasks"
-        );
-        for t in &active {
-            t.request_cancel(bye());
-        }
-        if tokio::time::timeout(RUNNER_GRACE, all_ended(&active))
-            .await
-            .is_err()
-        {
-            // Runners did not react; end the streams ourselves.
-            for t in &active {
-                t.fail(bye());
-            }
-        }
-    }
-    tracing::info!("shutdown: every task ended");
+/// Ends every task: queued ones at once, running ones after `grace` (what SIGTERM does).
+pub(crate) async fn drain(state: &AppState, grace: Duration) {
+    state.pool_control.shut_down(grace).await;
 }

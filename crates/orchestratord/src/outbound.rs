@@ -36,11 +36,6 @@ impl Outbound {
         Ok(Self { store, policy })
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// [`Policy::enforce`] with the audit log, off the async threads (the audit line is fsynced).
     pub async fn enforce(&self, url: &str, action: &'static str) -> Result<Decision, ServiceError> {
         let store = self.store.clone();

@@ -1,17 +1,73 @@
 //! The pool control plane: drain (stop admitting, finish or cancel by a deadline), resume,
 //! reload (a new model beside the serving one, or roll back), and load / unload of on_demand
-//! pools. Handlers in `http/pools.rs`.
+//! pools, and the drain of every pool at shutdown ([`PoolControl::shut_down`]). Handlers in
+//! `http/pools.rs`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use orch_api_types::{ErrorCode, ErrorEnvelope};
-use orch_pool_manager::{Pool, ReloadErrorKind, ReloadOptions, ReloadReport};
+use orch_pool_manager::{Pool, PoolManager, ReloadErrorKind, ReloadOptions, ReloadReport};
 
-use crate::app::AppState;
+use crate::background::Background;
+use crate::catalog::Catalog;
 use crate::clock::now_ms;
+use crate::dispatch::Dispatcher;
 use crate::error::ServiceError;
-use crate::task::Task;
+use crate::metrics::Metrics;
+use crate::shutdown::ShutdownFlag;
+use crate::task::{end_within, Task, TaskTable, CANCEL_GRACE};
+
+/// What pool control uses: the pools and their queues, the task table (to wait for and end a
+/// pool's tasks), the catalog (reload by catalog id), metrics, the shutdown flag, and the
+/// background set its drain enforcers run in. A drain enforcer holds an `Arc` of this, not
+/// the daemon's whole state.
+pub struct PoolControl {
+    /// Pools and engines.
+    pub pools: Arc<PoolManager>,
+    /// The queue of each pool, by pool id.
+    pub dispatchers: Arc<HashMap<String, Dispatcher>>,
+    /// Every task, by id.
+    pub tasks: Arc<TaskTable>,
+    /// Cancels of queued tasks are counted.
+    pub metrics: Metrics,
+    /// Set once shutdown began (by [`PoolControl::shut_down`]).
+    pub shutting_down: ShutdownFlag,
+    /// Catalog ids as reload targets.
+    pub catalog: Arc<Catalog>,
+    /// Where drain enforcers run (stopped together at shutdown).
+    pub background: Arc<Background>,
+}
+
+impl PoolControl {
+    /// Shutdown: stop admitting, end every queued task at once and the running ones after
+    /// `grace` (SIGTERM; `orchestratord::drain`).
+    pub async fn shut_down(&self, grace: Duration) {
+        tracing::info!(grace_s = grace.as_secs(), "shutdown: no longer admitting");
+        self.shutting_down.begin();
+        let bye = || {
+            ErrorEnvelope::new(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down; resubmit once it is back",
+            )
+            .retry_after(5000)
+        };
+        for d in self.dispatchers.values() {
+            for t in d.drain_queue().await {
+                t.fail(bye());
+            }
+        }
+        let active = self.tasks.active();
+        if !end_within(&active, grace, bye).await {
+            tracing::warn!(
+                tasks = active.len(),
+                "shutdown: grace over, running tasks were ended"
+            );
+        }
+        tracing::info!("shutdown: every task ended");
+    }
+}
 
 /// Default drain deadline.
 pub const DEFAULT_DRAIN_MS: u64 = 30_000;
@@ -21,11 +77,9 @@ pub const MAX_DRAIN_MS: u64 = 86_400_000;
 pub const DEFAULT_RELOAD_GRACE_MS: u64 = 60_000;
 /// Longest `grace_ms` of a reload (a day, like a drain's deadline).
 pub const MAX_RELOAD_GRACE_MS: u64 = MAX_DRAIN_MS;
-/// After canceling at the deadline, how long runners get to end their tasks themselves.
-const CANCEL_SETTLE: Duration = Duration::from_secs(3);
 
 /// A pool by id (`NOT_FOUND` naming where the list is).
-pub fn find_pool(state: &AppState, id: &str) -> Result<Arc<Pool>, ServiceError> {
+pub fn find_pool(state: &PoolControl, id: &str) -> Result<Arc<Pool>, ServiceError> {
     state
         .pools
         .pool(id)
@@ -34,8 +88,8 @@ pub fn find_pool(state: &AppState, id: &str) -> Result<Arc<Pool>, ServiceError> 
 }
 
 /// `SHUTTING_DOWN` once shutdown began.
-pub fn refuse_while_shutting_down(state: &AppState) -> Result<(), ServiceError> {
-    if state.is_shutting_down() {
+pub fn refuse_while_shutting_down(state: &PoolControl) -> Result<(), ServiceError> {
+    if state.shutting_down.began() {
         return Err(ServiceError::from_envelope(
             ErrorEnvelope::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
                 .retry_after(5000),
@@ -44,12 +98,7 @@ pub fn refuse_while_shutting_down(state: &AppState) -> Result<(), ServiceError> 
     Ok(())
 }
 
-/// Resolves once every task in `tasks` has its terminal event.
-async fn all_ended(tasks: &[Arc<Task>]) {
-    futures::future::join_all(tasks.iter().map(|t| t.clone().finished())).await;
-}
-
-fn active_in(state: &AppState, pool_id: &str) -> Vec<Arc<Task>> {
+fn active_in(state: &PoolControl, pool_id: &str) -> Vec<Arc<Task>> {
     state
         .tasks
         .active()
@@ -61,7 +110,11 @@ fn active_in(state: &AppState, pool_id: &str) -> Vec<Arc<Task>> {
 /// Starts draining `pool` with a deadline `ms` from now; returns the deadline (ms since the
 /// Unix epoch). The pool refuses new work at once; a background enforcer cancels what is left
 /// at the deadline unless the drain was resumed or replaced meanwhile.
-pub fn start_drain(state: &AppState, pool: Arc<Pool>, ms: u64) -> Result<u64, ServiceError> {
+pub fn start_drain(
+    state: &Arc<PoolControl>,
+    pool: Arc<Pool>,
+    ms: u64,
+) -> Result<u64, ServiceError> {
     refuse_while_shutting_down(state)?;
     if ms > MAX_DRAIN_MS {
         return Err(ServiceError::invalid(format!(
@@ -79,11 +132,12 @@ pub fn start_drain(state: &AppState, pool: Arc<Pool>, ms: u64) -> Result<u64, Se
 
 /// Waits until the pool's tasks have ended, or the deadline passes and then cancels what is
 /// left. Steps aside when the drain was resumed or replaced before the deadline.
-async fn enforce_drain(state: AppState, pool: Arc<Pool>, epoch: u64, ms: u64) {
+async fn enforce_drain(state: Arc<PoolControl>, pool: Arc<Pool>, epoch: u64, ms: u64) {
     let id = pool.id().to_owned();
     // New work is refused from now on, so these are all the tasks the drain waits for.
     let waiting = active_in(&state, &id);
-    let finished = tokio::time::timeout(Duration::from_millis(ms), all_ended(&waiting)).await;
+    let finished =
+        tokio::time::timeout(Duration::from_millis(ms), crate::task::all_ended(&waiting)).await;
     if pool.drain_epoch() != epoch {
         return;
     }
@@ -122,25 +176,15 @@ async fn enforce_drain(state: AppState, pool: Arc<Pool>, epoch: u64, ms: u64) {
         }
     }
     let running = active_in(&state, &id);
-    for t in &running {
-        t.request_cancel(reason());
-    }
     tracing::warn!(pool_id = %id, deadline_ms = ms, canceled_queued = queued, canceled_running = running.len(), "drain deadline passed: canceling what is left");
-    // Runners end their tasks on cancel (and abort the engine request); end any that did not.
-    if tokio::time::timeout(CANCEL_SETTLE, all_ended(&running))
-        .await
-        .is_err()
-    {
-        for t in &running {
-            t.fail(reason());
-        }
-    }
+    // The deadline has passed: no more waiting, cancel at once.
+    end_within(&running, Duration::ZERO, reason).await;
 }
 
 /// Maps a reload reference to a model file. A path that exists is used as is; otherwise an
 /// Active catalog model with a local reference gives its path. This is the catalog hook: any
 /// further resolution (downloads, digests) belongs here.
-pub fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ServiceError> {
+pub fn resolve_model_ref(state: &PoolControl, r: &str) -> Result<String, ServiceError> {
     if std::path::Path::new(r).exists() {
         return Ok(r.to_owned());
     }
@@ -189,7 +233,7 @@ pub fn resolve_model_ref(state: &AppState, r: &str) -> Result<String, ServiceErr
 /// Reloads pool `id` on `model_ref` (a file or catalog id; `None`: the serving model) and, as
 /// a reload says "serve this now", ends a drain.
 pub async fn reload(
-    state: &AppState,
+    state: &PoolControl,
     id: &str,
     model_ref: Option<&str>,
     grace_ms: Option<u64>,
@@ -262,7 +306,7 @@ fn load_error(pool: Option<&Pool>, e: orch_pool_manager::LoadError) -> ServiceEr
 
 /// Loads on_demand pool `id` now (`POST /v1/pools/{id}/load`).
 pub async fn load(
-    state: &AppState,
+    state: &PoolControl,
     id: &str,
 ) -> Result<orch_pool_manager::LoadReport, ServiceError> {
     let pool = find_pool(state, id)?;
@@ -279,7 +323,7 @@ pub async fn load(
 /// to stop (the replicas show `draining` meanwhile), and the engine stops once they ended.
 /// Returns the report and how many tasks were canceled.
 pub async fn unload(
-    state: &AppState,
+    state: &PoolControl,
     id: &str,
     force: bool,
 ) -> Result<(orch_pool_manager::LoadReport, usize), ServiceError> {
@@ -290,7 +334,7 @@ pub async fn unload(
     // A task that just ended gives its slot back a moment after its last event: when no task
     // of the pool is left, that moment is not "busy".
     let t0 = std::time::Instant::now();
-    while is_busy(&first) && active_in(state, id).is_empty() && t0.elapsed() < CANCEL_SETTLE {
+    while is_busy(&first) && active_in(state, id).is_empty() && t0.elapsed() < CANCEL_GRACE {
         tokio::time::sleep(Duration::from_millis(10)).await;
         first = state.pools.unload(id).await;
     }
@@ -318,23 +362,13 @@ pub async fn unload(
         }
     }
     let running = active_in(state, id);
-    for t in &running {
-        t.request_cancel(reason());
-    }
     canceled += running.len();
-    if tokio::time::timeout(CANCEL_SETTLE, all_ended(&running))
-        .await
-        .is_err()
-    {
-        for t in &running {
-            t.fail(reason());
-        }
-    }
+    end_within(&running, Duration::ZERO, reason).await;
     tracing::info!(pool_id = %id, canceled, "forced unload: tasks canceled, stopping the engine");
     // The runners give their slots back as they end; a slot may still be held for a moment.
     let mut result = state.pools.unload(id).await;
     let t0 = std::time::Instant::now();
-    while is_busy(&result) && t0.elapsed() < CANCEL_SETTLE {
+    while is_busy(&result) && t0.elapsed() < CANCEL_GRACE {
         tokio::time::sleep(Duration::from_millis(20)).await;
         result = state.pools.unload(id).await;
     }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use orch_api_types::{ErrorCode, TaskRequest};
+use orch_api_types::{ErrorCode, MetricsEvent, TaskRequest};
 use orch_config::Config;
 use orch_pool_manager::PoolManager;
 use orch_store::{BudgetError, SessionError, Store, StoreError};
@@ -159,34 +159,36 @@ fn budget_refusal(
     )
 }
 
-/// The optional fields of a `metrics` frame that come from sessions and the engine's cache.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LiveMetrics {
-    /// KV warmth of the finished task.
-    pub kv_warmth: Option<f64>,
-    /// Session tokens left.
-    pub tokens: Option<u64>,
-    /// Session engine milliseconds left.
-    pub time_ms: Option<u64>,
-    /// Session cost left.
-    pub cost: Option<f64>,
-}
-
 /// The cost of a task in the unit budgets use: kilotokens processed (prompt tokens evaluated
 /// plus tokens generated, divided by 1000).
 pub fn task_cost(tokens_in: u64, tokens_out: u64) -> f64 {
     (tokens_in.saturating_add(tokens_out)) as f64 / 1000.0
 }
 
-/// Budget left and warmth for a `metrics` frame of `task` after `tokens_out` tokens.
-pub fn live_metrics(task: &Task, tokens_out: u64) -> LiveMetrics {
+/// The one constructor of a `metrics` frame of `task` after `tokens_out` tokens: its KV
+/// warmth and session budget left filled in, the queue and prediction fields empty
+/// (`queue_depth` 0, `on_time_probability` 1.0, rate 0). Each sender (the runner, the
+/// start-time forecast, the on_demand wait) sets what it knows with `..metrics_event(…)`.
+pub fn metrics_event(task: &Task, tokens_out: u64) -> MetricsEvent {
     let outcome = task.ext.outcome();
     let kv_warmth = outcome.as_ref().and_then(EngineOutcome::kv_warmth);
+    let mut ev = MetricsEvent {
+        queue_depth: 0,
+        on_time_probability: 1.0,
+        tokens_out,
+        tokens_per_s: 0.0,
+        kv_warmth,
+        tokens_budget_remaining: None,
+        time_budget_remaining_ms: None,
+        cost_budget_remaining: None,
+        queue_position: None,
+        predicted_start_ms: None,
+        predicted_end_ms: None,
+        queued_ms: None,
+        waiting_for: None,
+    };
     let Some(rem) = task.ext.session().and_then(|b| b.remaining) else {
-        return LiveMetrics {
-            kv_warmth,
-            ..LiveMetrics::default()
-        };
+        return ev;
     };
     let running_ms = task
         .status()
@@ -194,30 +196,12 @@ pub fn live_metrics(task: &Task, tokens_out: u64) -> LiveMetrics {
         .map(|s| now_ms().saturating_sub(s))
         .unwrap_or(0);
     let tokens_in = outcome.as_ref().and_then(|o| o.tokens_in).unwrap_or(0);
-    LiveMetrics {
-        kv_warmth,
-        tokens: rem.tokens.map(|t| t.saturating_sub(tokens_out)),
-        time_ms: rem.time_ms.map(|t| t.saturating_sub(running_ms)),
-        cost: rem
-            .cost
-            .map(|c| (c - task_cost(tokens_in, tokens_out)).max(0.0)),
-    }
-}
-
-fn to_api_remaining(r: orch_store::BudgetRemaining) -> orch_api_types::BudgetRemaining {
-    orch_api_types::BudgetRemaining {
-        tokens: r.tokens,
-        time_ms: r.time_ms,
-        cost: r.cost,
-    }
-}
-
-fn to_store_budget(b: &orch_api_types::BudgetSpec) -> orch_store::Budget {
-    orch_store::Budget {
-        tokens: b.tokens,
-        time_ms: b.time_ms,
-        cost: b.cost,
-    }
+    ev.tokens_budget_remaining = rem.tokens.map(|t| t.saturating_sub(tokens_out));
+    ev.time_budget_remaining_ms = rem.time_ms.map(|t| t.saturating_sub(running_ms));
+    ev.cost_budget_remaining = rem
+        .cost
+        .map(|c| (c - task_cost(tokens_in, tokens_out)).max(0.0));
+    ev
 }
 
 impl SessionAccounts {
@@ -336,7 +320,7 @@ impl SessionAccounts {
                         )));
                     }
                     if let Some(b) = &budget {
-                        if Some(to_store_budget(b)) != s.budget {
+                        if Some(crate::wire::store_budget(b)) != s.budget {
                             return Err(Refusal::refused(ServiceError::invalid(format!(
                                 "session '{sid2}' already exists and its budget is fixed at \
                                  creation; omit `budget` on later tasks, or DELETE \
@@ -410,7 +394,7 @@ impl SessionAccounts {
                     };
                     let s = match &budget {
                         Some(b) => sessions
-                            .set_budget(&sid2, Some(to_store_budget(b)))
+                            .set_budget(&sid2, Some(crate::wire::store_budget(b)))
                             .map_err(|e| Refusal::Refused(Box::new(store_err(e))))?,
                         None => s,
                     };
@@ -433,7 +417,7 @@ impl SessionAccounts {
             Err(Refusal::Refused(e)) => return Err(*e),
         };
         let remaining = remaining.map(|r| {
-            let mut r = to_api_remaining(r);
+            let mut r = crate::wire::budget_remaining(r);
             r.tokens = r.tokens.map(|t| t.saturating_sub(reserved_others));
             r
         });
@@ -456,7 +440,6 @@ impl SessionAccounts {
             session_id: sid,
             pin: session.replica_id.zip(session.slot),
             remaining,
-            reserved_tokens,
             restore,
         }))
     }

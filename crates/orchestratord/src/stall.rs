@@ -108,11 +108,6 @@ impl<S: AbortiveClose> WriteDeadline<S> {
         }
     }
 
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Turns a pending write into a timeout once the deadline passes; clears it when bytes
     /// went out. (A flush is no progress: on TCP it is always immediately ready.)
     fn watch(

@@ -18,6 +18,8 @@ use orch_engine_adapters::Completion;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
+
 /// One SSE frame: event name and JSON data.
 #[derive(Debug)]
 pub struct Frame {
@@ -86,8 +88,6 @@ pub struct SessionBinding {
     pub pin: Option<(String, u32)>,
     /// Budget left at admission (after what running tasks of the session reserved).
     pub remaining: Option<orch_api_types::BudgetRemaining>,
-    /// Tokens this task reserves against the budget until it is charged.
-    pub reserved_tokens: u64,
     /// The session's KV saved when its pool unloaded, to restore before this task runs.
     pub restore: Option<crate::session_kv::SavedKv>,
 }
@@ -195,9 +195,6 @@ impl TaskExt {
         let _ = self.transcript.set(id);
     }
 }
-
-/// The clock's home is [`crate::clock`]; this re-export serves callers not moved yet.
-pub use crate::clock::now_ms;
 
 impl Task {
     /// A queued task.
@@ -456,6 +453,42 @@ impl Task {
             },
         )
     }
+}
+
+/// After asking tasks to stop, how long their runners get to end them (and abort the engine
+/// request) before the daemon ends their streams itself.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
+/// Resolves once every task in `tasks` has its terminal event.
+pub async fn all_ended(tasks: &[Arc<Task>]) {
+    futures::future::join_all(tasks.iter().map(|t| t.clone().finished())).await;
+}
+
+/// The one escalation that ends a set of tasks by a deadline (shutdown, a drain's deadline, a
+/// forced unload): wait up to `grace` for `tasks` to end on their own; then ask each to stop
+/// with `why` and give the runners [`CANCEL_GRACE`]; then end what is left with `why`.
+/// Returns whether they all ended within `grace` (nothing was canceled).
+pub async fn end_within(
+    tasks: &[Arc<Task>],
+    grace: Duration,
+    why: impl Fn() -> ErrorEnvelope,
+) -> bool {
+    if tokio::time::timeout(grace, all_ended(tasks)).await.is_ok() {
+        return true;
+    }
+    for t in tasks {
+        t.request_cancel(why());
+    }
+    if tokio::time::timeout(CANCEL_GRACE, all_ended(tasks))
+        .await
+        .is_err()
+    {
+        // Runners did not react; end the streams ourselves.
+        for t in tasks {
+            t.fail(why());
+        }
+    }
+    false
 }
 
 /// All tasks the daemon knows, admitted or finished and retained.

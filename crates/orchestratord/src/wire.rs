@@ -1,5 +1,6 @@
 //! Domain types as their wire forms (`orch_api_types`) and back, in one place: the pool manager's
-//! states as the API shows them, a request's priority as the queue's.
+//! states as the API shows them, a request's priority as the queue's, a session's budget as the
+//! store keeps it and as the API shows what is left.
 
 use orch_api_types::pools::{LoadState, ReplicaState};
 use orch_api_types::Priority;
@@ -41,6 +42,24 @@ pub(crate) fn load_state(s: orch_pool_manager::LoadPhase) -> LoadState {
         P::Loaded => LoadState::Loaded,
         P::Unloading => LoadState::Unloading,
         P::Failed => LoadState::Failed,
+    }
+}
+
+/// The store's form of a session budget from the request's.
+pub(crate) fn store_budget(b: &orch_api_types::BudgetSpec) -> orch_store::Budget {
+    orch_store::Budget {
+        tokens: b.tokens,
+        time_ms: b.time_ms,
+        cost: b.cost,
+    }
+}
+
+/// The wire form of a session's budget left.
+pub(crate) fn budget_remaining(r: orch_store::BudgetRemaining) -> orch_api_types::BudgetRemaining {
+    orch_api_types::BudgetRemaining {
+        tokens: r.tokens,
+        time_ms: r.time_ms,
+        cost: r.cost,
     }
 }
 

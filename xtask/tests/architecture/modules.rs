@@ -7,47 +7,18 @@
 //! every module), and so are `#[cfg(test)] mod …` blocks at the end of a file and comment lines.
 //! The module graph must be acyclic once [`KNOWN_CYCLE_EDGES`] are taken out; each known edge
 //! must still close a cycle, so the list only shrinks.
+//!
+//! A crate whose modules ARCHITECTURE.md orders in layers ("Module layers of `<crate dir>`",
+//! then a numbered list, top first, of backticked module names) is also checked for direction:
+//! every module is in exactly one layer, and each import points to its own layer or a lower one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 
-/// Edges that close the cycles known today, all in files other work was changing while the
-/// check was written: AppState in `app.rs` (handlers, admission and pool control take all of
-/// it), the OpenAI door's error shape reached from `auth.rs`, the OpenAPI document served by an
-/// http handler, and dispatch and forecast reading each other. `(crate dir, from, to, how to
-/// cut it)`. Remove an entry when its cycle is gone; the test says when.
-pub const KNOWN_CYCLE_EDGES: &[(&str, &str, &str, &str)] = &[
-    (
-        "crates/orchestratord",
-        "http",
-        "app",
-        "handlers take `AppState` from app.rs; give them narrow services (or move AppState out of app.rs)",
-    ),
-    (
-        "crates/orchestratord",
-        "admission",
-        "app",
-        "admission takes the whole `AppState`; pass it the services it uses",
-    ),
-    (
-        "crates/orchestratord",
-        "pool_control",
-        "app",
-        "pool control takes the whole `AppState`; pass it the pool manager and tasks",
-    ),
-    (
-        "crates/orchestratord",
-        "auth",
-        "http",
-        "auth calls `http::openai::{is_openai_path, refuse}`; let the door map auth refusals",
-    ),
-    (
-        "crates/orchestratord",
-        "http",
-        "openapi",
-        "`http/system.rs` serves `openapi::document()`, which lists the http handlers; move openapi.rs under http/",
-    ),
-];
+/// Edges that close the cycles known today, `(crate dir, from, to, how to cut it)`. Remove an
+/// entry when its cycle is gone; the test says when. Empty: keep it so (issue 22 cut the last
+/// five, through `AppState`, auth and the OpenAPI document).
+pub const KNOWN_CYCLE_EDGES: &[(&str, &str, &str, &str)] = &[];
 
 /// The module graph of one crate: `from → to → where (file:line)`.
 pub type Graph = BTreeMap<String, BTreeMap<String, String>>;
@@ -336,6 +307,86 @@ pub fn check(g: &Graph, known: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
     (cycles, stale)
 }
 
+/// The module layers ARCHITECTURE.md gives each crate: after a line starting "Module layers of
+/// `<crate dir>`", a numbered list (`1. `a`, `b` — prose`), top layer first; the backticked
+/// words before a dash are the modules of that layer.
+pub fn layers(md: &str) -> BTreeMap<String, Vec<Vec<String>>> {
+    let mut out = BTreeMap::new();
+    let mut lines = md.lines().peekable();
+    while let Some(l) = lines.next() {
+        let Some(rest) = l.trim().strip_prefix("Module layers of `") else {
+            continue;
+        };
+        let Some((dir, _)) = rest.split_once('`') else {
+            continue;
+        };
+        // Skip the prose up to the list, then read the list.
+        while lines
+            .peek()
+            .is_some_and(|n| !n.trim_start().starts_with("1. "))
+        {
+            lines.next();
+        }
+        let mut layers = Vec::new();
+        while let Some(n) = lines.peek() {
+            let t = n.trim_start();
+            let Some((num, item)) = t.split_once(". ") else {
+                break;
+            };
+            if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit()) {
+                break;
+            }
+            let names = item.split(" — ").next().unwrap_or_default();
+            layers.push(
+                names
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_string)
+                    .collect(),
+            );
+            lines.next();
+        }
+        out.insert(dir.to_string(), layers);
+    }
+    out
+}
+
+/// Imports that point up the layers (`a → b (file:line): a is layer i, b is layer j < i`), and
+/// modules that are in no layer or several, and layer entries that name no module.
+pub fn check_layers(g: &Graph, layers: &[Vec<String>]) -> Vec<String> {
+    let mut errs = Vec::new();
+    let mut layer_of: HashMap<&str, usize> = HashMap::new();
+    for (i, layer) in layers.iter().enumerate() {
+        for m in layer {
+            if !g.contains_key(m) {
+                errs.push(format!("layer {} names `{m}`, which is no module", i + 1));
+            }
+            if layer_of.insert(m.as_str(), i).is_some() {
+                errs.push(format!("`{m}` is in more than one layer"));
+            }
+        }
+    }
+    for (a, edges) in g {
+        let Some(&la) = layer_of.get(a.as_str()) else {
+            errs.push(format!("module `{a}` is in no layer; add it to one"));
+            continue;
+        };
+        for (b, at) in edges {
+            if let Some(&lb) = layer_of.get(b.as_str()) {
+                if lb < la {
+                    errs.push(format!(
+                        "{a} → {b} ({at}) imports upwards: `{a}` is in layer {}, `{b}` in layer {}",
+                        la + 1,
+                        lb + 1
+                    ));
+                }
+            }
+        }
+    }
+    errs
+}
+
 /// The files of the crate in `dir` (every `.rs` under `src`).
 pub fn read_crate(dir: &Path) -> Vec<File> {
     let src = dir.join("src");
@@ -489,6 +540,67 @@ fn no_module_import_cycles() {
     assert!(
         errs.is_empty(),
         "module import cycles (cut one edge of each; see xtask/tests/architecture/modules.rs):\n- {}",
+        errs.join("\n- ")
+    );
+}
+
+#[test]
+fn layers_are_read_and_upward_imports_found() {
+    let md = "x\nModule layers of `crates/d`, top first:\n\n1. `top` — entry\n2. `mid`, `side`\n3. `low` — ground\n\nafter\n";
+    let l = layers(md);
+    assert_eq!(
+        l["crates/d"],
+        [vec!["top"], vec!["mid", "side"], vec!["low"]]
+    );
+    let files = [
+        file("top", "use crate::mid;\n"),
+        file("mid", "use crate::{low, side};\n"),
+        file("side", "use crate::low::X;\n"),
+        file("low", "fn f() {}\n"),
+    ];
+    let g = graph(&files);
+    assert!(check_layers(&g, &l["crates/d"]).is_empty());
+    let files = [
+        file("top", "\n"),
+        file("mid", "\n"),
+        file("side", "\n"),
+        file("low", "use crate::mid;\n"),
+        file("lost", "\n"),
+    ];
+    let errs = check_layers(&graph(&files), &l["crates/d"]);
+    assert_eq!(
+        errs,
+        [
+            "module `lost` is in no layer; add it to one",
+            "low → mid (src/low.rs:1) imports upwards: `low` is in layer 3, `mid` in layer 2",
+        ]
+    );
+}
+
+#[test]
+fn no_module_imports_a_higher_layer() {
+    let root = super::workspace_root();
+    let md = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let all = layers(&md);
+    // The daemon's layers are required; other crates may add theirs.
+    assert!(
+        all.get("crates/orchestratord").is_some_and(|l| l.len() > 3),
+        "ARCHITECTURE.md gives no \"Module layers of `crates/orchestratord`\" list"
+    );
+    let mut errs = Vec::new();
+    for (dir, layers) in &all {
+        let path = root.join(dir);
+        assert!(
+            path.join("src").is_dir(),
+            "ARCHITECTURE.md layers name {dir}"
+        );
+        for e in check_layers(&graph(&read_crate(&path)), layers) {
+            errs.push(format!("{dir}: {e}"));
+        }
+    }
+    assert!(
+        errs.is_empty(),
+        "module layers (ARCHITECTURE.md, \"Module layers of …\"):\n- {}",
         errs.join("\n- ")
     );
 }

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use orch_core::placement::{place, GpuSnapshot, PlacementRequest};
+use orch_core::placement::{place, PlacementRequest};
 use orch_core::vram::{plan_room, Need, Resident, RoomPlan};
 
-use crate::placement::{cards_of, footprint, split_need, GpuMode, HEADROOM_BYTES};
+use crate::placement::{cards_of, footprint, split_need, usable_snapshot, GpuMode, HEADROOM_BYTES};
 use crate::pool::{Generation, LoadPhase};
 use crate::{Pool, PoolManager, Replica};
 
@@ -115,19 +115,8 @@ impl PoolManager {
         };
         let cfg = pool.config();
         let need_bytes = footprint(&cfg);
-        let devices = self.ledger.usable(self.gpu.snapshot());
-        let free_slots = self.free_slots_by_device();
-        let snapshots: Vec<GpuSnapshot> = devices
-            .iter()
-            .map(|d| GpuSnapshot {
-                index: d.index,
-                name: d.name.clone(),
-                total_bytes: d.total_bytes,
-                free_bytes: d.free_bytes,
-                utilization_pct: d.utilization_pct,
-                free_slots: free_slots.get(&d.index).copied().unwrap_or(0),
-            })
-            .collect();
+        let (devices, snapshots) =
+            usable_snapshot(&self.gpu, &self.ledger, &self.free_slots_by_device());
         let req = PlacementRequest {
             need_bytes,
             headroom_bytes: HEADROOM_BYTES,

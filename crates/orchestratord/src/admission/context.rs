@@ -12,7 +12,7 @@ use orch_api_types::{ChatMessage, ErrorCode, TaskRequest, Workload};
 use orch_core::{alias_for, context_fit, ContextFit};
 use orch_pool_manager::Pool;
 
-use crate::app::AppState;
+use super::Admission;
 use crate::engine_io::generate_request;
 use crate::error::ServiceError;
 
@@ -43,7 +43,7 @@ pub struct TokenCount {
 }
 
 /// `model_ref` through `model_aliases`, unless a pool or the catalog serves it as it is.
-pub fn resolve_alias(state: &AppState, req: &mut TaskRequest) {
+pub fn resolve_alias(state: &Admission, req: &mut TaskRequest) {
     let aliases = &state.config.model_aliases;
     if aliases.is_empty()
         || state.pools.pools().iter().any(|p| p.serves(&req.model_ref))
@@ -128,7 +128,7 @@ pub async fn prompt_tokens(pool: &Pool, req: &TaskRequest, exact: bool) -> Token
 /// Fits an agent door's request into `pool`'s context: clamps `max_tokens`, or refuses a
 /// prompt that fills the context (only on an exact count: a bound never refuses).
 pub async fn fit(
-    state: &AppState,
+    state: &Admission,
     pool: &Pool,
     req: &mut TaskRequest,
 ) -> Result<ContextNote, ServiceError> {
@@ -162,7 +162,7 @@ pub async fn fit(
 
 /// The refusal of a prompt of `tokens` that fills `pool`'s `limit`, naming the pools whose
 /// slots would hold it.
-fn too_long(state: &AppState, pool: &Pool, tokens: u32, limit: u32) -> ServiceError {
+fn too_long(state: &Admission, pool: &Pool, tokens: u32, limit: u32) -> ServiceError {
     let mut roomy: Vec<String> = state
         .pools
         .pools()
@@ -198,7 +198,7 @@ fn too_long(state: &AppState, pool: &Pool, tokens: u32, limit: u32) -> ServiceEr
 /// The prompt tokens of `req` as the pool it routes to would count them (the doors'
 /// `count_tokens` / `input_tokens`): exact from a ready engine of the pool, else an upper
 /// bound (`exact: false`).
-pub async fn count(state: &AppState, mut req: TaskRequest) -> Result<TokenCount, ServiceError> {
+pub async fn count(state: &Admission, mut req: TaskRequest) -> Result<TokenCount, ServiceError> {
     resolve_alias(state, &mut req);
     let catalog_path = state.catalog.route(&req.model_ref, &state.pools)?;
     let disp = super::route(state, &req, catalog_path.as_deref())?;

@@ -6,6 +6,7 @@
 pub mod context;
 pub mod validate;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -13,16 +14,48 @@ use orch_api_types::{
     AdmissionResponse, BudgetRemaining, Dialect, ErrorCode, ErrorEnvelope, StreamLinks,
     TaskRequest, TaskState, Workload,
 };
-use orch_config::PoolKind;
+use orch_config::{Config, PoolKind};
 use orch_core::{choose_pool, PoolCandidate};
+use orch_pool_manager::PoolManager;
 use tracing::Instrument;
 
-use crate::app::AppState;
+use crate::background::Background;
+use crate::catalog::Catalog;
 use crate::dispatch::Dispatcher;
 use crate::error::ServiceError;
-use crate::task::Task;
+use crate::metrics::Metrics;
+use crate::sessions::SessionAccounts;
+use crate::shutdown::ShutdownFlag;
+use crate::task::{Task, TaskTable};
+use crate::transcripts::Transcripts;
 use context::ContextNote;
 use validate::{check_limits, validate};
+
+/// What admission uses, and nothing else: the pools and their queues, the task table, the
+/// catalog (model ids), sessions and budgets, and where a task's follow-ups go once it ends.
+/// Built once by `state::AppState::new`; cheap to share (`Arc<Admission>`).
+pub struct Admission {
+    /// `model_aliases` (agent doors) and nothing else is read from it.
+    pub config: Arc<Config>,
+    /// Pools: routing, readiness, on_demand loads.
+    pub pools: Arc<PoolManager>,
+    /// The queue of each pool, by pool id.
+    pub dispatchers: Arc<HashMap<String, Dispatcher>>,
+    /// Every task, by id.
+    pub tasks: Arc<TaskTable>,
+    /// Rejections, backpressure and cancels are counted.
+    pub metrics: Metrics,
+    /// Set once shutdown began: admission answers 503.
+    pub shutting_down: ShutdownFlag,
+    /// Catalog ids as `model_ref`.
+    pub catalog: Arc<Catalog>,
+    /// Session turns, TTLs and budget reservations.
+    pub sessions: Arc<SessionAccounts>,
+    /// Where an ended task's transcript goes.
+    pub transcripts: Arc<Transcripts>,
+    /// Runs each task's follow-ups (charges, transcript) once it ends.
+    pub background: Arc<Background>,
+}
 
 /// A task that passed admission.
 pub struct Admitted {
@@ -53,7 +86,7 @@ pub fn pool_kind_for(w: Workload) -> PoolKind {
 /// The model is served, but only by pools of another kind (an embedding request to a chat
 /// pool, a chat request to an embedding pool): which pools would take it.
 fn wrong_kind(
-    state: &AppState,
+    state: &Admission,
     req: &TaskRequest,
     want: PoolKind,
     wrong: &[&Dispatcher],
@@ -104,7 +137,7 @@ fn wrong_kind(
 /// which one must be ready; then the least loaded (see docs/PLACEMENT.md). `catalog_path` is the model file of the
 /// catalog model `model_ref` names, if it names one.
 fn route<'a>(
-    state: &'a AppState,
+    state: &'a Admission,
     req: &TaskRequest,
     catalog_path: Option<&str>,
 ) -> Result<&'a Dispatcher, ServiceError> {
@@ -232,7 +265,7 @@ fn route<'a>(
 /// mid-request): a half-done admission would leave a session turn counted or a budget
 /// reservation held with no task to release it.
 pub async fn admit(
-    state: &AppState,
+    state: &Arc<Admission>,
     correlation_id: &str,
     req: TaskRequest,
 ) -> Result<Admitted, ServiceError> {
@@ -241,7 +274,7 @@ pub async fn admit(
 
 /// [`admit`] for a task that came through `dialect`'s door (recorded on the task).
 pub async fn admit_via(
-    state: &AppState,
+    state: &Arc<Admission>,
     correlation_id: &str,
     req: TaskRequest,
     dialect: Dialect,
@@ -260,7 +293,7 @@ pub async fn admit_via(
 }
 
 async fn admit_to_end(
-    state: &AppState,
+    state: &Admission,
     correlation_id: &str,
     mut req: TaskRequest,
     dialect: Dialect,
@@ -269,7 +302,7 @@ async fn admit_to_end(
         state.metrics.rejected(engine, e.body.code.as_str());
         e
     };
-    if state.is_shutting_down() {
+    if state.shutting_down.began() {
         return Err(reject(
             "",
             ServiceError::from_envelope(
@@ -428,7 +461,7 @@ async fn admit_to_end(
 }
 
 /// A task by id (`NOT_FOUND` once it is no longer retained).
-pub fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ServiceError> {
+pub fn find(state: &Admission, id: &str) -> Result<Arc<Task>, ServiceError> {
     state.tasks.get(id).ok_or_else(|| {
         ServiceError::not_found(format!(
             "no task `{id}` (unknown, or finished longer ago than tasks.retain_ms)"
@@ -438,7 +471,7 @@ pub fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ServiceError> {
 
 /// Cancels a queued or running task (idempotent): a queued task leaves its queue and ends at
 /// once; a running one is asked to stop, and the answer waits briefly for its final state.
-pub async fn cancel(state: &AppState, id: &str) -> Result<Arc<Task>, ServiceError> {
+pub async fn cancel(state: &Admission, id: &str) -> Result<Arc<Task>, ServiceError> {
     let task = find(state, id)?;
     let reason = ErrorEnvelope::new(ErrorCode::Canceled, "task canceled by request")
         .with_engine(task.engine);

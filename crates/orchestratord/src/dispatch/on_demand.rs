@@ -172,23 +172,14 @@ impl Actor {
         for (position, e) in self.queue.iter().enumerate() {
             let t = &e.item;
             if self.od.told.get(&t.id) != Some(&why) {
-                let extra = crate::sessions::live_metrics(t, 0);
                 t.push(StreamEvent::Metrics(MetricsEvent {
                     queue_depth: depth,
-                    on_time_probability: 1.0,
-                    tokens_out: 0,
-                    tokens_per_s: 0.0,
-                    kv_warmth: extra.kv_warmth,
-                    tokens_budget_remaining: extra.tokens,
-                    time_budget_remaining_ms: extra.time_ms,
-                    cost_budget_remaining: extra.cost,
                     queue_position: Some(position),
-                    predicted_start_ms: None,
-                    predicted_end_ms: None,
                     queued_ms: Some(
                         u64::try_from(t.submitted.elapsed().as_millis()).unwrap_or(u64::MAX),
                     ),
                     waiting_for: Some(why.clone()),
+                    ..crate::sessions::metrics_event(t, 0)
                 }));
             }
             told.insert(t.id.clone(), why.clone());

@@ -24,10 +24,10 @@ use orch_api_types::{
 };
 use serde::Deserialize;
 
-use crate::app::AppState;
+use crate::clock::now_ms;
 use crate::error::ServiceError;
+use crate::state::AppState;
 use crate::storage::{blocking, store_err};
-use crate::task::now_ms;
 
 /// The body limit of `POST /v1/artifacts`: the largest artifact
 /// (`artifacts.max_artifact_bytes`) base64-encoded plus 1 MiB of JSON; larger bodies get 413

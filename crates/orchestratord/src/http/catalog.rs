@@ -14,11 +14,11 @@ use orch_pool_manager::PoolManager;
 use orch_store::policy::ACTION_MODEL_DOWNLOAD;
 use orch_store::{redact_url, NewModel};
 
-use crate::app::AppState;
 use crate::catalog::Catalog;
 use crate::error::ServiceError;
 use crate::http::JsonBody;
 use crate::outbound::Outbound;
+use crate::state::AppState;
 use crate::storage::store_err;
 
 fn is_remote(reference: &str) -> bool {
@@ -110,7 +110,7 @@ pub async fn register(
     JsonBody(req): JsonBody<RegisterModelRequest>,
 ) -> Result<Response, ServiceError> {
     if wants_pull(&req)? {
-        if state.is_shutting_down() {
+        if state.shutting_down.began() {
             return Err(ServiceError::from_envelope(
                 ErrorEnvelope::new(
                     ErrorCode::ShuttingDown,

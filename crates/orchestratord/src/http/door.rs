@@ -23,8 +23,8 @@ use orch_api_types::{
 use serde::de::DeserializeOwned;
 
 use crate::admission::{self, Admitted};
-use crate::app::AppState;
 use crate::error::ServiceError;
+use crate::state::AppState;
 use crate::task::Task;
 
 /// Header carrying the priority (`interactive` | `batch`).
@@ -302,7 +302,7 @@ pub async fn admit(
     req: TaskRequest,
     dialect: Dialect,
 ) -> Result<Entered, ServiceError> {
-    let adm = admission::admit_via(state, correlation_id, req, dialect).await?;
+    let adm = admission::admit_via(&state.admission, correlation_id, req, dialect).await?;
     let headers = queue_headers(&adm);
     Ok(Entered { adm, headers })
 }
@@ -346,7 +346,7 @@ fn queue_headers(adm: &Admitted) -> HeaderMap {
 /// Cancels the task when dropped before it ended (the client went away). Streams hold it for
 /// as long as they are read; non-streamed answers until the reply is complete.
 pub struct CancelOnDrop {
-    state: AppState,
+    admission: Arc<admission::Admission>,
     task: Arc<Task>,
 }
 
@@ -354,7 +354,7 @@ impl CancelOnDrop {
     /// Guards `task`.
     pub fn new(state: &AppState, task: &Arc<Task>) -> Self {
         Self {
-            state: state.clone(),
+            admission: state.admission.clone(),
             task: task.clone(),
         }
     }
@@ -365,12 +365,12 @@ impl Drop for CancelOnDrop {
         if self.task.state().is_terminal() {
             return;
         }
-        let state = self.state.clone();
+        let admission = self.admission.clone();
         let id = self.task.id.clone();
         tracing::info!(task_id = %id, "client disconnected; canceling its task");
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = admission::cancel(&state, &id).await;
+                let _ = admission::cancel(&admission, &id).await;
             });
         }
     }
@@ -378,7 +378,7 @@ impl Drop for CancelOnDrop {
 
 /// Seconds since the Unix epoch (the `created` of replies).
 pub fn now_s() -> u64 {
-    crate::task::now_ms() / 1000
+    crate::clock::now_ms() / 1000
 }
 
 /// Tool-call pieces merged into whole calls, by index (a non-streamed reply).
@@ -490,6 +490,28 @@ pub async fn refuse_on_path(path: &str, e: ServiceError, body: Body) -> Response
         return refuse(crate::http::openai::OaiError::from(e), body).await;
     }
     e.into_response()
+}
+
+/// Middleware applying [`Auth::check`]: a refusal is rendered in the error shape of the door
+/// the path belongs to (auth itself knows no doors).
+pub async fn require_token(
+    axum::extract::State(auth): axum::extract::State<crate::auth::Auth>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = crate::auth::credentials(req.headers());
+    match auth.check(peer.ip().is_loopback(), req.uri().path(), header.as_deref()) {
+        Ok(identity) => {
+            tracing::Span::current().record("identity", identity.as_str());
+            next.run(req).await
+        }
+        Err(e) => {
+            tracing::warn!(code = e.body.code.as_str(), peer = %peer.ip(), "request refused");
+            let path = req.uri().path().to_owned();
+            refuse_on_path(&path, e, req.into_body()).await
+        }
+    }
 }
 
 /// 405 in the error shape of the door `path` belongs to; `None` off the doors' paths.

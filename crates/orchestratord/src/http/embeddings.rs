@@ -25,11 +25,11 @@ use orch_api_types::{Dialect, ErrorCode, ResultEvent, StreamEvent, TaskRequest};
 use serde_json::{json, Value};
 
 use crate::admission::validate::MAX_SCORING_ITEMS;
-use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ServiceError;
 use crate::http::door::{self, CancelOnDrop, Entered};
 use crate::http::openai::{OaiError, OpenAiShape};
+use crate::state::AppState;
 
 /// `input` as texts: a string or an array of strings. Token arrays are refused by name.
 fn input_texts(v: &Value) -> Result<Vec<String>, OaiError> {

@@ -1,5 +1,7 @@
 //! HTTP handlers: thin, typed, state passed explicitly. Business rules live in the services
-//! (`admission`, `sessions`, `catalog`, `dispatch`, …) and the core crate.
+//! (`admission`, `pool_control`, `sessions`, `catalog`, `dispatch`, …) and the core crate.
+//! The router ([`router()`]) and the OpenAPI document ([`openapi`]) live here, beside the
+//! handlers they list.
 
 pub mod anthropic;
 pub mod artifacts;
@@ -9,12 +11,16 @@ pub mod door;
 pub mod embeddings;
 pub mod error;
 pub mod openai;
+pub mod openapi;
 pub mod pools;
 pub mod responses;
+mod router;
 pub mod sessions;
 pub mod system;
 pub mod tasks;
 pub mod web;
+
+pub(crate) use router::router;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};

@@ -20,10 +20,10 @@ use orch_api_types::pools::{
 };
 use orch_api_types::ErrorEnvelope;
 
-use crate::app::AppState;
 use crate::error::ServiceError;
 use crate::http::JsonBody;
 use crate::pool_control::{self, find_pool};
+use crate::state::AppState;
 use crate::wire::{load_state, replica_state};
 
 fn on_demand_info(o: orch_pool_manager::OnDemandHealth) -> OnDemandInfo {
@@ -141,8 +141,9 @@ pub async fn drain(
     body: Result<JsonBody<DrainRequest>, ServiceError>,
 ) -> Result<(StatusCode, Json<DrainResponse>), ServiceError> {
     let JsonBody(req) = body?;
-    let pool = find_pool(&state, &id)?;
+    let pool = find_pool(&state.pool_control, &id)?;
     let (queued, running) = state
+        .pool_control
         .dispatchers
         .get(&id)
         .map(|d| (d.depth(), d.running()))
@@ -166,7 +167,7 @@ pub async fn drain(
         ));
     }
     let ms = req.deadline_ms.unwrap_or(pool_control::DEFAULT_DRAIN_MS);
-    let deadline_at_ms = pool_control::start_drain(&state, pool, ms)?;
+    let deadline_at_ms = pool_control::start_drain(&state.pool_control, pool, ms)?;
     tracing::info!(pool_id = %id, deadline_ms = ms, queued, running, "drain requested");
     Ok((
         StatusCode::ACCEPTED,
@@ -196,7 +197,13 @@ pub async fn reload(
     body: Result<JsonBody<ReloadRequest>, ServiceError>,
 ) -> Result<Json<ReloadResponse>, ServiceError> {
     let JsonBody(req) = body?;
-    let rep = pool_control::reload(&state, &id, req.new_model_ref.as_deref(), req.grace_ms).await?;
+    let rep = pool_control::reload(
+        &state.pool_control,
+        &id,
+        req.new_model_ref.as_deref(),
+        req.grace_ms,
+    )
+    .await?;
     Ok(Json(ReloadResponse {
         pool_id: rep.pool_id,
         generation: rep.generation,
@@ -221,7 +228,7 @@ pub async fn load(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<LoadResponse>, ServiceError> {
-    let rep = pool_control::load(&state, &id).await?;
+    let rep = pool_control::load(&state.pool_control, &id).await?;
     Ok(Json(load_response(rep, 0)))
 }
 
@@ -247,7 +254,7 @@ pub async fn unload(
         serde_json::from_slice(&body)
             .map_err(|e| ServiceError::invalid(format!("invalid JSON body: {e}")))?
     };
-    let (rep, canceled) = pool_control::unload(&state, &id, req.force).await?;
+    let (rep, canceled) = pool_control::unload(&state.pool_control, &id, req.force).await?;
     Ok(Json(load_response(rep, canceled)))
 }
 

@@ -6,10 +6,10 @@ use orch_api_types::{
     BudgetRemaining, BudgetSpec, ErrorEnvelope, SessionEvicted, SessionInfo, SessionSpend,
 };
 
-use crate::app::AppState;
+use crate::clock::now_ms;
 use crate::error::ServiceError;
+use crate::state::AppState;
 use crate::storage::{blocking, store_err};
-use crate::task::now_ms;
 
 /// A live session: TTL left, turns, KV bytes and warmth, budget left.
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orch_api_types::{Capabilities, ErrorCode, ErrorEnvelope, HealthResponse, PoolCapabilities};
 
-use crate::app::AppState;
 use crate::error::ServiceError;
+use crate::state::AppState;
 
 /// Liveness.
 #[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse)),
@@ -19,7 +19,7 @@ use crate::error::ServiceError;
 pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
     let pools = state.pools.pools();
     Json(HealthResponse {
-        status: if state.is_shutting_down() {
+        status: if state.shutting_down.began() {
             "shutting_down"
         } else {
             "ok"
@@ -61,7 +61,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
 
 /// The OpenAPI document of this daemon.
 pub async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
+    Json(super::openapi::document())
 }
 
 /// What the pools can do, from their live engines.

@@ -3,7 +3,6 @@
 //! `status` event per second). The page and its assets are public (they hold no data); the
 //! two data endpoints need the token like every other `/v1` route (docs/DECISIONS.md, "Auth").
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -12,17 +11,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use orch_api_types::{
-    GpuPoolUse, GpuStatus, PoolStatus, QueueDepths, ReplicaSummary, StatusSnapshot, TaskState,
-    WaitingTask,
-};
+use orch_api_types::StatusSnapshot;
 
 use axum::Json;
 use futures::Stream;
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::error::ServiceError;
+use crate::state::AppState;
 
 const INDEX_HTML: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
@@ -85,204 +81,6 @@ pub struct StatusQuery {
     pub recent: Option<usize>,
 }
 
-/// Waiting tasks a snapshot lists at most.
-pub const MAX_WAITING: usize = 100;
-
-/// What each pool's replicas hold per GPU index: the engine process's memory where NVML lists
-/// its pid on the card, else placement's reservation for the replica there. `gpus`: each GPU's
-/// index and the `(pid, bytes)` of the processes NVML lists on it.
-fn vram_by_pool(
-    state: &AppState,
-    gpus: &[(u32, Vec<(u32, u64)>)],
-) -> HashMap<u32, Vec<GpuPoolUse>> {
-    let pools = state.pools.pools();
-    // Replica id -> (pool id, engine pid), for the serving replicas.
-    let mut replicas: HashMap<String, (String, Option<u32>)> = HashMap::new();
-    for p in pools {
-        for r in p.replicas() {
-            replicas.insert(r.status.id.clone(), (p.id().to_owned(), r.status.pid));
-        }
-    }
-    // A replica not serving (a reload's incoming or retiring one) is `<pool>-…`.
-    let pool_of = |replica: &str| -> Option<String> {
-        if let Some((pool, _)) = replicas.get(replica) {
-            return Some(pool.clone());
-        }
-        pools
-            .iter()
-            .map(|p| p.id())
-            .filter(|id| {
-                replica.len() > id.len()
-                    && replica.starts_with(id)
-                    && replica.as_bytes().get(id.len()) == Some(&b'-')
-            })
-            .max_by_key(|id| id.len())
-            .map(str::to_owned)
-    };
-    let mut out: HashMap<u32, Vec<GpuPoolUse>> = HashMap::new();
-    for (index, processes) in gpus {
-        let uses = out.entry(*index).or_default();
-        for (replica, (pool, pid)) in &replicas {
-            let Some((_, bytes)) = pid.and_then(|pid| processes.iter().find(|(p, _)| *p == pid))
-            else {
-                continue;
-            };
-            uses.push(GpuPoolUse {
-                pool_id: pool.clone(),
-                replica_id: replica.clone(),
-                vram_bytes: *bytes,
-                source: "measured".into(),
-            });
-        }
-    }
-    for (replica, index, bytes) in state.pools.vram_reservations() {
-        let Some(uses) = out.get_mut(&index) else {
-            continue;
-        };
-        if uses.iter().any(|u| u.replica_id == replica) {
-            continue;
-        }
-        let Some(pool) = pool_of(&replica) else {
-            continue;
-        };
-        uses.push(GpuPoolUse {
-            pool_id: pool,
-            replica_id: replica,
-            vram_bytes: bytes,
-            source: "reserved".into(),
-        });
-    }
-    for uses in out.values_mut() {
-        uses.sort_by(|a, b| {
-            b.vram_bytes
-                .cmp(&a.vram_bytes)
-                .then_with(|| a.replica_id.cmp(&b.replica_id))
-        });
-    }
-    out
-}
-
-/// Every waiting task, the soonest predicted start first (unknown predictions last, by queue
-/// position), at most [`MAX_WAITING`].
-fn waiting(state: &AppState) -> Vec<WaitingTask> {
-    let mut w: Vec<WaitingTask> = state
-        .tasks
-        .active()
-        .iter()
-        .map(|t| t.status())
-        .filter(|t| t.state == TaskState::Queued)
-        .map(|t| WaitingTask {
-            task_id: t.task_id,
-            pool_id: t.pool_id,
-            priority: t.priority,
-            queue_position: t.queue_position,
-            predicted_start_ms: t.predicted_start_ms,
-            submitted_ms: t.submitted_ms,
-        })
-        .collect();
-    w.sort_by_key(|t| {
-        (
-            t.predicted_start_ms.unwrap_or(u64::MAX),
-            t.queue_position.unwrap_or(usize::MAX),
-            t.submitted_ms,
-        )
-    });
-    w.truncate(MAX_WAITING);
-    w
-}
-
-/// Builds a snapshot of the whole daemon (without `history`: the handlers add the part of it
-/// their reader has not seen).
-pub fn snapshot(state: &AppState, recent: usize) -> StatusSnapshot {
-    // Queue depth per pool and priority, and running tasks, from the task registry.
-    let per_pool = crate::status_history::queue_by_pool(&state.tasks);
-    let mut total = QueueDepths::default();
-    let pools: Vec<PoolStatus> = state
-        .pools
-        .pools()
-        .iter()
-        .map(|p| {
-            let h = p.health();
-            let q = per_pool.get(p.id()).copied().unwrap_or_default();
-            total.interactive += q.interactive;
-            total.batch += q.batch;
-            total.running += q.running;
-            PoolStatus {
-                id: p.id().to_owned(),
-                engine: p.engine().to_owned(),
-                engine_version: p.engine_version(),
-                model: p.config().model.clone(),
-                ready: h.ready,
-                draining: h.draining,
-                queue: q,
-                queue_capacity: p
-                    .config()
-                    .queue_capacity
-                    .unwrap_or(state.config.queue.capacity),
-                slots_ready: p.ready_slots(),
-                load_state: p.load_phase().map(|l| l.as_str().to_owned()),
-                last_error: h.last_error,
-                replicas: h
-                    .replicas
-                    .into_iter()
-                    .map(|r| ReplicaSummary {
-                        id: r.id,
-                        state: serde_json::to_value(r.state)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
-                        device: r.device,
-                        endpoint: r.endpoint,
-                        pid: r.pid,
-                        restarts: r.restarts,
-                        slots: r.slots,
-                        last_error: r.last_error,
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    let devices = state.pools.gpus();
-    let processes: Vec<(u32, Vec<(u32, u64)>)> = devices
-        .iter()
-        .map(|d| {
-            let p = d.processes.iter().map(|p| (p.pid, p.used_bytes)).collect();
-            (d.index, p)
-        })
-        .collect();
-    let mut by_pool = vram_by_pool(state, &processes);
-    let gpus = devices
-        .into_iter()
-        .map(|g| GpuStatus {
-            pools: by_pool.remove(&g.index).unwrap_or_default(),
-            index: g.index,
-            name: g.name,
-            uuid: g.uuid,
-            utilization_pct: g.utilization_pct,
-            vram_total_bytes: g.total_bytes,
-            vram_used_bytes: g.used_bytes,
-            vram_free_bytes: g.free_bytes,
-        })
-        .collect();
-    StatusSnapshot {
-        daemon_version: env!("CARGO_PKG_VERSION").into(),
-        time_ms: crate::task::now_ms(),
-        gpu_mode: state.pools.gpu_mode().describe(),
-        shutting_down: state.is_shutting_down(),
-        queue: total,
-        gpus,
-        pools,
-        tasks: state
-            .tasks
-            .recent(recent.min(200))
-            .iter()
-            .map(|t| t.status())
-            .collect(),
-        waiting: waiting(state),
-        history: Vec::new(),
-    }
-}
-
 /// The daemon at a glance: queue per priority, GPUs, pools and replicas, recent tasks.
 #[utoipa::path(get, path = "/v1/status", params(StatusQuery),
     responses((status = 200, body = StatusSnapshot), (status = 400, description = "Bad query", body = orch_api_types::ErrorEnvelope),
@@ -294,8 +92,8 @@ pub async fn status(
     let Query(q) = q.map_err(bad_query)?;
     let recent = recent_of(&q)?;
     tokio::task::spawn_blocking(move || {
-        let mut snap = snapshot(&state, recent);
-        snap.history = state.history.since(0).0;
+        let mut snap = state.status.snapshot(recent);
+        snap.history = state.status.history.since(0).0;
         snap
     })
     .await
@@ -322,14 +120,14 @@ pub async fn status_stream(
     // `seen`: the newest history sample this stream sent (0: none, so the first event carries
     // all of it).
     let s = futures::stream::unfold(
-        (state, true, 0u64),
-        move |(state, first, seen)| async move {
+        (state.status.clone(), true, 0u64),
+        move |(view, first, seen)| async move {
             if !first {
                 tokio::time::sleep(STATUS_EVERY).await;
             }
-            let st = state.clone();
+            let st = view.clone();
             let (snap, seen) = tokio::task::spawn_blocking(move || {
-                let mut snap = snapshot(&st, recent);
+                let mut snap = st.snapshot(recent);
                 let (history, newest) = st.history.since(seen);
                 snap.history = history;
                 (snap, newest)
@@ -339,7 +137,7 @@ pub async fn status_stream(
             let data = serde_json::to_string(&snap).unwrap_or_else(|_| "{}".into());
             Some((
                 Ok(Event::default().event("status").data(data)),
-                (state, false, seen),
+                (view, false, seen),
             ))
         },
     );

@@ -28,8 +28,8 @@ use orch_pool_manager::{AdapterFactory, PoolManager, StartOptions};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::app::AppState;
 use crate::auth::Auth;
+use crate::state::AppState;
 
 pub mod fake_engine;
 
@@ -294,7 +294,7 @@ impl TestApp {
         let token = opts.token;
 
         // What `crate::run` does before it binds the listener; keep the two in step.
-        let services = crate::app::Services::open(&mut cfg, token.as_deref())
+        let services = crate::state::Services::open(&mut cfg, token.as_deref())
             .await
             .expect("the store opens in the temp dir and the config passes the startup checks");
         let pools = PoolManager::start_with(
@@ -307,7 +307,7 @@ impl TestApp {
         .expect("the pool manager starts");
         let auth = Auth::new(token.clone(), cfg.auth.optional);
         let state = AppState::new(cfg, pools, auth, services);
-        let router = crate::app::router(state.clone());
+        let router = crate::http::router(state.clone());
 
         let app = Self {
             router,

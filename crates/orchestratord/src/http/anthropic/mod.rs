@@ -29,13 +29,13 @@ use futures::StreamExt;
 use orch_api_types::anthropic::{AnthropicErrorBody, CountTokensReply, MsgReply, MsgSseFrame};
 use orch_api_types::{Dialect, StreamEvent};
 
-pub use error::{error_body, is_messages_path, AnthropicError, AnthropicShape};
-pub use wire::{MsgMessage, MsgMetadata, MsgRequest, MsgTool, MsgToolChoice};
+pub use error::{is_messages_path, AnthropicError};
+pub use wire::MsgRequest;
 
-use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ServiceError;
 use crate::http::door::{self, CancelOnDrop, Entered};
+use crate::state::AppState;
 use stream::Events;
 use task::{to_task, Translated};
 
@@ -169,7 +169,7 @@ pub async fn count_tokens(
     let Translated { req, .. } = to_task(&r, &headers, &task_id, true)?;
     // The request's own rules hold here too, though nothing is admitted.
     crate::admission::validate::validate(&req)?;
-    let n = crate::admission::context::count(&state, req).await?;
+    let n = crate::admission::context::count(&state.admission, req).await?;
     let mut h = HeaderMap::new();
     put_header(
         &mut h,

@@ -57,6 +57,10 @@ pub struct MsgToolChoice {
 pub struct MsgMetadata {
     /// The caller's user id: accepted and ignored, never a session (docs/ANTHROPIC.md).
     #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "accepted and ignored: in the schema and parsed, read by no code"
+    )]
     pub user_id: Option<String>,
 }
 
@@ -96,10 +100,18 @@ pub struct MsgRequest {
     pub top_k: Option<u32>,
     /// `user_id`.
     #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "accepted and ignored: in the schema and parsed, read by no code"
+    )]
     pub metadata: Option<MsgMetadata>,
     /// Extended thinking: accepted and ignored (docs/ANTHROPIC.md).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
+    #[expect(
+        dead_code,
+        reason = "accepted and ignored: in the schema and parsed, read by no code"
+    )]
     pub thinking: Option<Map<String, Value>>,
     /// Stream the reply's events as SSE.
     #[serde(default)]

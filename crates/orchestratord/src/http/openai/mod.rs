@@ -32,15 +32,15 @@ use orch_api_types::openai::{
 };
 use orch_api_types::{Dialect, ErrorCode, StreamEvent};
 
-pub use error::{error_body, is_openai_path, OaiError, OpenAiShape};
+pub use error::{is_openai_path, OaiError, OpenAiShape};
 pub use stream::{compact, data_event};
-pub use task::{ctx_for, stop_list, text_of, Kind};
-pub use wire::{OaiMessage, OaiRequest, OaiSseFrame, StreamOptions};
+pub use task::{ctx_for, Kind};
+pub use wire::{OaiRequest, OaiSseFrame};
 
-use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ServiceError;
 use crate::http::door::{self, now_s, CancelOnDrop, Entered};
+use crate::state::AppState;
 use stream::{chat_logprobs, text_logprobs, usage, Chunks};
 use task::to_task;
 

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use super::error::{OaiError, OpenAiShape};
 use super::wire::{OaiMessage, OaiRequest};
-use crate::app::AppState;
 use crate::http::door::{self, DEFAULT_MAX_TOKENS};
+use crate::state::AppState;
 
 pub fn text_of(content: &Option<Value>) -> Result<String, OaiError> {
     match content {

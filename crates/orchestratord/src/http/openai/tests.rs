@@ -3,6 +3,7 @@
 use super::error::*;
 use super::stream::*;
 use super::task::*;
+use super::wire::OaiMessage;
 use super::*;
 use axum::http::StatusCode;
 use orch_api_types::{

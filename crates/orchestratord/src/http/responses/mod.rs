@@ -34,11 +34,11 @@ pub use stream::{Meta, Render};
 pub use task::{to_task, Translated};
 pub use wire::ResponsesRequest;
 
-use crate::app::AppState;
 use crate::correlation::CorrelationId;
 use crate::error::ServiceError;
 use crate::http::door::{self, now_s, CancelOnDrop, Entered};
 use crate::http::openai::OaiError;
+use crate::state::AppState;
 
 /// Header naming the tool types dropped from `tools` (the engine cannot run them).
 pub const DROPPED_TOOLS_HEADER: &str = "x-llorch-dropped-tools";
@@ -212,7 +212,7 @@ pub async fn input_tokens(
 ) -> Result<Response, OaiError> {
     let id = format!("resp_count_{}", uuid::Uuid::new_v4().simple());
     let (_, t) = translate(&state, &headers, body, &id).await?;
-    let n = crate::admission::context::count(&state, t.task).await?;
+    let n = crate::admission::context::count(&state.admission, t.task).await?;
     let mut h = HeaderMap::new();
     h.insert(
         HeaderName::from_static(TOKEN_COUNT_HEADER),

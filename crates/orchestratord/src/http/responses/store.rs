@@ -8,14 +8,14 @@ use orch_api_types::responses::ResponseObject;
 use orch_api_types::ChatMessage;
 use orch_store::StoredResponse;
 
-use crate::app::AppState;
 use crate::http::openai::OaiError;
+use crate::state::AppState;
 use crate::storage::{blocking, store_err};
 
 /// The oldest `created_ms` still kept.
 fn cutoff(state: &AppState) -> u64 {
     let keep_ms = state.config.responses.retention_s.saturating_mul(1000);
-    crate::task::now_ms().saturating_sub(keep_ms)
+    crate::clock::now_ms().saturating_sub(keep_ms)
 }
 
 /// 404 in OpenAI's shape for the response `id`.
@@ -69,7 +69,7 @@ pub async fn save(state: &AppState, obj: &ResponseObject, history: &[ChatMessage
     };
     let rec = StoredResponse {
         id: obj.id.clone(),
-        created_ms: crate::task::now_ms(),
+        created_ms: crate::clock::now_ms(),
         response,
         history,
     };

@@ -104,11 +104,6 @@ impl Render {
         }
     }
 
-    /// What the response echoes.
-    pub fn meta(&self) -> &Meta {
-        &self.meta
-    }
-
     fn ev(&mut self, ty: &'static str, mut v: Value) -> Ev {
         v["type"] = json!(ty);
         v["sequence_number"] = json!(self.seq);

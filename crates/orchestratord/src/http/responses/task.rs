@@ -16,9 +16,9 @@ use orch_api_types::{ChatMessage, FunctionCall, TaskRequest, ToolCall};
 use serde_json::{json, Value};
 
 use super::wire::ResponsesRequest;
-use crate::app::AppState;
 use crate::http::door::{self, DEFAULT_MAX_TOKENS};
 use crate::http::openai::{ctx_for, OaiError, OpenAiShape};
+use crate::state::AppState;
 
 /// A request translated: the task, and what the response echoes.
 #[derive(Debug)]

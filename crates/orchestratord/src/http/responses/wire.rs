@@ -76,22 +76,42 @@ pub struct ResponsesRequest {
     /// Accepted and ignored (the engine reasons as its template says).
     #[serde(default)]
     #[schema(value_type = Object)]
+    #[expect(
+        dead_code,
+        reason = "accepted and ignored: in the schema and parsed, read by no code"
+    )]
     pub reasoning: Option<Value>,
     /// Accepted and ignored (no encrypted reasoning, no logprobs in output).
     #[serde(default)]
     #[schema(value_type = Object)]
+    #[expect(
+        dead_code,
+        reason = "accepted and ignored: in the schema and parsed, read by no code"
+    )]
     pub include: Option<Value>,
     /// Accepted and ignored (a prompt that fills the context is refused before it is queued).
     #[serde(default)]
     #[schema(value_type = Object)]
+    #[expect(
+        dead_code,
+        reason = "accepted and ignored: in the schema and parsed, read by no code"
+    )]
     pub truncation: Option<Value>,
     /// Accepted and ignored (llama-server reuses cached prefixes by itself).
     #[serde(default)]
     #[schema(value_type = Object)]
+    #[expect(
+        dead_code,
+        reason = "accepted and ignored: in the schema and parsed, read by no code"
+    )]
     pub prompt_cache_key: Option<Value>,
     /// Accepted and ignored (priority is `X-Llorch-Priority`).
     #[serde(default)]
     #[schema(value_type = Object)]
+    #[expect(
+        dead_code,
+        reason = "accepted and ignored: in the schema and parsed, read by no code"
+    )]
     pub service_tier: Option<Value>,
     /// Refused when true: background responses are not served.
     #[serde(default)]
