@@ -41,9 +41,10 @@ fn core_policy(p: FullPolicy) -> queue::FullPolicy {
     }
 }
 
-/// The answer to an admission.
+/// The queue's answer to an enqueue: the place taken and what the start-time model predicts
+/// for it (admission turns it into the 202).
 #[derive(Debug)]
-pub struct Admission {
+pub struct Enqueued {
     /// Tasks ahead.
     pub queue_position: usize,
     /// Estimated wait.
@@ -68,7 +69,7 @@ pub struct QueueFull {
 enum Cmd {
     Enqueue {
         task: Arc<Task>,
-        reply: oneshot::Sender<Result<Admission, QueueFull>>,
+        reply: oneshot::Sender<Result<Enqueued, QueueFull>>,
     },
     Remove {
         id: String,
@@ -160,7 +161,7 @@ impl Dispatcher {
     pub async fn enqueue(
         &self,
         task: Arc<Task>,
-    ) -> Result<Result<Admission, QueueFull>, ErrorEnvelope> {
+    ) -> Result<Result<Enqueued, QueueFull>, ErrorEnvelope> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Enqueue { task, reply })
@@ -287,7 +288,7 @@ impl Actor {
                                 priority: prio.as_str().into(),
                             })
                             .inc();
-                        let _ = reply.send(Ok(Admission {
+                        let _ = reply.send(Ok(Enqueued {
                             queue_position: adm.position,
                             predicted_start_ms: predicted,
                             predicted_end_ms: p.end_ms,
