@@ -134,6 +134,10 @@ const LENGTHS: [u32; 16] = [
     512, 32, 128, 32, 512, 128, 128, 32, 512, 32, 128, 512, 32, 128, 32, 512,
 ];
 
+/// What the daemon logged about each 202 (`eta admit`, at debug level): the rates it rested
+/// on, by task id.
+type AdmitLog = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Value>>>;
+
 /// Kills the daemon (and so, by process group and parent-death signal, its engine) on drop.
 struct DaemonGuard {
     child: Child,
@@ -149,10 +153,16 @@ impl Drop for DaemonGuard {
 
 impl DaemonGuard {
     /// Stops the daemon (SIGTERM) and starts another on the same data directory.
-    fn restart(mut self, bin: &Path, engine: Engine<'_>, slots: u32) -> Result<DaemonGuard> {
+    fn restart(
+        mut self,
+        bin: &Path,
+        engine: Engine<'_>,
+        slots: u32,
+        log: &AdmitLog,
+    ) -> Result<DaemonGuard> {
         crate::bench_util::stop(&mut self.child);
         let dir = self.dir.take();
-        start_daemon(bin, engine, slots, dir)
+        start_daemon(bin, engine, slots, dir, log)
     }
 }
 
@@ -161,6 +171,7 @@ fn start_daemon(
     engine: Engine<'_>,
     slots: u32,
     dir: Option<tempfile::TempDir>,
+    log: &AdmitLog,
 ) -> Result<DaemonGuard> {
     let dir = match dir {
         Some(d) => d,
@@ -187,7 +198,10 @@ fn start_daemon(
     let mut child = Command::new(bin)
         .arg("--config")
         .arg(&cfg_path)
-        .env("RUST_LOG", "warn,orchestratord=info")
+        .env(
+            "RUST_LOG",
+            "warn,orchestratord=info,orchestratord::forecast=debug",
+        )
         .env("AUTH_OPTIONAL", "true")
         .env_remove("AUTH_TOKEN")
         .env_remove("LLORCH_ADDR")
@@ -198,11 +212,17 @@ fn start_daemon(
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = log.clone();
     std::thread::spawn(move || {
         // Keeps reading (the daemon must never block on a full pipe).
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.contains("\"listening\"") {
                 let _ = tx.send(line);
+            } else if line.contains("eta admit") {
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if let (Some(id), Ok(mut m)) = (v["fields"]["task_id"].as_str(), log.lock()) {
+                    m.insert(id.to_owned(), v["fields"].clone());
+                }
             }
         }
     });
@@ -272,6 +292,10 @@ struct Outcome {
     frames: usize,
     waited: u64,
     ended: u64,
+    /// `submitted_ms` (wall clock) of the task's JSON.
+    submitted: u64,
+    /// The `end` event's `decode_ms` (first token to done).
+    decode_ms: u64,
 }
 
 impl Outcome {
@@ -315,6 +339,7 @@ async fn follow(c: &reqwest::Client, base: &str, id: &str, mut o: Outcome) -> Re
             "end" => {
                 ended = true;
                 o.tokens = v["tokens_out"].as_u64().unwrap_or(0);
+                o.decode_ms = v["decode_ms"].as_u64().unwrap_or(0);
                 break;
             }
             "error" => bail!("task {id} failed: {}", ev.data),
@@ -335,6 +360,7 @@ async fn follow(c: &reqwest::Client, base: &str, id: &str, mut o: Outcome) -> Re
         (Some(s), Some(f)) => f.saturating_sub(s),
         _ => bail!("task {id} has no submitted/finished time: {st}"),
     };
+    o.submitted = sub.unwrap_or(0);
     Ok(o)
 }
 
@@ -510,6 +536,122 @@ fn calibration(out: &mut String, title: &str, samples: &[(f64, bool)]) {
     }
 }
 
+/// The rounds of `set`, in order.
+fn by_round(set: &[Outcome]) -> Vec<Vec<&Outcome>> {
+    let mut rounds: Vec<Vec<&Outcome>> = Vec::new();
+    for o in set {
+        match rounds.last_mut() {
+            Some(r) if r[0].round == o.round => r.push(o),
+            _ => rounds.push(vec![o]),
+        }
+    }
+    rounds
+}
+
+/// The start error of the 202s taken apart, per FIFO round: how far the round's own decode
+/// pace was from the one the daemon predicted with, and what the error would have been had it
+/// known that pace; the expected against the real output; the dispatch lag.
+fn why_off(
+    out: &mut String,
+    warm: &[Outcome],
+    fifo: &[Outcome],
+    restart: &[Outcome],
+    admits: &std::collections::HashMap<String, Value>,
+    min_wait: u64,
+) {
+    if admits.is_empty() {
+        let _ = writeln!(
+            out,
+            "(no `eta admit` lines in the daemon's log: the start errors are not taken apart)"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "why the 202's start is off, per round (tasks that waited > {min_wait} ms): `model` is the per-slot decode ms/token with every slot busy that the round's 202s used (median), `round` the same measured in the round (its tasks' decode time over tokens, tasks that ended while every slot was busy), `ratio` round/model; the start error as it was, and as it would have been with the round's own pace (each 202's start × ratio); output expected/real; lag: a slot freed → the next task started (median/max)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} | {:>5} {:>5} {:>5} | {:>17} | {:>17} | {:>7} | {:>9}",
+        "round", "model", "round", "ratio", "start p90 (med±)", "round's pace", "out e/r", "lag ms"
+    );
+    let mut all_err = Vec::new();
+    let mut all_fixed = Vec::new();
+    let rounds: Vec<Vec<&Outcome>> = by_round(warm)
+        .into_iter()
+        .chain(by_round(fifo))
+        .chain(by_round(restart))
+        .collect();
+    for r in &rounds {
+        let model: Vec<f64> = r
+            .iter()
+            .filter_map(|o| admits.get(&o.id)?["decode_ms_full"].as_f64())
+            .collect();
+        let mut sorted = model.clone();
+        sorted.sort_by(f64::total_cmp);
+        let model_ms = percentile(&sorted, 0.5);
+        // Wall-clock start and end of each task.
+        let span = |o: &Outcome| (o.submitted + o.waited, o.submitted + o.ended);
+        let last_start = r.iter().map(|o| span(o).0).max().unwrap_or(0);
+        let (mut dms, mut toks) = (0.0, 0.0);
+        for o in r.iter().filter(|o| span(o).1 <= last_start && o.tokens > 1) {
+            dms += o.decode_ms as f64;
+            toks += (o.tokens - 1) as f64;
+        }
+        let round_ms = if toks > 0.0 { dms / toks } else { f64::NAN };
+        let ratio = round_ms / model_ms;
+        let waited: Vec<&&Outcome> = r.iter().filter(|o| o.waited > min_wait).collect();
+        let pairs: Vec<(f64, f64)> = waited
+            .iter()
+            .map(|o| (o.adm_start as f64, o.waited as f64))
+            .collect();
+        let fixed: Vec<(f64, f64)> = pairs.iter().map(|(p, w)| (p * ratio, *w)).collect();
+        let is_fifo = r[0].round.starts_with("fifo");
+        if is_fifo && ratio.is_finite() {
+            all_err.extend(pairs.iter().copied());
+            all_fixed.extend(fixed.iter().copied());
+        }
+        let (e, f) = (errors(&pairs), errors(&fixed));
+        let expected: f64 = r
+            .iter()
+            .filter_map(|o| admits.get(&o.id)?["tokens"].as_f64())
+            .sum();
+        let real: f64 = r.iter().map(|o| o.tokens as f64).sum();
+        let mut lags: Vec<f64> = r
+            .iter()
+            .filter(|o| o.waited > 0)
+            .filter_map(|o| {
+                let start = span(o).0;
+                // The slot it took freed at the last end before its start.
+                let freed = r.iter().map(|x| span(x).1).filter(|e| *e <= start).max()?;
+                Some((start - freed) as f64)
+            })
+            .collect();
+        lags.sort_by(f64::total_cmp);
+        let _ = writeln!(
+            out,
+            "{:<10} | {:>5.2} {:>5.2} {:>5.2} | {:>6.3} ({:>+6.3}) | {:>6.3} ({:>+6.3}) | {:>7.3} | {:>4.0}/{:<4.0}",
+            r[0].round,
+            model_ms,
+            round_ms,
+            ratio,
+            e.1,
+            e.2,
+            f.1,
+            f.2,
+            expected / real.max(1.0),
+            percentile(&lags, 0.5),
+            lags.last().copied().unwrap_or(0.0)
+        );
+    }
+    let (e, f) = (errors(&all_err), errors(&all_fixed));
+    let _ = writeln!(
+        out,
+        "later bursts (fifo): p90 start error (202) {:.3}, with each round's own decode pace {:.3}: what is left once the pace is known is the model's own error; the difference is the engine's pace moving between rounds",
+        e.1, f.1
+    );
+}
+
 /// Runs the benchmark and prints the results.
 pub async fn run(a: EtaArgs) -> Result<()> {
     let bin = a.engine.daemon()?;
@@ -561,7 +703,8 @@ pub async fn run(a: EtaArgs) -> Result<()> {
         ),
         _ => bail!("no engine to run"),
     };
-    let d = start_daemon(&bin, engine, a.slots, None)?;
+    let admit_log = AdmitLog::default();
+    let d = start_daemon(&bin, engine, a.slots, None, &admit_log)?;
     let c = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
@@ -607,11 +750,10 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             .await?,
         );
     }
-    // The first burst after a restart on the same data directory. Learned rates are saved
-    // within a second of the last task's end.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first burst after a restart on the same data directory, right after the last round:
+    // the daemon writes what it learned on its way down.
     eprintln!("[bench eta] restart, then one more round");
-    let d = d.restart(&bin, engine, a.slots)?;
+    let d = d.restart(&bin, engine, a.slots, &admit_log)?;
     wait_ready(&c, &d.base).await?;
     let restart = round(&c, &d.base, "restart", a.tasks, false, &mut rng, guess).await?;
     drop(d);
@@ -698,6 +840,8 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             hi / lo
         );
     }
+    let admits = admit_log.lock().map(|m| m.clone()).unwrap_or_default();
+    why_off(&mut out, &warm, &fifo, &restart, &admits, a.min_wait_ms);
     let frames: usize = fifo.iter().chain(&mixed).map(|o| o.frames).sum();
     let waiting = fifo.iter().chain(&mixed).filter(|o| o.frames > 0).count();
     let _ = writeln!(

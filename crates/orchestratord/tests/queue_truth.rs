@@ -141,10 +141,31 @@ async fn predicted_and_real_wait(d: &Daemon, first: &str, second: &str) -> (u64,
     (predicted, waited)
 }
 
-/// The rates a daemon learned are kept in its data directory: a restarted daemon's very first
-/// prediction of a wait (before it has measured anything itself) comes from them and is
-/// within 30 % of the real wait. A fresh daemon's first prediction (from the prior for the
-/// model file and a CPU) is printed for comparison, not judged.
+/// How many finished tasks the rates a daemon restored at start rest on (its `learned rates
+/// restored` log line), if it restored any.
+fn restored_tasks(logs: &str) -> Option<u64> {
+    logs.lines()
+        .filter(|l| l.contains("learned rates restored"))
+        .find_map(|l| serde_json::from_str::<Value>(l).ok()?["fields"]["measured_tasks"].as_u64())
+}
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The rates a daemon learned are kept in its data directory, written on its way down: a
+/// daemon restarted right after its last task restores the rates of every task the last one
+/// finished, and its very first prediction of a wait (before it has measured anything itself)
+/// comes from them and is within 30 % of the real wait. A fresh daemon's first prediction
+/// (from the prior for the model file and a CPU) is printed for comparison, not judged.
+///
+/// A CPU engine's pace can move across the restart on a busy machine (the same pair of tasks
+/// waiting 1.5–3× longer a minute later): when the judged wait is more than 30 % off and the
+/// same workload's wait also moved by more than 30 % from just before the restart, the check
+/// is run once more (learn, restart, judge), saying why. A prediction off while the engine
+/// kept its pace fails at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_predicts_its_first_wait_from_learned_rates() {
     let _serial = SERIAL.lock().await;
@@ -167,32 +188,58 @@ async fn a_restarted_daemon_predicts_its_first_wait_from_learned_rates() {
         "fresh daemon (prior): predicted {p} ms, waited {w} ms, error {:.2}",
         (p as f64 - w as f64).abs() / w.max(1) as f64
     );
-    // Teach it the engine's pace with the same workload as the check after the restart (a
-    // task nobody follows live, then one that is followed: a debug daemon relaying every token
-    // to a client takes CPU from a CPU engine).
-    for i in 0..3 {
-        let (p, w) =
-            predicted_and_real_wait(&d, &format!("learn{i}-a"), &format!("learn{i}-b")).await;
-        eprintln!("learning {i}: predicted {p} ms, waited {w} ms");
-    }
-    // Rates are saved at most every 0.5 s and on the next second's tick.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    d.terminate(Duration::from_secs(30));
+    // Finished tasks whose rates the next daemon must restore.
+    let mut taught = 2;
+    for attempt in 1..=2 {
+        // Teach it the engine's pace with the same workload as the check after the restart (a
+        // task nobody follows live, then one that is followed: a debug daemon relaying every
+        // token to a client takes CPU from a CPU engine).
+        let mut before = Vec::new();
+        for i in 0..3 {
+            let (p, w) = predicted_and_real_wait(
+                &d,
+                &format!("learn{attempt}.{i}-a"),
+                &format!("learn{attempt}.{i}-b"),
+            )
+            .await;
+            eprintln!("learning {attempt}.{i}: predicted {p} ms, waited {w} ms");
+            before.push(w);
+            taught += 2;
+        }
+        // Stopped right after its last task: nothing waits for a periodic save.
+        d.terminate(Duration::from_secs(30));
 
-    let d = Daemon::start(&bin(), opts());
-    let (p, w) = predicted_and_real_wait(&d, "again-a", "again-b").await;
-    let err = (p as f64 - w as f64).abs() / w.max(1) as f64;
-    eprintln!("restarted daemon (learned rates): predicted {p} ms, waited {w} ms, error {err:.2}");
-    assert!(
-        d.logs().contains("learned rates restored"),
-        "the restart restored no rates; log:\n{}",
-        d.logs()
-    );
-    // A timing check on a CPU engine: it holds while the machine's load stays about the same
-    // across the restart (docs/PERFORMANCE.md, "Queue truth from the first task").
-    assert!(
-        err <= 0.3,
-        "the restarted daemon's first predicted wait {p} ms is {err:.2} off the real {w} ms; log:\n{}",
-        d.logs()
-    );
+        d = Daemon::start(&bin(), opts());
+        assert_eq!(
+            restored_tasks(&d.logs()),
+            Some(taught),
+            "the restarted daemon must restore the rates of all {taught} finished tasks (saved on shutdown); log:\n{}",
+            d.logs()
+        );
+        let (p, w) = predicted_and_real_wait(
+            &d,
+            &format!("again{attempt}-a"),
+            &format!("again{attempt}-b"),
+        )
+        .await;
+        taught += 2;
+        let err = (p as f64 - w as f64).abs() / w.max(1) as f64;
+        let reference = median(before);
+        let moved = w as f64 / reference.max(1) as f64;
+        eprintln!(
+            "restarted daemon (learned rates), try {attempt}: predicted {p} ms, waited {w} ms, error {err:.2}; the same pair waited {reference} ms (median) just before the restart: the engine's pace moved ×{moved:.2}"
+        );
+        if err <= 0.3 {
+            return;
+        }
+        let pace_moved = !(1.0 / 1.3..=1.3).contains(&moved);
+        assert!(
+            pace_moved && attempt == 1,
+            "the restarted daemon's first predicted wait {p} ms is {err:.2} off the real {w} ms (try {attempt}; the engine's pace moved ×{moved:.2} across the restart); log:\n{}",
+            d.logs()
+        );
+        eprintln!(
+            "trying once more: the engine's pace moved ×{moved:.2} across the restart, which no rate learned before it can know"
+        );
+    }
 }
