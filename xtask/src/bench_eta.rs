@@ -63,7 +63,8 @@ pub struct EtaArgs {
     /// Only waits longer than this count for the error statistics, ms.
     #[arg(long, default_value_t = 300)]
     pub min_wait_ms: u64,
-    /// Also print every task: what it was told and what happened.
+    /// Also print every task: what it was told and what happened, with what its 202 rested on
+    /// (`ms/t`: per-slot decode ms per token with every slot busy; `exp`: expected tokens).
     #[arg(long)]
     pub dump: bool,
     /// Run against this engine-double binary instead of llama-server (a BENCHMARK DOUBLE with
@@ -895,7 +896,7 @@ pub async fn run(a: EtaArgs) -> Result<()> {
     if a.dump {
         let _ = writeln!(
             out,
-            "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3} {:>5}",
+            "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3} {:>5} | {:>5} {:>5}",
             "task",
             "max",
             "out",
@@ -908,7 +909,9 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             "last",
             "frames",
             "p",
-            "dl"
+            "dl",
+            "ms/t",
+            "exp"
         );
         for o in warm.iter().chain(&fifo).chain(&mixed).chain(&restart) {
             let (ls, le, lp) = o
@@ -916,7 +919,7 @@ pub async fn run(a: EtaArgs) -> Result<()> {
                 .map_or((0, 0, f64::NAN), |(q, s, e, p)| (q + s, q + e, p));
             let _ = writeln!(
                 out,
-                "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3.2}/{:.2} {:>5}",
+                "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3.2}/{:.2} {:>5} | {:>5.2} {:>5.0}",
                 o.id,
                 o.max_tokens,
                 o.tokens,
@@ -930,7 +933,15 @@ pub async fn run(a: EtaArgs) -> Result<()> {
                 o.frames,
                 o.adm_p.unwrap_or(f64::NAN),
                 lp,
-                o.deadline_ms
+                o.deadline_ms,
+                admits
+                    .get(&o.id)
+                    .and_then(|v| v["decode_ms_full"].as_f64())
+                    .unwrap_or(f64::NAN),
+                admits
+                    .get(&o.id)
+                    .and_then(|v| v["tokens"].as_f64())
+                    .unwrap_or(f64::NAN)
             );
         }
     }
