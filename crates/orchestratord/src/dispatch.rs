@@ -205,11 +205,16 @@ impl Dispatcher {
 
     /// Writes the learned rates not saved yet (the shutdown path, after the last task ended:
     /// a daemon restarted right after a burst starts from all of it). Returns once they are in
-    /// the store, or at once when the dispatcher has stopped.
+    /// the store, at once when the dispatcher has stopped, and after 5 s at most (a stuck disk
+    /// must not hold the shutdown).
     pub async fn flush_rates(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Cmd::FlushRates { reply }).await.is_ok() {
-            let _ = rx.await;
+        if self.tx.send(Cmd::FlushRates { reply }).await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .is_err()
+        {
+            tracing::warn!(pool_id = %self.pool.id(), "learned rates not written within 5 s of shutdown");
         }
     }
 }
