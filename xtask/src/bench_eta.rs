@@ -24,6 +24,11 @@
 //! Reliability tables compare `on_time_probability` (in the 202, in the last waiting frame,
 //! and in a running task's first frame after `started`) with how often the deadline was met.
 //!
+//! A breakdown per round takes the 202s' start errors apart, from what each 202 rested on
+//! (the daemon's `eta admit` debug line): the decode pace the model used against the one the
+//! round ran at, the error had the model known the engine's pace while each task waited (what
+//! is left is the model's own error), expected against real output, and the dispatch lag.
+//!
 //! It builds nothing; it runs `target/release/orchestratord` when it exists, else the debug
 //! build.
 
