@@ -24,6 +24,11 @@
 //! Reliability tables compare `on_time_probability` (in the 202, in the last waiting frame,
 //! and in a running task's first frame after `started`) with how often the deadline was met.
 //!
+//! A breakdown per round takes the 202s' start errors apart, from what each 202 rested on
+//! (the daemon's `eta admit` debug line): the decode pace the model used against the one the
+//! round ran at, the error had the model known the engine's pace while each task waited (what
+//! is left is the model's own error), expected against real output, and the dispatch lag.
+//!
 //! It builds nothing; it runs `target/release/orchestratord` when it exists, else the debug
 //! build.
 
@@ -63,7 +68,8 @@ pub struct EtaArgs {
     /// Only waits longer than this count for the error statistics, ms.
     #[arg(long, default_value_t = 300)]
     pub min_wait_ms: u64,
-    /// Also print every task: what it was told and what happened.
+    /// Also print every task: what it was told and what happened, with what its 202 rested on
+    /// (`ms/t`: per-slot decode ms per token with every slot busy; `exp`: expected tokens).
     #[arg(long)]
     pub dump: bool,
     /// Run against this engine-double binary instead of llama-server (a BENCHMARK DOUBLE with
@@ -134,6 +140,10 @@ const LENGTHS: [u32; 16] = [
     512, 32, 128, 32, 512, 128, 128, 32, 512, 32, 128, 512, 32, 128, 32, 512,
 ];
 
+/// What the daemon logged about each 202 (`eta admit`, at debug level): the rates it rested
+/// on, by task id.
+type AdmitLog = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Value>>>;
+
 /// Kills the daemon (and so, by process group and parent-death signal, its engine) on drop.
 struct DaemonGuard {
     child: Child,
@@ -149,10 +159,16 @@ impl Drop for DaemonGuard {
 
 impl DaemonGuard {
     /// Stops the daemon (SIGTERM) and starts another on the same data directory.
-    fn restart(mut self, bin: &Path, engine: Engine<'_>, slots: u32) -> Result<DaemonGuard> {
+    fn restart(
+        mut self,
+        bin: &Path,
+        engine: Engine<'_>,
+        slots: u32,
+        log: &AdmitLog,
+    ) -> Result<DaemonGuard> {
         crate::bench_util::stop(&mut self.child);
         let dir = self.dir.take();
-        start_daemon(bin, engine, slots, dir)
+        start_daemon(bin, engine, slots, dir, log)
     }
 }
 
@@ -161,6 +177,7 @@ fn start_daemon(
     engine: Engine<'_>,
     slots: u32,
     dir: Option<tempfile::TempDir>,
+    log: &AdmitLog,
 ) -> Result<DaemonGuard> {
     let dir = match dir {
         Some(d) => d,
@@ -187,7 +204,10 @@ fn start_daemon(
     let mut child = Command::new(bin)
         .arg("--config")
         .arg(&cfg_path)
-        .env("RUST_LOG", "warn,orchestratord=info")
+        .env(
+            "RUST_LOG",
+            "warn,orchestratord=info,orchestratord::forecast=debug",
+        )
         .env("AUTH_OPTIONAL", "true")
         .env_remove("AUTH_TOKEN")
         .env_remove("LLORCH_ADDR")
@@ -198,11 +218,17 @@ fn start_daemon(
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = log.clone();
     std::thread::spawn(move || {
         // Keeps reading (the daemon must never block on a full pipe).
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.contains("\"listening\"") {
                 let _ = tx.send(line);
+            } else if line.contains("eta admit") {
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if let (Some(id), Ok(mut m)) = (v["fields"]["task_id"].as_str(), log.lock()) {
+                    m.insert(id.to_owned(), v["fields"].clone());
+                }
             }
         }
     });
@@ -272,6 +298,10 @@ struct Outcome {
     frames: usize,
     waited: u64,
     ended: u64,
+    /// `submitted_ms` (wall clock) of the task's JSON.
+    submitted: u64,
+    /// The `end` event's `decode_ms` (first token to done).
+    decode_ms: u64,
 }
 
 impl Outcome {
@@ -315,6 +345,7 @@ async fn follow(c: &reqwest::Client, base: &str, id: &str, mut o: Outcome) -> Re
             "end" => {
                 ended = true;
                 o.tokens = v["tokens_out"].as_u64().unwrap_or(0);
+                o.decode_ms = v["decode_ms"].as_u64().unwrap_or(0);
                 break;
             }
             "error" => bail!("task {id} failed: {}", ev.data),
@@ -335,6 +366,7 @@ async fn follow(c: &reqwest::Client, base: &str, id: &str, mut o: Outcome) -> Re
         (Some(s), Some(f)) => f.saturating_sub(s),
         _ => bail!("task {id} has no submitted/finished time: {st}"),
     };
+    o.submitted = sub.unwrap_or(0);
     Ok(o)
 }
 
@@ -510,6 +542,161 @@ fn calibration(out: &mut String, title: &str, samples: &[(f64, bool)]) {
     }
 }
 
+/// The rounds of `set`, in order.
+fn by_round(set: &[Outcome]) -> Vec<Vec<&Outcome>> {
+    let mut rounds: Vec<Vec<&Outcome>> = Vec::new();
+    for o in set {
+        match rounds.last_mut() {
+            Some(r) if r[0].round == o.round => r.push(o),
+            _ => rounds.push(vec![o]),
+        }
+    }
+    rounds
+}
+
+/// The start error of the 202s taken apart, per FIFO round: how far the round's own decode
+/// pace was from the one the daemon predicted with, and what the error would have been had it
+/// known that pace; the expected against the real output; the dispatch lag.
+fn why_off(
+    out: &mut String,
+    warm: &[Outcome],
+    fifo: &[Outcome],
+    restart: &[Outcome],
+    admits: &std::collections::HashMap<String, Value>,
+    min_wait: u64,
+) {
+    if admits.is_empty() {
+        let _ = writeln!(
+            out,
+            "(no `eta admit` lines in the daemon's log: the start errors are not taken apart)"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "why the 202's start is off, per round (tasks that waited > {min_wait} ms): `model` is the per-slot decode ms/token with every slot busy that the round's 202s used (median), `round` the same measured in the round (its tasks' decode time over tokens, tasks that ended while every slot was busy), `ratio` round/model; the start error as it was, and as it would have been had the model known the engine's pace while each task waited (its 202's start × that pace / the pace it used); output expected/real; lag: a slot freed → the next task started (median/max)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} | {:>5} {:>5} {:>5} | {:>17} | {:>17} | {:>7} | {:>9}",
+        "round",
+        "model",
+        "round",
+        "ratio",
+        "start p90 (med±)",
+        "pace in its wait",
+        "out e/r",
+        "lag ms"
+    );
+    let mut all_err = Vec::new();
+    let mut all_fixed = Vec::new();
+    let mut held = Vec::new();
+    let mut held_rounds = 0;
+    let rounds: Vec<Vec<&Outcome>> = by_round(warm)
+        .into_iter()
+        .chain(by_round(fifo))
+        .chain(by_round(restart))
+        .collect();
+    for r in &rounds {
+        let model: Vec<f64> = r
+            .iter()
+            .filter_map(|o| admits.get(&o.id)?["decode_ms_full"].as_f64())
+            .collect();
+        let mut sorted = model.clone();
+        sorted.sort_by(f64::total_cmp);
+        let model_ms = percentile(&sorted, 0.5);
+        // Wall-clock start and end of each task.
+        let span = |o: &Outcome| (o.submitted + o.waited, o.submitted + o.ended);
+        let last_start = r.iter().map(|o| span(o).0).max().unwrap_or(0);
+        let (mut dms, mut toks) = (0.0, 0.0);
+        for o in r.iter().filter(|o| span(o).1 <= last_start && o.tokens > 1) {
+            dms += o.decode_ms as f64;
+            toks += (o.tokens - 1) as f64;
+        }
+        let round_ms = if toks > 0.0 { dms / toks } else { f64::NAN };
+        let ratio = round_ms / model_ms;
+        let waited: Vec<&&Outcome> = r.iter().filter(|o| o.waited > min_wait).collect();
+        let pairs: Vec<(f64, f64)> = waited
+            .iter()
+            .map(|o| (o.adm_start as f64, o.waited as f64))
+            .collect();
+        // The engine's per-slot pace while a task waited: every task's decode (first token to
+        // end, taken as even) that overlaps the wait, its slot time over its tokens there.
+        let pace_in = |from: u64, to: u64| -> f64 {
+            let (mut slot, mut toks) = (0.0, 0.0);
+            for x in r.iter().filter(|x| x.tokens > 1) {
+                let end = span(x).1;
+                let first = end.saturating_sub(x.decode_ms);
+                let (lo, hi) = (first.max(from), end.min(to));
+                if hi > lo && end > first {
+                    slot += (hi - lo) as f64;
+                    toks += (hi - lo) as f64 / (end - first) as f64 * (x.tokens - 1) as f64;
+                }
+            }
+            slot / toks
+        };
+        let fixed: Vec<(f64, f64)> = waited
+            .iter()
+            .filter_map(|o| {
+                let model = admits.get(&o.id)?["decode_ms_full"].as_f64()?;
+                let pace = pace_in(o.submitted, o.submitted + o.waited);
+                let p = o.adm_start as f64 * pace / model;
+                p.is_finite().then_some((p, o.waited as f64))
+            })
+            .collect();
+        let is_fifo = r[0].round.starts_with("fifo");
+        if is_fifo && ratio.is_finite() {
+            all_err.extend(pairs.iter().copied());
+            all_fixed.extend(fixed.iter().copied());
+            if (ratio - 1.0).abs() <= 0.1 {
+                held.extend(pairs.iter().copied());
+                held_rounds += 1;
+            }
+        }
+        let (e, f) = (errors(&pairs), errors(&fixed));
+        let expected: f64 = r
+            .iter()
+            .filter_map(|o| admits.get(&o.id)?["tokens"].as_f64())
+            .sum();
+        let real: f64 = r.iter().map(|o| o.tokens as f64).sum();
+        let mut lags: Vec<f64> = r
+            .iter()
+            .filter(|o| o.waited > 0)
+            .filter_map(|o| {
+                let start = span(o).0;
+                // The slot it took freed at the last end before its start.
+                let freed = r.iter().map(|x| span(x).1).filter(|e| *e <= start).max()?;
+                Some((start - freed) as f64)
+            })
+            .collect();
+        lags.sort_by(f64::total_cmp);
+        let _ = writeln!(
+            out,
+            "{:<10} | {:>5.2} {:>5.2} {:>5.2} | {:>6.3} ({:>+6.3}) | {:>6.3} ({:>+6.3}) | {:>7.3} | {:>4.0}/{:<4.0}",
+            r[0].round,
+            model_ms,
+            round_ms,
+            ratio,
+            e.1,
+            e.2,
+            f.1,
+            f.2,
+            expected / real.max(1.0),
+            percentile(&lags, 0.5),
+            lags.last().copied().unwrap_or(0.0)
+        );
+    }
+    let (e, f) = (errors(&all_err), errors(&all_fixed));
+    let _ = writeln!(
+        out,
+        "later bursts (fifo): p90 start error (202) {:.3}; had the model known the engine's pace while each task waited {:.3} (what is left is the model's own error: lengths, prefill, dispatch, concurrency); in the {held_rounds} round(s) whose mean pace held within 10 % of the model's: {:.3} over {} tasks",
+        e.1,
+        f.1,
+        errors(&held).1,
+        held.len()
+    );
+}
+
 /// Runs the benchmark and prints the results.
 pub async fn run(a: EtaArgs) -> Result<()> {
     let bin = a.engine.daemon()?;
@@ -561,7 +748,8 @@ pub async fn run(a: EtaArgs) -> Result<()> {
         ),
         _ => bail!("no engine to run"),
     };
-    let d = start_daemon(&bin, engine, a.slots, None)?;
+    let admit_log = AdmitLog::default();
+    let d = start_daemon(&bin, engine, a.slots, None, &admit_log)?;
     let c = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
@@ -607,11 +795,10 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             .await?,
         );
     }
-    // The first burst after a restart on the same data directory. Learned rates are saved
-    // within a second of the last task's end.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first burst after a restart on the same data directory, right after the last round:
+    // the daemon writes what it learned on its way down.
     eprintln!("[bench eta] restart, then one more round");
-    let d = d.restart(&bin, engine, a.slots)?;
+    let d = d.restart(&bin, engine, a.slots, &admit_log)?;
     wait_ready(&c, &d.base).await?;
     let restart = round(&c, &d.base, "restart", a.tasks, false, &mut rng, guess).await?;
     drop(d);
@@ -698,6 +885,8 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             hi / lo
         );
     }
+    let admits = admit_log.lock().map(|m| m.clone()).unwrap_or_default();
+    why_off(&mut out, &warm, &fifo, &restart, &admits, a.min_wait_ms);
     let frames: usize = fifo.iter().chain(&mixed).map(|o| o.frames).sum();
     let waiting = fifo.iter().chain(&mixed).filter(|o| o.frames > 0).count();
     let _ = writeln!(
@@ -751,7 +940,7 @@ pub async fn run(a: EtaArgs) -> Result<()> {
     if a.dump {
         let _ = writeln!(
             out,
-            "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3} {:>5}",
+            "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3} {:>5} | {:>5} {:>5}",
             "task",
             "max",
             "out",
@@ -764,7 +953,9 @@ pub async fn run(a: EtaArgs) -> Result<()> {
             "last",
             "frames",
             "p",
-            "dl"
+            "dl",
+            "ms/t",
+            "exp"
         );
         for o in warm.iter().chain(&fifo).chain(&mixed).chain(&restart) {
             let (ls, le, lp) = o
@@ -772,7 +963,7 @@ pub async fn run(a: EtaArgs) -> Result<()> {
                 .map_or((0, 0, f64::NAN), |(q, s, e, p)| (q + s, q + e, p));
             let _ = writeln!(
                 out,
-                "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3.2}/{:.2} {:>5}",
+                "{:<10} {:>4} {:>4} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>3.2}/{:.2} {:>5} | {:>5.2} {:>5.0}",
                 o.id,
                 o.max_tokens,
                 o.tokens,
@@ -786,7 +977,15 @@ pub async fn run(a: EtaArgs) -> Result<()> {
                 o.frames,
                 o.adm_p.unwrap_or(f64::NAN),
                 lp,
-                o.deadline_ms
+                o.deadline_ms,
+                admits
+                    .get(&o.id)
+                    .and_then(|v| v["decode_ms_full"].as_f64())
+                    .unwrap_or(f64::NAN),
+                admits
+                    .get(&o.id)
+                    .and_then(|v| v["tokens"].as_f64())
+                    .unwrap_or(f64::NAN)
             );
         }
     }

@@ -105,14 +105,17 @@ impl Card {
     /// A CPU engine (llama-server on the host's cores): one or two cores' worth of streaming
     /// bandwidth and vector compute, which is what a dev pool gets on a shared box. Checked
     /// against the tiny test model on the shared 2-core reference box, whose engine ran at
-    /// 1–5.6 ms per token per slot as the other work on it came and went (load average 6–15):
-    /// the prior says ~1.9 alone and ~2.1 with two streams, the middle of that range.
+    /// 0.85–1.2 ms per token alone and 1.0–1.8 per slot with two streams when the box was
+    /// quiet, and up to 5.6 under other engineers' builds (load average 6–15). The prior says
+    /// ~1.4 alone and ~1.6 with two streams: a start predicted from it is about as far off on
+    /// the quiet box (late, ~+0.4) as on one 2.5× slower (early, ~−0.4), the relative error
+    /// being asymmetric (early is at most −1, late unbounded).
     pub fn cpu() -> Self {
         Card {
-            bandwidth_bytes_per_s: 15e9,
+            bandwidth_bytes_per_s: 20e9,
             decode_flops: 40e9,
             prefill_flops: 80e9,
-            step_overhead_ms: 0.5,
+            step_overhead_ms: 0.3,
             first_token_base_ms: 4.0,
         }
     }

@@ -37,7 +37,8 @@ pub struct EtaRates<'a> {
 }
 
 impl EtaRates<'_> {
-    /// Writes (or replaces) one record.
+    /// Writes (or replaces) one record; an older one (smaller `updated_ms`) never replaces a
+    /// newer one, so writes that land out of order keep the newest.
     pub fn put(&self, r: &RateRecord) -> Result<()> {
         if r.rates.len() > MAX_RATES_BYTES {
             return Err(StoreError::Invalid(format!(
@@ -51,7 +52,8 @@ impl EtaRates<'_> {
                 "INSERT INTO eta_rates (model_digest, device_kind, slots, ctx, rates, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (model_digest, device_kind, slots, ctx)
-                 DO UPDATE SET rates = excluded.rates, updated_ms = excluded.updated_ms",
+                 DO UPDATE SET rates = excluded.rates, updated_ms = excluded.updated_ms
+                 WHERE excluded.updated_ms >= eta_rates.updated_ms",
                 params![
                     r.model_digest,
                     r.device_kind,
@@ -116,6 +118,9 @@ mod tests {
             r.put(&rec("sha256:a", "cpu", 2, "{\"x\":1}", 10))
                 .expect("put");
             r.put(&rec("sha256:a", "cpu", 2, "{\"x\":2}", 20))
+                .expect("put");
+            // An older write that lands late does not replace the newer record.
+            r.put(&rec("sha256:a", "cpu", 2, "{\"x\":0}", 19))
                 .expect("put");
             r.put(&rec("sha256:a", "NVIDIA H100", 2, "{}", 15))
                 .expect("put");

@@ -83,6 +83,8 @@ enum Cmd {
     DrainQueue {
         reply: oneshot::Sender<Vec<Arc<Task>>>,
     },
+    /// Write the start-time model's unsaved learned rates now; reply once they are stored.
+    FlushRates { reply: oneshot::Sender<()> },
 }
 
 /// Handle to a pool's dispatcher.
@@ -194,6 +196,21 @@ impl Dispatcher {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Writes the learned rates not saved yet (the shutdown path, after the last task ended:
+    /// a daemon restarted right after a burst starts from all of it). Returns once they are in
+    /// the store, at once when the dispatcher has stopped, and after 5 s at most (a stuck disk
+    /// must not hold the shutdown).
+    pub async fn flush_rates(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::FlushRates { reply }).await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .is_err()
+        {
+            tracing::warn!(pool_id = %self.pool.id(), "learned rates not written within 5 s of shutdown");
+        }
     }
 }
 
@@ -339,6 +356,7 @@ impl Actor {
                 let tasks = self.queue.drain_all().into_iter().map(|e| e.item).collect();
                 let _ = reply.send(tasks);
             }
+            Cmd::FlushRates { reply } => self.eta.flush(reply),
         }
     }
 

@@ -275,6 +275,8 @@ pub struct Forecaster {
     /// Model keys with rates learned since the last save.
     dirty: Vec<String>,
     saved_at: Option<Instant>,
+    /// `updated_ms` of the last save.
+    saved_ms: u64,
 }
 
 impl Forecaster {
@@ -296,6 +298,7 @@ impl Forecaster {
             save_as: HashMap::new(),
             dirty: Vec::new(),
             saved_at: None,
+            saved_ms: 0,
         }
     }
 
@@ -318,11 +321,19 @@ impl Forecaster {
                 book: RateBook::default(),
                 recent_devices: Vec::new(),
             });
-        if !info.book.is_empty() {
-            tracing::info!(pool_id = %pool.id(), records = info.book.len(), "learned rates restored");
-        }
-        self.info.insert(key, info);
+        let records = info.book.len();
+        self.info.insert(key.clone(), info);
         self.ensure(pool);
+        if records > 0 {
+            // `measured_tasks`: how many finished tasks the rates in use rest on.
+            tracing::info!(
+                pool_id = %pool.id(),
+                records,
+                measured_tasks = self.stats(&key).prefill.samples(),
+                decode_ms_one = self.stats(&key).decode_ms(1),
+                "learned rates restored"
+            );
+        }
     }
 
     /// The device kind `pool` runs on: its first replica's, else the last one rates were
@@ -383,8 +394,24 @@ impl Forecaster {
     /// Writes the learned rates of the models that learned something since the last save
     /// (at most every [`SAVE_MIN_GAP`] unless `force`); the write runs off the actor.
     fn save(&mut self, force: bool) {
+        self.save_then(force, None);
+    }
+
+    /// Writes every learned rate not saved yet, at once, and sends on `done` once it is in the
+    /// store (or nothing was to be written): the shutdown path's flush, so a daemon restarted
+    /// right after a burst starts from all of it.
+    pub fn flush(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+        self.save_then(true, Some(done));
+    }
+
+    fn save_then(&mut self, force: bool, done: Option<tokio::sync::oneshot::Sender<()>>) {
+        let reply = move || {
+            if let Some(d) = done {
+                let _ = d.send(());
+            }
+        };
         if self.dirty.is_empty() {
-            return;
+            return reply();
         }
         let now = Instant::now();
         if !force
@@ -392,16 +419,20 @@ impl Forecaster {
                 .saved_at
                 .is_some_and(|t| now.saturating_duration_since(t) < SAVE_MIN_GAP)
         {
-            return;
+            return reply();
         }
         self.saved_at = Some(now);
         let Some(store) = self.memory.store.clone() else {
             self.dirty.clear();
-            return;
+            return reply();
         };
-        let updated_ms = std::time::SystemTime::now()
+        // Strictly increasing, so a write that lands late never replaces a newer one (the
+        // store keeps the record with the larger `updated_ms`).
+        let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let updated_ms = wall_ms.max(self.saved_ms.saturating_add(1));
+        self.saved_ms = updated_ms;
         let mut records = Vec::new();
         for key in std::mem::take(&mut self.dirty) {
             let (Some(k), Some(stats)) = (self.save_as.get(&key), self.models.get(&key)) else {
@@ -420,7 +451,7 @@ impl Forecaster {
             }
         }
         if records.is_empty() {
-            return;
+            return reply();
         }
         tokio::task::spawn_blocking(move || {
             for r in records {
@@ -428,6 +459,7 @@ impl Forecaster {
                     tracing::warn!(error = %e, "cannot save learned rates");
                 }
             }
+            reply();
         });
     }
 
@@ -575,8 +607,27 @@ impl Forecaster {
             start_ms: 0.0,
             end_ms: 0.0,
         });
-        if self.informed(&key) {
+        let informed = self.informed(&key);
+        if informed {
             self.admitted.insert(task.id.clone(), f);
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // What the 202 rests on, for `cargo xtask bench eta` to take its errors apart.
+            let stats = self.stats(&key);
+            let w = Self::queued_work(stats, task);
+            let slots = pool.config().slots.max(1) as usize;
+            tracing::debug!(
+                task_id = %task.id,
+                position,
+                start_ms = f.start_ms,
+                end_ms = f.end_ms,
+                decode_ms_one = stats.decode_ms(1),
+                decode_ms_full = stats.decode_ms(slots),
+                prefill_ms = w.prefill_ms,
+                tokens = w.tokens,
+                measured = informed,
+                "eta admit"
+            );
         }
         set_prediction(task, now, f);
         Prediction {
@@ -951,5 +1002,53 @@ mod tests {
         let other = load_model_info(&memory, &path, false);
         assert_ne!(other.digest, info.digest);
         assert!(other.book.is_empty());
+    }
+
+    /// The shutdown path's flush writes what the 0.5 s gap held back, and answers once it is
+    /// in the store; a periodic write landing after it does not undo it.
+    #[tokio::test]
+    async fn a_flush_stores_what_was_held_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            orch_store::Store::open(&dir.path().join("data"), Default::default()).expect("store"),
+        );
+        let mut f = Forecaster::new(
+            Arc::new(AtomicU64::new(0)),
+            RateMemory::new(Some(store.clone()), []),
+        );
+        let key = RateKey {
+            model_digest: "fp-sha256:m".into(),
+            device_kind: "cpu".into(),
+            slots: 2,
+            ctx: 1024,
+        };
+        f.save_as.insert("m".into(), key.clone());
+        let learn = |f: &mut Forecaster| {
+            f.models
+                .entry("m".into())
+                .or_default()
+                .prefill
+                .record(10.0, 20.0);
+            f.mark_dirty("m");
+        };
+        learn(&mut f);
+        f.save(false);
+        learn(&mut f);
+        f.save(false); // within the gap: held back
+        assert_eq!(f.dirty, vec!["m".to_owned()]);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        f.flush(tx);
+        rx.await.expect("the flush answers");
+        assert!(f.dirty.is_empty());
+        let stored = store
+            .eta_rates()
+            .for_model(&key.model_digest)
+            .expect("read");
+        let stats: ModelStats = serde_json::from_str(&stored[0].rates).expect("json");
+        assert_eq!(stats.prefill.samples(), 2, "both tasks are stored");
+        // Nothing to write: the flush answers at once.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        f.flush(tx);
+        rx.await.expect("the flush answers");
     }
 }
