@@ -93,10 +93,7 @@ pub async fn run(mut cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     .await;
     // Charges and transcripts of the tasks that just ended.
     state.background.shutdown(Duration::from_secs(5)).await;
-    // What the start-time model learned since its last save (runners have reported by now).
-    for d in state.dispatchers.values() {
-        d.flush_rates().await;
-    }
+    state.pool_control.flush_rates().await;
     pools.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())

@@ -67,6 +67,14 @@ impl PoolControl {
         }
         tracing::info!("shutdown: every task ended");
     }
+
+    /// Stores what each pool's start-time model learned since its last save, so a restart right
+    /// after a burst predicts from it (runners have reported by the time shutdown calls this).
+    pub async fn flush_rates(&self) {
+        for d in self.dispatchers.values() {
+            d.flush_rates().await;
+        }
+    }
 }
 
 /// Default drain deadline.
