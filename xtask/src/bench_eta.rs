@@ -43,7 +43,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench_util::{load_average, need_file, percentile, verdict, EngineArgs};
+use crate::bench_util::{load_average, need_file, percentile, verdict, Daemon, EngineArgs};
 
 /// Arguments of `cargo xtask bench eta`.
 #[derive(clap::Args)]
@@ -144,41 +144,15 @@ const LENGTHS: [u32; 16] = [
 /// on, by task id.
 type AdmitLog = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Value>>>;
 
-/// Kills the daemon (and so, by process group and parent-death signal, its engine) on drop.
-struct DaemonGuard {
-    child: Child,
-    base: String,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for DaemonGuard {
-    fn drop(&mut self) {
-        crate::bench_util::stop(&mut self.child);
-    }
-}
-
-impl DaemonGuard {
-    /// Stops the daemon (SIGTERM) and starts another on the same data directory.
-    fn restart(
-        mut self,
-        bin: &Path,
-        engine: Engine<'_>,
-        slots: u32,
-        log: &AdmitLog,
-    ) -> Result<DaemonGuard> {
-        crate::bench_util::stop(&mut self.child);
-        let dir = self.dir.take();
-        start_daemon(bin, engine, slots, dir, log)
-    }
-}
-
+/// The daemon with one pool `bench` of `slots` on `engine`, in `dir` (a new one when `None`),
+/// with what it logs about each 202 collected in `log`.
 fn start_daemon(
     bin: &Path,
     engine: Engine<'_>,
     slots: u32,
     dir: Option<tempfile::TempDir>,
     log: &AdmitLog,
-) -> Result<DaemonGuard> {
+) -> Result<Daemon> {
     let dir = match dir {
         Some(d) => d,
         None => tempfile::tempdir().context("tempdir")?,
@@ -195,57 +169,26 @@ fn start_daemon(
         ),
         Engine::Endpoint(url) => format!("    endpoint: \"{url}\"\n    engine: llamacpp\n"),
     };
-    let cfg = format!(
-        "bind: \"127.0.0.1:0\"\ndata_dir: \"{}\"\ndev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: bench\n{source}    slots: {slots}\n    ctx: 1024\n    startup_timeout_s: 60\n",
-        dir.path().join("data").display(),
-    );
-    let cfg_path = dir.path().join("config.yaml");
-    std::fs::write(&cfg_path, cfg).context("write config")?;
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(&cfg_path)
-        .env(
-            "RUST_LOG",
-            "warn,orchestratord=info,orchestratord::forecast=debug",
-        )
-        .env("AUTH_OPTIONAL", "true")
-        .env_remove("AUTH_TOKEN")
-        .env_remove("LLORCH_ADDR")
-        .env_remove("LLORCH_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
     let log = log.clone();
-    std::thread::spawn(move || {
-        // Keeps reading (the daemon must never block on a full pipe).
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("\"listening\"") {
-                let _ = tx.send(line);
-            } else if line.contains("eta admit") {
-                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    Daemon::start_in(
+        bin,
+        dir,
+        "warn,orchestratord=info,orchestratord::forecast=debug",
+        |data| {
+            format!(
+                "bind: \"127.0.0.1:0\"\ndata_dir: \"{}\"\ndev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n  - id: bench\n{source}    slots: {slots}\n    ctx: 1024\n    startup_timeout_s: 60\n",
+                data.display(),
+            )
+        },
+        move |line| {
+            if line.contains("eta admit") {
+                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
                 if let (Some(id), Ok(mut m)) = (v["fields"]["task_id"].as_str(), log.lock()) {
                     m.insert(id.to_owned(), v["fields"].clone());
                 }
             }
-        }
-    });
-    let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("orchestratord did not start listening within 60 s");
-    };
-    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-    let addr = v["fields"]["addr"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no addr in the listening line: {line}"))?;
-    Ok(DaemonGuard {
-        child,
-        base: format!("http://{addr}"),
-        dir: Some(dir),
-    })
+        },
+    )
 }
 
 async fn wait_ready(c: &reqwest::Client, base: &str) -> Result<()> {
@@ -798,7 +741,7 @@ pub async fn run(a: EtaArgs) -> Result<()> {
     // The first burst after a restart on the same data directory, right after the last round:
     // the daemon writes what it learned on its way down.
     eprintln!("[bench eta] restart, then one more round");
-    let d = d.restart(&bin, engine, a.slots, &admit_log)?;
+    let d = start_daemon(&bin, engine, a.slots, Some(d.into_dir()?), &admit_log)?;
     wait_ready(&c, &d.base).await?;
     let restart = round(&c, &d.base, "restart", a.tasks, false, &mut rng, guess).await?;
     drop(d);

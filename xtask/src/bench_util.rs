@@ -76,8 +76,8 @@ pub struct Daemon {
     child: Child,
     /// `http://addr` it listens on.
     pub base: String,
-    /// Holds `data_dir` (`<dir>/data`) and the config.
-    _dir: tempfile::TempDir,
+    /// Holds `data_dir` (`<dir>/data`) and the config; taken by [`Daemon::into_dir`].
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
@@ -85,13 +85,27 @@ impl Daemon {
     /// it (auth optional, info logs) and waits up to 60 s for its "listening" log line.
     pub fn start(bin: &Path, config: impl FnOnce(&Path) -> String) -> Result<Daemon> {
         let dir = tempfile::tempdir().context("tempdir")?;
+        Self::start_in(bin, dir, "warn,orchestratord=info", config, |_| {})
+    }
+
+    /// [`Daemon::start`] in `dir` (a restart keeps its data directory) with `rust_log`; every
+    /// log line the daemon prints (JSON) goes to `on_line`, on a thread that keeps reading so
+    /// the daemon never blocks on a full pipe.
+    pub fn start_in(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        rust_log: &str,
+        config: impl FnOnce(&Path) -> String,
+        mut on_line: impl FnMut(&str) + Send + 'static,
+    ) -> Result<Daemon> {
         let cfg_path = dir.path().join("config.yaml");
         std::fs::write(&cfg_path, config(&dir.path().join("data"))).context("write config")?;
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(&cfg_path)
-            .env("RUST_LOG", "warn,orchestratord=info")
+            .env("RUST_LOG", rust_log)
             .env("AUTH_OPTIONAL", "true")
+            .env_remove("AUTH_TOKEN")
             .env_remove("LLORCH_ADDR")
             .env_remove("LLORCH_CONFIG")
             .stdout(Stdio::piped())
@@ -103,14 +117,15 @@ impl Daemon {
         let mut d = Daemon {
             child,
             base: String::new(),
-            _dir: dir,
+            dir: Some(dir),
         };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.contains("\"listening\"") {
-                    let _ = tx.send(line);
+                    let _ = tx.send(line.clone());
                 }
+                on_line(&line);
             }
         });
         let line = rx
@@ -122,6 +137,15 @@ impl Daemon {
             .ok_or_else(|| anyhow!("no addr in the listening line: {line}"))?;
         d.base = format!("http://{addr}");
         Ok(d)
+    }
+
+    /// Stops the daemon (SIGTERM: it saves what it must) and hands back its directory, for a
+    /// restart on the same data.
+    pub fn into_dir(mut self) -> Result<tempfile::TempDir> {
+        stop(&mut self.child);
+        self.dir
+            .take()
+            .ok_or_else(|| anyhow!("the daemon's directory was taken"))
     }
 }
 
