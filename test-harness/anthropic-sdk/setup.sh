@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (once) the virtualenv with the official `anthropic` Python SDK that
-# crates/orchestratord/tests/anthropic_sdk.rs runs test_anthropic_sdk.py with.
+# crates/orchestratord/tests/e2e/anthropic_sdk.rs runs test_anthropic_sdk.py with.
 # Idempotent: does nothing when the venv already has the pinned version.
 #   venv: ${LLORCH_CACHE_DIR:-$HOME/.cache/llama-orch}/venv-anthropic (XDG_CACHE_HOME respected)
 set -euo pipefail

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (once) the virtualenv with the OpenAI Agents SDK (`openai-agents`, which brings the
-# `openai` SDK it needs) that crates/orchestratord/tests/responses_sdk.rs runs
+# `openai` SDK it needs) that crates/orchestratord/tests/e2e/responses_sdk.rs runs
 # test_agents.py with. Idempotent: does nothing when the venv already has the pinned version.
 # Everything comes from PyPI.
 #   venv: ${LLORCH_CACHE_DIR:-$HOME/.cache/llama-orch}/venv-openai-agents (XDG_CACHE_HOME respected)
