@@ -4,7 +4,7 @@
 #   cmake            builds llama-server from the llama-cpp-python source package
 #   python3-venv     the tiny-model generator's virtualenv
 #   iproute2, curl   the chaos harness's auth matrix (a network namespace as a remote caller)
-#   prometheus       its `promtool`, which lints a live `/metrics` scrape (tests/metrics_lint.rs)
+#   prometheus       its `promtool`, which lints a live `/metrics` scrape (tests/e2e/metrics_lint.rs)
 #   systemd          `systemd-analyze verify` of contrib/systemd/llama-orch.service
 #   ShellCheck       (package shellcheck) lints scripts/install.sh (crates/llorch-cli/tests/install.rs)
 set -euo pipefail

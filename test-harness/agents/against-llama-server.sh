@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The agent CLIs against a bare llama-server (no llama-orch): the reference for
-# crates/orchestratord/tests/agents.rs, since llama-server serves /v1/messages, /v1/responses
+# crates/orchestratord/tests/e2e/agents.rs, since llama-server serves /v1/messages, /v1/responses
 # and /v1/chat/completions itself. One turn of each agent (test-harness/agents/turn.sh), one
 # after the other, then Claude Code and Codex at once ("both").
 #   LLAMA_SERVER=... CHAT_MODEL=... bash test-harness/agents/against-llama-server.sh [claude|codex|opencode|both ...]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the agent CLIs that crates/orchestratord/tests/agents.rs drives through the daemon,
+# Installs the agent CLIs that crates/orchestratord/tests/e2e/agents.rs drives through the daemon,
 # pinned exactly in package.json (package-lock.json holds their integrity hashes), from the npm registry alone:
 #   @anthropic-ai/claude-code (`claude -p`), @openai/codex (`codex exec`), opencode-ai (`opencode run`)
 # into the provisioning cache: ${LLORCH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-orch}/agents

@@ -1,6 +1,6 @@
 """The Anthropic Messages door of orchestratord, driven by the official `anthropic` Python SDK.
 
-Run by crates/orchestratord/tests/anthropic_sdk.rs (venv from test-harness/anthropic-sdk/setup.sh)
+Run by crates/orchestratord/tests/e2e/anthropic_sdk.rs (venv from test-harness/anthropic-sdk/setup.sh)
 against a real daemon whose pool `chat` runs the real instruct model on llama-server, with
 `model_aliases: {"claude-*": chat}` so that Claude's model names reach it.
 Environment: LLORCH_URL, LLORCH_TOKEN (sent as `x-api-key`, as Anthropic's clients do), MODEL

@@ -1,7 +1,7 @@
 """The OpenAI Agents SDK (`openai-agents`) running a one-tool agent to completion through
 orchestratord's Responses door (its default model API).
 
-Run by crates/orchestratord/tests/responses_sdk.rs (venv from test-harness/openai-agents/setup.sh)
+Run by crates/orchestratord/tests/e2e/responses_sdk.rs (venv from test-harness/openai-agents/setup.sh)
 against a real daemon and llama-server. Environment: LLORCH_URL, LLORCH_TOKEN, MODEL (the real
 instruct model; default `chat`), TOOLS_MODEL (the random-weight test model with
 test-harness/openai-sdk/tool-template.jinja; default `tiny-tools`). The first turn runs on

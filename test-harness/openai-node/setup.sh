@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the official `openai` Node SDK (pinned in package.json / package-lock.json) into
 # test-harness/openai-node/node_modules with `npm ci`, for the Node half of
-# crates/orchestratord/tests/openai_sdk.rs. Idempotent: does nothing when the pinned version
+# crates/orchestratord/tests/e2e/openai_sdk.rs. Idempotent: does nothing when the pinned version
 # is already installed.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,6 +1,6 @@
 // The OpenAI-compatible door of orchestratord, driven by the official `openai` Node SDK.
 //
-// Run by crates/orchestratord/tests/openai_sdk.rs (SDK from test-harness/openai-node/setup.sh)
+// Run by crates/orchestratord/tests/e2e/openai_sdk.rs (SDK from test-harness/openai-node/setup.sh)
 // against a real daemon with pools `tiny` and `tiny-tools` (the same tiny model; tiny-tools'
 // llama-server renders tools with test-harness/openai-sdk/tool-template.jinja).
 // Environment: LLORCH_URL, LLORCH_TOKEN, MODEL, TOOLS_MODEL, MAX_BODY_BYTES, CORS_ORIGIN.

@@ -1,6 +1,6 @@
 """`/v1/embeddings` of orchestratord, driven by the official `openai` Python SDK.
 
-Run by crates/orchestratord/tests/embeddings.rs (venv from test-harness/openai-sdk/setup.sh)
+Run by crates/orchestratord/tests/e2e/embeddings.rs (venv from test-harness/openai-sdk/setup.sh)
 against a real daemon whose pool EMBED_MODEL is a `kind: embedding` llama-server pool and whose
 pool CHAT_POOL is a chat pool. Environment: LLORCH_URL, LLORCH_TOKEN, EMBED_MODEL, CHAT_POOL.
 Prints the task ids it made (`TASK <id>`) for the Rust side to check, then `EMBEDDINGS SDK OK`.

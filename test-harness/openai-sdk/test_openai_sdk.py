@@ -1,6 +1,6 @@
 """The OpenAI-compatible door of orchestratord, driven by the official `openai` Python SDK.
 
-Run by crates/orchestratord/tests/openai_sdk.rs (venv from test-harness/openai-sdk/setup.sh)
+Run by crates/orchestratord/tests/e2e/openai_sdk.rs (venv from test-harness/openai-sdk/setup.sh)
 against a real daemon with one pool `tiny` of one slot and a queue of capacity 1, and a pool
 `tiny-tools` of the same model whose llama-server renders tools with tool-template.jinja.
 Environment: LLORCH_URL, LLORCH_TOKEN, MODEL (default `tiny`), TOOLS_MODEL (default

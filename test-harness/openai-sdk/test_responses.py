@@ -1,6 +1,6 @@
 """The OpenAI Responses door of orchestratord, driven by the official `openai` Python SDK.
 
-Run by crates/orchestratord/tests/responses_sdk.rs (venv from test-harness/openai-sdk/setup.sh)
+Run by crates/orchestratord/tests/e2e/responses_sdk.rs (venv from test-harness/openai-sdk/setup.sh)
 against a real daemon and llama-server: pool MODEL (default `chat`), the real instruct model
 with its own chat template, and pool TOOLS_MODEL (default `tiny-tools`), the random-weight test
 model with test-harness/openai-sdk/tool-template.jinja, which renders tools.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the status-page browser test (crates/orchestratord/tests/web_page.rs) needs:
+# Installs what the status-page browser test (crates/orchestratord/tests/e2e/web_page.rs) needs:
 # Debian's Chromium (/usr/bin/chromium) and playwright-core from npm (pinned in
 # package.json / package-lock.json, installed with `npm ci` into test-harness/web/node_modules).
 # Idempotent: does nothing when both are present.

@@ -1,5 +1,5 @@
 // Drives the orchestratord status page in Debian's headless Chromium with playwright-core.
-// Started by crates/orchestratord/tests/web_page.rs with:
+// Started by crates/orchestratord/tests/e2e/web_page.rs with:
 //   LLORCH_URL    daemon base URL
 //   LLORCH_TOKEN  its bearer token (the page must ask for it)
 //   TASK_ID       a running task to find and cancel with the page's button

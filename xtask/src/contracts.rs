@@ -16,7 +16,8 @@ pub fn regen() -> Result<()> {
             "-p",
             "orchestratord",
             "--test",
-            "contracts",
+            "e2e",
+            "contracts::",
         ])
         .env("UPDATE_CONTRACTS", "1")
         .status()

@@ -25,7 +25,9 @@ pub struct Engine {
     pub model: PathBuf,
 }
 
-fn cache_dir() -> PathBuf {
+/// The provisioning cache (`LLORCH_CACHE_DIR`, else `$XDG_CACHE_HOME/llama-orch`, else
+/// `~/.cache/llama-orch`): engines, models, SDK venvs and agent CLIs live here.
+pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("LLORCH_CACHE_DIR") {
         return PathBuf::from(d);
     }

@@ -13,12 +13,13 @@
 //! pool has the model's full 8k context. The check is that each agent finishes its turn with
 //! an answer (exit 0, some text), not the quality of a 135M model's answer.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use orch_harness::{chat_pool, engine, Daemon, DaemonOptions};
+
+use crate::support::{bin, cache_dir, repo_root};
 
 /// The pool (and the model name every agent sends).
 const MODEL: &str = "chat";
@@ -33,20 +34,6 @@ const AGENT_MAX_OUTPUT_TOKENS: u32 = 64;
 
 /// One daemon (and one llama-server) at a time: these turns are seconds of CPU each.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("LLORCH_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("llama-orch");
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llama-orch")
-}
 
 /// Fails (never skips) when setup.sh has not installed `agent`.
 fn require(agent: &str) {
@@ -74,7 +61,7 @@ fn daemon(token: &str) -> Daemon {
     let config =
         format!("dev: {{ allow_cpu_inference: true }}\nshutdown_grace_s: 2\npools:\n{pool}");
     Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             token: Some(token.into()),

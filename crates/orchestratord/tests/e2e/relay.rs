@@ -8,7 +8,6 @@
 //! these exact strings.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 
 use axum::body::{Body, Bytes};
 use axum::routing::{get, post};
@@ -16,6 +15,8 @@ use axum::{Json, Router};
 use futures::stream;
 use orch_harness::{Daemon, DaemonOptions, SseEvent};
 use serde_json::{json, Value};
+
+use crate::support::bin;
 
 const HOSTILE: &[&str] = &[
     "plain",
@@ -80,7 +81,7 @@ async fn hostile_token_texts_are_relayed_byte_for_byte() {
     let endpoint = start_double().await;
     let config = format!("pools:\n  - id: double\n    engine: llamacpp\n    endpoint: \"{endpoint}\"\n    slots: 4\n");
     let d = Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             ..Default::default()

@@ -16,13 +16,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use orch_harness::{engine, last_event, llama_pool, signal, Daemon, DaemonOptions};
 use serde_json::{json, Value};
 
+use crate::support::{bin, repo_root, wait_health};
+
 const TOKEN: &str = "dashboard-token";
 /// What `$__rate_interval` becomes: long enough to cover all of this test's traffic.
 const RATE_INTERVAL: &str = "5m";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn dashboard() -> Value {
     let path = repo_root().join("contrib/grafana/llama-orch.json");
@@ -222,25 +220,6 @@ async fn rejected(d: &Daemon, id: &str) {
     assert!(r.status().is_client_error(), "{id}: {}", r.status());
 }
 
-/// Polls `/v1/pools/{pool}/health` until `ok` (bounded); logs how long it took.
-async fn wait_pool(d: &Daemon, pool: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let (_, h) = d.get(&format!("/v1/pools/{pool}/health")).await;
-        if ok(&h) {
-            eprintln!("{pool}: {what} after {:?}", t0.elapsed());
-            return h;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "{pool}: {what} not after {:?}: {h}\n{}",
-            t0.elapsed(),
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[test]
 fn dashboard_is_importable_grafana_json() {
     let d = dashboard();
@@ -339,7 +318,7 @@ async fn every_dashboard_query_returns_series_from_a_live_scrape() {
         od_pool("od-b"),
     );
     let d = Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             token: Some(TOKEN.into()),
@@ -406,14 +385,14 @@ async fn every_dashboard_query_returns_series_from_a_live_scrape() {
         d.wait_state(id, "canceled").await;
     }
     // An engine crash: the supervisor restarts it.
-    let h = wait_pool(&d, "tiny", "ready with an engine pid", |h| {
+    let h = wait_health(&d, "tiny", "ready with an engine pid", |h| {
         h["ready"] == true && h["replicas"][0]["pid"].as_u64().is_some()
     })
     .await;
     let pid = h["replicas"][0]["pid"].as_u64().unwrap_or(0) as u32;
     assert!(pid > 0, "{h}");
     signal(pid, libc::SIGKILL);
-    wait_pool(&d, "tiny", "restarted after the kill", |h| {
+    wait_health(&d, "tiny", "restarted after the kill", |h| {
         h["ready"] == true
             && h["replicas"][0]["restarts"].as_u64() >= Some(1)
             && h["replicas"][0]["pid"].as_u64() != Some(u64::from(pid))

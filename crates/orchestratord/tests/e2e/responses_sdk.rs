@@ -12,23 +12,11 @@ use std::time::Instant;
 
 use orch_harness::{chat_pool, engine, llama_pool, Daemon, DaemonOptions};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("LLORCH_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("llama-orch");
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llama-orch")
-}
+use crate::support::{bin, cache_dir, repo_root};
 
 /// The config of a daemon with pool `chat` (the real instruct model, its own template) and
 /// pool `tiny-tools`: the random-weight test model with the tool-rendering template
-/// test-harness/openai-sdk/tool-template.jinja, as in tests/openai_sdk.rs. This llama-server
+/// test-harness/openai-sdk/tool-template.jinja, as in the `openai_sdk` module. This llama-server
 /// build forces no call for `tool_choice: required` with the instruct model's tokenizer
 /// (docs/DECISIONS.md), so the tool round trips push the test model into a call with
 /// `logit_bias` (sent through the SDKs' `extra_body`) and let the grammar write the rest.
@@ -51,7 +39,7 @@ fn config() -> String {
 
 fn daemon(token: &str, data_dir: Option<PathBuf>) -> Daemon {
     Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config: config(),
             token: Some(token.into()),

@@ -2,16 +2,13 @@
 //! one `openai` pool whose `endpoint:` is a second, real llama-server started here (spoken to
 //! through its OpenAI-compatible `/v1` API). Completion and chat on both; seeds pass through.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orch_harness::{engine, llama_pool, token_text, Daemon, DaemonOptions, Engine, SseEvent};
 use serde_json::{json, Value};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_orchestratord"))
-}
+use crate::support::bin;
 
 /// A llama-server not launched by the daemon; killed on drop.
 struct External {

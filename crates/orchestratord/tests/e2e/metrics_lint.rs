@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use orch_harness::{engine, last_event, llama_pool, Daemon, DaemonOptions};
 use serde_json::json;
 
+use crate::support::bin;
+
 /// What Prometheus 2.x sends when it scrapes.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
@@ -65,7 +67,7 @@ async fn metrics_pass_promtool_after_real_tasks() {
         llama_pool("tiny", &e, 2, 1, 256)
     );
     let d = Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             token: Some("promtool-token".into()),

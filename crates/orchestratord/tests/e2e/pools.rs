@@ -3,7 +3,6 @@
 //! injected GPU inventory (`dev.fake_gpus`) where placement matters. Placement is real; the
 //! engines just cannot use the fake cards.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use orch_harness::{
@@ -12,11 +11,9 @@ use orch_harness::{
 };
 use serde_json::{json, Value};
 
-const SIGKILL: i32 = 9;
+use crate::support::{bin, health, metric, wait_health};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_orchestratord"))
-}
+const SIGKILL: i32 = 9;
 
 /// A daemon on the test engine. `dev` is the inside of the `dev:` map besides
 /// `allow_cpu_inference`; `pools` are `llama_pool` entries.
@@ -53,36 +50,8 @@ fn started(events: &[SseEvent]) -> Value {
         .unwrap_or(Value::Null)
 }
 
-async fn health(d: &Daemon, pool: &str) -> Value {
-    d.get(&format!("/v1/pools/{pool}/health")).await.1
-}
-
-/// Polls the pool's health until `ok` holds.
-async fn wait_health(d: &Daemon, pool: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let h = health(d, pool).await;
-        if ok(&h) {
-            return h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pool {pool}: {what} never happened: {h}\nlog:\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn ready(h: &Value) -> bool {
     h["ready"] == true
-}
-
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +60,7 @@ async fn placement_across_mixed_gpus_respects_masks_and_reports_unplaceable() {
     // 17 MB tiny model (file + ctx·slots·file/32768 KV + 768 MiB compute): big 851 MiB,
     // mid 793, pinned 786, huge ~2.9 GiB.
     // `huge` would fit both cards together; `split: never` keeps it unplaceable here (splits
-    // are tested in tests/on_demand.rs).
+    // are tested in the `on_demand` module).
     let pools = [
         pool("pinned", 1, 1, 4096) + "    devices: [1]\n",
         pool("huge", 128, 1, 32768) + "    split: never\n",

@@ -13,9 +13,7 @@ use orch_harness::{
 };
 use serde_json::{json, Value};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_orchestratord"))
-}
+use crate::support::{bin, health, metric, wait_health};
 
 /// An on_demand pool of the test engine on `model` (single-threaded engines: see
 /// `orch_harness::llama_pool`).
@@ -51,37 +49,8 @@ fn task(id: &str, pool: &str, max_tokens: u32) -> Value {
     })
 }
 
-async fn health(d: &Daemon, pool: &str) -> Value {
-    d.get(&format!("/v1/pools/{pool}/health")).await.1
-}
-
 fn state(h: &Value) -> String {
     h["on_demand"]["state"].as_str().unwrap_or("").to_owned()
-}
-
-/// Polls the pool's health until `ok`; logs how long it took.
-async fn wait_health(d: &Daemon, pool: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let h = health(d, pool).await;
-        if ok(&h) {
-            eprintln!("{pool}: {what} after {:?}", t0.elapsed());
-            return h;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "pool {pool}: {what} never happened: {h}\nlog:\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Submits an 8-token task and reads its stream to the end.

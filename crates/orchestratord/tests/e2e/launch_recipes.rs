@@ -8,10 +8,11 @@
 //! vLLM pools use, over llama-server's real OpenAI-compatible API.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
 use orch_harness::{engine, last_event, token_text, Daemon, DaemonOptions};
 use serde_json::json;
+
+use crate::support::bin;
 
 const VLLM_DOUBLE: &str = r#"#!/usr/bin/env bash
 # TEST DOUBLE for `vllm serve`: validates the command line, then runs llama-server instead.
@@ -46,7 +47,7 @@ async fn vllm_pool_is_launched_with_vllm_serve_and_served_through_the_openai_ada
         script.display()
     );
     let d = Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             env: vec![

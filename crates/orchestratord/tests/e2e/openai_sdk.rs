@@ -4,24 +4,11 @@
 //! (test-harness/openai-node/test_openai_node.mjs, `bash test-harness/openai-node/setup.sh`).
 //! Without its setup a test fails naming that command.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use orch_harness::{engine, llama_pool, Daemon, DaemonOptions};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("LLORCH_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("llama-orch");
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llama-orch")
-}
+use crate::support::{bin, cache_dir, repo_root};
 
 /// `http.max_body_bytes` of the test daemon: small, so the 413 case sends little.
 const MAX_BODY_BYTES: u32 = 65536;
@@ -47,7 +34,7 @@ fn daemon(token: &str) -> Daemon {
         llama_pool("tiny", &e, 1, 1, 32768)
     );
     Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             token: Some(token.into()),
@@ -123,7 +110,7 @@ async fn agent_door_context_rules_on_a_real_engine() {
         llama_pool("roomy", &e, 1, 1, 8192)
     );
     let d = Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             ..Default::default()

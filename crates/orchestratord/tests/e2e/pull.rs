@@ -12,11 +12,9 @@ use orch_harness::hub::{sha256_hex, test_bytes, HubFixture};
 use orch_harness::{engine, llama_pool, read_sse, Daemon, DaemonOptions};
 use serde_json::{json, Value};
 
-const MIB: usize = 1024 * 1024;
+use crate::support::bin;
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_orchestratord"))
-}
+const MIB: usize = 1024 * 1024;
 
 /// A daemon without pools whose hub is `fx`; `config` is extra YAML, `env` extra variables.
 fn daemon(

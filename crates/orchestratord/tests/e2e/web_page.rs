@@ -4,15 +4,13 @@
 //! predicted starts), its cancel button cancels it. Saves a screenshot (to docs/status-page.png with `UPDATE_SCREENSHOT=1`). Needs `bash test-harness/web/setup.sh`
 //! (chromium from apt, playwright-core from npm); without it this test fails with that command.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use orch_harness::{engine, llama_pool, Daemon, DaemonOptions};
 use serde_json::{json, Value};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::support::{bin, repo_root};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_chromium() {
@@ -34,7 +32,7 @@ async fn status_page_in_chromium() {
     );
     let token = "web-test-token";
     let d = Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             token: Some(token.into()),

@@ -11,26 +11,13 @@
 //! One daemon for every check: a chat pool (`on_demand`, never loaded: the refusals happen at
 //! routing), an `on_demand` embedding pool that the first request loads, a rerank pool.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use orch_harness::{chat_model, engine, Daemon, DaemonOptions};
 use serde_json::{json, Value};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("LLORCH_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("llama-orch");
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llama-orch")
-}
+use crate::support::{bin, cache_dir, repo_root};
 
 fn pool(id: &str, model: &std::path::Path, extra: &str) -> String {
     format!(
@@ -53,7 +40,7 @@ fn daemon(token: &str) -> Daemon {
         pool("rr", &smol, "    kind: rerank\n"),
     );
     Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             token: Some(token.into()),

@@ -2,11 +2,9 @@
 //! exactly what the code generates. Regenerate with `cargo xtask regen-contracts`
 //! (which runs this test with `UPDATE_CONTRACTS=1`).
 
-use std::path::PathBuf;
+use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::support::repo_root;
 
 fn check(rel: &str, generated: String) {
     let path = repo_root().join(rel);
@@ -92,4 +90,60 @@ fn openapi_has_unique_operation_ids_and_the_bearer_scheme() {
         doc["paths"]["/v1/status"]["get"]["parameters"][0]["schema"]["maximum"],
         200
     );
+}
+
+#[test]
+fn openapi_documents_the_state_endpoints_and_types() {
+    let doc: Value = serde_json::from_str(&orchestratord::openapi::openapi_json()).unwrap();
+    for (path, method) in [
+        ("/v1/catalog/models", "post"),
+        ("/v1/catalog/models", "get"),
+        ("/v1/catalog/models/{id}", "get"),
+        ("/v1/catalog/models/{id}", "delete"),
+        ("/v1/catalog/models/{id}/verify", "post"),
+        ("/v1/catalog/models/{id}/state", "post"),
+        ("/v1/sessions/{id}", "get"),
+        ("/v1/sessions/{id}", "delete"),
+        ("/v1/artifacts", "post"),
+        ("/v1/artifacts", "get"),
+        ("/v1/artifacts/{id}", "get"),
+        ("/v1/artifacts/{id}/raw", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    for s in [
+        "BudgetSpec",
+        "BudgetRemaining",
+        "SessionInfo",
+        "SessionEvicted",
+        "RegisterModelRequest",
+        "CatalogModel",
+        "CatalogList",
+        "VerifyResponse",
+        "SetModelStateRequest",
+        "ArtifactCreate",
+        "ArtifactMeta",
+        "Artifact",
+        "ArtifactList",
+    ] {
+        assert!(schemas[s].is_object(), "schema {s} missing");
+    }
+    assert!(schemas["TaskRequest"]["properties"]["budget"].is_object());
+    assert!(schemas["TaskStatus"]["properties"]["transcript_artifact"].is_object());
+    let codes = schemas["ErrorCode"].to_string();
+    for c in [
+        "BUDGET_EXCEEDED",
+        "SESSION_EXPIRED",
+        "SESSION_TURNS_EXHAUSTED",
+        "DIGEST_MISMATCH",
+        "POLICY_DENIED",
+        "PAYLOAD_TOO_LARGE",
+        "CONFLICT",
+    ] {
+        assert!(codes.contains(c), "{c} missing from ErrorCode");
+    }
 }

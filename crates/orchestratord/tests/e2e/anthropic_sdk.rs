@@ -5,25 +5,12 @@
 //! a real answer, a stream, a tool round trip, count_tokens, the max_tokens clamp and errors.
 //! Without its setup the test fails naming that command.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use orch_harness::{chat_pool, engine, Daemon, DaemonOptions};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("LLORCH_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("llama-orch");
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llama-orch")
-}
+use crate::support::{bin, cache_dir, repo_root};
 
 #[test]
 fn anthropic_python_sdk() {
@@ -49,7 +36,7 @@ fn anthropic_python_sdk() {
          model_aliases: {{ \"claude-*\": chat }}\npools:\n{pool}"
     );
     let d = Daemon::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_orchestratord")),
+        &bin(),
         DaemonOptions {
             config,
             token: Some(token.into()),

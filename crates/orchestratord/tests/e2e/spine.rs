@@ -1,7 +1,6 @@
 //! End-to-end tests of the spine: a real orchestratord process launching a real llama-server
 //! on the tiny test model (CPU, via the explicit dev setting), real HTTP, real SSE.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use orch_harness::{
@@ -10,9 +9,7 @@ use orch_harness::{
 };
 use serde_json::{json, Value};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_orchestratord"))
-}
+use crate::support::bin;
 
 /// A daemon with one pool `tiny` of the test model.
 fn start_with(slots: u32, ctx: u32, extra: &str, opts: DaemonOptions) -> Daemon {
