@@ -6,7 +6,7 @@
 #   iproute2, curl   the chaos harness's auth matrix (a network namespace as a remote caller)
 #   prometheus       its `promtool`, which lints a live `/metrics` scrape (tests/e2e/metrics_lint.rs)
 #   systemd          `systemd-analyze verify` of contrib/systemd/llama-orch.service
-#   ShellCheck       (package shellcheck) lints scripts/install.sh (crates/llorch-cli/tests/install.rs)
+#   ShellCheck       (package shellcheck) lints scripts/install.sh (crates/llorch-cli/tests/e2e/install.rs)
 set -euo pipefail
 
 need=()

@@ -5,8 +5,8 @@
 //! Every scenario is an `async fn run(&Ctx) -> Outcome`: it starts its own daemons, drives
 //! them, collects figures and records every violated target as a failure (it does not stop at
 //! the first one). Two entry points run them:
-//! - `tests/*.rs`: the SHORT profile, one test binary per scenario (so scenarios never share
-//!   the two CPU cores of the CI machine), as part of `cargo test --workspace`;
+//! - `tests/short.rs`: the SHORT profile, one test per scenario, one at a time (so scenarios
+//!   never share the two CPU cores of the CI machine), as part of `cargo test --workspace`;
 //! - `src/main.rs`: `cargo run --release -p chaos -- --profile long` for the LONG profile,
 //!   whose figures go into `docs/RELIABILITY.md`.
 //!
@@ -986,7 +986,7 @@ pub async fn run_named(name: &str, ctx: Arc<Ctx>) -> Outcome {
 }
 
 /// One scenario in the short profile with the secrets audit of its daemons and bodies
-/// (what each `tests/*.rs` runs); panics with the report on any violated target.
+/// (what each test of `tests/short.rs` runs); panics with the report on any violated target.
 pub async fn run_short(name: &str) {
     let ctx = Arc::new(Ctx::new(Profile::short()));
     let mut o = run_named(name, ctx.clone()).await;

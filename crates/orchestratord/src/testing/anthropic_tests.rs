@@ -1,7 +1,7 @@
 //! The Anthropic Messages door (`/v1/messages`, `/v1/messages/count_tokens`) on the fake
 //! engine: reply and event shapes, the queue headers, errors in Anthropic's shape (also
 //! 401/404/405/413 under `/v1/messages*`) and `x-api-key`. The real proof is
-//! tests/anthropic_sdk.rs (the `anthropic` SDK, a real llama-server and model).
+//! tests/e2e/anthropic_sdk.rs (the `anthropic` SDK, a real llama-server and model).
 
 use orch_engine_adapters::{AdapterError, Prompt};
 

@@ -1,7 +1,7 @@
 //! The OpenAI Responses door on the fake engine (labelled test double): the reply object and
 //! its headers, the event stream, stored responses and their chaining, dropped tool types,
 //! `input_tokens`, and its errors in OpenAI's shape. The real proof is
-//! `tests/responses_sdk.rs` (the official SDKs, a real llama-server).
+//! `tests/e2e/responses_sdk.rs` (the official SDKs, a real llama-server).
 
 use axum::http::StatusCode;
 use orch_engine_adapters::AdapterError;

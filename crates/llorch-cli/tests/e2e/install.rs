@@ -7,8 +7,6 @@
 //! Needs `eval $(cargo xtask provision-engine)` and the orchestratord binary (built by
 //! `cargo test --workspace`; alone: `cargo build -p orchestratord`).
 
-#![cfg(unix)]
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,8 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use orch_harness::{engine, second_model};
 
-mod common;
-use common::{bin_dir, daemon_bin, llorch_bin};
+use crate::common::{bin_dir, daemon_bin, llorch_bin};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

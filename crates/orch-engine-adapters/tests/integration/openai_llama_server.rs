@@ -3,11 +3,9 @@
 //! comes from `cargo xtask provision-engine`; when it is missing these tests fail with that
 //! command, they never skip.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::LlamaServer;
+use crate::common::LlamaServer;
 use futures::StreamExt;
 use orch_engine_adapters::{
     adapter_for, collect, AdapterError, ChatTurn, EngineAdapter, EngineEvent, FinishReason,

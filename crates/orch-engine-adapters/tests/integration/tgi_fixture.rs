@@ -2,9 +2,7 @@
 //! `tests/fixtures/tgi_fixture_*` written from TGI's published OpenAPI document, served over
 //! real HTTP by a small axum server so the adapter's whole client path runs.
 
-mod common;
-
-use common::{fixture, FixtureServer, Reply};
+use crate::common::{fixture, FixtureServer, Reply};
 use futures::StreamExt;
 use orch_engine_adapters::{
     adapter_for, collect, AdapterError, ChatTurn, EngineEvent, FinishReason, GenerateRequest,

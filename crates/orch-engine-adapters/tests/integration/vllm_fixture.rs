@@ -4,9 +4,7 @@
 //! `stream_options`. The adapter's OpenAI path itself is proven against a real llama-server in
 //! `openai_llama_server.rs`.
 
-mod common;
-
-use common::{fixture, FixtureServer, Reply};
+use crate::common::{fixture, FixtureServer, Reply};
 use orch_engine_adapters::{
     adapter_for, collect, AdapterError, ChatTurn, FinishReason, GenerateRequest, Prompt,
 };

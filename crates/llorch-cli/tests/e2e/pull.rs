@@ -9,8 +9,7 @@ use orch_harness::hub::{sha256_hex, test_bytes, HubFixture};
 use orch_harness::{Daemon, DaemonOptions};
 use serde_json::Value;
 
-mod common;
-use common::{daemon_bin, llorch_bin};
+use crate::common::{daemon_bin, llorch_bin};
 
 const TOKEN: &str = "cli-pull-token";
 

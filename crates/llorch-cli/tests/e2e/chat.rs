@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use orch_harness::{chat_pool, engine, signal, Daemon, DaemonOptions};
 use serde_json::Value;
 
-mod common;
-use common::{daemon_bin, llorch_bin};
+use crate::common::{daemon_bin, llorch_bin};
 
 const TOKEN: &str = "chat-test-token";
 

@@ -2,9 +2,7 @@
 //! `tests/fixtures/triton_fixture_*` written from Triton's generate-extension document and the
 //! vLLM backend's request handling, served over real HTTP by a small axum server.
 
-mod common;
-
-use common::{fixture, FixtureServer, Reply};
+use crate::common::{fixture, FixtureServer, Reply};
 use futures::StreamExt;
 use orch_engine_adapters::{
     adapter_for, collect, AdapterError, EngineEvent, FinishReason, GenerateRequest, Prompt,

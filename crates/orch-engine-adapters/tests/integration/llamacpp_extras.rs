@@ -5,11 +5,9 @@
 //! the rest. Structured output runs on the real instruct model (`CHAT_MODEL`): a JSON schema's
 //! grammar forces the shape and the model fills in what it was asked.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::LlamaServer;
+use crate::common::LlamaServer;
 use orch_engine_adapters::{
     collect, ChatTurn, EngineAdapter, EngineEvent, FinishReason, GenerateRequest, LlamaCppAdapter,
     Prompt, ResponseFormat,

@@ -2,7 +2,7 @@
 //! killed with SIGKILL; the reopened store must hold every artifact the child saw committed
 //! (reading back with a matching hash), no partial artifact, and the charged budget.
 //!
-//! The child is this same test binary re-executed with `--ignored --exact crash_child` and
+//! The child is this same test binary re-executed with `--ignored --exact crash::crash_child` and
 //! `ORCH_STORE_CRASH_DIR` set.
 
 use std::collections::HashSet;
@@ -106,7 +106,7 @@ fn run_child_and_kill(dir: &Path, min_commits: usize, delay: Duration) -> Round 
         .args([
             "--ignored",
             "--exact",
-            "crash_child",
+            "crash::crash_child",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -8,8 +8,7 @@ use std::time::Duration;
 use orch_harness::{engine, llama_pool, Daemon, DaemonOptions};
 use serde_json::Value;
 
-mod common;
-use common::{daemon_bin, llorch_bin};
+use crate::common::{daemon_bin, llorch_bin};
 
 const TOKEN: &str = "cli-test-token";
 
