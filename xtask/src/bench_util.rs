@@ -157,6 +157,10 @@ impl Drop for Daemon {
 
 /// Stops a child: SIGTERM (a daemon then stops its engines), SIGKILL after 15 s.
 pub fn stop(child: &mut Child) {
+    // Already reaped (stopped once before): its pid may belong to another process by now.
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
