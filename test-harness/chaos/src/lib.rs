@@ -27,7 +27,6 @@ pub mod slow_clients;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -333,7 +332,7 @@ impl Ctx {
     pub fn new(profile: Profile) -> Self {
         let token = format!("chaos-{}", hex::encode(rand::random::<[u8; 16]>()));
         Self {
-            bin: daemon_bin(),
+            bin: orch_harness::daemon_bin().unwrap_or_else(|e| panic!("{e}")),
             engine: orch_harness::engine(),
             audit: Audit::new(&token),
             token,
@@ -470,76 +469,6 @@ impl Drop for Sut {
         // Dropping the harness daemon reaps the process and removes its temporary directory.
         self.d.take();
     }
-}
-
-/// Finds the `orchestratord` binary in this executable's profile directory (where
-/// `cargo test --workspace` has just built it). When it is missing or older than a source file
-/// of the workspace's crates (e.g. `cargo test -p chaos` after a daemon edit), builds it first
-/// with `cargo build -p orchestratord`. `ORCHESTRATORD_BIN` overrides.
-pub fn daemon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORCHESTRATORD_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    let bin = dir.join("orchestratord");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    let newest = newest_mtime(&root.join("crates")).max(newest_mtime(&root.join("Cargo.lock")));
-    if built.is_some_and(|b| newest.is_none_or(|n| n <= b)) {
-        return bin;
-    }
-    let profile_dir = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "debug".into());
-    let profile = if profile_dir == "debug" {
-        "dev".to_owned()
-    } else {
-        profile_dir
-    };
-    let target_dir = dir.parent().expect("target dir").to_path_buf();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("[chaos] building the daemon: cargo build -p orchestratord --profile {profile}");
-    let st = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "-p",
-            "orchestratord",
-            "--bin",
-            "orchestratord",
-            "--profile",
-        ])
-        .arg(&profile)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .status()
-        .expect("run cargo build -p orchestratord");
-    assert!(
-        st.success(),
-        "`cargo build -p orchestratord --profile {profile}` failed"
-    );
-    assert!(bin.is_file(), "no daemon binary at {}", bin.display());
-    bin
-}
-
-/// The newest modification time of the files under `path` (skipping `target` directories).
-fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_file() {
-        return meta.modified().ok();
-    }
-    let mut newest = None;
-    for e in std::fs::read_dir(path).ok()?.flatten() {
-        if e.file_name() == "target" {
-            continue;
-        }
-        newest = newest.max(newest_mtime(&e.path()));
-    }
-    newest
 }
 
 /// One HTTP answer, body read in full.

@@ -15,8 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -505,50 +504,10 @@ fn compare(rep: &mut Report, opts: &Options) {
     rep.failures.extend(failures);
 }
 
-/// Finds the `orchestratord` binary next to this executable's profile directory and makes
-/// sure it is current (`cargo build -p orchestratord`, a no-op when nothing changed).
-/// `ORCHESTRATORD_BIN` overrides.
+/// The daemon binary of this build (`orch_harness::daemon_bin`: built when stale;
+/// `ORCHESTRATORD_BIN` overrides).
 pub fn daemon_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ORCHESTRATORD_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let mut dir = exe
-        .parent()
-        .context("executable has no directory")?
-        .to_path_buf();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    let profile = match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_owned(),
-        Some(p) => p.to_owned(),
-    };
-    let target_dir = dir.parent().context("no target directory")?.to_path_buf();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "-p",
-            "orchestratord",
-            "--bin",
-            "orchestratord",
-            "--profile",
-        ])
-        .arg(&profile)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .status()
-        .context("running cargo build -p orchestratord")?;
-    if !st.success() {
-        bail!("`cargo build -p orchestratord --profile {profile}` failed");
-    }
-    let bin = dir.join("orchestratord");
-    if !bin.is_file() {
-        bail!("no daemon binary at {}", bin.display());
-    }
-    Ok(bin)
+    orch_harness::daemon_bin().map_err(anyhow::Error::msg)
 }
 
 /// A daemon config file's text without `bind` and `data_dir`, which the harness sets (each run

@@ -37,6 +37,83 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llama-orch")
 }
 
+/// The `orchestratord` binary of this build: `ORCHESTRATORD_BIN` when set, else the one in this
+/// executable's profile directory (where `cargo test --workspace` has just built it). When it
+/// is missing or older than a source file of the workspace's crates (`cargo test -p chaos`
+/// after a daemon edit, or a harness binary run on its own), it is built first with
+/// `cargo build -p orchestratord` in the same profile and target directory.
+pub fn daemon_bin() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("ORCHESTRATORD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("this executable's path: {e}"))?;
+    let mut dir = exe
+        .parent()
+        .ok_or("this executable has no directory")?
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let bin = dir.join(format!("orchestratord{}", std::env::consts::EXE_SUFFIX));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let newest = newest_mtime(&root.join("crates")).max(newest_mtime(&root.join("Cargo.lock")));
+    if built.is_some_and(|b| newest.is_none_or(|n| n <= b)) {
+        return Ok(bin);
+    }
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_owned(),
+        Some(p) => p.to_owned(),
+    };
+    let target_dir = dir.parent().ok_or("no target directory")?.to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "[orch-harness] building the daemon: cargo build -p orchestratord --profile {profile}"
+    );
+    let st = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "-p",
+            "orchestratord",
+            "--bin",
+            "orchestratord",
+            "--profile",
+        ])
+        .arg(&profile)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .status()
+        .map_err(|e| format!("running cargo build -p orchestratord: {e}"))?;
+    if !st.success() {
+        return Err(format!(
+            "`cargo build -p orchestratord --profile {profile}` failed"
+        ));
+    }
+    if !bin.is_file() {
+        return Err(format!(
+            "no daemon binary at {}: build it with `cargo build -p orchestratord`, or set ORCHESTRATORD_BIN",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// The newest modification time of the files under `path` (skipping `target` directories).
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    let mut newest = None;
+    for e in std::fs::read_dir(path).ok()?.flatten() {
+        if e.file_name() == "target" {
+            continue;
+        }
+        newest = newest.max(newest_mtime(&e.path()));
+    }
+    newest
+}
+
 /// The provisioned engine. Panics with the fix when it is missing.
 pub fn engine() -> Engine {
     let from_env = |k: &str| {

@@ -15,17 +15,7 @@ pub fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The daemon binary next to `llorch` in the target directory, or `ORCHESTRATORD_BIN`.
+/// The daemon binary of this build (`orch_harness::daemon_bin`, `ORCHESTRATORD_BIN` overrides).
 pub fn daemon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORCHESTRATORD_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = bin_dir().join(format!("orchestratord{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.is_file(),
-        "the orchestratord binary is missing at {}: build it with `cargo build -p orchestratord` \
-         (`cargo test --workspace` builds it), or set ORCHESTRATORD_BIN",
-        p.display()
-    );
-    p
+    orch_harness::daemon_bin().unwrap_or_else(|e| panic!("{e}"))
 }
