@@ -523,6 +523,19 @@ pub(crate) mod fuzz {
         proptest::collection::vec(frag, 0..32)
     }
 
+    /// Whatever bytes arrive, in whatever pieces, `decoder` ends: at most one event per byte
+    /// plus the last, and tokens until one `Done` or error that is the last item.
+    pub fn terminates(
+        chunks: Vec<Vec<u8>>,
+        decoder: impl crate::http::Decoder,
+    ) -> Result<(), TestCaseError> {
+        let n: usize = chunks.iter().map(Vec::len).sum();
+        let evs = crate::http::run_chunks(chunks, decoder);
+        prop_assert!(evs.len() <= n + 1, "{} events from {n} bytes", evs.len());
+        prop_assert!(ends_cleanly(&evs), "{evs:?}");
+        Ok(())
+    }
+
     /// A stream's items are tokens, then at most one `Done` or error, which is the last.
     pub fn ends_cleanly(evs: &[Result<EngineEvent, AdapterError>]) -> bool {
         evs.iter()
